@@ -250,6 +250,8 @@ int kv_statfs(struct kv_store *s, struct kv_statfs *st);
 enum kv_log_level { KV_LOG_ERR, KV_LOG_WARN, KV_LOG_INFO, KV_LOG_DEBUG };
 void kv_log(enum kv_log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void kv_log_set_level(enum kv_log_level lvl);
+/* From now on log to syslog (daemon mode, once stderr is gone). */
+void kv_log_to_syslog(void);
 /* Printable, bounded rendering of a binary key for logs (static per-thread buffer). */
 const char *kv_printable(const char *key, size_t klen);
 

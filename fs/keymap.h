@@ -21,7 +21,7 @@ enum keymap_kind {
 	KM_CONT,    /* a continuation directory (M7): key is the bytes so far, and is also
 	               its list prefix (no trailing '/') */
 	KM_VALUE,   /* ".../%value" (M5): key is the directory's key, a value */
-	KM_HEALTH,  /* "/.health" */
+	KM_HEALTH,  /* "/.health": key is empty */
 };
 
 struct keymap_res {
@@ -31,6 +31,24 @@ struct keymap_res {
 };
 
 /*
+ * Two points the rules of docs/mapping.md leave open, settled here:
+ *
+ * - An escaped name (M6) writes a leading '+' of its segment as "%2B", so no
+ *   escaped name begins with "%+", the mark of a piece (M7).  Otherwise the
+ *   segment "+<NUL>aaa..." and the piece "<NUL>aaa..." share a name, and two
+ *   keys ("<NUL>" 250*"a" "bb" and "+<NUL>" 250*"a" "/bb") share a path.
+ *   Plain names and pieces are unchanged: "+x" is still "+x".
+ * - A piece never takes the whole rest of its segment: each is the longest
+ *   *proper* prefix that fits.  This only matters when the "%2B" is what
+ *   makes a name too long ("+...<NUL>..." with 253 esc() bytes), which is
+ *   then the piece "%++..." of all but its last byte, and that byte.
+ *
+ * All three functions that name segments share one encoder, and decoding is
+ * checked by re-encoding (M8), so they cannot disagree.  All run in time
+ * linear in the length of the key or path.
+ */
+
+/*
  * Path of a key: malloc'd, NUL-terminated, starting with "/".  The key's
  * last segment becomes the last component (a file name, or a directory
  * name when the caller uses it as one).  NULL only when out of memory.
@@ -38,15 +56,47 @@ struct keymap_res {
 char *keymap_encode(const char *key, size_t klen);
 
 /*
- * Decode a path.  Returns 0 and fills res (free res->key with free()),
- * or -EINVAL when a component is not the exact encoding of a key segment
- * (M8), or -ENOMEM.
+ * Decode a path.  Returns 0 and fills res (free res->key with free(); it is
+ * allocated, and empty, for KM_ROOT and KM_HEALTH too), or -EINVAL when the
+ * path is not exactly what keymap_encode() gives for res->key (M8; with
+ * "/%value" appended for KM_VALUE), or -ENOMEM.  On error res is untouched.
+ *
+ * -EINVAL: a path not starting with '/', an empty, "." or ".." component, a
+ * bad or needless %XX, lower-case hex, a '%' name of a segment that is plain
+ * or that needs pieces, ".health" as a directory at the root, "%value" at
+ * the root, not last, or in a continuation directory, and a "%+" piece that
+ * is not the longest that fits.  For KM_CONT the last piece cannot be judged
+ * by the bytes after it; it is accepted when some key runs through it (its
+ * name is 253..255 bytes, or 252 for a piece "%++..." cut short, see above).
  */
 int keymap_decode(const char *path, struct keymap_res *res);
 
-/* Encoded name of one segment as it appears in a directory, at_root is
- * nonzero for the mount root (where ".health" is reserved).  Writes at most
- * 3*len+2 bytes plus NUL to out; returns the name length.  Used by tests. */
+/*
+ * Name of one segment in its directory; at_root is nonzero directly under
+ * the mount root (where ".health" is reserved).  A segment that needs
+ * pieces (M7) gets the name of its first piece, the continuation directory
+ * that holds the rest.  Writes at most 3*len+2 bytes, and never more than
+ * KEYMAP_NAME_MAX, plus NUL to out; returns the name length (at least 1).
+ * Not for the entries of a continuation directory: see keymap_child_name().
+ */
 size_t keymap_encode_segment(const char *seg, size_t len, int at_root, char *out);
+
+/*
+ * Name of the entry that shows key in the directory dir (a KM_ROOT, KM_KEY
+ * or KM_CONT from keymap_decode), for readdir: key is a key, or a common
+ * prefix ending in '/', from listing dir's list prefix (see enum
+ * keymap_kind).  Writes the name and NUL to out, which must hold
+ * KEYMAP_NAME_MAX + 1 bytes, sets *is_dir (when not NULL) when the entry is
+ * a directory (more of key follows it: a '/' or more pieces) and returns the
+ * name length.  Returns 0 when key is not shown in dir: it does not start
+ * with the list prefix, it equals the prefix, dir is not a directory kind, or
+ * dir is a continuation directory that key's segment does not run through
+ * (under "%+" 253*"x", the key 254*"x" is the plain name at the root).
+ *
+ * A key ending at dir's prefix plus '/' (a marker, M4) gives the name "%"
+ * like any empty segment; whether to show it is the caller's business.
+ */
+size_t keymap_child_name(const struct keymap_res *dir, const char *key, size_t klen,
+			 char *out, int *is_dir);
 
 #endif

@@ -1,0 +1,1246 @@
+/*
+ * lmdb.c - the embedded default backend: an LMDB environment in a local
+ * directory, "lmdb:/path/to/dir" (or "lmdb:///path/to/dir").
+ *
+ * Keys are stored byte for byte in the environment's main (unnamed)
+ * database, so every other LMDB client (python3-lmdb, mdb_dump, mdb_load)
+ * reads and writes exactly the keys kvfs shows, and nothing is ever hidden.
+ * The price is the empty key: LMDB refuses zero-length keys, so it cannot
+ * exist here (get/del: -ENOENT, set: -EACCES).  A tag byte in front of
+ * every key would make room for it, but then a key written by another
+ * client without the tag would be hidden or misread.
+ *
+ * Writers queue up and share one write transaction (group commit): the
+ * first waiting writer becomes the leader, commits everything queued in one
+ * transaction and hands each writer its own result.  If the shared
+ * transaction fails, each write is redone alone so that it fails only
+ * itself.  MDB_MAP_FULL grows the map (doubling, up to map_max) and retries.
+ *
+ * Durability: every commit is in the OS before set() returns, so it
+ * survives kill -9.  sync=interval (default) opens with MDB_NOMETASYNC:
+ * a commit flushes its data pages but not the meta page, so a power loss
+ * may undo the last commits but never corrupts the store; a syncer thread
+ * flushes the meta page every sync_interval.  sync=always flushes both per
+ * commit.  sync=lazy (MDB_NOSYNC) flushes only every sync_interval: the
+ * fastest, but LMDB can only promise integrity after a power loss on a
+ * filesystem that keeps write order, so it is not the default.
+ */
+#define _GNU_SOURCE  /* pthread_rwlockattr_setkind_np */
+#include <errno.h>
+#include <lmdb.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kv.h"
+
+/* Debian's liblmdb is built with the default MDB_MAXKEYSIZE; the store
+ * reports mdb_env_get_maxkeysize() through store_limits. */
+#define LM_MAX_KEY 511
+/* LMDB takes values up to 4 GiB, but fs/ holds a whole value in memory and
+ * a rewrite needs as much again of the map: keep it far below that. */
+#define LM_MAX_VALUE ((size_t)256 << 20)
+#define LM_DEFAULT_MAP ((uint64_t)1 << 30)
+#define LM_DEFAULT_SYNC_MS 5000
+#define LM_MAX_READERS 256   /* applies when we create the lock file */
+#define LM_POOL 16           /* idle read transactions kept for reuse */
+#define LM_PAGE 1000         /* list items when the caller sets no limit */
+#define LM_CHUNK 128         /* list items copied out per read transaction */
+#ifndef LM_BATCH_MAX
+#define LM_BATCH_MAX 256     /* writes per shared transaction (-D1 disables grouping) */
+#endif
+
+enum lm_sync { LM_SYNC_INTERVAL, LM_SYNC_ALWAYS, LM_SYNC_LAZY };
+
+/* One caller's write, waiting in the queue; lives on the caller's stack. */
+struct lm_write {
+	struct lm_write *next;
+	enum { LM_W_SET, LM_W_DEL, LM_W_CAS, LM_W_APPLY } kind;
+	const struct kv_op *ops;  /* LM_W_APPLY: the caller's array; otherwise &op */
+	size_t nops;
+	struct kv_op op;
+	uint64_t version;         /* LM_W_CAS */
+	int rc;                   /* this write's own result, set by the leader */
+	bool done;                /* under queue_lock */
+};
+
+struct lm_store {
+	struct kv_store base;
+	MDB_env *env;
+	MDB_dbi dbi;
+	size_t max_key;
+	size_t map_max;           /* 0: grow until the system refuses */
+	enum lm_sync sync_mode;
+	int sync_ms;
+
+	/*
+	 * Every transaction runs with map_lock held for reading, because
+	 * resizing the map unmaps it under any reader of this process and
+	 * LMDB leaves that exclusion to us.  Writer-preferring, so a resize
+	 * is not starved by a stream of readers.
+	 */
+	pthread_rwlock_t map_lock;
+	bool broken;              /* under map_lock: a failed remap left no map */
+
+	pthread_mutex_t pool_lock;
+	MDB_txn *pool[LM_POOL];   /* reset read transactions, reader slot kept */
+	size_t npool;
+
+	pthread_mutex_t queue_lock;
+	pthread_cond_t queue_cond;
+	struct lm_write *queue, **queue_tail;
+	bool leading;             /* a leader is committing a batch */
+
+	pthread_mutex_t syncer_lock;
+	pthread_cond_t syncer_cond;
+	pthread_t syncer;
+	bool syncer_running;
+	bool stopping;
+	uint64_t commits;         /* atomic: successful write commits */
+};
+
+/* ---- Small helpers ---- */
+
+/*
+ * LMDB keeps no version per key, so a value's version is a hash of its
+ * bytes: equal content gives an equal version, which is all cas needs.  A
+ * change of one 8-byte word always changes the hash (each step is a
+ * bijection), and a chance collision costs a wrong cas with odds 2^-64.
+ */
+static uint64_t lm_hash(const void *data, size_t len)
+{
+	const unsigned char *p = data;
+	uint64_t h = 0x9e3779b97f4a7c15u ^ (len * 0xff51afd7ed558ccdu);
+	uint64_t w;
+
+	for (; len >= 8; p += 8, len -= 8) {
+		memcpy(&w, p, 8);
+		h = (h ^ w) * 0xc4ceb9fe1a85ec53u;
+		h ^= h >> 32;
+	}
+	if (len) {
+		w = 0;
+		memcpy(&w, p, len);
+		h = (h ^ w) * 0xc4ceb9fe1a85ec53u;
+		h ^= h >> 32;
+	}
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdu;
+	h ^= h >> 33;
+	return h ? h : 1;  /* 0 means "no such key" to cas */
+}
+
+/* The one place LMDB and system errors become kv errno values. */
+static int lm_errno(int rc)
+{
+	switch (rc) {
+	case 0:
+		return 0;
+	case MDB_NOTFOUND:
+		return -ENOENT;
+	case MDB_MAP_FULL:
+	case MDB_TXN_FULL:
+	case ENOSPC:
+	case EDQUOT:
+		return -ENOSPC;
+	case EACCES:
+	case EPERM:
+	case MDB_INCOMPATIBLE:  /* e.g. the key is another client's named database */
+		return -EACCES;
+	case EROFS:
+		return -EROFS;
+	case ENOMEM:
+		return -ENOMEM;
+	default:
+		return -EIO;
+	}
+}
+
+static MDB_val lm_val(const char *p, size_t len)
+{
+	/* An empty value may come as NULL; LMDB would memcpy from it. */
+	return (MDB_val){ .mv_size = len, .mv_data = (void *)(len ? p : "") };
+}
+
+static size_t lm_page_size(void)
+{
+	long ps = sysconf(_SC_PAGESIZE);
+	return ps > 0 ? (size_t)ps : 4096;
+}
+
+/* ---- The map: adopting another process's size, growing our own ---- */
+
+/* MDB_MAP_RESIZED: another process grew the map past ours; take its size. */
+static int lm_map_adopt(struct lm_store *s)
+{
+	int rc;
+
+	pthread_rwlock_wrlock(&s->map_lock);
+	rc = s->broken ? EIO : mdb_env_set_mapsize(s->env, 0);
+	if (rc && !s->broken) {
+		s->broken = true;
+		kv_log(KV_LOG_ERR, "lmdb: cannot map the grown store: %s", mdb_strerror(rc));
+	}
+	pthread_rwlock_unlock(&s->map_lock);
+	return rc;
+}
+
+/* MDB_MAP_FULL: double the map, up to map_max.  0, or -ENOSPC. */
+static int lm_map_grow(struct lm_store *s)
+{
+	MDB_envinfo info;
+	size_t cur, next;
+	void *probe;
+	int rc = 0;
+
+	pthread_rwlock_wrlock(&s->map_lock);
+	if (s->broken) {
+		rc = -EIO;
+		goto out;
+	}
+	mdb_env_info(s->env, &info);
+	cur = info.me_mapsize;
+	if ((s->map_max && cur >= s->map_max) || cur > SIZE_MAX / 4) {
+		rc = -ENOSPC;
+		goto out;
+	}
+	next = cur * 2;
+	if (s->map_max && next > s->map_max)
+		next = s->map_max;
+	/*
+	 * mdb_env_set_mapsize() unmaps before it maps again and has no way
+	 * back when the new mapping fails, so first make sure that much
+	 * address space is there.
+	 */
+	probe = mmap(NULL, next, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (probe == MAP_FAILED) {
+		kv_log(KV_LOG_ERR, "lmdb: cannot grow the map to %zu bytes: %s", next, strerror(errno));
+		rc = -ENOSPC;
+		goto out;
+	}
+	munmap(probe, next);
+	rc = mdb_env_set_mapsize(s->env, next);
+	if (rc) {
+		s->broken = true;
+		kv_log(KV_LOG_ERR, "lmdb: remapping to %zu bytes failed, store unusable: %s",
+		       next, mdb_strerror(rc));
+		rc = -EIO;
+		goto out;
+	}
+	kv_log(KV_LOG_INFO, "lmdb: map grown from %zu to %zu bytes", cur, next);
+out:
+	pthread_rwlock_unlock(&s->map_lock);
+	return rc;
+}
+
+/* ---- Read transactions ---- */
+
+/*
+ * Start a read transaction, reusing a reset one (and its reader slot) from
+ * the pool.  On success map_lock is held until lm_read_end().  Returns an
+ * LMDB or errno code.
+ */
+static int lm_read_begin(struct lm_store *s, MDB_txn **out)
+{
+	MDB_txn *txn;
+	int rc, tries;
+
+	for (tries = 0;; tries++) {
+		pthread_rwlock_rdlock(&s->map_lock);
+		if (s->broken) {
+			pthread_rwlock_unlock(&s->map_lock);
+			return EIO;
+		}
+		txn = NULL;
+		pthread_mutex_lock(&s->pool_lock);
+		if (s->npool)
+			txn = s->pool[--s->npool];
+		pthread_mutex_unlock(&s->pool_lock);
+		if (txn) {
+			rc = mdb_txn_renew(txn);
+			if (rc)
+				mdb_txn_abort(txn);
+		} else {
+			rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+		}
+		if (!rc) {
+			*out = txn;
+			return 0;
+		}
+		pthread_rwlock_unlock(&s->map_lock);
+		if (tries < 3 && rc == MDB_MAP_RESIZED && lm_map_adopt(s) == 0)
+			continue;
+		if (tries < 3 && rc == MDB_READERS_FULL) {
+			int dead = 0;
+
+			/* Slots of killed processes stay taken until someone checks. */
+			if (mdb_reader_check(s->env, &dead) == 0 && dead > 0)
+				continue;
+		}
+		kv_log(KV_LOG_ERR, "lmdb: cannot begin a read transaction: %s", mdb_strerror(rc));
+		return rc;
+	}
+}
+
+static void lm_read_end(struct lm_store *s, MDB_txn *txn)
+{
+	mdb_txn_reset(txn);
+	pthread_mutex_lock(&s->pool_lock);
+	if (s->npool < LM_POOL) {
+		s->pool[s->npool++] = txn;
+		txn = NULL;
+	}
+	pthread_mutex_unlock(&s->pool_lock);
+	if (txn)
+		mdb_txn_abort(txn);
+	pthread_rwlock_unlock(&s->map_lock);
+}
+
+/* ---- Writes: one transaction per batch of queued writes ---- */
+
+static int lm_put(struct lm_store *s, MDB_txn *txn, const struct kv_op *op)
+{
+	MDB_val k = lm_val(op->key, op->key_len);
+	MDB_val v = lm_val(op->val, op->val_len);
+
+	return mdb_put(txn, s->dbi, &k, &v, 0);
+}
+
+static int lm_remove(struct lm_store *s, MDB_txn *txn, const struct kv_op *op)
+{
+	MDB_val k = lm_val(op->key, op->key_len);
+
+	if (op->key_len == 0 || op->key_len > s->max_key)
+		return MDB_NOTFOUND;  /* cannot exist; LMDB would call it a bad size */
+	return mdb_del(txn, s->dbi, &k, NULL);
+}
+
+/*
+ * Run one queued write in txn.  Its own outcome (-ENOENT, -ECANCELED) goes
+ * to w->rc and leaves txn usable: neither wrote anything.  Any other error
+ * is returned, and then txn must be aborted.
+ */
+static int lm_exec(struct lm_store *s, MDB_txn *txn, struct lm_write *w)
+{
+	MDB_val k, v;
+	uint64_t cur = 0;
+	size_t i;
+	int rc;
+
+	w->rc = 0;
+	switch (w->kind) {
+	case LM_W_SET:
+		return lm_put(s, txn, &w->op);
+	case LM_W_DEL:
+		rc = lm_remove(s, txn, &w->op);
+		if (rc == MDB_NOTFOUND) {
+			w->rc = -ENOENT;
+			rc = 0;
+		}
+		return rc;
+	case LM_W_CAS:
+		k = lm_val(w->op.key, w->op.key_len);
+		rc = mdb_get(txn, s->dbi, &k, &v);
+		if (rc == 0)
+			cur = lm_hash(v.mv_data, v.mv_size);
+		else if (rc != MDB_NOTFOUND)
+			return rc;
+		if (cur != w->version) {
+			w->rc = -ECANCELED;
+			return 0;
+		}
+		return lm_put(s, txn, &w->op);
+	case LM_W_APPLY:
+		for (i = 0; i < w->nops; i++) {
+			if (w->ops[i].type == KV_OP_SET)
+				rc = lm_put(s, txn, &w->ops[i]);
+			else if ((rc = lm_remove(s, txn, &w->ops[i])) == MDB_NOTFOUND)
+				rc = 0;
+			if (rc)
+				return rc;
+		}
+		return 0;
+	}
+	return EINVAL;
+}
+
+/*
+ * Run the writes from first up to (not including) stop in one write
+ * transaction and commit it, growing or re-adopting the map as needed.
+ * Returns 0 or the LMDB/errno code that made the transaction fail.
+ */
+static int lm_txn_run(struct lm_store *s, struct lm_write *first, struct lm_write *stop)
+{
+	struct lm_write *w;
+	MDB_txn *txn;
+	int rc;
+
+	for (;;) {
+		pthread_rwlock_rdlock(&s->map_lock);
+		rc = s->broken ? EIO : mdb_txn_begin(s->env, NULL, 0, &txn);
+		if (!rc) {
+			for (w = first; w != stop && !rc; w = w->next)
+				rc = lm_exec(s, txn, w);
+			if (rc)
+				mdb_txn_abort(txn);
+			else
+				rc = mdb_txn_commit(txn);
+		}
+		pthread_rwlock_unlock(&s->map_lock);
+		if (rc == MDB_MAP_FULL && lm_map_grow(s) == 0)
+			continue;
+		if (rc == MDB_MAP_RESIZED && lm_map_adopt(s) == 0)
+			continue;
+		if (!rc)
+			__atomic_add_fetch(&s->commits, 1, __ATOMIC_RELAXED);
+		return rc;
+	}
+}
+
+/* Log why a write failed alone and turn rc into the errno kv.h allows. */
+static int lm_write_failed(const struct lm_write *w, int rc)
+{
+	static const char *const verb[] = {
+		[LM_W_SET] = "set", [LM_W_DEL] = "del", [LM_W_CAS] = "cas", [LM_W_APPLY] = "apply",
+	};
+	int e = lm_errno(rc);
+
+	if (w->kind == LM_W_APPLY)
+		kv_log(KV_LOG_ERR, "lmdb: apply of %zu operations: %s", w->nops, mdb_strerror(rc));
+	else
+		kv_log(KV_LOG_ERR, "lmdb: %s %s: %s", verb[w->kind],
+		       kv_printable(w->op.key, w->op.key_len), mdb_strerror(rc));
+	if (w->kind == LM_W_DEL || e == -ENOMEM || e == -ENOENT)
+		e = -EIO;
+	return e;
+}
+
+static void lm_batch_commit(struct lm_store *s, struct lm_write *batch)
+{
+	struct lm_write *w;
+	int rc;
+
+	if (batch->next && lm_txn_run(s, batch, NULL) == 0)
+		return;
+	/*
+	 * Alone, or the shared transaction failed (a map that may not grow,
+	 * an I/O error): give every write its own transaction, so that a
+	 * write fails only itself.  This is still the queue's serial order.
+	 */
+	for (w = batch; w; w = w->next) {
+		rc = lm_txn_run(s, w, w->next);
+		if (rc)
+			w->rc = lm_write_failed(w, rc);
+	}
+}
+
+/*
+ * Queue w and wait for its result.  The first writer to find no leader
+ * becomes one: it takes the queue (itself included), commits it and wakes
+ * everybody; writers that arrived meanwhile form the next batch.
+ */
+static int lm_write_submit(struct lm_store *s, struct lm_write *w)
+{
+	struct lm_write *batch, *last, *next;
+	size_t n;
+
+	w->next = NULL;
+	w->done = false;
+	pthread_mutex_lock(&s->queue_lock);
+	*s->queue_tail = w;
+	s->queue_tail = &w->next;
+	while (!w->done && s->leading)
+		pthread_cond_wait(&s->queue_cond, &s->queue_lock);
+	if (w->done) {
+		pthread_mutex_unlock(&s->queue_lock);
+		return w->rc;
+	}
+	batch = last = s->queue;
+	for (n = 1; n < LM_BATCH_MAX && last->next; n++)
+		last = last->next;
+	s->queue = last->next;
+	if (!s->queue)
+		s->queue_tail = &s->queue;
+	last->next = NULL;
+	s->leading = true;
+	pthread_mutex_unlock(&s->queue_lock);
+
+	lm_batch_commit(s, batch);
+
+	pthread_mutex_lock(&s->queue_lock);
+	for (; batch; batch = next) {
+		next = batch->next;  /* a waiter may return as soon as done is set and we unlock */
+		batch->done = true;
+	}
+	s->leading = false;
+	pthread_cond_broadcast(&s->queue_cond);
+	pthread_mutex_unlock(&s->queue_lock);
+	return w->rc;
+}
+
+/* Refusals that need no transaction: the same for set, cas and apply. */
+static int lm_check_set(const struct lm_store *s, size_t klen, size_t vlen)
+{
+	if (klen == 0) {
+		kv_log(KV_LOG_ERR, "lmdb: the empty key cannot be stored (LMDB keys are 1 to %zu bytes)",
+		       s->max_key);
+		return -EACCES;
+	}
+	if (klen > s->max_key)
+		return -ENAMETOOLONG;
+	if (vlen > LM_MAX_VALUE)
+		return -EFBIG;
+	return 0;
+}
+
+static int lm_set(struct kv_store *st, const char *key, size_t klen, const char *val, size_t vlen)
+{
+	struct lm_store *s = kv_store_cast(struct lm_store, st);
+	struct lm_write w = {
+		.kind = LM_W_SET,
+		.op = { .type = KV_OP_SET, .key = key, .key_len = klen, .val = val, .val_len = vlen },
+	};
+	int rc = lm_check_set(s, klen, vlen);
+
+	return rc ? rc : lm_write_submit(s, &w);
+}
+
+static int lm_cas(struct kv_store *st, const char *key, size_t klen, uint64_t version,
+		  const char *val, size_t vlen)
+{
+	struct lm_store *s = kv_store_cast(struct lm_store, st);
+	struct lm_write w = {
+		.kind = LM_W_CAS,
+		.op = { .type = KV_OP_SET, .key = key, .key_len = klen, .val = val, .val_len = vlen },
+		.version = version,
+	};
+	int rc = lm_check_set(s, klen, vlen);
+
+	return rc ? rc : lm_write_submit(s, &w);
+}
+
+static int lm_del(struct kv_store *st, const char *key, size_t klen)
+{
+	struct lm_store *s = kv_store_cast(struct lm_store, st);
+	struct lm_write w = {
+		.kind = LM_W_DEL,
+		.op = { .type = KV_OP_DEL, .key = key, .key_len = klen },
+	};
+
+	return lm_write_submit(s, &w);
+}
+
+static int lm_apply(struct kv_store *st, const struct kv_op *ops, size_t n)
+{
+	struct lm_store *s = kv_store_cast(struct lm_store, st);
+	struct lm_write w = { .kind = LM_W_APPLY, .ops = ops, .nops = n };
+	size_t i;
+	int rc;
+
+	for (i = 0; i < n; i++) {
+		if (ops[i].type != KV_OP_SET)
+			continue;
+		rc = lm_check_set(s, ops[i].key_len, ops[i].val_len);
+		if (rc)
+			return rc;
+	}
+	return n ? lm_write_submit(s, &w) : 0;
+}
+
+/* ---- Reads ---- */
+
+static int lm_get(struct kv_store *st, const char *key, size_t klen, char **val, size_t *len,
+		  uint64_t *version)
+{
+	struct lm_store *s = kv_store_cast(struct lm_store, st);
+	MDB_val k = lm_val(key, klen), v;
+	MDB_txn *txn;
+	char *buf = NULL;
+	int rc;
+
+	if (klen == 0 || klen > s->max_key)
+		return -ENOENT;
+	rc = lm_read_begin(s, &txn);
+	if (rc)
+		return -EIO;
+	rc = mdb_get(txn, s->dbi, &k, &v);
+	if (!rc) {
+		buf = malloc(v.mv_size + 1);
+		if (buf) {
+			memcpy(buf, v.mv_data, v.mv_size);
+			buf[v.mv_size] = '\0';
+		}
+	}
+	lm_read_end(s, txn);
+	if (rc == MDB_NOTFOUND)
+		return -ENOENT;
+	if (rc) {
+		kv_log(KV_LOG_ERR, "lmdb: get %s: %s", kv_printable(key, klen), mdb_strerror(rc));
+		return -EIO;
+	}
+	if (!buf)
+		return -ENOMEM;
+	*val = buf;
+	*len = v.mv_size;
+	if (version)
+		*version = lm_hash(buf, v.mv_size);
+	return 0;
+}
+
+static int lm_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *size)
+{
+	struct lm_store *s = kv_store_cast(struct lm_store, st);
+	MDB_val k = lm_val(key, klen), v;
+	MDB_txn *txn;
+	int rc;
+
+	if (klen == 0 || klen > s->max_key)
+		return -ENOENT;
+	if (lm_read_begin(s, &txn))
+		return -EIO;
+	rc = mdb_get(txn, s->dbi, &k, &v);  /* points into the map: nothing copied */
+	lm_read_end(s, txn);
+	if (rc == MDB_NOTFOUND)
+		return -ENOENT;
+	if (rc) {
+		kv_log(KV_LOG_ERR, "lmdb: stat %s: %s", kv_printable(key, klen), mdb_strerror(rc));
+		return -EIO;
+	}
+	*size = v.mv_size;
+	return 0;
+}
+
+/* ---- list ---- */
+
+/* A growable byte buffer; list keeps keys of any length other clients wrote. */
+struct lm_buf {
+	char *p;
+	size_t len, cap;
+};
+
+static int lm_buf_set(struct lm_buf *b, const void *p, size_t len)
+{
+	if (len > b->cap) {
+		char *q = realloc(b->p, len);
+
+		if (!q)
+			return ENOMEM;
+		b->p = q;
+		b->cap = len;
+	}
+	memcpy(b->p, p, len);
+	b->len = len;
+	return 0;
+}
+
+/* Items copied out of one read transaction, to be delivered after it. */
+struct lm_chunk {
+	struct kv_entry e[LM_CHUNK];
+	size_t off[LM_CHUNK];     /* key offsets in text; text may move while filling */
+	size_t n;
+	struct lm_buf text;
+};
+
+/* Where a walk resumes: the cursor op and, for MDB_SET_RANGE, its key. */
+struct lm_walk {
+	const struct kv_list_req *req;
+	MDB_cursor_op op;         /* MDB_FIRST, MDB_SET_RANGE, MDB_NEXT; MDB_LAST = at the end */
+	struct lm_buf seek;
+};
+
+/* The smallest key above every key that starts with b; false if none is. */
+static bool lm_successor(struct lm_buf *b)
+{
+	while (b->len && (unsigned char)b->p[b->len - 1] == 0xff)
+		b->len--;
+	if (!b->len)
+		return false;
+	b->p[b->len - 1]++;
+	return true;
+}
+
+static int lm_bytecmp(const char *a, size_t alen, const char *b, size_t blen)
+{
+	int c = memcmp(a, b, alen < blen ? alen : blen);
+
+	return c ? c : (alen > blen) - (alen < blen);
+}
+
+/*
+ * Move to the next item of the listing and describe it in *e (its key
+ * points into the map).  With a delimiter, a whole group of keys is one
+ * item, and the walk then jumps past the group with MDB_SET_RANGE on the
+ * group's successor, so a directory's subtree is never walked.  Returns 0,
+ * MDB_NOTFOUND at the end, or an LMDB error.
+ */
+static int lm_walk_next(MDB_cursor *cur, struct lm_walk *w, struct kv_entry *e)
+{
+	const struct kv_list_req *r = w->req;
+	MDB_val k, v;
+	const char *d;
+	int rc;
+
+	for (;;) {
+		if (w->op == MDB_LAST)
+			return MDB_NOTFOUND;
+		k = lm_val(w->seek.p, w->seek.len);
+		rc = mdb_cursor_get(cur, &k, &v, w->op);
+		if (rc)
+			return rc;
+		w->op = MDB_NEXT;
+		if (k.mv_size < r->prefix_len || memcmp(k.mv_data, r->prefix, r->prefix_len) != 0)
+			return MDB_NOTFOUND;  /* the walk starts at or after the prefix */
+		d = NULL;
+		if (r->delim)
+			d = memchr((char *)k.mv_data + r->prefix_len, r->delim,
+				   k.mv_size - r->prefix_len);
+		*e = (struct kv_entry){ .key = k.mv_data, .key_len = k.mv_size, .size = v.mv_size };
+		if (d) {
+			*e = (struct kv_entry){ .key = k.mv_data, .is_prefix = true,
+						.key_len = (size_t)(d - (char *)k.mv_data) + 1 };
+			rc = lm_buf_set(&w->seek, e->key, e->key_len);
+			if (rc)
+				return rc;
+			w->op = lm_successor(&w->seek) ? MDB_SET_RANGE : MDB_LAST;
+		}
+		if (r->start && lm_bytecmp(e->key, e->key_len, r->start, r->start_len) < 0)
+			continue;
+		return 0;
+	}
+}
+
+/*
+ * Copy up to want items into c in one read transaction, then look one item
+ * further: *next tells whether there is one, and w is left to restart on it
+ * in a later transaction.
+ */
+static int lm_list_chunk(struct lm_store *s, struct lm_walk *w, struct lm_chunk *c, size_t want,
+			 bool *next)
+{
+	struct kv_entry e;
+	MDB_cursor *cur;
+	MDB_txn *txn;
+	size_t i;
+	int rc;
+
+	c->n = 0;
+	c->text.len = 0;
+	*next = false;
+	rc = lm_read_begin(s, &txn);
+	if (rc)
+		return rc;
+	rc = mdb_cursor_open(txn, s->dbi, &cur);
+	if (rc) {
+		lm_read_end(s, txn);
+		return rc;
+	}
+	while (!(rc = lm_walk_next(cur, w, &e))) {
+		if (c->n == want) {
+			/* Resume on this item: a group's own prefix leads back to it. */
+			rc = lm_buf_set(&w->seek, e.key, e.key_len);
+			w->op = MDB_SET_RANGE;
+			*next = true;
+			break;
+		}
+		if (c->text.len + e.key_len > c->text.cap) {
+			size_t cap = c->text.cap * 2 + e.key_len;
+			char *p = realloc(c->text.p, cap);
+
+			if (!p) {
+				rc = ENOMEM;
+				break;
+			}
+			c->text.p = p;
+			c->text.cap = cap;
+		}
+		memcpy(c->text.p + c->text.len, e.key, e.key_len);
+		c->off[c->n] = c->text.len;
+		c->text.len += e.key_len;
+		c->e[c->n++] = e;
+	}
+	mdb_cursor_close(cur);
+	lm_read_end(s, txn);
+	if (rc == MDB_NOTFOUND)
+		rc = 0;
+	for (i = 0; i < c->n; i++)
+		c->e[i].key = c->text.p + c->off[i];
+	return rc;
+}
+
+static int lm_list(struct kv_store *st, const struct kv_list_req *req, kv_list_cb *cb, void *ctx,
+		   bool *more)
+{
+	struct lm_store *s = kv_store_cast(struct lm_store, st);
+	struct lm_walk w = { .req = req, .op = MDB_FIRST };
+	size_t limit = req->limit ? req->limit : LM_PAGE, done = 0, i;
+	struct lm_chunk *c;
+	bool next = false;
+	int rc = 0, stop;
+
+	*more = false;
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return -EIO;
+	/* Start at the greater of prefix and start (items below it are skipped anyway). */
+	if (req->start && lm_bytecmp(req->start, req->start_len, req->prefix, req->prefix_len) > 0)
+		rc = lm_buf_set(&w.seek, req->start, req->start_len);
+	else
+		rc = lm_buf_set(&w.seek, req->prefix, req->prefix_len);
+	if (w.seek.len)
+		w.op = MDB_SET_RANGE;
+	while (!rc && done < limit) {
+		rc = lm_list_chunk(s, &w, c, limit - done < LM_CHUNK ? limit - done : LM_CHUNK, &next);
+		if (rc)
+			break;
+		for (i = 0; i < c->n; i++) {
+			stop = cb(ctx, &c->e[i]);
+			if (stop) {
+				*more = i + 1 < c->n || next;
+				rc = stop < 0 ? stop : 0;
+				goto out;
+			}
+		}
+		done += c->n;
+		if (!next)
+			break;
+	}
+	if (rc > 0) {
+		kv_log(KV_LOG_ERR, "lmdb: list %s: %s", kv_printable(req->prefix, req->prefix_len),
+		       mdb_strerror(rc));
+		rc = -EIO;
+	}
+	*more = !rc && next;
+out:
+	free(c->text.p);
+	free(c);
+	free(w.seek.p);
+	return rc;
+}
+
+/* ---- sync, health, statfs ---- */
+
+static int lm_sync(struct kv_store *st)
+{
+	struct lm_store *s = kv_store_cast(struct lm_store, st);
+	int rc = mdb_env_sync(s->env, 1);
+
+	if (rc) {
+		kv_log(KV_LOG_ERR, "lmdb: sync: %s", mdb_strerror(rc));
+		return -EIO;
+	}
+	return 0;
+}
+
+static const char *lm_sync_name(enum lm_sync m)
+{
+	return m == LM_SYNC_ALWAYS ? "always" : m == LM_SYNC_LAZY ? "lazy" : "interval";
+}
+
+static void lm_fact(struct kv_health *h, const char *name, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void lm_fact(struct kv_health *h, const char *name, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (h->nfacts == KV_HEALTH_MAX_FACTS)
+		return;
+	snprintf(h->facts[h->nfacts].name, sizeof(h->facts[0].name), "%s", name);
+	va_start(ap, fmt);
+	vsnprintf(h->facts[h->nfacts].value, sizeof(h->facts[0].value), fmt, ap);
+	va_end(ap);
+	h->nfacts++;
+}
+
+static int lm_health(struct kv_store *st, struct kv_health *h)
+{
+	struct lm_store *s = kv_store_cast(struct lm_store, st);
+	MDB_envinfo info;
+	MDB_stat ms;
+	MDB_txn *txn;
+	int rc, major, minor, patch;
+
+	rc = lm_read_begin(s, &txn);
+	if (rc) {
+		snprintf(h->detail, sizeof(h->detail), "lmdb: %s", mdb_strerror(rc));
+		return -EIO;
+	}
+	rc = mdb_stat(txn, s->dbi, &ms);
+	mdb_env_info(s->env, &info);
+	lm_read_end(s, txn);
+	if (rc) {
+		snprintf(h->detail, sizeof(h->detail), "lmdb: %s", mdb_strerror(rc));
+		return -EIO;
+	}
+	mdb_version(&major, &minor, &patch);
+	snprintf(h->detail, sizeof(h->detail), "lmdb %d.%d.%d, %zu keys", major, minor, patch,
+		 ms.ms_entries);
+	lm_fact(h, "map_size", "%zu", info.me_mapsize);
+	lm_fact(h, "map_used", "%zu", (info.me_last_pgno + 1) * (size_t)ms.ms_psize);
+	lm_fact(h, "map_max", "%zu", s->map_max);
+	lm_fact(h, "sync", "%s", lm_sync_name(s->sync_mode));
+	if (s->sync_mode != LM_SYNC_ALWAYS)
+		lm_fact(h, "sync_interval_ms", "%d", s->sync_ms);
+	lm_fact(h, "readers", "%u of %u", info.me_numreaders, info.me_maxreaders);
+	return 0;
+}
+
+static int lm_statfs(struct kv_store *st, struct kv_statfs *out)
+{
+	struct lm_store *s = kv_store_cast(struct lm_store, st);
+	MDB_envinfo info;
+	MDB_stat ms;
+	uint64_t used;
+
+	pthread_rwlock_rdlock(&s->map_lock);  /* both read the meta page in the map */
+	if (s->broken) {
+		pthread_rwlock_unlock(&s->map_lock);
+		return -EIO;
+	}
+	mdb_env_info(s->env, &info);
+	mdb_env_stat(s->env, &ms);
+	pthread_rwlock_unlock(&s->map_lock);
+	used = (uint64_t)(info.me_last_pgno + 1) * ms.ms_psize;
+	out->total_bytes = info.me_mapsize;
+	out->free_bytes = used < info.me_mapsize ? info.me_mapsize - used : 0;
+	out->keys = ms.ms_entries;
+	return 0;
+}
+
+static void lm_store_limits(struct kv_store *st, struct kv_limits *out)
+{
+	struct lm_store *s = kv_store_cast(struct lm_store, st);
+
+	out->max_key = s->max_key;
+	out->max_value = LM_MAX_VALUE;
+}
+
+/* ---- The syncer thread ---- */
+
+/* Flush what was committed since the last flush, every sync_ms. */
+static void *lm_syncer(void *arg)
+{
+	struct lm_store *s = arg;
+	uint64_t synced = 0, now;
+	struct timespec due;
+	int rc;
+
+	pthread_mutex_lock(&s->syncer_lock);
+	while (!s->stopping) {
+		clock_gettime(CLOCK_MONOTONIC, &due);
+		due.tv_sec += s->sync_ms / 1000;
+		due.tv_nsec += (long)(s->sync_ms % 1000) * 1000000;
+		if (due.tv_nsec >= 1000000000) {
+			due.tv_sec++;
+			due.tv_nsec -= 1000000000;
+		}
+		rc = 0;
+		while (!s->stopping && rc != ETIMEDOUT)
+			rc = pthread_cond_timedwait(&s->syncer_cond, &s->syncer_lock, &due);
+		now = __atomic_load_n(&s->commits, __ATOMIC_RELAXED);
+		if (s->stopping || now == synced)
+			continue;
+		pthread_mutex_unlock(&s->syncer_lock);
+		rc = mdb_env_sync(s->env, 1);
+		if (rc)
+			kv_log(KV_LOG_ERR, "lmdb: background sync: %s", mdb_strerror(rc));
+		else
+			synced = now;
+		pthread_mutex_lock(&s->syncer_lock);
+	}
+	pthread_mutex_unlock(&s->syncer_lock);
+	return NULL;
+}
+
+/* ---- open and close ---- */
+
+static void lm_free(struct lm_store *s)
+{
+	while (s->npool)
+		mdb_txn_abort(s->pool[--s->npool]);
+	if (s->env)
+		mdb_env_close(s->env);
+	pthread_rwlock_destroy(&s->map_lock);
+	pthread_mutex_destroy(&s->pool_lock);
+	pthread_mutex_destroy(&s->queue_lock);
+	pthread_cond_destroy(&s->queue_cond);
+	pthread_mutex_destroy(&s->syncer_lock);
+	pthread_cond_destroy(&s->syncer_cond);
+	free(s);
+}
+
+static void lm_close(struct kv_store *st)
+{
+	struct lm_store *s = kv_store_cast(struct lm_store, st);
+	int rc;
+
+	if (s->syncer_running) {
+		pthread_mutex_lock(&s->syncer_lock);
+		s->stopping = true;
+		pthread_cond_signal(&s->syncer_cond);
+		pthread_mutex_unlock(&s->syncer_lock);
+		pthread_join(s->syncer, NULL);
+	}
+	rc = mdb_env_sync(s->env, 1);
+	if (rc)
+		kv_log(KV_LOG_ERR, "lmdb: final sync: %s", mdb_strerror(rc));
+	lm_free(s);
+}
+
+/* "/dir", "dir", "///dir" and "//localhost/dir" name the directory "/dir" or "dir". */
+static int lm_parse_location(const char *loc, const char **path, char *err, size_t errlen)
+{
+	if (!loc)
+		loc = "";
+	if (loc[0] == '/' && loc[1] == '/') {
+		loc += 2;
+		if (strncmp(loc, "localhost/", 10) == 0)
+			loc += 9;
+		if (*loc && *loc != '/') {
+			snprintf(err, errlen, "lmdb: a store is a local directory: use lmdb:/path or lmdb:///path");
+			return -EINVAL;
+		}
+	}
+	if (!*loc) {
+		snprintf(err, errlen, "lmdb: no directory given: use lmdb:/path/to/dir");
+		return -EINVAL;
+	}
+	*path = loc;
+	return 0;
+}
+
+static int lm_parse_options(struct lm_store *s, const struct kv_open_args *a, size_t *map_size,
+			    char *err, size_t errlen)
+{
+	const char *v;
+	uint64_t n;
+	size_t ps = lm_page_size();
+
+	*map_size = LM_DEFAULT_MAP;
+	if ((v = kv_option_get(a, "map_size"))) {
+		if (kv_parse_size(v, &n) || n == 0 || n > SIZE_MAX / 4) {
+			snprintf(err, errlen, "lmdb: bad map_size '%s' (e.g. 1G)", v);
+			return -EINVAL;
+		}
+		*map_size = (n + ps - 1) / ps * ps;  /* LMDB wants whole pages */
+	}
+	s->map_max = 0;
+	if ((v = kv_option_get(a, "map_max"))) {
+		if (kv_parse_size(v, &n) || n > SIZE_MAX / 4) {
+			snprintf(err, errlen, "lmdb: bad map_max '%s' (e.g. 64G, 0 for no limit)", v);
+			return -EINVAL;
+		}
+		s->map_max = n / ps * ps;
+		if (s->map_max && s->map_max < *map_size) {
+			snprintf(err, errlen, "lmdb: map_max '%s' is below map_size", v);
+			return -EINVAL;
+		}
+	}
+	s->sync_mode = LM_SYNC_INTERVAL;
+	if ((v = kv_option_get(a, "sync"))) {
+		if (strcmp(v, "always") == 0)
+			s->sync_mode = LM_SYNC_ALWAYS;
+		else if (strcmp(v, "lazy") == 0)
+			s->sync_mode = LM_SYNC_LAZY;
+		else if (strcmp(v, "interval") != 0) {
+			snprintf(err, errlen, "lmdb: bad sync '%s' (interval, always or lazy)", v);
+			return -EINVAL;
+		}
+	}
+	s->sync_ms = LM_DEFAULT_SYNC_MS;
+	if ((v = kv_option_get(a, "sync_interval"))) {
+		if (kv_parse_ms(v, &s->sync_ms) || s->sync_ms <= 0) {
+			snprintf(err, errlen, "lmdb: bad sync_interval '%s' (e.g. 5s, 500ms)", v);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+/* Create the store's directory if missing; a one-line reason on failure. */
+static int lm_make_dir(const char *path, char *err, size_t errlen)
+{
+	struct stat st;
+	int e;
+
+	if (mkdir(path, 0700) == 0)
+		return 0;
+	e = errno;
+	if (e == EEXIST && stat(path, &st) == 0) {
+		if (S_ISDIR(st.st_mode))
+			return 0;
+		snprintf(err, errlen, "lmdb: %s is not a directory", path);
+		return -EINVAL;
+	}
+	snprintf(err, errlen, "lmdb: cannot create %s: %s", path, strerror(e));
+	switch (e) {
+	case EACCES:
+	case EPERM:
+	case EROFS:
+		return -EACCES;
+	case ENOENT:
+	case ENOTDIR:
+		return -ENOENT;
+	case ENOMEM:
+		return -ENOMEM;
+	default:
+		return -EIO;
+	}
+}
+
+static int lm_open_env(struct lm_store *s, const char *path, size_t map_size, char *err,
+		       size_t errlen)
+{
+	unsigned flags = MDB_NOTLS;  /* read transactions are not tied to FUSE threads */
+	unsigned dbflags;
+	MDB_txn *txn;
+	int rc, dead = 0;
+
+	if (s->sync_mode == LM_SYNC_INTERVAL)
+		flags |= MDB_NOMETASYNC;
+	else if (s->sync_mode == LM_SYNC_LAZY)
+		flags |= MDB_NOSYNC;
+	rc = mdb_env_create(&s->env);
+	if (!rc)
+		rc = mdb_env_set_mapsize(s->env, map_size);
+	if (!rc)
+		rc = mdb_env_set_maxreaders(s->env, LM_MAX_READERS);
+	if (!rc)
+		rc = mdb_env_open(s->env, path, flags, 0600);
+	if (rc) {
+		snprintf(err, errlen, "lmdb: cannot open %s: %s", path, mdb_strerror(rc));
+		goto fail;
+	}
+	/* Reader slots of killed processes pin old pages until cleared. */
+	mdb_reader_check(s->env, &dead);
+	rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+	if (!rc) {
+		rc = mdb_dbi_open(txn, NULL, 0, &s->dbi);
+		if (!rc)
+			rc = mdb_dbi_flags(txn, s->dbi, &dbflags);
+		if (!rc)
+			rc = mdb_txn_commit(txn);
+		else
+			mdb_txn_abort(txn);
+	}
+	if (rc) {
+		snprintf(err, errlen, "lmdb: cannot read %s: %s", path, mdb_strerror(rc));
+		goto fail;
+	}
+	/* Another client may have given the main database other key rules. */
+	if (dbflags & (MDB_REVERSEKEY | MDB_DUPSORT | MDB_INTEGERKEY)) {
+		snprintf(err, errlen, "lmdb: %s: the main database is not plain (flags 0x%x)", path,
+			 dbflags);
+		rc = EINVAL;
+		goto fail;
+	}
+	s->max_key = (size_t)mdb_env_get_maxkeysize(s->env);
+	return 0;
+fail:
+	switch (rc) {
+	case ENOENT:
+	case ENOTDIR:
+		return -ENOENT;
+	case EACCES:
+	case EPERM:
+	case EROFS:
+		return -EACCES;
+	case ENOMEM:
+		return -ENOMEM;
+	case EINVAL:
+		return -EINVAL;
+	default:
+		return -EIO;  /* MDB_INVALID, MDB_VERSION_MISMATCH, I/O errors */
+	}
+}
+
+static int lm_init_locks(struct lm_store *s)
+{
+	pthread_rwlockattr_t ra;
+	pthread_condattr_t ca;
+	int rc;
+
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	rc = pthread_rwlock_init(&s->map_lock, &ra);
+	pthread_rwlockattr_destroy(&ra);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	rc = rc ? rc : pthread_cond_init(&s->syncer_cond, &ca);
+	pthread_condattr_destroy(&ca);
+	rc = rc ? rc : pthread_mutex_init(&s->syncer_lock, NULL);
+	rc = rc ? rc : pthread_mutex_init(&s->pool_lock, NULL);
+	rc = rc ? rc : pthread_mutex_init(&s->queue_lock, NULL);
+	rc = rc ? rc : pthread_cond_init(&s->queue_cond, NULL);
+	return rc;
+}
+
+static int lm_open(const struct kv_open_args *args, struct kv_store **out, char *err,
+		   size_t errlen)
+{
+	struct lm_store *s;
+	const char *path;
+	size_t map_size;
+	int rc;
+
+	rc = lm_parse_location(args->location, &path, err, errlen);
+	if (rc)
+		return rc;
+	s = calloc(1, sizeof(*s));
+	if (!s || lm_init_locks(s)) {
+		free(s);
+		snprintf(err, errlen, "lmdb: out of memory");
+		return -ENOMEM;
+	}
+	s->queue_tail = &s->queue;
+	rc = lm_parse_options(s, args, &map_size, err, errlen);
+	if (!rc)
+		rc = lm_make_dir(path, err, errlen);
+	if (!rc)
+		rc = lm_open_env(s, path, map_size, err, errlen);
+	if (!rc && s->sync_mode != LM_SYNC_ALWAYS) {
+		if (pthread_create(&s->syncer, NULL, lm_syncer, s) != 0) {
+			snprintf(err, errlen, "lmdb: cannot start the sync thread");
+			rc = -ENOMEM;
+		} else {
+			s->syncer_running = true;
+		}
+	}
+	if (rc) {
+		lm_free(s);
+		return rc;
+	}
+	s->base.be = &kv_backend_lmdb;
+	*out = &s->base;
+	return 0;
+}
+
+static const char *const lm_options[] = { "map_size", "map_max", "sync", "sync_interval", NULL };
+
+const struct kv_backend kv_backend_lmdb = {
+	.scheme = "lmdb",
+	.summary = "embedded LMDB environment in a local directory (the default)",
+	.usage = "lmdb:/path/to/dir",
+	.options = lm_options,
+	.caps = KV_CAP_ORDERED | KV_CAP_CAS | KV_CAP_TXN | KV_CAP_SYNC | KV_CAP_PERSIST,
+	.limits = { .max_key = LM_MAX_KEY, .max_value = LM_MAX_VALUE },
+	.open = lm_open,
+	.close = lm_close,
+	.get = lm_get,
+	.set = lm_set,
+	.del = lm_del,
+	.list = lm_list,
+	.health = lm_health,
+	.stat = lm_stat,
+	.cas = lm_cas,
+	.apply = lm_apply,
+	.sync = lm_sync,
+	.statfs = lm_statfs,
+	.store_limits = lm_store_limits,
+};

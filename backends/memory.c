@@ -1,0 +1,369 @@
+/*
+ * memory.c - an in-process store for tests and scratch mounts ("memory:").
+ *
+ * A sorted array under one read-write lock: simple enough to serve as the
+ * reference behaviour for the conformance suite.  Nothing outlives the
+ * process.  Versions come from one counter, so every write changes them.
+ */
+#include "kv.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct mem_item {
+	char *key;
+	size_t klen;
+	char *val;
+	size_t vlen;
+	uint64_t version;
+};
+
+struct mem_store {
+	struct kv_store base;
+	pthread_rwlock_t lock;
+	struct mem_item *items;
+	size_t n, cap;
+	uint64_t next_version;
+	uint64_t bytes;
+};
+
+static int bytes_cmp(const char *a, size_t alen, const char *b, size_t blen)
+{
+	int c = memcmp(a, b, alen < blen ? alen : blen);
+	if (c)
+		return c;
+	return alen < blen ? -1 : alen > blen;
+}
+
+/* Index of the first item >= key; *found tells whether it is equal. */
+static size_t mem_find(struct mem_store *m, const char *key, size_t klen, bool *found)
+{
+	size_t lo = 0, hi = m->n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (bytes_cmp(m->items[mid].key, m->items[mid].klen, key, klen) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	*found = lo < m->n && bytes_cmp(m->items[lo].key, m->items[lo].klen, key, klen) == 0;
+	return lo;
+}
+
+static char *dup_bytes(const char *p, size_t n)
+{
+	char *d = malloc(n + 1);
+	if (d) {
+		if (n)
+			memcpy(d, p, n);
+		d[n] = '\0';
+	}
+	return d;
+}
+
+static int mem_open(const struct kv_open_args *a, struct kv_store **out, char *err, size_t errlen)
+{
+	struct mem_store *m;
+
+	(void)err;
+	(void)errlen;
+	(void)a;
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	pthread_rwlock_init(&m->lock, NULL);
+	*out = &m->base;
+	return 0;
+}
+
+static void mem_close(struct kv_store *s)
+{
+	struct mem_store *m = kv_store_cast(struct mem_store, s);
+
+	for (size_t i = 0; i < m->n; i++) {
+		free(m->items[i].key);
+		free(m->items[i].val);
+	}
+	free(m->items);
+	pthread_rwlock_destroy(&m->lock);
+	free(m);
+}
+
+static int mem_get(struct kv_store *s, const char *key, size_t klen, char **val, size_t *len,
+		   uint64_t *version)
+{
+	struct mem_store *m = kv_store_cast(struct mem_store, s);
+	bool found;
+	int rc = 0;
+
+	pthread_rwlock_rdlock(&m->lock);
+	size_t i = mem_find(m, key, klen, &found);
+	if (!found) {
+		rc = -ENOENT;
+	} else {
+		*val = dup_bytes(m->items[i].val, m->items[i].vlen);
+		*len = m->items[i].vlen;
+		if (version)
+			*version = m->items[i].version;
+		if (!*val)
+			rc = -ENOMEM;
+	}
+	pthread_rwlock_unlock(&m->lock);
+	return rc;
+}
+
+static int mem_stat(struct kv_store *s, const char *key, size_t klen, uint64_t *size)
+{
+	struct mem_store *m = kv_store_cast(struct mem_store, s);
+	bool found;
+
+	pthread_rwlock_rdlock(&m->lock);
+	size_t i = mem_find(m, key, klen, &found);
+	if (found)
+		*size = m->items[i].vlen;
+	pthread_rwlock_unlock(&m->lock);
+	return found ? 0 : -ENOENT;
+}
+
+/* Caller holds the write lock. */
+static int mem_put_locked(struct mem_store *m, const char *key, size_t klen, const char *val,
+			  size_t vlen)
+{
+	bool found;
+	size_t i = mem_find(m, key, klen, &found);
+	char *v = dup_bytes(val, vlen);
+
+	if (!v)
+		return -ENOMEM;
+	if (found) {
+		m->bytes -= m->items[i].vlen;
+		free(m->items[i].val);
+	} else {
+		char *k = dup_bytes(key, klen);
+		if (!k) {
+			free(v);
+			return -ENOMEM;
+		}
+		if (m->n == m->cap) {
+			size_t cap = m->cap ? m->cap * 2 : 64;
+			struct mem_item *it = realloc(m->items, cap * sizeof(*it));
+			if (!it) {
+				free(k);
+				free(v);
+				return -ENOMEM;
+			}
+			m->items = it;
+			m->cap = cap;
+		}
+		memmove(&m->items[i + 1], &m->items[i], (m->n - i) * sizeof(*m->items));
+		m->items[i] = (struct mem_item){.key = k, .klen = klen};
+		m->n++;
+		m->bytes += klen;
+	}
+	m->items[i].val = v;
+	m->items[i].vlen = vlen;
+	m->items[i].version = ++m->next_version;
+	m->bytes += vlen;
+	return 0;
+}
+
+static int mem_del_locked(struct mem_store *m, const char *key, size_t klen)
+{
+	bool found;
+	size_t i = mem_find(m, key, klen, &found);
+
+	if (!found)
+		return -ENOENT;
+	m->bytes -= m->items[i].klen + m->items[i].vlen;
+	free(m->items[i].key);
+	free(m->items[i].val);
+	memmove(&m->items[i], &m->items[i + 1], (m->n - i - 1) * sizeof(*m->items));
+	m->n--;
+	return 0;
+}
+
+static int mem_set(struct kv_store *s, const char *key, size_t klen, const char *val, size_t vlen)
+{
+	struct mem_store *m = kv_store_cast(struct mem_store, s);
+
+	pthread_rwlock_wrlock(&m->lock);
+	int rc = mem_put_locked(m, key, klen, val, vlen);
+	pthread_rwlock_unlock(&m->lock);
+	return rc;
+}
+
+static int mem_del(struct kv_store *s, const char *key, size_t klen)
+{
+	struct mem_store *m = kv_store_cast(struct mem_store, s);
+
+	pthread_rwlock_wrlock(&m->lock);
+	int rc = mem_del_locked(m, key, klen);
+	pthread_rwlock_unlock(&m->lock);
+	return rc;
+}
+
+static int mem_cas(struct kv_store *s, const char *key, size_t klen, uint64_t version,
+		   const char *val, size_t vlen)
+{
+	struct mem_store *m = kv_store_cast(struct mem_store, s);
+	bool found;
+	int rc;
+
+	pthread_rwlock_wrlock(&m->lock);
+	size_t i = mem_find(m, key, klen, &found);
+	if (found ? m->items[i].version != version : version != 0)
+		rc = -ECANCELED;
+	else
+		rc = mem_put_locked(m, key, klen, val, vlen);
+	pthread_rwlock_unlock(&m->lock);
+	return rc;
+}
+
+/* All or nothing: each operation saves the old value first, and a failure
+ * part-way puts the saved values back before the lock is released. */
+static int mem_apply(struct kv_store *s, const struct kv_op *ops, size_t n)
+{
+	struct mem_store *m = kv_store_cast(struct mem_store, s);
+	struct mem_item *undo = calloc(n ? n : 1, sizeof(*undo));
+	bool *had = calloc(n ? n : 1, sizeof(*had));
+	size_t done = 0;
+	int rc = 0;
+
+	if (!undo || !had) {
+		free(undo);
+		free(had);
+		return -ENOMEM;
+	}
+	pthread_rwlock_wrlock(&m->lock);
+	for (; done < n; done++) {
+		const struct kv_op *op = &ops[done];
+		bool found;
+		size_t i = mem_find(m, op->key, op->key_len, &found);
+		had[done] = found;
+		if (found) {
+			undo[done].val = dup_bytes(m->items[i].val, m->items[i].vlen);
+			undo[done].vlen = m->items[i].vlen;
+			if (!undo[done].val) {
+				rc = -ENOMEM;
+				break;
+			}
+		}
+		if (op->type == KV_OP_SET)
+			rc = mem_put_locked(m, op->key, op->key_len, op->val, op->val_len);
+		else if (found)
+			rc = mem_del_locked(m, op->key, op->key_len);
+		if (rc) {
+			free(undo[done].val);
+			break;
+		}
+	}
+	/* On failure, undo in reverse order so repeated keys end as they began. */
+	while (rc && done-- > 0) {
+		const struct kv_op *op = &ops[done];
+		if (had[done])
+			mem_put_locked(m, op->key, op->key_len, undo[done].val, undo[done].vlen);
+		else
+			mem_del_locked(m, op->key, op->key_len);
+	}
+	pthread_rwlock_unlock(&m->lock);
+	for (size_t i = 0; i < n; i++)
+		free(undo[i].val);
+	free(undo);
+	free(had);
+	return rc;
+}
+
+static int mem_list(struct kv_store *s, const struct kv_list_req *req, kv_list_cb *cb,
+		    void *ctx, bool *more)
+{
+	struct mem_store *m = kv_store_cast(struct mem_store, s);
+	size_t limit = req->limit ? req->limit : 1000;
+	size_t count = 0;
+	bool found;
+	int rc = 0;
+
+	pthread_rwlock_rdlock(&m->lock);
+	size_t i = mem_find(m, req->prefix, req->prefix_len, &found);
+	if (req->start && bytes_cmp(req->start, req->start_len, req->prefix, req->prefix_len) > 0)
+		i = mem_find(m, req->start, req->start_len, &found);
+	while (i < m->n) {
+		struct mem_item *it = &m->items[i];
+		struct kv_entry e = {.key = it->key, .key_len = it->klen, .size = it->vlen};
+		const char *d = NULL;
+
+		if (it->klen < req->prefix_len || memcmp(it->key, req->prefix, req->prefix_len))
+			break;
+		if (count == limit) {
+			*more = true;
+			break;
+		}
+		if (req->delim)
+			d = memchr(it->key + req->prefix_len, req->delim, it->klen - req->prefix_len);
+		if (d) {
+			e.key_len = (size_t)(d - it->key) + 1;
+			e.size = 0;
+			e.is_prefix = true;
+		}
+		rc = cb(ctx, &e);
+		count++;
+		if (rc)
+			break;
+		if (d) {
+			/* Skip the whole group: the first key not starting with it. */
+			size_t j = i + 1;
+			while (j < m->n && m->items[j].klen >= e.key_len &&
+			       memcmp(m->items[j].key, it->key, e.key_len) == 0)
+				j++;
+			i = j;
+		} else {
+			i++;
+		}
+	}
+	pthread_rwlock_unlock(&m->lock);
+	return rc < 0 ? rc : 0;
+}
+
+static int mem_health(struct kv_store *s, struct kv_health *h)
+{
+	struct mem_store *m = kv_store_cast(struct mem_store, s);
+
+	pthread_rwlock_rdlock(&m->lock);
+	snprintf(h->detail, sizeof(h->detail), "in-process store, %zu keys", m->n);
+	pthread_rwlock_unlock(&m->lock);
+	return 0;
+}
+
+static int mem_statfs(struct kv_store *s, struct kv_statfs *st)
+{
+	struct mem_store *m = kv_store_cast(struct mem_store, s);
+
+	pthread_rwlock_rdlock(&m->lock);
+	st->keys = m->n;
+	st->total_bytes = 0;
+	st->free_bytes = 0;
+	pthread_rwlock_unlock(&m->lock);
+	return 0;
+}
+
+const struct kv_backend kv_backend_memory = {
+	.scheme = "memory",
+	.summary = "in-process store for tests and scratch mounts; gone when kvfs exits",
+	.usage = "memory:",
+	.caps = KV_CAP_ORDERED | KV_CAP_CAS | KV_CAP_TXN,
+	.limits = {.max_key = 0, .max_value = 0},
+	.open = mem_open,
+	.close = mem_close,
+	.get = mem_get,
+	.set = mem_set,
+	.del = mem_del,
+	.list = mem_list,
+	.health = mem_health,
+	.stat = mem_stat,
+	.cas = mem_cas,
+	.apply = mem_apply,
+	.statfs = mem_statfs,
+};

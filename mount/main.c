@@ -1,0 +1,418 @@
+/*
+ * main.c - the kvfs program: options, URL to backend, mount, daemon life.
+ *
+ *   kvfs [options] URL MOUNTPOINT
+ *   kvfs [options] MOUNTPOINT        (the embedded default store)
+ *
+ * Every mistake on the command line is one "kvfs: ..." line on stderr and
+ * exit status 1.  In the background the parent waits until the child has
+ * opened the store and mounted, so its exit status tells the truth.
+ */
+#include "fs.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+struct options {
+	char *root;
+	char *timeout;
+	char *health_timeout;
+	unsigned uid, gid, umask;
+	unsigned max_threads;
+	int uid_set, gid_set, umask_set;
+	int foreground, debug, single, help, version, backends;
+	char *pos[3];                 /* URL and mountpoint as given */
+	int npos;
+	struct kv_option *bopts;      /* -o options left for the backend */
+	size_t nbopts;
+	int bad;                      /* a parse error was already printed */
+};
+
+#define OPT(t, field, v) {t, offsetof(struct options, field), v}
+
+static const struct fuse_opt kvfs_opts[] = {
+	OPT("root=%s", root, 0),
+	OPT("timeout=%s", timeout, 0),
+	OPT("health_timeout=%s", health_timeout, 0),
+	OPT("uid=%u", uid, 0), OPT("uid=", uid_set, 1),
+	OPT("gid=%u", gid, 0), OPT("gid=", gid_set, 1),
+	OPT("umask=%o", umask, 0), OPT("umask=", umask_set, 1),
+	OPT("max_threads=%u", max_threads, 0),
+	OPT("-f", foreground, 1),
+	OPT("-s", single, 1),
+	OPT("-d", debug, 1), OPT("debug", debug, 1),
+	OPT("-h", help, 1), OPT("--help", help, 1),
+	OPT("-V", version, 1), OPT("--version", version, 1),
+	OPT("--backends", backends, 1),
+	FUSE_OPT_END
+};
+
+/* libfuse's own options that kvfs passes on unchanged. */
+static const char *const fuse_passthrough[] = {
+	"ro", "rw", "allow_other", "allow_root", "auto_unmount", "default_permissions",
+	"fsname", "subtype", "entry_timeout", "attr_timeout", "ac_attr_timeout",
+	"negative_timeout", "noforget", "remember", "max_read", "max_write",
+	"max_readahead", "max_background", "congestion_threshold", "async_read",
+	"sync_read", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "noatime",
+	"atime", "relatime", "sync", "async", "dirsync", "intr", "intr_signal",
+	"clone_fd", NULL
+};
+
+/* Options that /etc/fstab and mount(8) add and that mean nothing here. */
+static const char *const fstab_noise[] = {
+	"defaults", "user", "users", "nouser", "auto", "noauto", "_netdev", "nofail", NULL
+};
+
+static bool named(const char *const *list, const char *arg)
+{
+	size_t n = strcspn(arg, "=");
+
+	for (; *list; list++)
+		if (strlen(*list) == n && strncmp(*list, arg, n) == 0)
+			return true;
+	return false;
+}
+
+static void usage(const char *prog)
+{
+	printf("usage: %s [options] URL MOUNTPOINT\n"
+	       "       %s [options] MOUNTPOINT   (the embedded default store)\n"
+	       "\n"
+	       "Shows a key-value store as a directory tree: keys are paths, a read is a\n"
+	       "get, a write is a set, ls is a list.  URL examples:\n"
+	       "    lmdb:/var/lib/kvfs/data    memory:\n"
+	       "Run '%s --backends' for every store type compiled in.\n"
+	       "\n"
+	       "kvfs options:\n"
+	       "    -f                     stay in the foreground\n"
+	       "    -d, -o debug           foreground with debug output\n"
+	       "    -s                     one thread\n"
+	       "    --backends             list the store types and their URL forms\n"
+	       "    -V, --version          print the version\n"
+	       "    -o ro                  read-only mount\n"
+	       "    -o root=PREFIX         mount the keys under PREFIX/ only\n"
+	       "    -o uid=N,gid=N         owner of every file (default: you)\n"
+	       "    -o umask=OOO           permission bits to clear (default 022)\n"
+	       "    -o timeout=T           bound on each store call (default 5s)\n"
+	       "    -o health_timeout=T    bound on reading .health (default 2s)\n"
+	       "    -o entry_timeout=T,attr_timeout=T   kernel cache times in seconds (default 1)\n"
+	       "    -o max_threads=N       FUSE worker threads (default 10)\n"
+	       "\n"
+	       "Backend options (-o name=value):\n", prog, prog, prog);
+	for (size_t i = 0; kv_backends[i]; i++) {
+		const struct kv_backend *be = kv_backends[i];
+		if (!be->options || !be->options[0])
+			continue;
+		printf("    %-10s", be->scheme);
+		for (const char *const *o = be->options; *o; o++)
+			printf(" %s", *o);
+		printf("\n");
+	}
+	printf("\nSee docs/mapping.md for how keys become file names.\n\nlibfuse options:\n");
+}
+
+static void list_backends(void)
+{
+	for (size_t i = 0; kv_backends[i]; i++)
+		printf("%-10s %-40s %s\n", kv_backends[i]->scheme, kv_backends[i]->usage,
+		       kv_backends[i]->summary);
+}
+
+static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+	struct options *o = data;
+
+	(void)outargs;
+	if (key == FUSE_OPT_KEY_NONOPT) {
+		if (o->npos == 2) {
+			fprintf(stderr, "kvfs: unexpected argument '%s' (usage: kvfs [options] URL MOUNTPOINT)\n", arg);
+			o->bad = 1;
+			return -1;
+		}
+		o->pos[o->npos++] = strdup(arg);
+		return 0;
+	}
+	if (key != FUSE_OPT_KEY_OPT)
+		return 1;
+	if (arg[0] == '-') {
+		fprintf(stderr, "kvfs: unknown option '%s' (see --help)\n", arg);
+		o->bad = 1;
+		return -1;
+	}
+	if (named(fuse_passthrough, arg))
+		return 1;
+	if (named(fstab_noise, arg))
+		return 0;
+	/* Kept for the backend, which says whether it knows it. */
+	struct kv_option *b = realloc(o->bopts, (o->nbopts + 1) * sizeof(*b));
+	if (!b)
+		return -1;
+	o->bopts = b;
+	char *name = strdup(arg);
+	char *eq = strchr(name, '=');
+	if (eq)
+		*eq++ = '\0';
+	b[o->nbopts++] = (struct kv_option){.name = name, .value = eq ? eq : ""};
+	return 0;
+}
+
+/* ${XDG_DATA_HOME:-~/.local/share}/kvfs, created if missing. */
+static char *default_store(void)
+{
+	const char *xdg = getenv("XDG_DATA_HOME");
+	const char *home = getenv("HOME");
+	char path[PATH_MAX];
+
+	if (xdg && *xdg)
+		snprintf(path, sizeof(path), "%s/kvfs", xdg);
+	else if (home && *home)
+		snprintf(path, sizeof(path), "%s/.local/share/kvfs", home);
+	else
+		return NULL;
+	for (char *p = path + 1; *p; p++) {
+		if (*p == '/') {
+			*p = '\0';
+			mkdir(path, 0755);
+			*p = '/';
+		}
+	}
+	if (mkdir(path, 0700) && errno != EEXIST)
+		return NULL;
+	char *url = malloc(strlen(path) + 6);
+	if (url)
+		sprintf(url, "lmdb:%s", path);
+	return url;
+}
+
+/* Comma and backslash are special inside -o values. */
+static char *fsname_opt(const char *endpoint)
+{
+	size_t n = strlen(endpoint);
+	char *out = malloc(2 * n + 16);
+	char *p = out;
+
+	if (!out)
+		return NULL;
+	p += sprintf(p, "-ofsname=");
+	for (const char *s = endpoint; *s; s++) {
+		if (*s == ',' || *s == '\\')
+			*p++ = '\\';
+		*p++ = *s;
+	}
+	*p = '\0';
+	return out;
+}
+
+static int set_root(struct kvfs *fs, const char *root)
+{
+	size_t n;
+
+	while (root && *root == '/')
+		root++;
+	n = root ? strlen(root) : 0;
+	while (n && root[n - 1] == '/')
+		n--;
+	fs->root = malloc(n + 2);
+	if (!fs->root)
+		return -ENOMEM;
+	memcpy(fs->root, root ? root : "", n);
+	fs->root_len = n;
+	if (n)
+		fs->root[fs->root_len++] = '/';
+	fs->root[fs->root_len] = '\0';
+	return 0;
+}
+
+/* Background mode: the parent exits 0 only when the child says "mounted". */
+static int status_fd = -1;
+
+static void daemonize(void)
+{
+	int p[2];
+	char c;
+
+	if (pipe(p)) {
+		perror("kvfs: pipe");
+		exit(1);
+	}
+	pid_t pid = fork();
+	if (pid < 0) {
+		perror("kvfs: fork");
+		exit(1);
+	}
+	if (pid > 0) {
+		int st;
+		close(p[1]);
+		if (read(p[0], &c, 1) == 1)
+			_exit(0);
+		waitpid(pid, &st, 0);
+		_exit(1);  /* the child printed why */
+	}
+	close(p[0]);
+	status_fd = p[1];
+	setsid();
+}
+
+static void detach_stdio(void)
+{
+	int fd = open("/dev/null", O_RDWR);
+
+	if (status_fd >= 0) {
+		if (write(status_fd, "1", 1) != 1)
+			kv_log(KV_LOG_WARN, "could not tell the parent process we are mounted");
+		close(status_fd);
+		status_fd = -1;
+		kv_log_to_syslog();
+		if (fd >= 0) {
+			dup2(fd, 0);
+			dup2(fd, 1);
+			dup2(fd, 2);
+		}
+		if (chdir("/") != 0)
+			kv_log(KV_LOG_WARN, "chdir /: %s", strerror(errno));
+	}
+	if (fd > 2)
+		close(fd);
+}
+
+int main(int argc, char *argv[])
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct options o = {.umask = 022, .max_threads = 10};
+	struct kvfs fs = {0};
+	char err[512];
+	int timeout_ms = 5000, rc;
+
+	if (fuse_opt_parse(&args, &o, kvfs_opts, opt_proc) == -1) {
+		if (!o.bad)
+			fprintf(stderr, "kvfs: bad options (see --help)\n");
+		return 1;
+	}
+	if (o.help) {
+		usage(argv[0]);
+		fuse_lib_help(&args);
+		return 0;
+	}
+	if (o.version) {
+		printf("kvfs %s (libfuse %d.%d)\n", KVFS_VERSION, fuse_version() / 100,
+		       fuse_version() % 100);
+		return 0;
+	}
+	if (o.backends) {
+		list_backends();
+		return 0;
+	}
+	if (o.npos == 0) {
+		fprintf(stderr, "kvfs: no mountpoint given (usage: kvfs [options] URL MOUNTPOINT)\n");
+		return 1;
+	}
+	const char *mnt = o.pos[o.npos - 1];
+	char *url = o.npos == 2 ? o.pos[0] : default_store();
+	if (!url) {
+		fprintf(stderr, "kvfs: cannot make the default store directory (set XDG_DATA_HOME or HOME)\n");
+		return 1;
+	}
+	struct stat st;
+	if (stat(mnt, &st)) {
+		fprintf(stderr, "kvfs: mountpoint '%s': %s\n", mnt, strerror(errno));
+		return 1;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		fprintf(stderr, "kvfs: mountpoint '%s' is not a directory\n", mnt);
+		return 1;
+	}
+	if (o.timeout && (kv_parse_ms(o.timeout, &timeout_ms) || timeout_ms <= 0)) {
+		fprintf(stderr, "kvfs: bad timeout '%s' (e.g. 500ms, 5s)\n", o.timeout);
+		return 1;
+	}
+	fs.health_timeout_ms = 2000;
+	if (o.health_timeout &&
+	    (kv_parse_ms(o.health_timeout, &fs.health_timeout_ms) || fs.health_timeout_ms <= 0)) {
+		fprintf(stderr, "kvfs: bad health_timeout '%s' (e.g. 500ms, 2s)\n", o.health_timeout);
+		return 1;
+	}
+	if (o.umask & ~0777u) {
+		fprintf(stderr, "kvfs: bad umask %o\n", o.umask);
+		return 1;
+	}
+	fs.uid = o.uid_set ? o.uid : getuid();
+	fs.gid = o.gid_set ? o.gid : getgid();
+	fs.umask = o.umask;
+	if (set_root(&fs, o.root)) {
+		fprintf(stderr, "kvfs: out of memory\n");
+		return 1;
+	}
+	if (o.debug) {
+		o.foreground = 1;
+		kv_log_set_level(KV_LOG_DEBUG);
+		fuse_opt_add_arg(&args, "-odebug");
+	}
+	if (!o.foreground)
+		daemonize();
+
+	rc = kv_open(url, o.bopts, o.nbopts, timeout_ms, &fs.store, err, sizeof(err));
+	if (rc) {
+		fprintf(stderr, "kvfs: %s\n", err);
+		return 1;
+	}
+	if (kvfs_init_state(&fs)) {
+		fprintf(stderr, "kvfs: out of memory\n");
+		return 1;
+	}
+	char *fsname = fsname_opt(kv_endpoint(fs.store));
+	if (fsname)
+		fuse_opt_add_arg(&args, fsname);
+	fuse_opt_add_arg(&args, "-osubtype=kvfs");
+	fuse_opt_add_arg(&args, "-odefault_permissions");
+
+	struct fuse *fuse = fuse_new(&args, &kvfs_ops, sizeof(kvfs_ops), &fs);
+	if (!fuse) {
+		fprintf(stderr, "kvfs: bad FUSE options (see --help)\n");
+		kv_close(fs.store);
+		return 1;
+	}
+	if (fuse_mount(fuse, mnt)) {
+		fprintf(stderr, "kvfs: cannot mount on '%s'\n", mnt);
+		fuse_destroy(fuse);
+		kv_close(fs.store);
+		return 1;
+	}
+	if (fuse_set_signal_handlers(fuse_get_session(fuse))) {
+		fprintf(stderr, "kvfs: cannot set signal handlers\n");
+		fuse_unmount(fuse);
+		fuse_destroy(fuse);
+		kv_close(fs.store);
+		return 1;
+	}
+	kv_log(KV_LOG_INFO, "mounted %s on %s", kv_endpoint(fs.store), mnt);
+	detach_stdio();
+
+	if (o.single) {
+		rc = fuse_loop(fuse);
+	} else {
+		struct fuse_loop_config *cfg = fuse_loop_cfg_create();
+		fuse_loop_cfg_set_max_threads(cfg, o.max_threads ? o.max_threads : 10);
+		rc = fuse_loop_mt(fuse, cfg);
+		fuse_loop_cfg_destroy(cfg);
+	}
+	/* SIGTERM or unmount: commit what open files still hold, then leave. */
+	fuse_remove_signal_handlers(fuse_get_session(fuse));
+	fuse_unmount(fuse);
+	fuse_destroy(fuse);
+	kvfs_flush_all(&fs);
+	kvfs_free_state(&fs);
+	kv_close(fs.store);
+	free(fsname);
+	free(fs.root);
+	fuse_opt_free_args(&args);
+	return rc ? 1 : 0;
+}
