@@ -348,11 +348,35 @@ int kv_del(struct kv_store *s, const char *key, size_t klen)
 	return checked(s, "del", key, klen, s->be->del(s, key, klen));
 }
 
+/* The caller's callback, watched: its own error passes through unchanged,
+ * and a stop it asked for ends kv_list_all's paging too. */
+struct watched_cb {
+	kv_list_cb *cb;
+	void *ctx;
+	int rc;
+};
+
+static int watched(void *ctx, const struct kv_entry *e)
+{
+	struct watched_cb *w = ctx;
+
+	w->rc = w->cb(w->ctx, e);
+	return w->rc;
+}
+
 int kv_list(struct kv_store *s, const struct kv_list_req *req, kv_list_cb *cb, void *ctx,
 	    bool *more)
 {
+	struct watched_cb w = {.cb = cb, .ctx = ctx};
+	int rc;
+
 	*more = false;
-	return checked(s, "list", req->prefix, req->prefix_len, s->be->list(s, req, cb, ctx, more));
+	rc = s->be->list(s, req, watched, &w, more);
+	if (w.rc) {
+		*more = false;
+		return w.rc < 0 ? w.rc : 0;
+	}
+	return checked(s, "list", req->prefix, req->prefix_len, rc);
 }
 
 /* kv_list_all pages through list(); it remembers the last item to start after it. */
@@ -441,9 +465,9 @@ int kv_apply(struct kv_store *s, const struct kv_op *ops, size_t n)
 	int rc;
 
 	for (size_t i = 0; i < n; i++) {
-		if ((rc = check_key(s, ops[i].key_len)))
-			return rc;
-		if (ops[i].type == KV_OP_SET && (rc = check_value(s, ops[i].val_len)))
+		if (ops[i].type != KV_OP_SET)
+			continue;  /* a delete of a key over the limit deletes nothing */
+		if ((rc = check_key(s, ops[i].key_len)) || (rc = check_value(s, ops[i].val_len)))
 			return rc;
 	}
 	if (s->be->apply)

@@ -6,9 +6,10 @@
  * database, so every other LMDB client (python3-lmdb, mdb_dump, mdb_load)
  * reads and writes exactly the keys kvfs shows, and nothing is ever hidden.
  * The price is the empty key: LMDB refuses zero-length keys, so it cannot
- * exist here (get/del: -ENOENT, set: -EACCES).  A tag byte in front of
- * every key would make room for it, but then a key written by another
- * client without the tag would be hidden or misread.
+ * exist here: set, cas and apply refuse it with -EINVAL, get, stat and del
+ * answer -ENOENT.  A tag byte in front of every key would make room for it,
+ * but then a key written by another client without the tag would be hidden
+ * or misread.
  *
  * Writers queue up and share one write transaction (group commit): the
  * first waiting writer becomes the leader, commits everything queued in one
@@ -29,6 +30,7 @@
 #include <errno.h>
 #include <lmdb.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +41,8 @@
 #include <unistd.h>
 
 #include "kv.h"
+
+extern const struct kv_backend kv_backend_lmdb;  /* defined at the bottom */
 
 /* Debian's liblmdb is built with the default MDB_MAXKEYSIZE; the store
  * reports mdb_env_get_maxkeysize() through store_limits. */
@@ -67,7 +71,8 @@ struct lm_write {
 	struct kv_op op;
 	uint64_t version;         /* LM_W_CAS */
 	int rc;                   /* this write's own result, set by the leader */
-	bool done;                /* under queue_lock */
+	bool done;                /* set by the leader before it posts wake */
+	sem_t wake;               /* posted once: done, or "you lead now" */
 };
 
 struct lm_store {
@@ -93,9 +98,8 @@ struct lm_store {
 	size_t npool;
 
 	pthread_mutex_t queue_lock;
-	pthread_cond_t queue_cond;
 	struct lm_write *queue, **queue_tail;
-	bool leading;             /* a leader is committing a batch */
+	bool leading;             /* some writer leads; it hands over before leaving */
 
 	pthread_mutex_t syncer_lock;
 	pthread_cond_t syncer_cond;
@@ -441,46 +445,62 @@ static void lm_batch_commit(struct lm_store *s, struct lm_write *batch)
 }
 
 /*
- * Queue w and wait for its result.  The first writer to find no leader
- * becomes one: it takes the queue (itself included), commits it and wakes
- * everybody; writers that arrived meanwhile form the next batch.
+ * Queue w and wait for its result.  A writer that finds no leader becomes
+ * one: it commits the queue in batches until its own write is done, then
+ * hands the lead to the writer at the head of the queue, if any.  Each
+ * waiter is woken exactly once, by its own semaphore, so a commit does not
+ * stampede every waiting thread onto one lock.
  */
 static int lm_write_submit(struct lm_store *s, struct lm_write *w)
 {
-	struct lm_write *batch, *last, *next;
+	struct lm_write *batch, *last, *next, *heir;
+	bool lead;
 	size_t n;
 
 	w->next = NULL;
 	w->done = false;
+	sem_init(&w->wake, 0, 0);
 	pthread_mutex_lock(&s->queue_lock);
 	*s->queue_tail = w;
 	s->queue_tail = &w->next;
-	while (!w->done && s->leading)
-		pthread_cond_wait(&s->queue_cond, &s->queue_lock);
-	if (w->done) {
-		pthread_mutex_unlock(&s->queue_lock);
-		return w->rc;
-	}
-	batch = last = s->queue;
-	for (n = 1; n < LM_BATCH_MAX && last->next; n++)
-		last = last->next;
-	s->queue = last->next;
-	if (!s->queue)
-		s->queue_tail = &s->queue;
-	last->next = NULL;
+	lead = !s->leading;
 	s->leading = true;
 	pthread_mutex_unlock(&s->queue_lock);
-
-	lm_batch_commit(s, batch);
-
-	pthread_mutex_lock(&s->queue_lock);
-	for (; batch; batch = next) {
-		next = batch->next;  /* a waiter may return as soon as done is set and we unlock */
-		batch->done = true;
+	if (!lead) {
+		while (sem_wait(&w->wake) != 0)
+			;  /* EINTR */
+		lead = !w->done;
 	}
-	s->leading = false;
-	pthread_cond_broadcast(&s->queue_cond);
-	pthread_mutex_unlock(&s->queue_lock);
+	while (!w->done) {
+		pthread_mutex_lock(&s->queue_lock);
+		batch = last = s->queue;
+		for (n = 1; n < LM_BATCH_MAX && last->next; n++)
+			last = last->next;
+		s->queue = last->next;
+		if (!s->queue)
+			s->queue_tail = &s->queue;
+		last->next = NULL;
+		pthread_mutex_unlock(&s->queue_lock);
+
+		lm_batch_commit(s, batch);
+
+		for (; batch; batch = next) {
+			next = batch->next;  /* its owner returns once woken */
+			batch->done = true;
+			if (batch != w)
+				sem_post(&batch->wake);
+		}
+	}
+	if (lead) {
+		pthread_mutex_lock(&s->queue_lock);
+		heir = s->queue;
+		if (!heir)
+			s->leading = false;
+		pthread_mutex_unlock(&s->queue_lock);
+		if (heir)
+			sem_post(&heir->wake);  /* not done: it leads next */
+	}
+	sem_destroy(&w->wake);
 	return w->rc;
 }
 
@@ -488,9 +508,9 @@ static int lm_write_submit(struct lm_store *s, struct lm_write *w)
 static int lm_check_set(const struct lm_store *s, size_t klen, size_t vlen)
 {
 	if (klen == 0) {
-		kv_log(KV_LOG_ERR, "lmdb: the empty key cannot be stored (LMDB keys are 1 to %zu bytes)",
+		kv_log(KV_LOG_INFO, "lmdb: the empty key cannot be stored (LMDB keys are 1 to %zu bytes)",
 		       s->max_key);
-		return -EACCES;
+		return -EINVAL;
 	}
 	if (klen > s->max_key)
 		return -ENAMETOOLONG;
@@ -634,7 +654,8 @@ static int lm_buf_set(struct lm_buf *b, const void *p, size_t len)
 		b->p = q;
 		b->cap = len;
 	}
-	memcpy(b->p, p, len);
+	if (len)
+		memcpy(b->p, p, len);
 	b->len = len;
 	return 0;
 }
@@ -667,7 +688,8 @@ static bool lm_successor(struct lm_buf *b)
 
 static int lm_bytecmp(const char *a, size_t alen, const char *b, size_t blen)
 {
-	int c = memcmp(a, b, alen < blen ? alen : blen);
+	size_t n = alen < blen ? alen : blen;
+	int c = n ? memcmp(a, b, n) : 0;
 
 	return c ? c : (alen > blen) - (alen < blen);
 }
@@ -694,7 +716,8 @@ static int lm_walk_next(MDB_cursor *cur, struct lm_walk *w, struct kv_entry *e)
 		if (rc)
 			return rc;
 		w->op = MDB_NEXT;
-		if (k.mv_size < r->prefix_len || memcmp(k.mv_data, r->prefix, r->prefix_len) != 0)
+		if (k.mv_size < r->prefix_len ||
+		    (r->prefix_len && memcmp(k.mv_data, r->prefix, r->prefix_len) != 0))
 			return MDB_NOTFOUND;  /* the walk starts at or after the prefix */
 		d = NULL;
 		if (r->delim)
@@ -810,7 +833,7 @@ static int lm_list(struct kv_store *st, const struct kv_list_req *req, kv_list_c
 		if (!next)
 			break;
 	}
-	if (rc > 0) {
+	if (rc) {  /* from LMDB or malloc, not from cb */
 		kv_log(KV_LOG_ERR, "lmdb: list %s: %s", kv_printable(req->prefix, req->prefix_len),
 		       mdb_strerror(rc));
 		rc = -EIO;
@@ -969,7 +992,6 @@ static void lm_free(struct lm_store *s)
 	pthread_rwlock_destroy(&s->map_lock);
 	pthread_mutex_destroy(&s->pool_lock);
 	pthread_mutex_destroy(&s->queue_lock);
-	pthread_cond_destroy(&s->queue_cond);
 	pthread_mutex_destroy(&s->syncer_lock);
 	pthread_cond_destroy(&s->syncer_cond);
 	free(s);
@@ -1177,7 +1199,6 @@ static int lm_init_locks(struct lm_store *s)
 	rc = rc ? rc : pthread_mutex_init(&s->syncer_lock, NULL);
 	rc = rc ? rc : pthread_mutex_init(&s->pool_lock, NULL);
 	rc = rc ? rc : pthread_mutex_init(&s->queue_lock, NULL);
-	rc = rc ? rc : pthread_cond_init(&s->queue_cond, NULL);
 	return rc;
 }
 

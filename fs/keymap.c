@@ -88,7 +88,7 @@ static enum comp_form first_component(const unsigned char *s, size_t len, bool a
 		*take = len;
 		return COMP_PLAIN;
 	}
-	if (escaped_name_len(s, len) <= KEYMAP_NAME_MAX) {
+	if (len < KEYMAP_NAME_MAX && escaped_name_len(s, len) <= KEYMAP_NAME_MAX) {
 		*take = len;
 		return COMP_ESCAPED;
 	}
@@ -118,42 +118,50 @@ static void put(struct sink *o, const void *p, size_t n)
 	o->len += n;
 }
 
-static void put_esc(struct sink *o, const unsigned char *s, size_t len)
+/* Appends esc(s) to out; returns the new length (M6). */
+static size_t esc(char *out, size_t n, const unsigned char *s, size_t len)
 {
 	static const char hex[] = "0123456789ABCDEF";
-	size_t run = 0;
 
 	for (size_t i = 0; i < len; i++) {
-		if (!must_escape(s[i]))
-			continue;
-		char e[3] = { '%', hex[s[i] >> 4], hex[s[i] & 0xf] };
-		put(o, s + run, i - run);
-		put(o, e, sizeof(e));
-		run = i + 1;
+		if (must_escape(s[i])) {
+			out[n++] = '%';
+			out[n++] = hex[s[i] >> 4];
+			out[n++] = hex[s[i] & 0xf];
+		} else {
+			out[n++] = (char)s[i];
+		}
 	}
-	put(o, s + run, len - run);
+	return n;
 }
 
+/* One component.  The callers chose len by first_component() or piece_len(),
+ * so an escaped name or a piece fits in KEYMAP_NAME_MAX bytes. */
 static void put_component(struct sink *o, enum comp_form form, const unsigned char *s, size_t len)
 {
+	char name[KEYMAP_NAME_MAX];
+	size_t n = 0;
+
 	switch (form) {
 	case COMP_PLAIN:
 		put(o, s, len);
-		break;
+		return;
 	case COMP_ESCAPED:
-		put(o, "%", 1);
+		name[n++] = '%';
 		if (len > 0 && s[0] == '+') {
-			put(o, "%2B", 3);
+			memcpy(name + n, "%2B", 3);
+			n += 3;
 			s++;
 			len--;
 		}
-		put_esc(o, s, len);
 		break;
 	case COMP_PIECE:
-		put(o, PIECE_PREFIX, 2);
-		put_esc(o, s, len);
+		memcpy(name, PIECE_PREFIX, 2);
+		n = 2;
 		break;
 	}
+	n = esc(name, n, s, len);
+	put(o, name, n);
 }
 
 /* The components naming a whole segment, joined by '/' (M6, M7). */
@@ -247,7 +255,7 @@ static int hex_digit(char c)
 	return -1;
 }
 
-/* Reverse of put_esc; appends to out + *olen.  Whether the escapes were
+/* Reverse of esc(); appends to out + *olen.  Whether the escapes were
  * needed is for the re-encoding to judge. */
 static int unescape(const char *s, size_t n, char *out, size_t *olen)
 {

@@ -43,9 +43,9 @@ struct keymap_res {
  *   makes a name too long ("+...<NUL>..." with 253 esc() bytes), which is
  *   then the piece "%++..." of all but its last byte, and that byte.
  *
- * All three functions that name segments share one encoder, and decoding is
- * checked by re-encoding (M8), so they cannot disagree.  All run in time
- * linear in the length of the key or path.
+ * All four functions below share one encoder, and decoding is checked by
+ * re-encoding (M8), so they cannot disagree.  All run in time linear in the
+ * length of the key or path.
  */
 
 /*
@@ -58,8 +58,10 @@ char *keymap_encode(const char *key, size_t klen);
 /*
  * Decode a path.  Returns 0 and fills res (free res->key with free(); it is
  * allocated, and empty, for KM_ROOT and KM_HEALTH too), or -EINVAL when the
- * path is not exactly what keymap_encode() gives for res->key (M8; with
- * "/%value" appended for KM_VALUE), or -ENOMEM.  On error res is untouched.
+ * path is not exactly the encoding of a key (M8): keymap_encode(res->key),
+ * with "/%value" appended for KM_VALUE, or for KM_CONT the directories that
+ * the encoding of a longer key runs through.  -ENOMEM.  On error res is
+ * untouched.
  *
  * -EINVAL: a path not starting with '/', an empty, "." or ".." component, a
  * bad or needless %XX, lower-case hex, a '%' name of a segment that is plain
@@ -89,12 +91,15 @@ size_t keymap_encode_segment(const char *seg, size_t len, int at_root, char *out
  * KEYMAP_NAME_MAX + 1 bytes, sets *is_dir (when not NULL) when the entry is
  * a directory (more of key follows it: a '/' or more pieces) and returns the
  * name length.  Returns 0 when key is not shown in dir: it does not start
- * with the list prefix, it equals the prefix, dir is not a directory kind, or
- * dir is a continuation directory that key's segment does not run through
- * (under "%+" 253*"x", the key 254*"x" is the plain name at the root).
+ * with the list prefix, dir is not a directory kind, or dir is a
+ * continuation directory that key's segment does not run through (under
+ * "%+" 253*"x" neither 253*"x" nor 254*"x" is shown: both are plain names at
+ * the root).
  *
- * A key ending at dir's prefix plus '/' (a marker, M4) gives the name "%"
- * like any empty segment; whether to show it is the caller's business.
+ * A key equal to the list prefix of a KM_ROOT or KM_KEY directory (its
+ * marker, M4) gives the name "%" like any empty segment; whether to show it
+ * is the caller's business.  Same answers as encoding the key and taking the
+ * component after dir's path, without the allocation.
  */
 size_t keymap_child_name(const struct keymap_res *dir, const char *key, size_t klen,
 			 char *out, int *is_dir);

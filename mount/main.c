@@ -26,14 +26,12 @@ struct options {
 	char *root;
 	char *timeout;
 	char *health_timeout;
-	unsigned uid, gid, umask;
-	unsigned max_threads;
-	int uid_set, gid_set, umask_set;
+	char *uid, *gid, *umask, *max_threads;
 	int foreground, debug, single, help, version, backends;
 	char *pos[3];                 /* URL and mountpoint as given */
 	int npos;
-	struct kv_option *bopts;      /* -o options left for the backend */
-	size_t nbopts;
+	char **rest;                  /* -o options for libfuse or the backend */
+	size_t nrest;
 	int bad;                      /* a parse error was already printed */
 };
 
@@ -43,10 +41,10 @@ static const struct fuse_opt kvfs_opts[] = {
 	OPT("root=%s", root, 0),
 	OPT("timeout=%s", timeout, 0),
 	OPT("health_timeout=%s", health_timeout, 0),
-	OPT("uid=%u", uid, 0), OPT("uid=", uid_set, 1),
-	OPT("gid=%u", gid, 0), OPT("gid=", gid_set, 1),
-	OPT("umask=%o", umask, 0), OPT("umask=", umask_set, 1),
-	OPT("max_threads=%u", max_threads, 0),
+	OPT("uid=%s", uid, 0),
+	OPT("gid=%s", gid, 0),
+	OPT("umask=%s", umask, 0),
+	OPT("max_threads=%s", max_threads, 0),
 	OPT("-f", foreground, 1),
 	OPT("-s", single, 1),
 	OPT("-d", debug, 1), OPT("debug", debug, 1),
@@ -66,6 +64,25 @@ static const char *const fuse_passthrough[] = {
 	"atime", "relatime", "sync", "async", "dirsync", "intr", "intr_signal",
 	"clone_fd", NULL
 };
+
+/* Those of them that take a number, checked here so that a bad one is
+ * one kvfs line rather than libfuse's message and ours. */
+static const char *const fuse_numeric[] = {
+	"entry_timeout", "attr_timeout", "ac_attr_timeout", "negative_timeout", "remember",
+	"max_read", "max_write", "max_readahead", "max_background", "congestion_threshold",
+	"intr_signal", NULL
+};
+
+static bool is_number(const char *s)
+{
+	char *end;
+
+	if (!s || !*s || *s == '-')
+		return false;
+	errno = 0;
+	strtod(s, &end);
+	return errno == 0 && *end == '\0';
+}
 
 /* Options that /etc/fstab and mount(8) add and that mean nothing here. */
 static const char *const fstab_noise[] = {
@@ -148,20 +165,75 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 		o->bad = 1;
 		return -1;
 	}
-	if (named(fuse_passthrough, arg))
-		return 1;
-	if (named(fstab_noise, arg))
-		return 0;
-	/* Kept for the backend, which says whether it knows it. */
-	struct kv_option *b = realloc(o->bopts, (o->nbopts + 1) * sizeof(*b));
-	if (!b)
+	/* Whether it is libfuse's or the backend's is known once the URL is. */
+	char **r = realloc(o->rest, (o->nrest + 1) * sizeof(*r));
+	if (!r || !(r[o->nrest] = strdup(arg)))
 		return -1;
-	o->bopts = b;
-	char *name = strdup(arg);
-	char *eq = strchr(name, '=');
-	if (eq)
-		*eq++ = '\0';
-	b[o->nbopts++] = (struct kv_option){.name = name, .value = eq ? eq : ""};
+	o->rest = r;
+	o->nrest++;
+	return 0;
+}
+
+/*
+ * Sort the -o options kvfs did not take itself: "name=value" naming one of
+ * the backend's options is the backend's (lmdb's sync=always), libfuse's
+ * own are passed on, fstab noise is dropped, anything else is an error.
+ */
+static int sort_options(struct options *o, const char *url, struct fuse_args *args,
+			struct kv_option **bopts, size_t *nbopts)
+{
+	const struct kv_backend *be = kv_backend_find(url, strcspn(url, ":"));
+
+	*bopts = calloc(o->nrest + 1, sizeof(**bopts));
+	*nbopts = 0;
+	if (!*bopts)
+		return -1;
+	for (size_t i = 0; i < o->nrest; i++) {
+		char *arg = o->rest[i];
+		char *eq = strchr(arg, '=');
+		if (be && eq && named(be->options ? be->options : (const char *const[]){NULL}, arg)) {
+			*eq = '\0';
+			(*bopts)[(*nbopts)++] = (struct kv_option){.name = arg, .value = eq + 1};
+		} else if (named(fuse_numeric, arg) && !is_number(eq ? eq + 1 : NULL)) {
+			fprintf(stderr, "kvfs: bad value in option '%s' (a number is needed)\n", arg);
+			return -1;
+		} else if (named(fuse_passthrough, arg)) {
+			char *opt = malloc(strlen(arg) + 3);
+			if (!opt)
+				return -1;
+			sprintf(opt, "-o%s", arg);
+			fuse_opt_add_arg(args, opt);
+			free(opt);
+		} else if (!named(fstab_noise, arg)) {
+			if (eq)
+				*eq = '\0';
+			fprintf(stderr, "kvfs: unknown option '%s' (see --help)\n", arg);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int parse_uint(const char *s, int base, unsigned long *out)
+{
+	char *end;
+
+	if (!s || !*s || *s == '-' || *s == '+')
+		return -1;
+	errno = 0;
+	*out = strtoul(s, &end, base);
+	return (errno || *end) ? -1 : 0;
+}
+
+static int parse_id(const char *s, const char *what, unsigned long dflt, unsigned *out)
+{
+	unsigned long v = dflt;
+
+	if (s && (parse_uint(s, 10, &v) || v >= (unsigned)-1)) {
+		fprintf(stderr, "kvfs: bad %s '%s' (a number is needed)\n", what, s);
+		return -1;
+	}
+	*out = (unsigned)v;
 	return 0;
 }
 
@@ -287,11 +359,18 @@ static void detach_stdio(void)
 int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
-	struct options o = {.umask = 022, .max_threads = 10};
+	struct options o = {0};
+	struct kv_option *bopts;
+	size_t nbopts;
+	unsigned long u, max_threads = 10;
 	struct kvfs fs = {0};
 	char err[512];
 	int timeout_ms = 5000, rc;
 
+	if (argc > 1 && strcmp(argv[argc - 1], "-o") == 0) {
+		fprintf(stderr, "kvfs: -o needs an argument (see --help)\n");
+		return 1;
+	}
 	if (fuse_opt_parse(&args, &o, kvfs_opts, opt_proc) == -1) {
 		if (!o.bad)
 			fprintf(stderr, "kvfs: bad options (see --help)\n");
@@ -340,13 +419,22 @@ int main(int argc, char *argv[])
 		fprintf(stderr, "kvfs: bad health_timeout '%s' (e.g. 500ms, 2s)\n", o.health_timeout);
 		return 1;
 	}
-	if (o.umask & ~0777u) {
-		fprintf(stderr, "kvfs: bad umask %o\n", o.umask);
+	if (parse_id(o.uid, "uid", getuid(), &fs.uid) || parse_id(o.gid, "gid", getgid(), &fs.gid))
+		return 1;
+	fs.umask = 022;
+	if (o.umask && (parse_uint(o.umask, 8, &u) || u > 0777)) {
+		fprintf(stderr, "kvfs: bad umask '%s' (octal, e.g. 022)\n", o.umask);
 		return 1;
 	}
-	fs.uid = o.uid_set ? o.uid : getuid();
-	fs.gid = o.gid_set ? o.gid : getgid();
-	fs.umask = o.umask;
+	if (o.umask)
+		fs.umask = (mode_t)u;
+	if (o.max_threads && (parse_uint(o.max_threads, 10, &max_threads) || !max_threads ||
+			      max_threads > 1000)) {
+		fprintf(stderr, "kvfs: bad max_threads '%s' (1 to 1000)\n", o.max_threads);
+		return 1;
+	}
+	if (sort_options(&o, url, &args, &bopts, &nbopts))
+		return 1;
 	if (set_root(&fs, o.root)) {
 		fprintf(stderr, "kvfs: out of memory\n");
 		return 1;
@@ -359,7 +447,7 @@ int main(int argc, char *argv[])
 	if (!o.foreground)
 		daemonize();
 
-	rc = kv_open(url, o.bopts, o.nbopts, timeout_ms, &fs.store, err, sizeof(err));
+	rc = kv_open(url, bopts, nbopts, timeout_ms, &fs.store, err, sizeof(err));
 	if (rc) {
 		fprintf(stderr, "kvfs: %s\n", err);
 		return 1;
@@ -400,7 +488,7 @@ int main(int argc, char *argv[])
 		rc = fuse_loop(fuse);
 	} else {
 		struct fuse_loop_config *cfg = fuse_loop_cfg_create();
-		fuse_loop_cfg_set_max_threads(cfg, o.max_threads ? o.max_threads : 10);
+		fuse_loop_cfg_set_max_threads(cfg, (unsigned)max_threads);
 		rc = fuse_loop_mt(fuse, cfg);
 		fuse_loop_cfg_destroy(cfg);
 	}
@@ -414,5 +502,5 @@ int main(int argc, char *argv[])
 	free(fsname);
 	free(fs.root);
 	fuse_opt_free_args(&args);
-	return rc ? 1 : 0;
+	return rc < 0 ? 1 : 0;  /* a positive rc is the signal that ended the loop */
 }

@@ -473,9 +473,10 @@ static uint64_t rnd(void)
 	return z ^ (z >> 31);
 }
 
+/* 0..n-1, by multiplying rather than dividing: this runs for every byte */
 static size_t below(size_t n)
 {
-	return (size_t)(rnd() % n);
+	return (size_t)(((unsigned __int128)rnd() * n) >> 64);
 }
 
 static uint64_t fnv1a(const char *s, size_t len)
@@ -552,13 +553,15 @@ static size_t random_key(char *k)
 		w[C_A] = 1;
 		total = 1;
 	}
-	for (size_t i = 0; i < len; i++) {
-		unsigned r = (unsigned)below(total);
-		int c = 0;
-		while (r >= w[c])
-			r -= w[c++];
-		k[i] = class_byte(c);
+	/* classes laid out by weight, so that drawing a byte is one look-up */
+	unsigned char pick[64];
+	for (size_t j = 0, c = 0, upto = w[0]; j < sizeof(pick); j++) {
+		while (j * total >= upto * sizeof(pick))
+			upto += w[++c];
+		pick[j] = (unsigned char)c;
 	}
+	for (size_t i = 0; i < len; i++)
+		k[i] = class_byte(pick[rnd() & 63]);
 	return len;
 }
 
@@ -680,68 +683,108 @@ static size_t mutate(char *p, size_t plen)
 }
 
 /*
- * Every directory along the path of key decodes to the right key and kind,
- * shows the next component as its entry, and takes "%value" when it is a
- * key's directory.
+ * What keymap_child_name() must say, found by encoding: key shows in the
+ * directory dirpath when its path runs through it, as the next component.
+ */
+static size_t child_by_encoding(const char *dirpath, const char *key, size_t klen,
+				char *name, int *is_dir)
+{
+	char *e = keymap_encode(key, klen);
+	size_t dlen = strcmp(dirpath, "/") == 0 ? 0 : strlen(dirpath);
+	size_t n = 0;
+
+	if (strncmp(e, dirpath, dlen) == 0 && e[dlen] == '/') {
+		const char *next = e + dlen + 1;
+		const char *slash = strchr(next, '/');
+		n = slash ? (size_t)(slash - next) : strlen(next);
+		memcpy(name, next, n);
+		*is_dir = slash != NULL;
+	}
+	free(e);
+	return n;
+}
+
+/*
+ * Some directories along the path p of key, and always the last: each
+ * decodes to a directory of key, shows the next component of p as key's
+ * entry, shows a key near key as encoding says, and takes "%value" when it
+ * is a key's directory.
  */
 static void check_directories(const char *key, size_t klen, const char *p)
 {
 	size_t plen = strlen(p);
 	char *dirpath = malloc(plen + 8);
-	char name[KEYMAP_NAME_MAX + 1];
-	size_t start = 0; /* the directory is p[0..start), the next component begins after it */
-	size_t checked = 0;
+	char *near = malloc(klen + 2);
+	char name[KEYMAP_NAME_MAX + 1], want[KEYMAP_NAME_MAX + 1];
+	size_t ncomp = 0;
 
-	while (start < plen && checked < 24) {
+	for (size_t i = 0; i < plen; i++)
+		ncomp += p[i] == '/';
+	for (size_t start = 0, comp = 0; start < plen; comp++) {
 		const char *next = p + start + 1;
 		const char *slash = memchr(next, '/', plen - start - 1);
 		size_t nlen = (size_t)((slash ? slash : p + plen) - next);
 		size_t end = start + 1 + nlen;
 
-		/* Check some directories and always the last one */
-		if (below(4) == 0 || !slash) {
-			checked++;
-			memcpy(dirpath, p, start ? start : 1);
-			dirpath[start ? start : 1] = '\0';
-			struct keymap_res dir;
-			int err = keymap_decode(dirpath, &dir);
-			CHECK(err == 0, "decode(%s) of a directory of %s = %d",
-			      show(dirpath, strlen(dirpath)), show(key, klen), err);
-			if (err == 0) {
-				bool ok = dir.key_len <= klen && memcmp(dir.key, key, dir.key_len) == 0;
-				if (dir.kind == KM_KEY)
-					ok = ok && key[dir.key_len] == '/';
-				else if (dir.kind == KM_CONT)
-					ok = ok && dir.key_len < klen && key[dir.key_len] != '/';
-				else
-					ok = ok && dir.kind == KM_ROOT && start == 0;
-				CHECK(ok, "decode(%s) = %s %s, not a directory of %s",
-				      show(dirpath, strlen(dirpath)), kind_name(dir.kind),
-				      show(dir.key, dir.key_len), show(key, klen));
-
-				int is_dir = -1;
-				size_t n = keymap_child_name(&dir, key, klen, name, &is_dir);
-				CHECK(same(name, n, next, nlen) && is_dir == (slash != NULL),
-				      "child_name(%s, %s) = %s dir=%d, want %s",
-				      show(dirpath, strlen(dirpath)), show(key, klen),
-				      show(name, n), is_dir, show(next, nlen));
-
-				if (dir.kind == KM_KEY) {
-					strcpy(dirpath + start, "/%value");
-					struct keymap_res v;
-					err = keymap_decode(dirpath, &v);
-					CHECK(err == 0 && v.kind == KM_VALUE &&
-					      same(v.key, v.key_len, dir.key, dir.key_len),
-					      "decode(%s) = %d, want VALUE", show(dirpath, strlen(dirpath)),
-					      err);
-					if (err == 0)
-						free(v.key);
-				}
-				free(dir.key);
-			}
+		if (slash && below(ncomp) >= 4) {
+			start = end;
+			continue;
 		}
+		memcpy(dirpath, p, start ? start : 1);
+		dirpath[start ? start : 1] = '\0';
+		struct keymap_res dir;
+		int err = keymap_decode(dirpath, &dir);
+		CHECK(err == 0, "decode(%s) of a directory of %s = %d",
+		      show(dirpath, strlen(dirpath)), show(key, klen), err);
+		if (err) {
+			start = end;
+			continue;
+		}
+		bool ok = dir.key_len <= klen && memcmp(dir.key, key, dir.key_len) == 0;
+		if (dir.kind == KM_KEY)
+			ok = ok && key[dir.key_len] == '/';
+		else if (dir.kind == KM_CONT)
+			ok = ok && dir.key_len < klen && key[dir.key_len] != '/';
+		else
+			ok = ok && dir.kind == KM_ROOT && start == 0;
+		CHECK(ok, "decode(%s) = %s %s, not a directory of %s",
+		      show(dirpath, strlen(dirpath)), kind_name(dir.kind),
+		      show(dir.key, dir.key_len), show(key, klen));
+
+		int is_dir = -1;
+		size_t n = keymap_child_name(&dir, key, klen, name, &is_dir);
+		CHECK(same(name, n, next, nlen) && is_dir == (slash != NULL),
+		      "child_name(%s, %s) = %s dir=%d, want %s", show(dirpath, strlen(dirpath)),
+		      show(key, klen), show(name, n), is_dir, show(next, nlen));
+
+		/* a key sharing the directory's bytes, which may or may not run through it */
+		size_t nearlen = dir.key_len + below(klen - dir.key_len + 1);
+		memcpy(near, key, nearlen);
+		if (below(2))
+			near[nearlen++] = class_byte((int)below(N_CLASSES));
+		int want_dir = -1;
+		size_t wn = child_by_encoding(dirpath, near, nearlen, want, &want_dir);
+		is_dir = -1;
+		n = keymap_child_name(&dir, near, nearlen, name, &is_dir);
+		CHECK(same(name, n, want, wn) && (wn == 0 || is_dir == want_dir),
+		      "child_name(%s, %s) = %s dir=%d, want %s dir=%d",
+		      show(dirpath, strlen(dirpath)), show(near, nearlen), show(name, n), is_dir,
+		      show(want, wn), want_dir);
+
+		if (dir.kind == KM_KEY) {
+			strcpy(dirpath + start, "/%value");
+			struct keymap_res v;
+			err = keymap_decode(dirpath, &v);
+			CHECK(err == 0 && v.kind == KM_VALUE &&
+			      same(v.key, v.key_len, dir.key, dir.key_len),
+			      "decode(%s) = %d, want VALUE", show(dirpath, strlen(dirpath)), err);
+			if (err == 0)
+				free(v.key);
+		}
+		free(dir.key);
 		start = end;
 	}
+	free(near);
 	free(dirpath);
 }
 
@@ -760,10 +803,13 @@ static void random_path(char *p)
 			/* a run that brings a component near 255 bytes */
 			size_t run = below(2) ? 240 + below(20) : 80 + below(8);
 			const char *unit = below(2) ? "x" : below(2) ? "%25" : "%00";
-			for (size_t r = 0; r < run; r++)
-				n += (size_t)sprintf(p + n, "%s", unit);
+			size_t ulen = strlen(unit);
+			for (size_t r = 0; r < run; r++, n += ulen)
+				memcpy(p + n, unit, ulen);
 		} else {
-			n += (size_t)sprintf(p + n, "%s", parts[below(sizeof(parts) / sizeof(parts[0]))]);
+			const char *part = parts[below(sizeof(parts) / sizeof(parts[0]))];
+			memcpy(p + n, part, strlen(part));
+			n += strlen(part);
 		}
 		if (i + 1 < count && below(2))
 			p[n++] = '/';
@@ -818,16 +864,24 @@ static void test_random(uint64_t seed, size_t count)
 		samples[i].path_hash = fnv1a(p, plen);
 		samples[i].key_hash = fnv1a(key, klen);
 
-		if (i % 4 == 0)
+		if (i % 16 == 0)
 			check_directories(key, klen, p);
-		if (i % 2 == 0) {
-			memcpy(mut, p, plen + 1);
+		if (i % 4 == 1) {
+			/* often a directory of p, to reach continuation directories */
 			size_t mlen = plen;
+			if (below(2)) {
+				size_t cut = below(plen);
+				while (cut > 0 && p[cut] != '/')
+					cut--;
+				mlen = cut > 0 ? cut : plen;
+			}
+			memcpy(mut, p, mlen);
+			mut[mlen] = '\0';
 			for (size_t m = 1 + below(2); m > 0; m--)
 				mlen = mutate(mut, mlen);
 			check_path(mut, key, klen);
 		}
-		if (i % 2 == 1) {
+		if (i % 4 == 3) {
 			random_path(path);
 			check_path(path, "", 0);
 		}

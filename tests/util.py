@@ -4,8 +4,8 @@ Everything that knows how a store is laid out, how a mount is started and
 stopped, and what the spec's name mapping is (docs/mapping.md) lives here,
 once; the test files only say what they check.
 
-Nothing in this file asserts: it returns what it finds, and the tests (or
-the autouse guard in conftest.py) decide.
+Only the assert_* helpers assert; everything else returns what it finds,
+and the tests (or the autouse guard in conftest.py) decide.
 """
 import contextlib
 import ctypes
@@ -425,8 +425,11 @@ class Mount:
         env = dict(os.environ)
         env.setdefault("ASAN_OPTIONS", "abort_on_error=0:detect_leaks=1")
         env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
-        if self.env:
-            env.update(self.env)
+        for k, v in (self.env or {}).items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
@@ -440,6 +443,8 @@ class Mount:
                 break
             time.sleep(0.02)
         rc = self.proc.poll()
+        self.expected_exit = None      # the exception below reports it all
+        self.allow_log(r".")
         self.unmount()
         raise RuntimeError("kvfs did not mount (%s): exit %s, output:\n%s"
                            % (" ".join(cmd), rc, self.log_text()))
@@ -451,8 +456,9 @@ class Mount:
             return
         self.done = True
         problems = []
-        if self.proc.poll() is not None and self.expected_exit is not None:
-            problems.append("daemon exited while mounted (status %s)" % self.proc.returncode)
+        if (self.proc.poll() is not None and self.expected_exit is not None
+                and is_mounted(self.path)):
+            problems.append("daemon died and left its mount (status %s)" % self.proc.returncode)
         if is_mounted(self.path):
             r = subprocess.run([FUSERMOUNT, "-u", self.path], capture_output=True,
                                timeout=60)
@@ -568,6 +574,11 @@ class Mounts:
                   user_opts=user_opts)
         self.mounts.append(m)
         return m.start()
+
+    def with_keys(self, keys, **kw):
+        """Write keys straight into the store, then mount it."""
+        self.store.put_many(keys)
+        return self.mount(**kw)
 
     def remount(self, m, opts=None, args=None):
         """Unmount m and mount the same store again (same options unless
@@ -700,6 +711,31 @@ def errno_of(fn, *args, **kw):
 
 def ename(err):
     return errno.errorcode.get(err, str(err)) if err is not None else "no error"
+
+
+def assert_errno(expected, fn, *args, **kw):
+    """fn(*args) must fail with exactly errno `expected`."""
+    got = errno_of(fn, *args, **kw)
+    assert got == expected, "%s%r: expected %s, got %s" % (
+        getattr(fn, "__name__", fn), args, ename(expected), ename(got))
+
+
+def try_open(path, flags, mode=0o644):
+    """errno of os.open(path, flags), or None; a descriptor that opened
+    (unexpectedly) is closed again so it cannot keep the mount busy."""
+    try:
+        fd = os.open(path, flags, mode)
+    except OSError as e:
+        return e.errno
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    return None
+
+
+def assert_open_errno(expected, path, flags, mode=0o644):
+    got = try_open(path, flags, mode)
+    assert got == expected, "open(%r, %#o): expected %s, got %s" % (
+        path, flags, ename(expected), ename(got))
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

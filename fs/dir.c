@@ -1,0 +1,309 @@
+/*
+ * dir.c - directories: readdir, mkdir, rmdir (docs/mapping.md M2-M5, M7).
+ */
+#include "node.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+struct dirent_item {
+	char *name;
+	bool is_dir;
+	uint64_t size;
+	char *key;        /* full key, for attributes */
+	size_t klen;
+};
+
+struct dirlist {
+	struct kvfs *fs;
+	const char *path;     /* the directory, "/" for the root */
+	size_t pathlen;       /* 0 for the root */
+	const char *marker;   /* this directory's own marker key */
+	size_t marker_len;
+	struct dirent_item *items;
+	size_t n, cap;
+	/* open addressing on names: index + 1, 0 = empty */
+	size_t *slots;
+	size_t nslots;
+};
+
+static size_t *name_slot(struct dirlist *d, const char *name)
+{
+	size_t i = kvfs_hash(name, strlen(name), 7) & (d->nslots - 1);
+
+	while (d->slots[i] && strcmp(d->items[d->slots[i] - 1].name, name) != 0)
+		i = (i + 1) & (d->nslots - 1);
+	return &d->slots[i];
+}
+
+static int dir_grow(struct dirlist *d)
+{
+	size_t ns = d->nslots ? d->nslots * 2 : 256;
+	size_t *slots = calloc(ns, sizeof(*slots));
+	struct dirent_item *items = realloc(d->items, (ns / 2) * sizeof(*items));
+
+	if (!slots || !items) {
+		free(slots);
+		if (items)
+			d->items = items;
+		return -ENOMEM;
+	}
+	d->items = items;
+	d->cap = ns / 2;
+	free(d->slots);
+	d->slots = slots;
+	d->nslots = ns;
+	for (size_t i = 0; i < d->n; i++)
+		*name_slot(d, d->items[i].name) = i + 1;
+	return 0;
+}
+
+/* Add one child; a name seen before stays once, a directory if either was. */
+static int dir_add(struct dirlist *d, const char *name, size_t nlen, bool is_dir, uint64_t size,
+		   const char *key, size_t klen)
+{
+	char *nm = strndup(name, nlen);
+
+	if (!nm)
+		return -ENOMEM;
+	if (d->n + 1 > d->cap && dir_grow(d)) {
+		free(nm);
+		return -ENOMEM;
+	}
+	size_t *slot = name_slot(d, nm);
+	if (*slot) {
+		struct dirent_item *it = &d->items[*slot - 1];
+		if (is_dir && !it->is_dir) {
+			it->is_dir = true;
+			free(it->key);
+			it->key = NULL;
+			it->klen = 0;
+			if (key && (it->key = malloc(klen ? klen : 1))) {
+				memcpy(it->key, key, klen);
+				it->klen = klen;
+			}
+		}
+		free(nm);
+		return 0;
+	}
+	struct dirent_item *it = &d->items[d->n];
+	*it = (struct dirent_item){.name = nm, .is_dir = is_dir, .size = size};
+	if (key && (it->key = malloc(klen ? klen : 1))) {
+		memcpy(it->key, key, klen);
+		it->klen = klen;
+	}
+	*slot = ++d->n;
+	return 0;
+}
+
+static int dir_item_cb(void *ctx, const struct kv_entry *e)
+{
+	struct dirlist *d = ctx;
+	struct kvfs *fs = d->fs;
+	size_t klen = e->key_len - (e->is_prefix ? 1 : 0);
+
+	/* The directory's marker is the directory itself (M4). */
+	if (!e->is_prefix && e->size == 0 && d->marker && e->key_len == d->marker_len &&
+	    memcmp(e->key, d->marker, e->key_len) == 0)
+		return 0;
+	if (e->key_len < fs->root_len)
+		return 0;
+	char *p = keymap_encode(e->key + fs->root_len, klen - fs->root_len);
+	if (!p)
+		return -ENOMEM;
+	/* The item belongs here if its path runs through this directory. */
+	const char *rest = p + d->pathlen;
+	int rc = 0;
+	if (strncmp(p, d->path, d->pathlen) == 0 && rest[0] == '/' && rest[1]) {
+		const char *name = rest + 1;
+		const char *slash = strchr(name, '/');
+		size_t nlen = slash ? (size_t)(slash - name) : strlen(name);
+		bool is_dir = e->is_prefix || slash;
+		rc = dir_add(d, name, nlen, is_dir, e->size, slash ? NULL : e->key, klen);
+	}
+	free(p);
+	return rc;
+}
+
+static void dir_free(struct dirlist *d)
+{
+	for (size_t i = 0; i < d->n; i++) {
+		free(d->items[i].name);
+		free(d->items[i].key);
+	}
+	free(d->items);
+	free(d->slots);
+}
+
+int kvfs_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t off,
+			struct fuse_file_info *fi, enum fuse_readdir_flags flags)
+{
+	struct kvfs *fs = FS();
+	struct dirlist d = {.fs = fs, .path = path, .pathlen = strcmp(path, "/") ? strlen(path) : 0};
+	struct node n;
+	struct stat st;
+	uint64_t size;
+	int rc;
+
+	(void)off;
+	(void)fi;
+	(void)flags;
+	if ((rc = node_decode(fs, path, &n)))
+		return rc == -EINVAL ? -ENOENT : rc;
+	if (n.kind != KM_ROOT && n.kind != KM_KEY && n.kind != KM_CONT) {
+		node_free(&n);
+		return -ENOTDIR;
+	}
+	size_t plen = dir_prefix(&n);
+	if (n.kind != KM_CONT) {
+		d.marker = n.key;
+		d.marker_len = plen;
+	}
+	rc = kv_list_all(fs->store, n.key, plen, '/', dir_item_cb, &d);
+	unslash(&n);
+	if (rc == 0 && n.kind == KM_KEY && kv_stat(fs->store, n.key, n.klen, &size) == 0)
+		rc = dir_add(&d, KEYMAP_VALUE_NAME, strlen(KEYMAP_VALUE_NAME), false, size,
+			     n.key, n.klen);
+	if (rc == 0) {
+		/* Continuation directories made here by mkdir and not yet used. */
+		pthread_mutex_lock(&fs->cont_lock);
+		for (size_t i = 0; i < fs->ncont && rc == 0; i++) {
+			const char *c = fs->cont_dirs[i];
+			const char *slash = strrchr(c, '/');
+			if ((size_t)(slash - c) == d.pathlen && strncmp(c, path, d.pathlen) == 0)
+				rc = dir_add(&d, slash + 1, strlen(slash + 1), true, 0, NULL, 0);
+		}
+		pthread_mutex_unlock(&fs->cont_lock);
+	}
+	if (rc) {
+		health_note_error(fs, "list", rc);
+		goto out;
+	}
+
+	/* "." and ".." carry no attributes: the kernel has them already. */
+	filler(buf, ".", NULL, 0, 0);
+	filler(buf, "..", NULL, 0, 0);
+	if (n.kind == KM_ROOT) {
+		fill_stat(fs, NULL, 0, NT_FILE, 0, &st);
+		st.st_mode = S_IFREG | 0444;
+		filler(buf, KEYMAP_HEALTH_NAME, &st, 0, FUSE_FILL_DIR_PLUS);
+	}
+	for (size_t i = 0; i < d.n; i++) {
+		struct dirent_item *it = &d.items[i];
+		uint64_t sz = it->size;
+		if (!it->is_dir && it->key) {
+			struct kvfs_file *f = files_find(&fs->files, it->key, it->klen);
+			if (f) {
+				pthread_mutex_lock(&f->lock);
+				if (f->dirty || f->loaded)
+					sz = f->len;
+				pthread_mutex_unlock(&f->lock);
+				files_put(&fs->files, f);
+			}
+		}
+		fill_stat(fs, it->key, it->klen, it->is_dir ? NT_DIR : NT_FILE, sz, &st);
+		if (filler(buf, it->name, &st, 0, FUSE_FILL_DIR_PLUS))
+			break;
+	}
+out:
+	dir_free(&d);
+	node_free(&n);
+	return rc;
+}
+
+int kvfs_mkdir(const char *path, mode_t mode)
+{
+	struct kvfs *fs = FS();
+	struct node n;
+	enum ntype t;
+	uint64_t size;
+	int rc;
+
+	if ((rc = node_decode(fs, path, &n)))
+		return rc;
+	switch (n.kind) {
+	case KM_KEY:
+		rc = node_type(fs, &n, path, &t, &size);
+		if (rc == 0 && t != NT_NONE)
+			rc = -EEXIST;
+		if (rc == 0) {
+			size_t plen = dir_prefix(&n);
+			rc = kv_set(fs->store, n.key, plen, "", 0);
+			unslash(&n);
+		}
+		if (rc == 0 && (mode & 07777) != (0755 & ~fs->umask)) {
+			struct kvfs_attr a;
+			default_attr(fs, true, &a);
+			a.mode = mode & 07777;
+			attrs_put(&fs->attrs, n.key, n.klen, true, &a);
+		}
+		health_note_error(fs, "mkdir", rc == -EEXIST ? 0 : rc);
+		break;
+	case KM_CONT:
+		rc = node_type(fs, &n, path, &t, &size);
+		if (rc == 0)
+			rc = t != NT_NONE ? -EEXIST : cont_add(fs, path);
+		break;
+	case KM_VALUE:
+		rc = -EINVAL;
+		break;
+	default:
+		rc = -EEXIST;
+	}
+	node_free(&n);
+	return rc;
+}
+
+int kvfs_rmdir(const char *path)
+{
+	struct kvfs *fs = FS();
+	struct node n;
+	enum ntype t;
+	uint64_t size;
+	bool found;
+	int rc;
+
+	if ((rc = node_decode(fs, path, &n)))
+		return rc == -EINVAL ? -ENOENT : rc;
+	switch (n.kind) {
+	case KM_KEY: {
+		size_t plen = dir_prefix(&n);
+		rc = any_under(fs, n.key, plen, n.key, plen, &found);
+		if (rc == 0 && found)
+			rc = -ENOTEMPTY;
+		if (rc == 0) {
+			rc = kv_del(fs->store, n.key, plen);
+			unslash(&n);
+			if (rc == -ENOENT) {
+				/* No marker: a plain file is ENOTDIR, nothing at all ENOENT. */
+				rc = kv_stat(fs->store, n.key, n.klen, &size) == 0 ? -ENOTDIR : -ENOENT;
+			} else if (rc == 0 && kv_stat(fs->store, n.key, n.klen, &size) == 0) {
+				/* The directory's value (M5) is an entry: keep the marker. */
+				kv_set(fs->store, n.key, plen, "", 0);
+				rc = -ENOTEMPTY;
+			}
+		}
+		unslash(&n);
+		if (rc == 0)
+			attrs_forget(&fs->attrs, n.key, n.klen, true);
+		break;
+	}
+	case KM_CONT:
+		rc = node_type(fs, &n, path, &t, &size);
+		if (rc == 0 && cont_used(fs, &n, path, &found) == 0 && found)
+			rc = -ENOTEMPTY;
+		else if (rc == 0)
+			rc = cont_remove(fs, path) ? 0 : -ENOENT;
+		break;
+	case KM_ROOT:
+		rc = -EBUSY;
+		break;
+	default:
+		rc = -ENOTDIR;
+	}
+	node_free(&n);
+	return rc;
+}
