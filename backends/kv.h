@@ -140,6 +140,7 @@ typedef int kv_stat_fn(struct kv_store *s, const char *key, size_t klen, uint64_
  * readers see it and it survives a crash of this process (not necessarily
  * power loss: see sync).  A refused write leaves the old value intact.
  * Errors: -EFBIG (value over the limit), -ENAMETOOLONG (key over the limit),
+ * -EINVAL (a key this store cannot hold at all, such as the empty key in lmdb),
  * -ENOSPC, -EROFS, -EACCES, -EIO.
  */
 typedef int kv_set_fn(struct kv_store *s, const char *key, size_t klen,

@@ -47,9 +47,13 @@ extern const struct kv_backend kv_backend_lmdb;  /* defined at the bottom */
 /* Debian's liblmdb is built with the default MDB_MAXKEYSIZE; the store
  * reports mdb_env_get_maxkeysize() through store_limits. */
 #define LM_MAX_KEY 511
-/* LMDB takes values up to 4 GiB, but fs/ holds a whole value in memory and
- * a rewrite needs as much again of the map: keep it far below that. */
-#define LM_MAX_VALUE ((size_t)256 << 20)
+/*
+ * LMDB takes values up to 4 GiB, but fs/ holds a whole value in memory, a
+ * rewrite needs as much again of the map, and from about 240 MiB dirty in
+ * one transaction liblmdb 0.9.24 spills pages and leaks its 1 MiB spill
+ * list each time.  128 MiB stays well clear of all three.
+ */
+#define LM_MAX_VALUE ((size_t)128 << 20)
 #define LM_DEFAULT_MAP ((uint64_t)1 << 30)
 #define LM_DEFAULT_SYNC_MS 5000
 #define LM_MAX_READERS 256   /* applies when we create the lock file */
@@ -59,6 +63,7 @@ extern const struct kv_backend kv_backend_lmdb;  /* defined at the bottom */
 #ifndef LM_BATCH_MAX
 #define LM_BATCH_MAX 256     /* writes per shared transaction (-D1 disables grouping) */
 #endif
+#define LM_BATCH_BYTES ((size_t)64 << 20)  /* and value bytes, so big values are not pooled */
 
 enum lm_sync { LM_SYNC_INTERVAL, LM_SYNC_ALWAYS, LM_SYNC_LAZY };
 
@@ -66,9 +71,9 @@ enum lm_sync { LM_SYNC_INTERVAL, LM_SYNC_ALWAYS, LM_SYNC_LAZY };
 struct lm_write {
 	struct lm_write *next;
 	enum { LM_W_SET, LM_W_DEL, LM_W_CAS, LM_W_APPLY } kind;
-	const struct kv_op *ops;  /* LM_W_APPLY: the caller's array; otherwise &op */
+	struct kv_op op;          /* LM_W_SET, LM_W_DEL, LM_W_CAS */
+	const struct kv_op *ops;  /* LM_W_APPLY: the caller's array */
 	size_t nops;
-	struct kv_op op;
 	uint64_t version;         /* LM_W_CAS */
 	int rc;                   /* this write's own result, set by the leader */
 	bool done;                /* set by the leader before it posts wake */
@@ -444,6 +449,17 @@ static void lm_batch_commit(struct lm_store *s, struct lm_write *batch)
 	}
 }
 
+static size_t lm_write_bytes(const struct lm_write *w)
+{
+	size_t i, n = 0;
+
+	if (w->kind != LM_W_APPLY)
+		return w->kind == LM_W_DEL ? 0 : w->op.val_len;
+	for (i = 0; i < w->nops; i++)
+		n += w->ops[i].type == KV_OP_SET ? w->ops[i].val_len : 0;
+	return n;
+}
+
 /*
  * Queue w and wait for its result.  A writer that finds no leader becomes
  * one: it commits the queue in batches until its own write is done, then
@@ -454,8 +470,8 @@ static void lm_batch_commit(struct lm_store *s, struct lm_write *batch)
 static int lm_write_submit(struct lm_store *s, struct lm_write *w)
 {
 	struct lm_write *batch, *last, *next, *heir;
+	size_t n, bytes;
 	bool lead;
-	size_t n;
 
 	w->next = NULL;
 	w->done = false;
@@ -474,8 +490,13 @@ static int lm_write_submit(struct lm_store *s, struct lm_write *w)
 	while (!w->done) {
 		pthread_mutex_lock(&s->queue_lock);
 		batch = last = s->queue;
-		for (n = 1; n < LM_BATCH_MAX && last->next; n++)
+		bytes = lm_write_bytes(last);
+		for (n = 1; n < LM_BATCH_MAX && last->next; n++) {
+			bytes += lm_write_bytes(last->next);
+			if (bytes > LM_BATCH_BYTES)
+				break;
 			last = last->next;
+		}
 		s->queue = last->next;
 		if (!s->queue)
 			s->queue_tail = &s->queue;

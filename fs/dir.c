@@ -19,7 +19,8 @@ struct dirent_item {
 
 struct dirlist {
 	struct kvfs *fs;
-	const char *path;     /* the directory, "/" for the root */
+	char *path;           /* the directory, "/" for the root */
+	bool is_root;
 	size_t pathlen;       /* 0 for the root */
 	const char *marker;   /* this directory's own marker key */
 	size_t marker_len;
@@ -130,42 +131,47 @@ static int dir_item_cb(void *ctx, const struct kv_entry *e)
 
 static void dir_free(struct dirlist *d)
 {
+	if (!d)
+		return;
 	for (size_t i = 0; i < d->n; i++) {
 		free(d->items[i].name);
 		free(d->items[i].key);
 	}
 	free(d->items);
 	free(d->slots);
+	free(d->path);
+	free(d);
 }
 
-int kvfs_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t off,
-			struct fuse_file_info *fi, enum fuse_readdir_flags flags)
+/* Read the directory from the store into d (done once per opendir). */
+static int dir_load(struct kvfs *fs, const char *path, struct dirlist *d)
 {
-	struct kvfs *fs = FS();
-	struct dirlist d = {.fs = fs, .path = path, .pathlen = strcmp(path, "/") ? strlen(path) : 0};
 	struct node n;
-	struct stat st;
 	uint64_t size;
 	int rc;
 
-	(void)off;
-	(void)fi;
-	(void)flags;
+	d->fs = fs;
+	d->path = strdup(path);
+	d->pathlen = strcmp(path, "/") ? strlen(path) : 0;
+	if (!d->path)
+		return -ENOMEM;
 	if ((rc = node_decode(fs, path, &n)))
 		return rc == -EINVAL ? -ENOENT : rc;
 	if (n.kind != KM_ROOT && n.kind != KM_KEY && n.kind != KM_CONT) {
 		node_free(&n);
 		return -ENOTDIR;
 	}
+	d->is_root = n.kind == KM_ROOT;
 	size_t plen = dir_prefix(&n);
 	if (n.kind != KM_CONT) {
-		d.marker = n.key;
-		d.marker_len = plen;
+		d->marker = n.key;
+		d->marker_len = plen;
 	}
-	rc = kv_list_all(fs->store, n.key, plen, '/', dir_item_cb, &d);
+	rc = kv_list_all(fs->store, n.key, plen, '/', dir_item_cb, d);
+	d->marker = NULL;
 	unslash(&n);
 	if (rc == 0 && n.kind == KM_KEY && kv_stat(fs->store, n.key, n.klen, &size) == 0)
-		rc = dir_add(&d, KEYMAP_VALUE_NAME, strlen(KEYMAP_VALUE_NAME), false, size,
+		rc = dir_add(d, KEYMAP_VALUE_NAME, strlen(KEYMAP_VALUE_NAME), false, size,
 			     n.key, n.klen);
 	if (rc == 0) {
 		/* Continuation directories made here by mkdir and not yet used. */
@@ -173,45 +179,86 @@ int kvfs_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t off,
 		for (size_t i = 0; i < fs->ncont && rc == 0; i++) {
 			const char *c = fs->cont_dirs[i];
 			const char *slash = strrchr(c, '/');
-			if ((size_t)(slash - c) == d.pathlen && strncmp(c, path, d.pathlen) == 0)
-				rc = dir_add(&d, slash + 1, strlen(slash + 1), true, 0, NULL, 0);
+			if ((size_t)(slash - c) == d->pathlen && strncmp(c, path, d->pathlen) == 0)
+				rc = dir_add(d, slash + 1, strlen(slash + 1), true, 0, NULL, 0);
 		}
 		pthread_mutex_unlock(&fs->cont_lock);
 	}
-	if (rc) {
+	if (rc)
 		health_note_error(fs, "list", rc);
-		goto out;
-	}
-
-	/* "." and ".." carry no attributes: the kernel has them already. */
-	filler(buf, ".", NULL, 0, 0);
-	filler(buf, "..", NULL, 0, 0);
-	if (n.kind == KM_ROOT) {
-		fill_stat(fs, NULL, 0, NT_FILE, 0, &st);
-		st.st_mode = S_IFREG | 0444;
-		filler(buf, KEYMAP_HEALTH_NAME, &st, 0, FUSE_FILL_DIR_PLUS);
-	}
-	for (size_t i = 0; i < d.n; i++) {
-		struct dirent_item *it = &d.items[i];
-		uint64_t sz = it->size;
-		if (!it->is_dir && it->key) {
-			struct kvfs_file *f = files_find(&fs->files, it->key, it->klen);
-			if (f) {
-				pthread_mutex_lock(&f->lock);
-				if (f->dirty || f->loaded)
-					sz = f->len;
-				pthread_mutex_unlock(&f->lock);
-				files_put(&fs->files, f);
-			}
-		}
-		fill_stat(fs, it->key, it->klen, it->is_dir ? NT_DIR : NT_FILE, sz, &st);
-		if (filler(buf, it->name, &st, 0, FUSE_FILL_DIR_PLUS))
-			break;
-	}
-out:
-	dir_free(&d);
 	node_free(&n);
 	return rc;
+}
+
+int kvfs_opendir(const char *path, struct fuse_file_info *fi)
+{
+	struct dirlist *d = calloc(1, sizeof(*d));
+	int rc;
+
+	if (!d)
+		return -ENOMEM;
+	rc = dir_load(FS(), path, d);
+	if (rc) {
+		dir_free(d);
+		return rc;
+	}
+	fi->fh = (uintptr_t)d;
+	return 0;
+}
+
+int kvfs_releasedir(const char *path, struct fuse_file_info *fi)
+{
+	(void)path;
+	dir_free((struct dirlist *)(uintptr_t)fi->fh);
+	return 0;
+}
+
+/*
+ * Entries carry offsets (index + 1), so libfuse passes each batch to the
+ * kernel as it fills, with attributes: readdirplus then needs no lookup
+ * per entry (M3).  Index 0 and 1 are "." and "..", 2 is .health at the root.
+ */
+int kvfs_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t off,
+		 struct fuse_file_info *fi, enum fuse_readdir_flags flags)
+{
+	struct kvfs *fs = FS();
+	struct dirlist *d = (struct dirlist *)(uintptr_t)fi->fh;
+	size_t fixed = d->is_root ? 3 : 2;
+	struct stat st;
+
+	(void)path;
+	(void)flags;
+	for (size_t i = (size_t)off; i < fixed + d->n; i++) {
+		const char *name;
+		int full;
+		if (i < 2) {
+			/* "." and ".." carry no attributes: the kernel has them already. */
+			full = filler(buf, i ? ".." : ".", NULL, (off_t)i + 1, 0);
+		} else if (i < fixed) {
+			fill_stat(fs, NULL, 0, NT_FILE, 0, &st);
+			st.st_mode = S_IFREG | 0444;
+			full = filler(buf, KEYMAP_HEALTH_NAME, &st, (off_t)i + 1, FUSE_FILL_DIR_PLUS);
+		} else {
+			struct dirent_item *it = &d->items[i - fixed];
+			uint64_t sz = it->size;
+			name = it->name;
+			if (!it->is_dir && it->key) {
+				struct kvfs_file *f = files_find(&fs->files, it->key, it->klen);
+				if (f) {
+					pthread_mutex_lock(&f->lock);
+					if (f->dirty || f->loaded)
+						sz = f->len;
+					pthread_mutex_unlock(&f->lock);
+					files_put(&fs->files, f);
+				}
+			}
+			fill_stat(fs, it->key, it->klen, it->is_dir ? NT_DIR : NT_FILE, sz, &st);
+			full = filler(buf, name, &st, (off_t)i + 1, FUSE_FILL_DIR_PLUS);
+		}
+		if (full)
+			break;
+	}
+	return 0;
 }
 
 int kvfs_mkdir(const char *path, mode_t mode)

@@ -267,6 +267,15 @@ int file_commit(struct kvfs *fs, struct kvfs_file *f)
 	bool unlinked;
 	int rc;
 
+	if (f->error) {
+		/* A write was refused: commit nothing, so the old value stays. */
+		rc = f->error;
+		f->error = 0;
+		f->dirty = false;
+		f->loaded = false;
+		f->len = 0;
+		return rc;
+	}
 	if (!f->dirty)
 		return 0;
 	char *key = key_copy(fs, f, &klen, &unlinked);

@@ -66,6 +66,8 @@ struct kvfs_file {
 	bool loaded;                 /* data holds the value (else it must be read) */
 	bool dirty;                  /* data differs from the store: commit on flush */
 	bool unlinked;               /* key was removed or replaced: never commit */
+	int error;                   /* a write the store could never take (-EFBIG):
+	                                the next commit returns it and keeps the old value */
 	unsigned refs;               /* open handles; guarded by the table lock */
 	struct kvfs_file *next;      /* hash chain */
 };
@@ -122,6 +124,10 @@ void health_stop(struct kvfs_health *h);
 char *health_report(struct kvfs *fs, size_t *len);
 /* Remember a store failure for .health's last_error. */
 void health_note_error(struct kvfs *fs, const char *op, int err);
+
+/* Is key the marker of a directory if its value is empty (M4): its last
+ * segment is empty ("d/"), or it is the mount root's own prefix? */
+#define kvfs_marker_key(fs, key, klen) ((klen) == (fs)->root_len || (key)[(klen) - 1] == '/')
 
 /* ---- the mount ---- */
 

@@ -222,8 +222,8 @@ int node_type(struct kvfs *fs, struct node *n, const char *path, enum ntype *t,
 		return 0;
 	}
 	rc = kv_stat(fs->store, n->key, n->klen, size);
-	if (rc == -ENOENT) {
-		*t = NT_NONE;
+	if (rc == -ENOENT || (rc == 0 && *size == 0 && kvfs_marker_key(fs, n->key, n->klen))) {
+		*t = NT_NONE;  /* an empty "d/" is the directory d, not a file "%" (M4) */
 		return 0;
 	}
 	*t = rc ? NT_NONE : NT_FILE;

@@ -48,6 +48,8 @@ void default_attr(struct kvfs *fs, bool is_dir, struct kvfs_attr *a);
 void touch(struct kvfs *fs, const char *key, size_t klen);
 
 /* fs/dir.c and fs/rename.c */
+int kvfs_opendir(const char *path, struct fuse_file_info *fi);
+int kvfs_releasedir(const char *path, struct fuse_file_info *fi);
 int kvfs_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t off,
 		 struct fuse_file_info *fi, enum fuse_readdir_flags flags);
 int kvfs_mkdir(const char *path, mode_t mode);

@@ -181,16 +181,24 @@ static int create_node(struct kvfs *fs, const char *path, mode_t mode, struct fu
 			rc = -EISDIR;
 	}
 	bool existed = false;
-	if (rc == 0) {
+	if (rc == 0 && kvfs_marker_key(fs, n.key, n.klen)) {
+		/* "%" names the key equal to the directory's prefix: empty, it is
+		 * the directory's marker, so only a non-empty value exists (M4, M6). */
+		existed = kv_stat(fs->store, n.key, n.klen, &size) == 0 && size > 0;
+		if (existed)
+			rc = (!fi || (fi->flags & O_EXCL)) ? -EEXIST : 0;
+		else
+			rc = kv_set(fs->store, n.key, n.klen, "", 0);
+	} else if (rc == 0) {
 		if (kv_caps(fs->store) & KV_CAP_CAS)
 			rc = kv_cas(fs->store, n.key, n.klen, 0, "", 0);
-		else if ((fi->flags & O_EXCL) && kv_stat(fs->store, n.key, n.klen, &size) == 0)
+		else if (fi && (fi->flags & O_EXCL) && kv_stat(fs->store, n.key, n.klen, &size) == 0)
 			rc = -ECANCELED;
 		else
 			rc = kv_set(fs->store, n.key, n.klen, "", 0);
 		if (rc == -ECANCELED) {
 			existed = true;
-			rc = (fi->flags & O_EXCL) ? -EEXIST : 0;
+			rc = (!fi || (fi->flags & O_EXCL)) ? -EEXIST : 0;
 		}
 	}
 	if (rc == 0 && !existed && (mode & 07777) != (0644 & ~fs->umask)) {
@@ -274,7 +282,7 @@ static int kvfs_write(const char *path, const char *buf, size_t size, off_t off,
 	if (rc == 0) {
 		size_t at = (fi->flags & O_APPEND) ? f->len : (size_t)off;
 		if (lim.max_value && (at > lim.max_value || size > lim.max_value - at))
-			rc = -EFBIG;  /* the store could never take it (F4) */
+			rc = f->error = -EFBIG;  /* the store could never take it (F4) */
 		else if ((rc = file_resize(f, at + size > f->len ? at + size : f->len)) == 0) {
 			memcpy(f->data + at, buf, size);
 			f->dirty = true;
@@ -615,7 +623,9 @@ const struct fuse_operations kvfs_ops = {
 	.init = kvfs_init,
 	.destroy = kvfs_destroy,
 	.getattr = kvfs_getattr,
+	.opendir = kvfs_opendir,
 	.readdir = kvfs_readdir,
+	.releasedir = kvfs_releasedir,
 	.mkdir = kvfs_mkdir,
 	.rmdir = kvfs_rmdir,
 	.create = kvfs_create,

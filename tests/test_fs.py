@@ -683,20 +683,39 @@ def check_attrs(path, mode):
     assert st.st_atime_ns == 1_000_000_000_123_456_789
 
 
-def test_a2_attributes_kept_while_mounted(mnt):
-    write_file(mnt.p("f"), b"x")
-    os.mkdir(mnt.p("d"))
-    set_attrs(mnt.p("f"), 0o600)
-    set_attrs(mnt.p("d"), 0o711)
-    check_attrs(mnt.p("f"), 0o600)
-    check_attrs(mnt.p("d"), 0o711)
+# The A2 tests mount without kernel attribute caching, so that what they
+# see is what kvfs keeps, not what the kernel remembers of its own setattr.
+
+def test_a2_attributes_kept_while_mounted(mounts):
+    m = mounts.mount(opts=NOCACHE)
+    write_file(m.p("f"), b"x")
+    os.mkdir(m.p("d"))
+    set_attrs(m.p("f"), 0o600)
+    set_attrs(m.p("d"), 0o711)
+    check_attrs(m.p("f"), 0o600)
+    check_attrs(m.p("d"), 0o711)
 
 
-def test_a2_attributes_follow_rename(mnt):
-    write_file(mnt.p("f"), b"x")
-    set_attrs(mnt.p("f"), 0o640)
-    os.rename(mnt.p("f"), mnt.p("g"))
-    check_attrs(mnt.p("g"), 0o640)
+def test_a2_attributes_set_before_close_are_kept(mounts):
+    # cp -a and tar x set times and modes on the descriptor, then close it
+    m = mounts.mount(opts=NOCACHE)
+    fd = os.open(m.p("f"), os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        os.write(fd, b"data")
+        os.utime(fd, ns=(1_000_000_000_123_456_789, 1_100_000_000_987_654_321))
+        os.fchmod(fd, 0o640)
+        os.fchown(fd, 4321, 8765)
+    finally:
+        os.close(fd)
+    check_attrs(m.p("f"), 0o640)
+
+
+def test_a2_attributes_follow_rename(mounts):
+    m = mounts.mount(opts=NOCACHE)
+    write_file(m.p("f"), b"x")
+    set_attrs(m.p("f"), 0o640)
+    os.rename(m.p("f"), m.p("g"))
+    check_attrs(m.p("g"), 0o640)
 
 
 def test_a2_attributes_not_stored(persistent, mounts):
@@ -714,13 +733,14 @@ def test_a2_attributes_not_stored(persistent, mounts):
         assert st.st_mtime >= t0 - 2, p     # the time of the mount, not the one set
 
 
-def test_a2_write_sets_mtime(mnt):
-    write_file(mnt.p("f"), b"x")
-    os.utime(mnt.p("f"), (1_000_000_000, 1_000_000_000))
+def test_a2_write_sets_mtime(mounts):
+    m = mounts.mount(opts=NOCACHE)
+    write_file(m.p("f"), b"x")
+    os.utime(m.p("f"), (1_000_000_000, 1_000_000_000))
     t0 = time.time()
-    with open(mnt.p("f"), "ab") as f:
+    with open(m.p("f"), "ab") as f:
         f.write(b"y")
-    assert os.stat(mnt.p("f")).st_mtime >= t0 - 2
+    assert os.stat(m.p("f")).st_mtime >= t0 - 2
 
 
 # ---- A3: statfs ----

@@ -301,12 +301,14 @@ def test_sigterm_keeps_closed_writes(persistent, mounts):
     os.mkdir(m.p("d"))
     for i in range(50):
         write_file(m.p("d/f%02d" % i), b"closed %d" % i)
+    m.expected_exit = None           # checked below, after the data
     m.signal(signal.SIGTERM)
-    assert m.wait_exit() == 0
+    status = m.wait_exit()
     assert not is_mounted(m.path)
     m = mounts.remount(m)
     for i in range(50):
         assert read_file(m.p("d/f%02d" % i)) == b"closed %d" % i
+    assert status == 0
 
 
 def test_sigterm_flushes_written_but_unclosed_file(persistent, mounts):
@@ -315,6 +317,7 @@ def test_sigterm_flushes_written_but_unclosed_file(persistent, mounts):
     fd = os.open(m.p("f"), os.O_WRONLY | os.O_TRUNC)
     try:
         os.write(fd, b"pending at SIGTERM")
+        m.expected_exit = None       # checked below, after the data
         m.signal(signal.SIGTERM)
         status = m.wait_exit()
     finally:
@@ -322,9 +325,9 @@ def test_sigterm_flushes_written_but_unclosed_file(persistent, mounts):
             os.close(fd)
         except OSError:
             pass
-    assert status == 0
     m = mounts.remount(m)
     assert read_file(m.p("f")) == b"pending at SIGTERM"
+    assert status == 0
 
 
 def test_fsync_and_close_survive_kill_9(persistent, mounts):
