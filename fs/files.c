@@ -221,7 +221,7 @@ int file_resize(struct kvfs_file *f, size_t len)
 }
 
 /* The key under the table lock: a concurrent rename may replace it. */
-static char *key_copy(struct kvfs *fs, struct kvfs_file *f, size_t *klen, bool *unlinked)
+char *file_key(struct kvfs *fs, struct kvfs_file *f, size_t *klen, bool *unlinked)
 {
 	pthread_mutex_lock(&fs->files.lock);
 	char *k = malloc(f->klen + 1);
@@ -229,7 +229,8 @@ static char *key_copy(struct kvfs *fs, struct kvfs_file *f, size_t *klen, bool *
 		memcpy(k, f->key, f->klen + 1);
 		*klen = f->klen;
 	}
-	*unlinked = f->unlinked;
+	if (unlinked)
+		*unlinked = f->unlinked;
 	pthread_mutex_unlock(&fs->files.lock);
 	return k;
 }
@@ -243,7 +244,7 @@ int file_load(struct kvfs *fs, struct kvfs_file *f)
 
 	if (f->loaded || f->dirty)
 		return 0;
-	char *key = key_copy(fs, f, &klen, &unlinked);
+	char *key = file_key(fs, f, &klen, &unlinked);
 	if (!key)
 		return -ENOMEM;
 	rc = kv_get(fs->store, key, klen, &val, &len, NULL);
@@ -278,7 +279,7 @@ int file_commit(struct kvfs *fs, struct kvfs_file *f)
 	}
 	if (!f->dirty)
 		return 0;
-	char *key = key_copy(fs, f, &klen, &unlinked);
+	char *key = file_key(fs, f, &klen, &unlinked);
 	if (!key)
 		return -ENOMEM;
 	rc = unlinked ? 0 : kv_set(fs->store, key, klen, f->data ? f->data : "", f->len);

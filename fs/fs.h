@@ -95,6 +95,8 @@ void files_rename(struct kvfs_files *t, const char *from, size_t flen, const cha
 		  size_t tlen, bool subtree);
 void files_unlinked(struct kvfs_files *t, const char *key, size_t klen);
 
+/* A malloc'd copy of f's key (it may change under a rename); NULL if out of memory. */
+char *file_key(struct kvfs *fs, struct kvfs_file *f, size_t *klen, bool *unlinked);
 /* With f->lock held: read the value from the store unless loaded or dirty. */
 int file_load(struct kvfs *fs, struct kvfs_file *f);
 /* With f->lock held: one set of the buffer if dirty.  A refused set is

@@ -39,11 +39,9 @@ static int kvfs_getattr(const char *path, struct stat *st, struct fuse_file_info
 		pthread_mutex_lock(&f->lock);
 		int lrc = file_load(fs, f);
 		size = f->len;
-		pthread_mutex_lock(&fs->files.lock);
-		char *key = strndup(f->key, f->klen);  /* only for the attrs lookup */
-		size_t klen = f->klen;
-		pthread_mutex_unlock(&fs->files.lock);
 		pthread_mutex_unlock(&f->lock);
+		size_t klen = 0;
+		char *key = file_key(fs, f, &klen, NULL);
 		fill_stat(fs, key, klen, NT_FILE, lrc ? 0 : size, st);
 		free(key);
 		return 0;
@@ -260,6 +258,18 @@ static int kvfs_read(const char *path, char *buf, size_t size, off_t off,
 	return rc;
 }
 
+/* A write sets the file's times when it happens, as on any filesystem, so
+ * that a later utimens (cp -a, tar x) stands. */
+static void touch_file(struct kvfs *fs, struct kvfs_file *f)
+{
+	size_t klen;
+	char *key = file_key(fs, f, &klen, NULL);
+
+	if (key)
+		touch(fs, key, klen);
+	free(key);
+}
+
 static int kvfs_write(const char *path, const char *buf, size_t size, off_t off,
 		      struct fuse_file_info *fi)
 {
@@ -290,28 +300,18 @@ static int kvfs_write(const char *path, const char *buf, size_t size, off_t off,
 		}
 	}
 	pthread_mutex_unlock(&f->lock);
+	if (rc > 0)
+		touch_file(fs, f);
 	return rc;
 }
 
 static int commit_handle(struct kvfs *fs, struct handle *h)
 {
 	struct kvfs_file *f = h->f;
-	int rc;
-	bool was_dirty;
 
 	pthread_mutex_lock(&f->lock);
-	was_dirty = f->dirty;
-	rc = file_commit(fs, f);
+	int rc = file_commit(fs, f);
 	pthread_mutex_unlock(&f->lock);
-	if (rc == 0 && was_dirty) {
-		pthread_mutex_lock(&fs->files.lock);
-		char *key = strndup(f->key, f->klen);
-		size_t klen = f->klen;
-		pthread_mutex_unlock(&fs->files.lock);
-		if (key)
-			touch(fs, key, klen);
-		free(key);
-	}
 	return rc;
 }
 
