@@ -574,6 +574,8 @@ static int lm_del(struct kv_store *st, const char *key, size_t klen)
 		.op = { .type = KV_OP_DEL, .key = key, .key_len = klen },
 	};
 
+	if (klen == 0 || klen > s->max_key)
+		return -ENOENT;  /* cannot exist: no need to queue for a transaction */
 	return lm_write_submit(s, &w);
 }
 
@@ -931,7 +933,8 @@ static int lm_health(struct kv_store *st, struct kv_health *h)
 	lm_fact(h, "sync", "%s", lm_sync_name(s->sync_mode));
 	if (s->sync_mode != LM_SYNC_ALWAYS)
 		lm_fact(h, "sync_interval_ms", "%d", s->sync_ms);
-	lm_fact(h, "readers", "%u of %u", info.me_numreaders, info.me_maxreaders);
+	/* As mdb_stat -e puts it: slots ever taken (by any process) of the table's size. */
+	lm_fact(h, "readers_used", "%u of %u", info.me_numreaders, info.me_maxreaders);
 	return 0;
 }
 
@@ -1263,6 +1266,12 @@ static int lm_open(const struct kv_open_args *args, struct kv_store **out, char 
 	return 0;
 }
 
+/*
+ * -o options.  map_size: the map at open (default 1G; it doubles on demand).
+ * map_max: where doubling stops and set() says -ENOSPC (default 0: until
+ * the system refuses).  sync: interval (default), always or lazy, see the
+ * top of this file.  sync_interval: the syncer's period (default 5s).
+ */
 static const char *const lm_options[] = { "map_size", "map_max", "sync", "sync_interval", NULL };
 
 const struct kv_backend kv_backend_lmdb = {

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct mem_item {
 	char *key;
@@ -28,7 +29,19 @@ struct mem_store {
 	size_t n, cap;
 	uint64_t next_version;
 	uint64_t bytes;
+	int delay_ms;     /* -o delay=T: every call waits this long, to act as a slow
+	                     or hung store in tests (H2, timeouts) */
 };
+
+static void mem_wait(struct mem_store *m)
+{
+	if (m->delay_ms > 0) {
+		struct timespec ts = {.tv_sec = m->delay_ms / 1000,
+				      .tv_nsec = (long)(m->delay_ms % 1000) * 1000000L};
+		while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
+			;
+	}
+}
 
 static int bytes_cmp(const char *a, size_t alen, const char *b, size_t blen)
 {
@@ -69,12 +82,17 @@ static int mem_open(const struct kv_open_args *a, struct kv_store **out, char *e
 {
 	struct mem_store *m;
 
-	(void)err;
-	(void)errlen;
-	(void)a;
+	const char *delay = kv_option_get(a, "delay");
+	int delay_ms = 0;
+
+	if (delay && kv_parse_ms(delay, &delay_ms)) {
+		snprintf(err, errlen, "memory: bad delay '%s' (e.g. 500ms, 5s)", delay);
+		return -EINVAL;
+	}
 	m = calloc(1, sizeof(*m));
 	if (!m)
 		return -ENOMEM;
+	m->delay_ms = delay_ms;
 	pthread_rwlock_init(&m->lock, NULL);
 	*out = &m->base;
 	return 0;
@@ -100,6 +118,8 @@ static int mem_get(struct kv_store *s, const char *key, size_t klen, char **val,
 	bool found;
 	int rc = 0;
 
+	mem_wait(m);
+
 	pthread_rwlock_rdlock(&m->lock);
 	size_t i = mem_find(m, key, klen, &found);
 	if (!found) {
@@ -120,6 +140,8 @@ static int mem_stat(struct kv_store *s, const char *key, size_t klen, uint64_t *
 {
 	struct mem_store *m = kv_store_cast(struct mem_store, s);
 	bool found;
+
+	mem_wait(m);
 
 	pthread_rwlock_rdlock(&m->lock);
 	size_t i = mem_find(m, key, klen, &found);
@@ -190,6 +212,8 @@ static int mem_set(struct kv_store *s, const char *key, size_t klen, const char 
 {
 	struct mem_store *m = kv_store_cast(struct mem_store, s);
 
+	mem_wait(m);
+
 	pthread_rwlock_wrlock(&m->lock);
 	int rc = mem_put_locked(m, key, klen, val, vlen);
 	pthread_rwlock_unlock(&m->lock);
@@ -199,6 +223,8 @@ static int mem_set(struct kv_store *s, const char *key, size_t klen, const char 
 static int mem_del(struct kv_store *s, const char *key, size_t klen)
 {
 	struct mem_store *m = kv_store_cast(struct mem_store, s);
+
+	mem_wait(m);
 
 	pthread_rwlock_wrlock(&m->lock);
 	int rc = mem_del_locked(m, key, klen);
@@ -212,6 +238,8 @@ static int mem_cas(struct kv_store *s, const char *key, size_t klen, uint64_t ve
 	struct mem_store *m = kv_store_cast(struct mem_store, s);
 	bool found;
 	int rc;
+
+	mem_wait(m);
 
 	pthread_rwlock_wrlock(&m->lock);
 	size_t i = mem_find(m, key, klen, &found);
@@ -232,6 +260,8 @@ static int mem_apply(struct kv_store *s, const struct kv_op *ops, size_t n)
 	bool *had = calloc(n ? n : 1, sizeof(*had));
 	size_t done = 0;
 	int rc = 0;
+
+	mem_wait(m);
 
 	if (!undo || !had) {
 		free(undo);
@@ -286,6 +316,8 @@ static int mem_list(struct kv_store *s, const struct kv_list_req *req, kv_list_c
 	bool found;
 	int rc = 0;
 
+	mem_wait(m);
+
 	pthread_rwlock_rdlock(&m->lock);
 	size_t i = mem_find(m, req->prefix, req->prefix_len, &found);
 	if (req->start && bytes_cmp(req->start, req->start_len, req->prefix, req->prefix_len) > 0)
@@ -331,6 +363,8 @@ static int mem_health(struct kv_store *s, struct kv_health *h)
 {
 	struct mem_store *m = kv_store_cast(struct mem_store, s);
 
+	mem_wait(m);
+
 	pthread_rwlock_rdlock(&m->lock);
 	snprintf(h->detail, sizeof(h->detail), "in-process store, %zu keys", m->n);
 	pthread_rwlock_unlock(&m->lock);
@@ -353,6 +387,7 @@ const struct kv_backend kv_backend_memory = {
 	.scheme = "memory",
 	.summary = "in-process store for tests and scratch mounts; gone when kvfs exits",
 	.usage = "memory:",
+	.options = (const char *const[]){"delay", NULL},
 	.caps = KV_CAP_ORDERED | KV_CAP_CAS | KV_CAP_TXN,
 	.limits = {.max_key = 0, .max_value = 0},
 	.open = mem_open,

@@ -121,7 +121,9 @@ struct kvfs_health {
 };
 
 void health_init(struct kvfs_health *h);
-void health_stop(struct kvfs_health *h);
+/* Stop the worker; false if it is stuck in the store (then the store must
+ * not be closed under it). */
+bool health_stop(struct kvfs_health *h, int wait_ms);
 /* JSON text of .health, malloc'd. Waits at most fs->health_timeout_ms. */
 char *health_report(struct kvfs *fs, size_t *len);
 /* Remember a store failure for .health's last_error. */
@@ -153,7 +155,9 @@ struct kvfs {
 /* fs/ops.c */
 extern const struct fuse_operations kvfs_ops;
 int kvfs_init_state(struct kvfs *fs);
-void kvfs_free_state(struct kvfs *fs);
+/* Free what kvfs_init_state made; false if the store is still in use by a
+ * stuck health check and must be left open. */
+bool kvfs_free_state(struct kvfs *fs);
 /* Commit every dirty open file: at unmount and on SIGTERM. */
 void kvfs_flush_all(struct kvfs *fs);
 

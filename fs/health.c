@@ -66,20 +66,30 @@ void health_init(struct kvfs_health *h)
 	pthread_condattr_destroy(&ca);
 }
 
-void health_stop(struct kvfs_health *h)
+bool health_stop(struct kvfs_health *h, int wait_ms)
 {
+	struct timespec deadline;
+	int rc = 0;
+
+	clock_gettime(CLOCK_MONOTONIC, &deadline);
+	deadline.tv_sec += wait_ms / 1000 + 1;
 	pthread_mutex_lock(&h->lock);
 	h->stop = true;
 	pthread_cond_broadcast(&h->cond);
+	/* A check in flight may finish soon; a hung store's never will. */
+	while (h->started && h->completed != h->requested && rc != ETIMEDOUT)
+		rc = pthread_cond_timedwait(&h->cond, &h->lock, &deadline);
 	bool started = h->started;
 	bool idle = h->completed == h->requested;
 	pthread_mutex_unlock(&h->lock);
 	if (!started)
-		return;
-	if (idle)
+		return true;
+	if (idle) {
 		pthread_join(h->thread, NULL);
-	else
-		pthread_detach(h->thread);  /* stuck in a hung store: do not wait for it */
+		return true;
+	}
+	pthread_detach(h->thread);
+	return false;
 }
 
 void health_note_error(struct kvfs *fs, const char *op, int err)

@@ -608,15 +608,17 @@ int kvfs_init_state(struct kvfs *fs)
 	return 0;
 }
 
-void kvfs_free_state(struct kvfs *fs)
+bool kvfs_free_state(struct kvfs *fs)
 {
-	health_stop(&fs->health);
+	bool clean = health_stop(&fs->health, fs->health_timeout_ms);
+
 	files_destroy(&fs->files);
 	attrs_destroy(&fs->attrs);
 	for (size_t i = 0; i < fs->ncont; i++)
 		free(fs->cont_dirs[i]);
 	free(fs->cont_dirs);
 	pthread_mutex_destroy(&fs->cont_lock);
+	return clean;
 }
 
 const struct fuse_operations kvfs_ops = {

@@ -497,8 +497,10 @@ int main(int argc, char *argv[])
 	fuse_unmount(fuse);
 	fuse_destroy(fuse);
 	kvfs_flush_all(&fs);
-	kvfs_free_state(&fs);
-	kv_close(fs.store);
+	if (kvfs_free_state(&fs))
+		kv_close(fs.store);
+	else
+		kv_log(KV_LOG_WARN, "the store did not answer a health check; exiting without closing it");
 	free(fsname);
 	free(fs.root);
 	fuse_opt_free_args(&args);
