@@ -26,7 +26,9 @@
  * fastest, but LMDB can only promise integrity after a power loss on a
  * filesystem that keeps write order, so it is not the default.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE  /* pthread_rwlockattr_setkind_np */
+#endif
 #include <errno.h>
 #include <lmdb.h>
 #include <pthread.h>
