@@ -182,7 +182,7 @@ char *health_report(struct kvfs *fs, size_t *len)
 	json_object_set_new(o, "facts", facts);
 	pthread_mutex_unlock(&h->lock);
 
-	char *text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+	char *text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
 	json_decref(o);
 	if (!text)
 		return NULL;
