@@ -508,6 +508,7 @@ def test_f6_rename_directory_over_empty_directory(raw, mnt):
     assert os.listdir(mnt.p("dst")) == [b"f"]
     assert not os.path.exists(mnt.p("src"))
     assert raw.get(b"dst/f") == b"x"
+    assert raw.keys(b"src") == []
 
 
 def test_f6_rename_directory_over_nonempty_directory_enotempty(mnt):
