@@ -530,7 +530,7 @@ def test_m8_continuation_not_full_einval(raw, mnt):
 
 
 def weird_keys(rng, n):
-    alphabet = [b"a", b"b", b"/", b"/", b"%", b"\0", b".", b"\n", b"\x7f", b"\xff", b"Z"]
+    alphabet = [b"a", b"b", b"/", b"/", b"%", b"\0", b".", b"\n", b"\x7f", b"\xff", b"Z", b"+"]
     keys = {}
     while len(keys) < n:
         k = b"".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 12)))

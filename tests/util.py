@@ -611,7 +611,11 @@ def is_plain(seg, at_root):
 
 
 def _name(seg, at_root):
-    return seg if is_plain(seg, at_root) else b"%" + escape(seg)
+    if is_plain(seg, at_root):
+        return seg
+    if seg.startswith(b"+"):
+        return b"%%2B" + escape(seg[1:])   # no escaped name begins with "%+" (M6)
+    return b"%" + escape(seg)
 
 
 def encode_segment(seg, at_root=False):
@@ -623,7 +627,7 @@ def encode_segment(seg, at_root=False):
     while len(_name(rest, at_root and first)) > NAME_MAX:
         piece = b"%+"
         n = 0
-        while n < len(rest):
+        while n < len(rest) - 1:           # a piece leaves a byte for the last (M7)
             e = escape(rest[n:n + 1])
             if len(piece) + len(e) > NAME_MAX:
                 break
