@@ -4,11 +4,21 @@
  */
 #include "kv.h"
 
-extern const struct kv_backend kv_backend_lmdb;
-extern const struct kv_backend kv_backend_memory;
+extern const struct kv_backend kv_backend_lmdb, kv_backend_memory, kv_backend_memcached,
+	kv_backend_consul, kv_backend_mongodb;
 
+/* Remote backends are in when meson found their client library. */
 const struct kv_backend *const kv_backends[] = {
 	&kv_backend_lmdb,
 	&kv_backend_memory,
+#ifdef KVFS_HAVE_MEMCACHED
+	&kv_backend_memcached,
+#endif
+#ifdef KVFS_HAVE_CONSUL
+	&kv_backend_consul,
+#endif
+#ifdef KVFS_HAVE_MONGODB
+	&kv_backend_mongodb,
+#endif
 	NULL,
 };

@@ -356,16 +356,121 @@ static void detach_stdio(void)
 		close(fd);
 }
 
+static void options_free(struct options *o)
+{
+	free(o->root);
+	free(o->timeout);
+	free(o->health_timeout);
+	free(o->uid);
+	free(o->gid);
+	free(o->umask);
+	free(o->max_threads);
+	for (int i = 0; i < o->npos; i++)
+		free(o->pos[i]);
+	for (size_t i = 0; i < o->nrest; i++)
+		free(o->rest[i]);
+	free(o->rest);
+}
+
+/* Everything that can be checked before the store is opened; one line on
+ * stderr and -1 when something is wrong. */
+static int check_options(struct options *o, struct kvfs *fs, const char *mnt, int *timeout_ms,
+			 unsigned long *max_threads)
+{
+	struct stat st;
+	unsigned long u;
+
+	if (stat(mnt, &st)) {
+		fprintf(stderr, "kvfs: mountpoint '%s': %s\n", mnt, strerror(errno));
+		return -1;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		fprintf(stderr, "kvfs: mountpoint '%s' is not a directory\n", mnt);
+		return -1;
+	}
+	if (o->timeout && (kv_parse_ms(o->timeout, timeout_ms) || *timeout_ms <= 0)) {
+		fprintf(stderr, "kvfs: bad timeout '%s' (e.g. 500ms, 5s)\n", o->timeout);
+		return -1;
+	}
+	fs->health_timeout_ms = 2000;
+	if (o->health_timeout &&
+	    (kv_parse_ms(o->health_timeout, &fs->health_timeout_ms) || fs->health_timeout_ms <= 0)) {
+		fprintf(stderr, "kvfs: bad health_timeout '%s' (e.g. 500ms, 2s)\n", o->health_timeout);
+		return -1;
+	}
+	if (parse_id(o->uid, "uid", getuid(), &fs->uid) || parse_id(o->gid, "gid", getgid(), &fs->gid))
+		return -1;
+	fs->umask = 022;
+	if (o->umask && (parse_uint(o->umask, 8, &u) || u > 0777)) {
+		fprintf(stderr, "kvfs: bad umask '%s' (octal, e.g. 022)\n", o->umask);
+		return -1;
+	}
+	if (o->umask)
+		fs->umask = (mode_t)u;
+	if (o->max_threads && (parse_uint(o->max_threads, 10, max_threads) || !*max_threads ||
+			       *max_threads > 1000)) {
+		fprintf(stderr, "kvfs: bad max_threads '%s' (1 to 1000)\n", o->max_threads);
+		return -1;
+	}
+	if (set_root(fs, o->root)) {
+		fprintf(stderr, "kvfs: out of memory\n");
+		return -1;
+	}
+	return 0;
+}
+
+/* Mount and serve until unmounted or signalled; the store is open. */
+static int serve(struct kvfs *fs, struct fuse_args *args, const char *mnt, bool single,
+		 unsigned long max_threads)
+{
+	struct fuse *fuse = fuse_new(args, &kvfs_ops, sizeof(kvfs_ops), fs);
+	int rc;
+
+	if (!fuse) {
+		fprintf(stderr, "kvfs: bad FUSE options (see --help)\n");
+		return -1;
+	}
+	if (fuse_mount(fuse, mnt)) {
+		fprintf(stderr, "kvfs: cannot mount on '%s'\n", mnt);
+		fuse_destroy(fuse);
+		return -1;
+	}
+	if (fuse_set_signal_handlers(fuse_get_session(fuse))) {
+		fprintf(stderr, "kvfs: cannot set signal handlers\n");
+		fuse_unmount(fuse);
+		fuse_destroy(fuse);
+		return -1;
+	}
+	kv_log(KV_LOG_INFO, "mounted %s on %s", kv_endpoint(fs->store), mnt);
+	detach_stdio();
+
+	if (single) {
+		rc = fuse_loop(fuse);
+	} else {
+		struct fuse_loop_config *cfg = fuse_loop_cfg_create();
+		fuse_loop_cfg_set_max_threads(cfg, (unsigned)max_threads);
+		rc = fuse_loop_mt(fuse, cfg);
+		fuse_loop_cfg_destroy(cfg);
+	}
+	/* SIGTERM or unmount: what open files still hold is committed by the
+	 * destroy callback and again by the caller. */
+	fuse_remove_signal_handlers(fuse_get_session(fuse));
+	fuse_unmount(fuse);
+	fuse_destroy(fuse);
+	return rc < 0 ? -1 : 0;  /* a positive rc is the signal that ended the loop */
+}
+
 int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct options o = {0};
-	struct kv_option *bopts;
-	size_t nbopts;
-	unsigned long u, max_threads = 10;
+	struct kv_option *bopts = NULL;
+	size_t nbopts = 0;
+	unsigned long max_threads = 10;
 	struct kvfs fs = {0};
+	char *default_url = NULL, *fsname = NULL;
 	char err[512];
-	int timeout_ms = 5000, rc;
+	int timeout_ms = 5000, status = 1;
 
 	if (argc > 1 && strcmp(argv[argc - 1], "-o") == 0) {
 		fprintf(stderr, "kvfs: -o needs an argument (see --help)\n");
@@ -374,71 +479,34 @@ int main(int argc, char *argv[])
 	if (fuse_opt_parse(&args, &o, kvfs_opts, opt_proc) == -1) {
 		if (!o.bad)
 			fprintf(stderr, "kvfs: bad options (see --help)\n");
-		return 1;
+		goto out;
 	}
-	if (o.help) {
-		usage(argv[0]);
-		fuse_lib_help(&args);
-		return 0;
-	}
-	if (o.version) {
-		printf("kvfs %s (libfuse %d.%d)\n", KVFS_VERSION, fuse_version() / 100,
-		       fuse_version() % 100);
-		return 0;
-	}
-	if (o.backends) {
-		list_backends();
-		return 0;
+	if (o.help || o.version || o.backends) {
+		if (o.help) {
+			usage(argv[0]);
+			fuse_lib_help(&args);
+		} else if (o.version) {
+			printf("kvfs %s (libfuse %d.%d)\n", KVFS_VERSION, fuse_version() / 100,
+			       fuse_version() % 100);
+		} else {
+			list_backends();
+		}
+		status = 0;
+		goto out;
 	}
 	if (o.npos == 0) {
 		fprintf(stderr, "kvfs: no mountpoint given (usage: kvfs [options] URL MOUNTPOINT)\n");
-		return 1;
+		goto out;
 	}
 	const char *mnt = o.pos[o.npos - 1];
-	char *url = o.npos == 2 ? o.pos[0] : default_store();
+	const char *url = o.npos == 2 ? o.pos[0] : (default_url = default_store());
 	if (!url) {
 		fprintf(stderr, "kvfs: cannot make the default store directory (set XDG_DATA_HOME or HOME)\n");
-		return 1;
+		goto out;
 	}
-	struct stat st;
-	if (stat(mnt, &st)) {
-		fprintf(stderr, "kvfs: mountpoint '%s': %s\n", mnt, strerror(errno));
-		return 1;
-	}
-	if (!S_ISDIR(st.st_mode)) {
-		fprintf(stderr, "kvfs: mountpoint '%s' is not a directory\n", mnt);
-		return 1;
-	}
-	if (o.timeout && (kv_parse_ms(o.timeout, &timeout_ms) || timeout_ms <= 0)) {
-		fprintf(stderr, "kvfs: bad timeout '%s' (e.g. 500ms, 5s)\n", o.timeout);
-		return 1;
-	}
-	fs.health_timeout_ms = 2000;
-	if (o.health_timeout &&
-	    (kv_parse_ms(o.health_timeout, &fs.health_timeout_ms) || fs.health_timeout_ms <= 0)) {
-		fprintf(stderr, "kvfs: bad health_timeout '%s' (e.g. 500ms, 2s)\n", o.health_timeout);
-		return 1;
-	}
-	if (parse_id(o.uid, "uid", getuid(), &fs.uid) || parse_id(o.gid, "gid", getgid(), &fs.gid))
-		return 1;
-	fs.umask = 022;
-	if (o.umask && (parse_uint(o.umask, 8, &u) || u > 0777)) {
-		fprintf(stderr, "kvfs: bad umask '%s' (octal, e.g. 022)\n", o.umask);
-		return 1;
-	}
-	if (o.umask)
-		fs.umask = (mode_t)u;
-	if (o.max_threads && (parse_uint(o.max_threads, 10, &max_threads) || !max_threads ||
-			      max_threads > 1000)) {
-		fprintf(stderr, "kvfs: bad max_threads '%s' (1 to 1000)\n", o.max_threads);
-		return 1;
-	}
-	if (sort_options(&o, url, &args, &bopts, &nbopts))
-		return 1;
-	if (set_root(&fs, o.root)) {
-		fprintf(stderr, "kvfs: out of memory\n");
-		return 1;
-	}
+	if (check_options(&o, &fs, mnt, &timeout_ms, &max_threads) ||
+	    sort_options(&o, url, &args, &bopts, &nbopts))
+		goto out;
 	if (o.debug) {
 		o.foreground = 1;
 		kv_log_set_level(KV_LOG_DEBUG);
@@ -447,62 +515,34 @@ int main(int argc, char *argv[])
 	if (!o.foreground)
 		daemonize();
 
-	rc = kv_open(url, bopts, nbopts, timeout_ms, &fs.store, err, sizeof(err));
-	if (rc) {
+	if (kv_open(url, bopts, nbopts, timeout_ms, &fs.store, err, sizeof(err))) {
 		fprintf(stderr, "kvfs: %s\n", err);
-		return 1;
+		goto out;
 	}
 	if (kvfs_init_state(&fs)) {
 		fprintf(stderr, "kvfs: out of memory\n");
-		return 1;
+		kvfs_free_state(&fs);
+		kv_close(fs.store);
+		goto out;
 	}
-	char *fsname = fsname_opt(kv_endpoint(fs.store));
+	fsname = fsname_opt(kv_endpoint(fs.store));
 	if (fsname)
 		fuse_opt_add_arg(&args, fsname);
 	fuse_opt_add_arg(&args, "-osubtype=kvfs");
 	fuse_opt_add_arg(&args, "-odefault_permissions");
 
-	struct fuse *fuse = fuse_new(&args, &kvfs_ops, sizeof(kvfs_ops), &fs);
-	if (!fuse) {
-		fprintf(stderr, "kvfs: bad FUSE options (see --help)\n");
-		kv_close(fs.store);
-		return 1;
-	}
-	if (fuse_mount(fuse, mnt)) {
-		fprintf(stderr, "kvfs: cannot mount on '%s'\n", mnt);
-		fuse_destroy(fuse);
-		kv_close(fs.store);
-		return 1;
-	}
-	if (fuse_set_signal_handlers(fuse_get_session(fuse))) {
-		fprintf(stderr, "kvfs: cannot set signal handlers\n");
-		fuse_unmount(fuse);
-		fuse_destroy(fuse);
-		kv_close(fs.store);
-		return 1;
-	}
-	kv_log(KV_LOG_INFO, "mounted %s on %s", kv_endpoint(fs.store), mnt);
-	detach_stdio();
-
-	if (o.single) {
-		rc = fuse_loop(fuse);
-	} else {
-		struct fuse_loop_config *cfg = fuse_loop_cfg_create();
-		fuse_loop_cfg_set_max_threads(cfg, (unsigned)max_threads);
-		rc = fuse_loop_mt(fuse, cfg);
-		fuse_loop_cfg_destroy(cfg);
-	}
-	/* SIGTERM or unmount: commit what open files still hold, then leave. */
-	fuse_remove_signal_handlers(fuse_get_session(fuse));
-	fuse_unmount(fuse);
-	fuse_destroy(fuse);
+	status = serve(&fs, &args, mnt, o.single, max_threads) ? 1 : 0;
 	kvfs_flush_all(&fs);
 	if (kvfs_free_state(&fs))
 		kv_close(fs.store);
 	else
 		kv_log(KV_LOG_WARN, "the store did not answer a health check; exiting without closing it");
+out:
 	free(fsname);
 	free(fs.root);
+	free(bopts);
+	free(default_url);
+	options_free(&o);
 	fuse_opt_free_args(&args);
-	return rc < 0 ? 1 : 0;  /* a positive rc is the signal that ended the loop */
+	return status;
 }

@@ -24,17 +24,22 @@ def pytest_addoption(parser):
     parser.addoption("--backend", action="append", default=[], metavar="NAME|URL",
                      help="backend to run the mount tests on (repeatable): a "
                           "scheme of util.BACKENDS or a URL of a test server; "
-                          "default $KVFS_TEST_URLS or '%s'" % util.DEFAULT_BACKENDS)
+                          "default $KVFS_TEST_URLS, or lmdb, memory and every remote "
+                          "backend kvfs was built with")
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "kvfs_timeout(seconds): watchdog limit of a test")
     items = config.getoption("--backend") or [os.environ.get("KVFS_TEST_URLS")
-                                               or util.DEFAULT_BACKENDS]
+                                               or util.default_backends()]
     try:
         config._kvfs_backends = util.parse_backend_choices(items)
     except ValueError as e:
         raise pytest.UsageError(str(e))
+
+
+def pytest_unconfigure(config):
+    util.stop_shared_servers()
 
 
 def pytest_report_header(config):

@@ -25,6 +25,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import servers
+
 REPO = Path(__file__).resolve().parent.parent
 KVFS_BIN = os.environ.get("KVFS_BIN", str(REPO / "build" / "kvfs"))
 TMP_ROOT = "/tmp"
@@ -134,8 +136,13 @@ RAW_STORES = {"lmdb": LmdbRaw}
 
 
 def raw_store(url):
-    """The raw accessor of url's backend, or None when it has none."""
-    cls = RAW_STORES.get(url.split(":", 1)[0])
+    """The raw accessor of url's backend (the store's own client, not kvfs),
+    or None when it has none."""
+    scheme = url.split(":", 1)[0]
+    cls = RAW_STORES.get(scheme)
+    if cls is None:
+        mod = servers.module(scheme.split("+", 1)[0])
+        cls = getattr(mod, "Raw", None)
     return cls(url) if cls else None
 
 
@@ -177,13 +184,21 @@ def store_keys(url, prefix=b""):
 @dataclass(frozen=True)
 class Backend:
     scheme: str
-    new_url: object            # (fresh dir, given URL or None) -> URL of an empty store
+    new_url: object            # (fresh dir, server URL or None) -> URL of an empty store
     persistent: bool           # data outlives the mount (remount tests)
     atomic_rename: bool        # multi-key commits are atomic (F6)
     shared: bool = False       # one server for all tests: isolate with -o root=
     options: tuple = ()        # backend -o options every mount gets
     blackhole_url: object = None  # port -> URL of a server that never answers (H2)
-    default_url: str = None    # URL used when only the scheme was selected
+
+
+def remote(scheme, atomic_rename=False, options=()):
+    """A row for a network backend: one server for the whole run (the suite's
+    own from tests/servers/<scheme>.py, or KVFS_TEST_<SCHEME>_URL), every
+    test in its own key space."""
+    return Backend(scheme, lambda d, url: url, persistent=True, atomic_rename=atomic_rename,
+                   shared=True, options=tuple(options),
+                   blackhole_url=lambda port: "%s://127.0.0.1:%d" % (scheme, port))
 
 
 BACKENDS = {
@@ -191,18 +206,18 @@ BACKENDS = {
                     persistent=True, atomic_rename=True),
     "memory": Backend("memory", lambda d, url: "memory:",
                       persistent=False, atomic_rename=True),
-    # Remote backends: rows to confirm against docs/backends.md when they land.
-    "memcached": Backend("memcached", lambda d, url: url, persistent=True,
-                         atomic_rename=False, shared=True,
-                         blackhole_url=lambda port: "memcached://127.0.0.1:%d" % port,
-                         default_url="memcached://127.0.0.1:11211"),
-    "consul": Backend("consul", lambda d, url: url, persistent=True,
-                      atomic_rename=False, shared=True,
-                      blackhole_url=lambda port: "consul://127.0.0.1:%d" % port,
-                      default_url="consul://127.0.0.1:8500"),
+    "memcached": remote("memcached"),
+    "consul": remote("consul", atomic_rename=True),
+    "mongodb": remote("mongodb"),
 }
 
-DEFAULT_BACKENDS = "lmdb,memory"
+LOCAL_BACKENDS = "lmdb,memory"
+
+
+def default_backends():
+    """lmdb, memory and every remote backend this kvfs was built with."""
+    return ",".join(["lmdb", "memory"] + [s for s in compiled_backends()
+                                          if s in BACKENDS and BACKENDS[s].shared])
 
 
 @dataclass(frozen=True)
@@ -231,7 +246,7 @@ def parse_backend_choices(items):
                 raise ValueError("unknown backend %r (known: %s)"
                                  % (word, ", ".join(BACKENDS)))
             b = BACKENDS[scheme]
-            url = word if ":" in word else b.default_url
+            url = word if ":" in word else servers.external_url(scheme)
             out.append(BackendChoice(b, url))
     return out
 
@@ -264,14 +279,16 @@ def compiled_backends():
 
 _live_mounts = []
 _temp_dirs = []
+_run_dirs = []
 _problems = []
 _lock = threading.Lock()
 
 
-def new_temp_dir(prefix="kvfs-test-"):
+def new_temp_dir(prefix="kvfs-test-", keep=False):
+    """A fresh directory, removed after the test (keep: after the run)."""
     d = tempfile.mkdtemp(prefix=prefix, dir=TMP_ROOT)
     with _lock:
-        _temp_dirs.append(d)
+        (_run_dirs if keep else _temp_dirs).append(d)
     return d
 
 
@@ -348,7 +365,10 @@ class Store:
 
     def __init__(self, choice, workdir):
         self.backend = choice.backend
-        self.url = choice.backend.new_url(workdir, choice.url)
+        url = choice.url
+        if url is None and choice.backend.shared:
+            url = shared_server(choice.scheme).url
+        self.url = choice.backend.new_url(workdir, url)
         self.prefix = b""
         if choice.backend.shared:
             self.prefix = ("kvfs-test-%s/" % uuid.uuid4().hex[:12]).encode()
@@ -381,6 +401,36 @@ class Store:
 
     def keys(self, prefix=b""):
         return sorted(self.items(prefix))
+
+
+_shared_servers = {}
+
+
+def shared_server(scheme):
+    """The suite's own server for scheme, started on first use and stopped
+    when the test run ends."""
+    with _lock:
+        srv = _shared_servers.get(scheme)
+        if srv is None:
+            mod = servers.module(scheme)
+            if mod is None:
+                raise RuntimeError("no test server for %s: give KVFS_TEST_%s_URL"
+                                   % (scheme, scheme.upper()))
+            srv = mod.start(new_temp_dir("kvfs-server-", keep=True))
+            _shared_servers[scheme] = srv
+        return srv
+
+
+def stop_shared_servers():
+    with _lock:
+        srvs = list(_shared_servers.values())
+        _shared_servers.clear()
+        dirs = list(_run_dirs)
+        _run_dirs.clear()
+    for srv in srvs:
+        srv.stop()
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 # Daemon output that fails the test that produced it.
