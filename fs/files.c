@@ -294,3 +294,11 @@ int file_commit(struct kvfs *fs, struct kvfs_file *f)
 	}
 	return rc;
 }
+
+int file_flush(struct kvfs *fs, struct kvfs_file *f)
+{
+	pthread_mutex_lock(&f->lock);
+	int rc = file_commit(fs, f);
+	pthread_mutex_unlock(&f->lock);
+	return rc;
+}

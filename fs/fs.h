@@ -102,6 +102,8 @@ int file_load(struct kvfs *fs, struct kvfs_file *f);
 /* With f->lock held: one set of the buffer if dirty.  A refused set is
  * returned once and the buffer dropped, so later reads show the store. */
 int file_commit(struct kvfs *fs, struct kvfs_file *f);
+/* file_commit under f->lock. */
+int file_flush(struct kvfs *fs, struct kvfs_file *f);
 int file_resize(struct kvfs_file *f, size_t len);
 
 /* ---- fs/health.c: the virtual .health file (rules H1, H2) ---- */

@@ -14,16 +14,25 @@
 
 /* ---- open handles ---- */
 
-struct handle {
-	bool health;
-	struct kvfs_file *f;
-	char *text;       /* .health contents, made at open */
+/*
+ * An open file's fi->fh is its struct kvfs_file (one reference each), so
+ * nothing is left over when the kernel never releases it (SIGTERM).  An
+ * open .health's is its report, tagged in the low bit, which malloc'd
+ * memory never uses.
+ */
+struct report {
+	char *text;
 	size_t len;
 };
 
-static struct handle *H(struct fuse_file_info *fi)
+static struct kvfs_file *file_of(struct fuse_file_info *fi)
 {
-	return (struct handle *)(uintptr_t)fi->fh;
+	return (fi->fh & 1) ? NULL : (struct kvfs_file *)(uintptr_t)fi->fh;
+}
+
+static struct report *report_of(struct fuse_file_info *fi)
+{
+	return (fi->fh & 1) ? (struct report *)(uintptr_t)(fi->fh & ~(uint64_t)1) : NULL;
 }
 
 static int kvfs_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
@@ -34,8 +43,8 @@ static int kvfs_getattr(const char *path, struct stat *st, struct fuse_file_info
 	uint64_t size;
 	int rc;
 
-	if (fi && fi->fh && !H(fi)->health) {
-		struct kvfs_file *f = H(fi)->f;
+	if (fi && fi->fh && file_of(fi)) {
+		struct kvfs_file *f = file_of(fi);
 		pthread_mutex_lock(&f->lock);
 		int lrc = file_load(fs, f);
 		size = f->len;
@@ -78,17 +87,11 @@ static int kvfs_getattr(const char *path, struct stat *st, struct fuse_file_info
 
 static int open_file(struct kvfs *fs, struct node *n, struct fuse_file_info *fi, bool created)
 {
-	struct handle *h = calloc(1, sizeof(*h));
+	struct kvfs_file *f = files_get(&fs->files, n->key, n->klen);
 	int rc = 0;
 
-	if (!h)
+	if (!f)
 		return -ENOMEM;
-	h->f = files_get(&fs->files, n->key, n->klen);
-	if (!h->f) {
-		free(h);
-		return -ENOMEM;
-	}
-	struct kvfs_file *f = h->f;
 	pthread_mutex_lock(&f->lock);
 	if (created || (fi->flags & O_TRUNC)) {
 		if (!created)
@@ -104,10 +107,9 @@ static int open_file(struct kvfs *fs, struct node *n, struct fuse_file_info *fi,
 	pthread_mutex_unlock(&f->lock);
 	if (rc) {
 		files_put(&fs->files, f);
-		free(h);
 		return rc;
 	}
-	fi->fh = (uintptr_t)h;
+	fi->fh = (uintptr_t)f;
 	fi->keep_cache = 0;
 	return 0;
 }
@@ -122,19 +124,18 @@ static int kvfs_open(const char *path, struct fuse_file_info *fi)
 		return rc == -EINVAL ? -ENOENT : rc;
 	switch (n.kind) {
 	case KM_HEALTH: {
-		struct handle *h;
+		struct report *r;
 		if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
 			rc = -EACCES;
 			break;
 		}
-		h = calloc(1, sizeof(*h));
-		if (!h || !(h->text = health_report(fs, &h->len))) {
-			free(h);
+		r = calloc(1, sizeof(*r));
+		if (!r || !(r->text = health_report(fs, &r->len))) {
+			free(r);
 			rc = -ENOMEM;
 			break;
 		}
-		h->health = true;
-		fi->fh = (uintptr_t)h;
+		fi->fh = (uintptr_t)r | 1;
 		fi->direct_io = 1;  /* its size is not known before it is made */
 		break;
 	}
@@ -230,19 +231,19 @@ static int kvfs_mknod(const char *path, mode_t mode, dev_t dev)
 static int kvfs_read(const char *path, char *buf, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
-	struct handle *h = H(fi);
+	struct report *r = report_of(fi);
+	struct kvfs_file *f = file_of(fi);
 	int rc = 0;
 
 	(void)path;
-	if (h->health) {
-		if ((size_t)off >= h->len)
+	if (r) {
+		if ((size_t)off >= r->len)
 			return 0;
-		if (size > h->len - (size_t)off)
-			size = h->len - (size_t)off;
-		memcpy(buf, h->text + off, size);
+		if (size > r->len - (size_t)off)
+			size = r->len - (size_t)off;
+		memcpy(buf, r->text + off, size);
 		return (int)size;
 	}
-	struct kvfs_file *f = h->f;
 	pthread_mutex_lock(&f->lock);
 	rc = file_load(FS(), f);
 	if (rc == 0) {
@@ -274,14 +275,13 @@ static int kvfs_write(const char *path, const char *buf, size_t size, off_t off,
 		      struct fuse_file_info *fi)
 {
 	struct kvfs *fs = FS();
-	struct handle *h = H(fi);
+	struct kvfs_file *f = file_of(fi);
 	struct kv_limits lim = kv_limits(fs->store);
 	int rc;
 
 	(void)path;
-	if (h->health)
+	if (!f)
 		return -EACCES;
-	struct kvfs_file *f = h->f;
 	pthread_mutex_lock(&f->lock);
 	rc = file_load(fs, f);
 	if (rc == -ENOENT) {
@@ -305,35 +305,25 @@ static int kvfs_write(const char *path, const char *buf, size_t size, off_t off,
 	return rc;
 }
 
-static int commit_handle(struct kvfs *fs, struct handle *h)
-{
-	struct kvfs_file *f = h->f;
-
-	pthread_mutex_lock(&f->lock);
-	int rc = file_commit(fs, f);
-	pthread_mutex_unlock(&f->lock);
-	return rc;
-}
-
 static int kvfs_flush(const char *path, struct fuse_file_info *fi)
 {
-	struct handle *h = H(fi);
+	struct kvfs_file *f = file_of(fi);
 
 	(void)path;
-	return h->health ? 0 : commit_handle(FS(), h);
+	return f ? file_flush(FS(), f) : 0;
 }
 
 static int kvfs_fsync(const char *path, int datasync, struct fuse_file_info *fi)
 {
 	struct kvfs *fs = FS();
-	struct handle *h = H(fi);
+	struct kvfs_file *f = file_of(fi);
 	int rc;
 
 	(void)path;
 	(void)datasync;
-	if (h->health)
+	if (!f)
 		return 0;
-	rc = commit_handle(fs, h);
+	rc = file_flush(fs, f);
 	if (rc == 0)
 		rc = kv_sync(fs->store);
 	health_note_error(fs, "sync", rc);
@@ -343,19 +333,20 @@ static int kvfs_fsync(const char *path, int datasync, struct fuse_file_info *fi)
 static int kvfs_release(const char *path, struct fuse_file_info *fi)
 {
 	struct kvfs *fs = FS();
-	struct handle *h = H(fi);
+	struct report *r = report_of(fi);
+	struct kvfs_file *f = file_of(fi);
 
 	(void)path;
-	if (h->health) {
-		free(h->text);
-	} else {
-		int rc = commit_handle(fs, h);
-		if (rc)
-			kv_log(KV_LOG_WARN, "write of %s lost at release: %s",
-			       kv_printable(h->f->key, h->f->klen), strerror(-rc));
-		files_put(&fs->files, h->f);
+	if (r) {
+		free(r->text);
+		free(r);
+		return 0;
 	}
-	free(h);
+	int rc = file_flush(fs, f);
+	if (rc)
+		kv_log(KV_LOG_WARN, "write of %s lost at release: %s",
+		       kv_printable(f->key, f->klen), strerror(-rc));
+	files_put(&fs->files, f);
 	return 0;
 }
 
@@ -372,9 +363,8 @@ static int kvfs_truncate(const char *path, off_t size, struct fuse_file_info *fi
 	if (lim.max_value && (uint64_t)size > lim.max_value)
 		return -EFBIG;
 	if (fi && fi->fh) {
-		if (H(fi)->health)
+		if (!(f = file_of(fi)))
 			return -EACCES;
-		f = H(fi)->f;
 		pthread_mutex_lock(&f->lock);
 		rc = file_load(fs, f);
 		if (rc == 0)
@@ -578,9 +568,8 @@ static void *kvfs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 
 static void flush_one(struct kvfs *fs, struct kvfs_file *f)
 {
-	pthread_mutex_lock(&f->lock);
-	int rc = file_commit(fs, f);
-	pthread_mutex_unlock(&f->lock);
+	int rc = file_flush(fs, f);
+
 	if (rc)
 		kv_log(KV_LOG_ERR, "unmount: write of %s failed: %s",
 		       kv_printable(f->key, f->klen), strerror(-rc));

@@ -13,9 +13,7 @@
 
 static void commit_one(struct kvfs *fs, struct kvfs_file *f)
 {
-	pthread_mutex_lock(&f->lock);
-	file_commit(fs, f);
-	pthread_mutex_unlock(&f->lock);
+	file_flush(fs, f);  /* a refused write was reported to its writer already */
 }
 
 struct tree {
@@ -141,7 +139,7 @@ static int rename_file(struct kvfs *fs, struct node *from, struct node *to)
 	int rc;
 
 	if (f) {
-		commit_one(fs, f);
+		file_flush(fs, f);
 		files_put(&fs->files, f);
 	}
 	if (from->klen == to->klen && memcmp(from->key, to->key, to->klen) == 0)
