@@ -169,16 +169,10 @@ static int create_node(struct kvfs *fs, const char *path, mode_t mode, struct fu
 		node_free(&n);
 		return -EEXIST;
 	}
-	/* The kernel looked the name up already, but another mount or client
-	 * may have made it since: create only if still absent where the store
-	 * can say so atomically. */
-	if (n.kind == KM_KEY) {
-		bool is_dir;
-		rc = any_under(fs, n.key, slash(&n), NULL, 0, &is_dir);
-		unslash(&n);
-		if (rc == 0 && is_dir)
-			rc = -EISDIR;
-	}
+	/* The kernel looked the name up just before (it found nothing), so no
+	 * second round trip asks whether it is a directory; but another mount
+	 * or client may have made the file since: create only if still absent
+	 * where the store can say so atomically. */
 	bool existed = false;
 	if (rc == 0 && kvfs_marker_key(fs, n.key, n.klen)) {
 		/* "%" names the key equal to the directory's prefix: empty, it is
