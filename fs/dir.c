@@ -243,14 +243,7 @@ int kvfs_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t off,
 			uint64_t sz = it->size;
 			name = it->name;
 			if (!it->is_dir && it->key) {
-				struct kvfs_file *f = files_find(&fs->files, it->key, it->klen);
-				if (f) {
-					pthread_mutex_lock(&f->lock);
-					if (f->dirty || f->loaded)
-						sz = f->len;
-					pthread_mutex_unlock(&f->lock);
-					files_put(&fs->files, f);
-				}
+				files_open_size(&fs->files, it->key, it->klen, &sz);
 			}
 			fill_stat(fs, it->key, it->klen, it->is_dir ? NT_DIR : NT_FILE, sz, &st);
 			full = filler(buf, name, &st, (off_t)i + 1, FUSE_FILL_DIR_PLUS);

@@ -97,6 +97,19 @@ static void unhook(struct kvfs_files *t, struct kvfs_file *f)
 	}
 }
 
+void files_open_size(struct kvfs_files *t, const char *key, size_t klen, uint64_t *size)
+{
+	struct kvfs_file *f = files_find(t, key, klen);
+
+	if (!f)
+		return;
+	pthread_mutex_lock(&f->lock);
+	if (f->dirty || f->loaded)
+		*size = f->len;
+	pthread_mutex_unlock(&f->lock);
+	files_put(t, f);
+}
+
 void files_put(struct kvfs_files *t, struct kvfs_file *f)
 {
 	bool last;

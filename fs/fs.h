@@ -86,6 +86,9 @@ struct kvfs_file *files_get(struct kvfs_files *t, const char *key, size_t klen);
 /* The open file for key with a reference, or NULL: for path-only operations. */
 struct kvfs_file *files_find(struct kvfs_files *t, const char *key, size_t klen);
 void files_put(struct kvfs_files *t, struct kvfs_file *f);
+/* If key is open here, the size this mount sees (writes not yet
+ * committed included) replaces *size. */
+void files_open_size(struct kvfs_files *t, const char *key, size_t klen, uint64_t *size);
 /* Call fn on every open file (with a reference held) - used to flush at exit. */
 void files_each(struct kvfs_files *t, void (*fn)(struct kvfs *, struct kvfs_file *),
 		struct kvfs *fs);

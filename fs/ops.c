@@ -68,14 +68,7 @@ static int kvfs_getattr(const char *path, struct stat *st, struct fuse_file_info
 		rc = -ENOENT;
 	if (rc == 0) {
 		if (t == NT_FILE) {
-			struct kvfs_file *f = files_find(&fs->files, n.key, n.klen);
-			if (f) {
-				pthread_mutex_lock(&f->lock);
-				if (f->dirty || f->loaded)
-					size = f->len;
-				pthread_mutex_unlock(&f->lock);
-				files_put(&fs->files, f);
-			}
+			files_open_size(&fs->files, n.key, n.klen, &size);
 		}
 		fill_stat(fs, n.key, n.klen, t, size, st);
 	}
