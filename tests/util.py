@@ -209,6 +209,10 @@ BACKENDS = {
     "memcached": remote("memcached"),
     "consul": remote("consul", atomic_rename=True),
     "mongodb": remote("mongodb"),
+    "etcd": remote("etcd", atomic_rename=True),
+    "redis": remote("redis", atomic_rename=True),
+    "postgresql": remote("postgresql", atomic_rename=True),
+    "mysql": remote("mysql", atomic_rename=True),
 }
 
 LOCAL_BACKENDS = "lmdb,memory"
