@@ -1,0 +1,1037 @@
+/*
+ * mongodb.c - a MongoDB collection as the store, through mongo-c-driver:
+ * "mongodb://[user@]host[:port][,host...]/database?options" (or
+ * "mongodb+srv://..."), with the collection named by -o collection=
+ * (default "kv") and the database by the URL's path (default "kvfs").
+ *
+ * One document per key: {_id: K, v: BinData(0, value), ver: int64}.
+ *
+ * K is the key as a string, because MongoDB orders BinData by length
+ * before bytes, which would scatter a prefix over the whole collection,
+ * while strings (under the default "simple" collation) compare as their
+ * UTF-8 bytes.  Each key byte becomes the code point of the same number
+ * (Latin-1), so the string is valid UTF-8 and ASCII keys read as
+ * themselves in mongosh; U+0000 (not allowed in BSON strings by every
+ * client) is written U+0001 U+0001 and U+0001 as U+0001 U+0002.  That
+ * code is prefix-free and keeps byte order, so key order is string order
+ * and the keys under a prefix are exactly the strings in one _id range:
+ * listing is a range query on the _id index, never a regex.
+ *
+ * `ver` is a fresh random nonzero 62-bit number on every write: the
+ * version get() reports and cas() filters on.  A counter would repeat
+ * after a delete and re-create; a random number almost never does.
+ *
+ * MongoDB has multi-document transactions only on replica sets and
+ * sharded clusters, and the capabilities of a backend are fixed, so
+ * apply() is one ordered bulk write: in order, stopping at the first
+ * error, not atomic (no KV_CAP_TXN).
+ */
+#include <errno.h>
+#include <mongoc/mongoc.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "kv.h"
+
+#define MG_DEFAULT_DB "kvfs"
+#define MG_DEFAULT_COLL "kv"
+#define MG_PASSWORD_ENV "KVFS_MONGODB_PASSWORD"
+#define MG_MAX_KEY 1024          /* 2 KiB of _id at most: well inside any index */
+/* A document is at most 16 MiB (maxBsonObjectSize); leave room for the
+ * _id, the field names and the update command around the value. */
+#define MG_MAX_VALUE (((size_t)16 << 20) - ((size_t)16 << 10))
+#define MG_PAGE 1000             /* list items when the caller sets no limit */
+#define MG_VER_NONE UINT64_MAX   /* a document without a numeric ver */
+#define MG_DUP_KEY 11000
+
+struct mg_store {
+	struct kv_store base;
+	mongoc_client_pool_t *pool;
+	mongoc_uri_t *uri;
+	char *db, *coll;
+};
+
+/* ---- keys: bytes <-> _id strings ---- */
+
+/* The _id of key[0..klen): malloc'd, length in *len (at most 2 * klen). */
+static char *mg_id(const char *key, size_t klen, size_t *len)
+{
+	char *out = malloc(2 * klen + 2);
+	size_t o = 0;
+
+	if (!out)
+		return NULL;
+	for (size_t i = 0; i < klen; i++) {
+		unsigned char c = (unsigned char)key[i];
+		if (c < 2) {
+			out[o++] = 1;
+			out[o++] = (char)(c + 1);
+		} else if (c < 0x80) {
+			out[o++] = (char)c;
+		} else {
+			out[o++] = (char)(0xc0 | (c >> 6));
+			out[o++] = (char)(0x80 | (c & 0x3f));
+		}
+	}
+	out[o] = '\0';
+	*len = o;
+	return out;
+}
+
+/* The key of an _id, into out (room for len bytes); false if the string is
+ * not one mg_id() makes (another application's document). */
+static bool mg_key(const char *id, size_t len, char *out, size_t *klen)
+{
+	size_t o = 0;
+
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)id[i];
+		if (c == 1) {
+			if (i + 1 == len || (id[i + 1] != 1 && id[i + 1] != 2))
+				return false;
+			out[o++] = (char)(id[++i] - 1);
+		} else if (c >= 2 && c < 0x80) {
+			out[o++] = (char)c;
+		} else if ((c == 0xc2 || c == 0xc3) && i + 1 < len &&
+			   ((unsigned char)id[i + 1] & 0xc0) == 0x80) {
+			out[o++] = (char)(((c & 0x03) << 6) | ((unsigned char)id[++i] & 0x3f));
+		} else {
+			return false;
+		}
+	}
+	*klen = o;
+	return true;
+}
+
+/*
+ * The least string above every string that starts with id[0..len): id
+ * with its last code point plus one (the code points here are at most
+ * U+00FF, so U+0100 at most: still two bytes).  Rewrites id in place; the
+ * buffer has room for one more byte.
+ */
+static void mg_id_successor(char *id, size_t *len)
+{
+	size_t n = *len;
+	unsigned cp;
+
+	if ((unsigned char)id[n - 1] < 0x80) {
+		cp = (unsigned char)id[n - 1] + 1;
+		n -= 1;
+	} else {
+		cp = ((((unsigned char)id[n - 2]) & 0x1f) << 6 | ((unsigned char)id[n - 1] & 0x3f)) + 1;
+		n -= 2;
+	}
+	if (cp < 0x80) {
+		id[n++] = (char)cp;
+	} else {
+		id[n++] = (char)(0xc0 | (cp >> 6));
+		id[n++] = (char)(0x80 | (cp & 0x3f));
+	}
+	id[n] = '\0';
+	*len = n;
+}
+
+static int64_t mg_new_version(void)
+{
+	uint64_t r = 0;
+
+	if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r) {
+		/* never expected; a counter still differs per write */
+		static uint64_t x = 0x9e3779b97f4a7c15u;
+		r = __atomic_add_fetch(&x, 0x9e3779b97f4a7c15u, __ATOMIC_RELAXED) * 0xff51afd7ed558ccdu;
+	}
+	return (int64_t)((r >> 2) | 1);
+}
+
+/* ---- errors ---- */
+
+static int mg_errno(const bson_error_t *e, const char *op, const char *key, size_t klen)
+{
+	int rc = -EIO;
+
+	if (e->domain == MONGOC_ERROR_SERVER || e->domain == MONGOC_ERROR_COLLECTION ||
+	    e->domain == MONGOC_ERROR_QUERY) {
+		switch (e->code) {
+		case 13:     /* Unauthorized */
+		case 18:     /* AuthenticationFailed */
+			rc = -EACCES;
+			break;
+		case 10334:  /* BSONObjectTooLarge */
+			rc = -EFBIG;
+			break;
+		case 14031:  /* OutOfDiskSpace */
+			rc = -ENOSPC;
+			break;
+		}
+	} else if (e->domain == MONGOC_ERROR_CLIENT && e->code == MONGOC_ERROR_CLIENT_AUTHENTICATE) {
+		rc = -EACCES;
+	}
+	kv_log(KV_LOG_ERR, "mongodb: %s%s%s: %s", op, key ? " " : "",
+	       key ? kv_printable(key, klen) : "", e->message);
+	return rc;
+}
+
+/* ---- a collection handle per call ---- */
+
+struct mg_call {
+	mongoc_client_t *client;
+	mongoc_collection_t *coll;
+};
+
+static int mg_begin(struct mg_store *s, struct mg_call *c)
+{
+	c->client = mongoc_client_pool_pop(s->pool);
+	if (!c->client) {
+		kv_log(KV_LOG_ERR, "mongodb: no free connection within the timeout");
+		return -EIO;
+	}
+	c->coll = mongoc_client_get_collection(c->client, s->db, s->coll);
+	return 0;
+}
+
+static void mg_end(struct mg_store *s, struct mg_call *c)
+{
+	mongoc_collection_destroy(c->coll);
+	mongoc_client_pool_push(s->pool, c->client);
+}
+
+/* ---- get, stat ---- */
+
+static uint64_t mg_version_of(const bson_t *doc)
+{
+	bson_iter_t it;
+	int64_t v;
+
+	if (!bson_iter_init_find(&it, doc, "ver") || !BSON_ITER_HOLDS_NUMBER(&it))
+		return MG_VER_NONE;
+	v = bson_iter_as_int64(&it);
+	return v == 0 ? MG_VER_NONE : (uint64_t)v;
+}
+
+/* Find the one document of _id; 0 with *doc (a copy), -ENOENT or -EIO. */
+static int mg_find_one(struct mg_store *s, const char *op, const char *key, size_t klen,
+		       const bson_t *projection, bson_t **doc)
+{
+	struct mg_call c;
+	mongoc_cursor_t *cur;
+	const bson_t *d;
+	bson_error_t e;
+	bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER;
+	size_t idlen;
+	char *id = mg_id(key, klen, &idlen);
+	int rc;
+
+	if (!id)
+		return -ENOMEM;
+	bson_append_utf8(&filter, "_id", 3, id, (int)idlen);
+	BSON_APPEND_INT64(&opts, "limit", 1);
+	BSON_APPEND_BOOL(&opts, "singleBatch", true);
+	BSON_APPEND_DOCUMENT(&opts, "projection", projection);
+	free(id);
+	rc = mg_begin(s, &c);
+	if (!rc) {
+		cur = mongoc_collection_find_with_opts(c.coll, &filter, &opts, NULL);
+		if (mongoc_cursor_next(cur, &d)) {
+			*doc = bson_copy(d);
+			rc = *doc ? 0 : -ENOMEM;
+		} else if (mongoc_cursor_error(cur, &e)) {
+			rc = mg_errno(&e, op, key, klen);
+		} else {
+			rc = -ENOENT;
+		}
+		mongoc_cursor_destroy(cur);
+		mg_end(s, &c);
+	}
+	bson_destroy(&filter);
+	bson_destroy(&opts);
+	return rc;
+}
+
+static int mg_get(struct kv_store *st, const char *key, size_t klen, char **val, size_t *len,
+		  uint64_t *version)
+{
+	struct mg_store *s = kv_store_cast(struct mg_store, st);
+	bson_t proj = BSON_INITIALIZER, *doc = NULL;
+	bson_iter_t it;
+	const uint8_t *data = NULL;
+	uint32_t n = 0;
+	bson_subtype_t sub;
+	int rc;
+
+	BSON_APPEND_INT32(&proj, "v", 1);
+	BSON_APPEND_INT32(&proj, "ver", 1);
+	rc = mg_find_one(s, "get", key, klen, &proj, &doc);
+	bson_destroy(&proj);
+	if (rc)
+		return rc;
+	if (bson_iter_init_find(&it, doc, "v") && BSON_ITER_HOLDS_BINARY(&it)) {
+		bson_iter_binary(&it, &sub, &n, &data);
+	} else if (bson_iter_init_find(&it, doc, "v") && BSON_ITER_HOLDS_UTF8(&it)) {
+		data = (const uint8_t *)bson_iter_utf8(&it, &n);  /* written by hand in mongosh */
+	} else {
+		kv_log(KV_LOG_ERR, "mongodb: get %s: the document has no binary or string field v",
+		       kv_printable(key, klen));
+		bson_destroy(doc);
+		return -EIO;
+	}
+	*val = malloc((size_t)n + 1);
+	if (!*val) {
+		bson_destroy(doc);
+		return -ENOMEM;
+	}
+	if (n)
+		memcpy(*val, data, n);
+	(*val)[n] = '\0';
+	*len = n;
+	if (version)
+		*version = mg_version_of(doc);
+	bson_destroy(doc);
+	return 0;
+}
+
+/* The projection that gives a value's size without sending the value. */
+static void mg_size_projection(bson_t *proj)
+{
+	bson_t sz;
+
+	BSON_APPEND_DOCUMENT_BEGIN(proj, "n", &sz);
+	BSON_APPEND_UTF8(&sz, "$binarySize", "$v");
+	bson_append_document_end(proj, &sz);
+}
+
+static uint64_t mg_size_of(const bson_t *doc)
+{
+	bson_iter_t it;
+
+	if (bson_iter_init_find(&it, doc, "n") && BSON_ITER_HOLDS_NUMBER(&it))
+		return (uint64_t)bson_iter_as_int64(&it);
+	return 0;
+}
+
+static int mg_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *size)
+{
+	struct mg_store *s = kv_store_cast(struct mg_store, st);
+	bson_t proj = BSON_INITIALIZER, *doc = NULL;
+	int rc;
+
+	BSON_APPEND_INT32(&proj, "_id", 1);
+	mg_size_projection(&proj);
+	rc = mg_find_one(s, "stat", key, klen, &proj, &doc);
+	bson_destroy(&proj);
+	if (rc)
+		return rc;
+	*size = mg_size_of(doc);
+	bson_destroy(doc);
+	return 0;
+}
+
+/* ---- writes ---- */
+
+/* {$set: {v: value, ver: new version}} */
+static void mg_set_update(bson_t *upd, const char *val, size_t vlen)
+{
+	bson_t set;
+
+	BSON_APPEND_DOCUMENT_BEGIN(upd, "$set", &set);
+	bson_append_binary(&set, "v", 1, BSON_SUBTYPE_BINARY, (const uint8_t *)(vlen ? val : ""),
+			   (uint32_t)vlen);
+	BSON_APPEND_INT64(&set, "ver", mg_new_version());
+	bson_append_document_end(upd, &set);
+}
+
+static int64_t mg_reply_count(const bson_t *reply, const char *field)
+{
+	bson_iter_t it;
+
+	if (bson_iter_init_find(&it, reply, field) && BSON_ITER_HOLDS_NUMBER(&it))
+		return bson_iter_as_int64(&it);
+	return 0;
+}
+
+/*
+ * Update the document of key matching filter (plus its _id) with a new
+ * value.  upsert: create it when missing.  *matched tells whether a
+ * document matched (or was created).
+ */
+static int mg_update(struct mg_store *s, const char *op, const char *key, size_t klen,
+		     const bson_t *extra, bool upsert, const char *val, size_t vlen, bool *matched)
+{
+	struct mg_call c;
+	bson_t filter = BSON_INITIALIZER, upd = BSON_INITIALIZER, opts = BSON_INITIALIZER, reply;
+	bson_error_t e;
+	size_t idlen;
+	char *id = mg_id(key, klen, &idlen);
+	int rc, tries = 0;
+
+	if (!id)
+		return -ENOMEM;
+	bson_append_utf8(&filter, "_id", 3, id, (int)idlen);
+	free(id);
+	if (extra)
+		bson_concat(&filter, extra);
+	mg_set_update(&upd, val, vlen);
+	BSON_APPEND_BOOL(&opts, "upsert", upsert);
+	rc = mg_begin(s, &c);
+	if (!rc) {
+		for (;;) {
+			if (mongoc_collection_update_one(c.coll, &filter, &upd, &opts, &reply, &e)) {
+				*matched = mg_reply_count(&reply, "matchedCount") > 0 ||
+					   mg_reply_count(&reply, "upsertedCount") > 0;
+			} else if (e.code == MG_DUP_KEY && upsert && tries++ == 0) {
+				/* Two upserts of one new key raced and this one
+				 * lost: the document exists now, the retry updates it. */
+				bson_destroy(&reply);
+				continue;
+			} else {
+				rc = mg_errno(&e, op, key, klen);
+			}
+			bson_destroy(&reply);
+			break;
+		}
+		mg_end(s, &c);
+	}
+	bson_destroy(&filter);
+	bson_destroy(&upd);
+	bson_destroy(&opts);
+	return rc;
+}
+
+static int mg_set(struct kv_store *st, const char *key, size_t klen, const char *val, size_t vlen)
+{
+	bool matched;
+
+	return mg_update(kv_store_cast(struct mg_store, st), "set", key, klen, NULL, true, val,
+			 vlen, &matched);
+}
+
+/* Version 0: insert, and a duplicate _id means someone was first. */
+static int mg_insert_new(struct mg_store *s, const char *key, size_t klen, const char *val,
+			 size_t vlen)
+{
+	struct mg_call c;
+	bson_t doc = BSON_INITIALIZER;
+	bson_error_t e;
+	size_t idlen;
+	char *id = mg_id(key, klen, &idlen);
+	int rc;
+
+	if (!id)
+		return -ENOMEM;
+	bson_append_utf8(&doc, "_id", 3, id, (int)idlen);
+	free(id);
+	bson_append_binary(&doc, "v", 1, BSON_SUBTYPE_BINARY, (const uint8_t *)(vlen ? val : ""),
+			   (uint32_t)vlen);
+	BSON_APPEND_INT64(&doc, "ver", mg_new_version());
+	rc = mg_begin(s, &c);
+	if (!rc) {
+		if (!mongoc_collection_insert_one(c.coll, &doc, NULL, NULL, &e))
+			rc = e.code == MG_DUP_KEY ? -ECANCELED : mg_errno(&e, "cas", key, klen);
+		mg_end(s, &c);
+	}
+	bson_destroy(&doc);
+	return rc;
+}
+
+static int mg_cas(struct kv_store *st, const char *key, size_t klen, uint64_t version,
+		  const char *val, size_t vlen)
+{
+	struct mg_store *s = kv_store_cast(struct mg_store, st);
+	bson_t extra = BSON_INITIALIZER;
+	bool matched = false;
+	int rc;
+
+	if (version == 0)
+		return mg_insert_new(s, key, klen, val, vlen);
+	if (version == MG_VER_NONE)
+		BSON_APPEND_NULL(&extra, "ver");  /* matches a missing field too */
+	else
+		BSON_APPEND_INT64(&extra, "ver", (int64_t)version);
+	rc = mg_update(s, "cas", key, klen, &extra, false, val, vlen, &matched);
+	bson_destroy(&extra);
+	return rc ? rc : matched ? 0 : -ECANCELED;
+}
+
+static int mg_del(struct kv_store *st, const char *key, size_t klen)
+{
+	struct mg_store *s = kv_store_cast(struct mg_store, st);
+	struct mg_call c;
+	bson_t filter = BSON_INITIALIZER, reply;
+	bson_error_t e;
+	size_t idlen;
+	char *id = mg_id(key, klen, &idlen);
+	int rc;
+
+	if (!id)
+		return -ENOMEM;
+	bson_append_utf8(&filter, "_id", 3, id, (int)idlen);
+	free(id);
+	rc = mg_begin(s, &c);
+	if (!rc) {
+		if (!mongoc_collection_delete_one(c.coll, &filter, NULL, &reply, &e))
+			rc = mg_errno(&e, "del", key, klen);
+		else if (mg_reply_count(&reply, "deletedCount") == 0)
+			rc = -ENOENT;
+		bson_destroy(&reply);
+		mg_end(s, &c);
+	}
+	bson_destroy(&filter);
+	return rc;
+}
+
+/* One ordered bulk write: in order, stopping at the first error. */
+static int mg_apply(struct kv_store *st, const struct kv_op *ops, size_t n)
+{
+	struct mg_store *s = kv_store_cast(struct mg_store, st);
+	mongoc_bulk_operation_t *bulk;
+	struct mg_call c;
+	bson_t opts = BSON_INITIALIZER, upsert = BSON_INITIALIZER, reply;
+	bson_error_t e;
+	int rc = 0;
+
+	if (n == 0)
+		return 0;
+	rc = mg_begin(s, &c);
+	if (rc)
+		return rc;
+	BSON_APPEND_BOOL(&opts, "ordered", true);
+	BSON_APPEND_BOOL(&upsert, "upsert", true);
+	bulk = mongoc_collection_create_bulk_operation_with_opts(c.coll, &opts);
+	for (size_t i = 0; i < n && !rc; i++) {
+		bson_t filter = BSON_INITIALIZER, upd = BSON_INITIALIZER;
+		size_t idlen;
+		char *id = mg_id(ops[i].key, ops[i].key_len, &idlen);
+		bool ok;
+
+		if (!id) {
+			rc = -ENOMEM;
+			break;
+		}
+		bson_append_utf8(&filter, "_id", 3, id, (int)idlen);
+		free(id);
+		if (ops[i].type == KV_OP_SET) {
+			mg_set_update(&upd, ops[i].val, ops[i].val_len);
+			ok = mongoc_bulk_operation_update_one_with_opts(bulk, &filter, &upd, &upsert, &e);
+		} else {
+			ok = mongoc_bulk_operation_remove_one_with_opts(bulk, &filter, NULL, &e);
+		}
+		if (!ok)
+			rc = mg_errno(&e, "apply", ops[i].key, ops[i].key_len);
+		bson_destroy(&filter);
+		bson_destroy(&upd);
+	}
+	if (!rc) {
+		if (!mongoc_bulk_operation_execute(bulk, &reply, &e))
+			rc = mg_errno(&e, "apply", NULL, 0);
+		bson_destroy(&reply);
+	}
+	mongoc_bulk_operation_destroy(bulk);
+	mg_end(s, &c);
+	bson_destroy(&opts);
+	bson_destroy(&upsert);
+	return rc;
+}
+
+/* ---- list ---- */
+
+static int bytes_cmp(const char *a, size_t alen, const char *b, size_t blen)
+{
+	int c = memcmp(a, b, alen < blen ? alen : blen);
+
+	if (c)
+		return c;
+	return alen < blen ? -1 : alen > blen;
+}
+
+/*
+ * One find: _id in [lo, hi) (lo exclusive when after_lo), sorted, at most
+ * limit documents, _id and the value's size only.
+ */
+static mongoc_cursor_t *mg_range(mongoc_collection_t *coll, const char *lo, size_t lolen,
+				 bool after_lo, const char *hi, size_t hilen, int64_t limit)
+{
+	bson_t filter = BSON_INITIALIZER, range, opts = BSON_INITIALIZER, sort, proj;
+	mongoc_cursor_t *cur;
+
+	BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &range);
+	bson_append_utf8(&range, after_lo ? "$gt" : "$gte", -1, lo, (int)lolen);
+	if (hi)
+		bson_append_utf8(&range, "$lt", -1, hi, (int)hilen);
+	bson_append_document_end(&filter, &range);
+	BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
+	BSON_APPEND_INT32(&sort, "_id", 1);
+	bson_append_document_end(&opts, &sort);
+	BSON_APPEND_INT64(&opts, "limit", limit);
+	BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
+	BSON_APPEND_INT32(&proj, "_id", 1);
+	mg_size_projection(&proj);
+	bson_append_document_end(&opts, &proj);
+	cur = mongoc_collection_find_with_opts(coll, &filter, &opts, NULL);
+	bson_destroy(&filter);
+	bson_destroy(&opts);
+	return cur;
+}
+
+/* Where a listing is: the lower bound of the next query, as an _id. */
+struct mg_pos {
+	char *id;
+	size_t len, cap;
+	bool after;  /* exclusive */
+};
+
+static int mg_pos_set(struct mg_pos *p, const char *id, size_t len, bool after)
+{
+	if (len + 2 > p->cap) {
+		char *n = realloc(p->id, len + 2);
+		if (!n)
+			return -ENOMEM;
+		p->id = n;
+		p->cap = len + 2;
+	}
+	memcpy(p->id, id, len);
+	p->id[len] = '\0';
+	p->len = len;
+	p->after = after;
+	return 0;
+}
+
+/*
+ * Like lmdb's cursor walk with MDB_SET_RANGE: a range query from the
+ * current position, and when a key opens a group (a delimiter after the
+ * prefix), the group is reported once and the next query starts at the
+ * group's successor, so a directory listing never reads its subtrees.
+ */
+static int mg_list(struct kv_store *st, const struct kv_list_req *req, kv_list_cb *cb,
+		   void *ctx, bool *more)
+{
+	struct mg_store *s = kv_store_cast(struct mg_store, st);
+	size_t limit = req->limit ? req->limit : MG_PAGE, count = 0, hilen = 0, idlen, klen;
+	struct mg_pos pos = {0};
+	struct mg_call c;
+	char *hi = NULL, *id, *kbuf = NULL;
+	bson_error_t e;
+	int rc;
+
+	*more = false;
+	if (req->start && bytes_cmp(req->start, req->start_len, req->prefix, req->prefix_len) > 0)
+		id = mg_id(req->start, req->start_len, &idlen);
+	else
+		id = mg_id(req->prefix, req->prefix_len, &idlen);
+	rc = id ? mg_pos_set(&pos, id, idlen, false) : -ENOMEM;
+	free(id);
+	if (!rc && req->prefix_len) {
+		hi = mg_id(req->prefix, req->prefix_len, &hilen);
+		if (hi)
+			mg_id_successor(hi, &hilen);  /* mg_id leaves room for it */
+		else
+			rc = -ENOMEM;
+	}
+	if (!rc)
+		rc = mg_begin(s, &c);
+	if (rc) {
+		free(pos.id);
+		free(hi);
+		return rc;
+	}
+	while (!rc) {
+		int64_t want = (int64_t)(limit - count) + 1, seen = 0;
+		mongoc_cursor_t *cur = mg_range(c.coll, pos.id, pos.len, pos.after, hi, hilen, want);
+		const bson_t *doc;
+		bool moved = false, stop = false;
+
+		while (!stop && mongoc_cursor_next(cur, &doc)) {
+			bson_iter_t it;
+			const char *sid;
+			uint32_t slen;
+			const char *d;
+
+			seen++;
+			if (!bson_iter_init_find(&it, doc, "_id") || !BSON_ITER_HOLDS_UTF8(&it))
+				continue;
+			sid = bson_iter_utf8(&it, &slen);
+			if ((rc = mg_pos_set(&pos, sid, slen, true)))
+				break;
+			char *nb = realloc(kbuf, slen + 1);
+			if (!nb) {
+				rc = -ENOMEM;
+				break;
+			}
+			kbuf = nb;
+			if (!mg_key(sid, slen, kbuf, &klen)) {
+				kv_log(KV_LOG_WARN, "mongodb: list: skipping _id %s: not a kvfs key",
+				       kv_printable(sid, slen));
+				continue;
+			}
+			if (count == limit) {
+				*more = true;
+				stop = true;
+				break;
+			}
+			d = req->delim ? memchr(kbuf + req->prefix_len, req->delim,
+						klen - req->prefix_len) : NULL;
+			struct kv_entry ent = {.key = kbuf, .key_len = klen, .size = mg_size_of(doc)};
+			if (d) {
+				ent.key_len = (size_t)(d - kbuf) + 1;
+				ent.size = 0;
+				ent.is_prefix = true;
+			}
+			count++;
+			rc = cb(ctx, &ent);
+			if (rc) {
+				stop = true;
+				break;
+			}
+			if (d) {
+				/* Skip the group: restart at the successor of its _id. */
+				char *gid = mg_id(kbuf, ent.key_len, &idlen);
+				if (!gid) {
+					rc = -ENOMEM;
+					break;
+				}
+				mg_id_successor(gid, &idlen);
+				rc = mg_pos_set(&pos, gid, idlen, false);
+				free(gid);
+				moved = true;
+				break;
+			}
+		}
+		if (!rc && !stop && mongoc_cursor_error(cur, &e))
+			rc = mg_errno(&e, "list", req->prefix, req->prefix_len);
+		mongoc_cursor_destroy(cur);
+		if (rc || stop)
+			break;
+		/* Go on after a group, or when skipped documents used up the limit. */
+		if (!moved && seen < want)
+			break;
+	}
+	mg_end(s, &c);
+	free(pos.id);
+	free(hi);
+	free(kbuf);
+	return rc < 0 ? rc : 0;
+}
+
+/* ---- health ---- */
+
+static void mg_fact(struct kv_health *h, const char *name, const char *value)
+{
+	if (h->nfacts == KV_HEALTH_MAX_FACTS)
+		return;
+	snprintf(h->facts[h->nfacts].name, sizeof(h->facts[0].name), "%s", name);
+	snprintf(h->facts[h->nfacts].value, sizeof(h->facts[0].value), "%s", value);
+	h->nfacts++;
+}
+
+static int mg_health(struct kv_store *st, struct kv_health *h)
+{
+	struct mg_store *s = kv_store_cast(struct mg_store, st);
+	const mongoc_write_concern_t *wc = mongoc_uri_get_write_concern(s->uri);
+	mongoc_server_description_t *sd;
+	struct mg_call c;
+	bson_t cmd = BSON_INITIALIZER, reply;
+	bson_error_t e;
+	bson_iter_t it;
+	char version[64] = "?", buf[96];
+	int rc;
+
+	rc = mg_begin(s, &c);
+	if (rc) {
+		snprintf(h->detail, sizeof(h->detail), "mongodb: no free connection");
+		return rc;
+	}
+	BSON_APPEND_INT32(&cmd, "ping", 1);
+	if (!mongoc_client_command_simple(c.client, "admin", &cmd, NULL, &reply, &e)) {
+		snprintf(h->detail, sizeof(h->detail), "mongodb: %.240s", e.message);
+		rc = -EIO;
+	}
+	bson_destroy(&reply);
+	bson_reinit(&cmd);
+	BSON_APPEND_INT32(&cmd, "buildInfo", 1);
+	if (!rc && mongoc_client_command_simple(c.client, "admin", &cmd, NULL, &reply, &e) &&
+	    bson_iter_init_find(&it, &reply, "version") && BSON_ITER_HOLDS_UTF8(&it))
+		snprintf(version, sizeof(version), "%s", bson_iter_utf8(&it, NULL));
+	if (!rc)
+		bson_destroy(&reply);
+	bson_destroy(&cmd);
+	if (!rc) {
+		snprintf(h->detail, sizeof(h->detail), "MongoDB %s, collection %s.%s", version,
+			 s->db, s->coll);
+		mg_fact(h, "server_version", version);
+		mg_fact(h, "database", s->db);
+		mg_fact(h, "collection", s->coll);
+		sd = mongoc_client_select_server(c.client, true, NULL, &e);
+		if (sd) {
+			mg_fact(h, "server_type", mongoc_server_description_type(sd));
+			mongoc_server_description_destroy(sd);
+		}
+		if (mongoc_write_concern_get_wmajority(wc))
+			snprintf(buf, sizeof(buf), "majority");
+		else if (mongoc_write_concern_get_w(wc) == MONGOC_WRITE_CONCERN_W_DEFAULT)
+			snprintf(buf, sizeof(buf), "server default");
+		else
+			snprintf(buf, sizeof(buf), "%d", (int)mongoc_write_concern_get_w(wc));
+		mg_fact(h, "write_concern", buf);
+		mg_fact(h, "journal", !mongoc_write_concern_journal_is_set(wc) ? "server default" :
+			mongoc_write_concern_get_journal(wc) ? "true" : "false");
+	}
+	mg_end(s, &c);
+	return rc;
+}
+
+/* ---- open and close ---- */
+
+/* mongoc's own log lines go through kv_log, without its default stderr. */
+static void mg_log_handler(mongoc_log_level_t level, const char *domain, const char *message,
+			   void *data)
+{
+	(void)data;
+	if (level <= MONGOC_LOG_LEVEL_WARNING)
+		kv_log(KV_LOG_WARN, "mongodb: %s: %s", domain, message);
+	else if (level <= MONGOC_LOG_LEVEL_INFO)
+		kv_log(KV_LOG_DEBUG, "mongodb: %s: %s", domain, message);
+}
+
+static void mg_init_once(void)
+{
+	mongoc_log_set_handler(mg_log_handler, NULL);
+	mongoc_init();
+}
+
+/* The password: $KVFS_MONGODB_PASSWORD or the first line of -o password_file. */
+static int mg_password(const struct kv_open_args *a, char **out, char *err, size_t errlen)
+{
+	const char *file = kv_option_get(a, "password_file");
+	const char *env = getenv(MG_PASSWORD_ENV);
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t n;
+	FILE *f;
+
+	*out = NULL;
+	if (!file) {
+		if (env && *env && !(*out = strdup(env)))
+			return -ENOMEM;
+		return 0;
+	}
+	f = fopen(file, "r");
+	if (!f) {
+		snprintf(err, errlen, "mongodb: cannot read password_file %s: %s", file,
+			 strerror(errno));
+		return -EACCES;
+	}
+	n = getline(&line, &cap, f);
+	fclose(f);
+	if (n < 0) {
+		free(line);
+		snprintf(err, errlen, "mongodb: password_file %s is empty", file);
+		return -EINVAL;
+	}
+	while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+		line[--n] = '\0';
+	*out = line;
+	return 0;
+}
+
+static bool mg_bad_name(const char *name, const char *bad)
+{
+	return !*name || strpbrk(name, bad) || strlen(name) > 120;
+}
+
+static int mg_set_int_default(mongoc_uri_t *uri, const char *name, int32_t value)
+{
+	if (mongoc_uri_has_option(uri, name))
+		return 0;  /* the URL says otherwise */
+	return mongoc_uri_set_option_as_int32(uri, name, value) ? 0 : -EINVAL;
+}
+
+/* -o w=majority|N and -o journal=true|false */
+static int mg_write_concern(mongoc_uri_t *uri, const struct kv_open_args *a, char *err,
+			    size_t errlen)
+{
+	const char *w = kv_option_get(a, "w"), *j = kv_option_get(a, "journal");
+	mongoc_write_concern_t *wc;
+	char *end;
+	long n;
+
+	if (!w && !j)
+		return 0;
+	wc = mongoc_write_concern_copy(mongoc_uri_get_write_concern(uri));
+	if (w && strcmp(w, "majority") == 0) {
+		mongoc_write_concern_set_wmajority(wc, -1);
+	} else if (w) {
+		n = strtol(w, &end, 10);
+		if (!*w || *end || n < 0 || n > 1000) {
+			mongoc_write_concern_destroy(wc);
+			snprintf(err, errlen, "mongodb: bad w '%s' (majority or a number of nodes)", w);
+			return -EINVAL;
+		}
+		mongoc_write_concern_set_w(wc, (int32_t)n);
+	}
+	if (j) {
+		if (strcmp(j, "true") && strcmp(j, "false")) {
+			mongoc_write_concern_destroy(wc);
+			snprintf(err, errlen, "mongodb: bad journal '%s' (true or false)", j);
+			return -EINVAL;
+		}
+		mongoc_write_concern_set_journal(wc, strcmp(j, "true") == 0);
+	}
+	if (!mongoc_write_concern_is_valid(wc)) {
+		mongoc_write_concern_destroy(wc);
+		snprintf(err, errlen, "mongodb: w=0 cannot be combined with journal=true");
+		return -EINVAL;
+	}
+	mongoc_uri_set_write_concern(uri, wc);
+	mongoc_write_concern_destroy(wc);
+	return 0;
+}
+
+static void mg_free(struct mg_store *s)
+{
+	if (s->pool)
+		mongoc_client_pool_destroy(s->pool);
+	if (s->uri)
+		mongoc_uri_destroy(s->uri);
+	free(s->db);
+	free(s->coll);
+	free(s);
+}
+
+static void mg_close(struct kv_store *st)
+{
+	mg_free(kv_store_cast(struct mg_store, st));
+}
+
+/* Parse the URL and options into s->uri, s->db and s->coll. */
+static int mg_configure(struct mg_store *s, const struct kv_open_args *a, char *err,
+			size_t errlen)
+{
+	static const char secret[] = "tlsCertificateKeyFilePassword";
+	const char *coll = kv_option_get(a, "collection"), *db;
+	char *password = NULL;
+	int32_t t = a->timeout_ms;
+	bson_error_t e;
+	int rc;
+
+	s->uri = mongoc_uri_new_with_error(a->url, &e);
+	if (!s->uri) {
+		/* mongoc's reason may quote the URL, which may hold a secret */
+		if (strchr(a->url, '@') || strcasestr(a->url, "password"))
+			snprintf(err, errlen, "mongodb: bad URL (expected mongodb://[user@]host[:port]/database)");
+		else
+			snprintf(err, errlen, "mongodb: bad URL: %s", e.message);
+		return -EINVAL;
+	}
+	if (mongoc_uri_get_password(s->uri) || mongoc_uri_has_option(s->uri, secret)) {
+		snprintf(err, errlen, "mongodb: the URL holds a password, which would show in ps and "
+			 "logs: keep the user in the URL and put the password in $%s or in a file "
+			 "named by -o password_file=", MG_PASSWORD_ENV);
+		return -EINVAL;
+	}
+	rc = mg_password(a, &password, err, errlen);
+	if (rc)
+		return rc;
+	if (password && !mongoc_uri_get_username(s->uri)) {
+		free(password);
+		snprintf(err, errlen, "mongodb: a password is given but the URL names no user "
+			 "(mongodb://user@host/db)");
+		return -EINVAL;
+	}
+	if (password) {
+		bool ok = mongoc_uri_set_password(s->uri, password);
+		explicit_bzero(password, strlen(password));
+		free(password);
+		if (!ok) {
+			snprintf(err, errlen, "mongodb: the password is not valid UTF-8");
+			return -EINVAL;
+		}
+	}
+	db = mongoc_uri_get_database(s->uri);
+	s->db = strdup(db && *db ? db : MG_DEFAULT_DB);
+	s->coll = strdup(coll ? coll : MG_DEFAULT_COLL);
+	if (!s->db || !s->coll)
+		return -ENOMEM;
+	if (mg_bad_name(s->coll, "$") || strncmp(s->coll, "system.", 7) == 0) {
+		snprintf(err, errlen, "mongodb: bad collection '%s'", s->coll);
+		return -EINVAL;
+	}
+	rc = mg_write_concern(s->uri, a, err, errlen);
+	if (rc)
+		return rc;
+	/*
+	 * Every network wait is bounded by the mount's timeout unless the
+	 * URL sets its own: connecting, each read and write on a socket,
+	 * finding a usable server (retrying within that time, as pools
+	 * do), and waiting for a free client.  Heartbeats at that pace (500
+	 * ms at least, mongoc's floor) notice a server that came back.
+	 */
+	if (mg_set_int_default(s->uri, MONGOC_URI_CONNECTTIMEOUTMS, t) ||
+	    mg_set_int_default(s->uri, MONGOC_URI_SOCKETTIMEOUTMS, t) ||
+	    mg_set_int_default(s->uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS, t) ||
+	    mg_set_int_default(s->uri, MONGOC_URI_WAITQUEUETIMEOUTMS, t) ||
+	    mg_set_int_default(s->uri, MONGOC_URI_HEARTBEATFREQUENCYMS,
+			       t < 500 ? 500 : t > 10000 ? 10000 : t)) {
+		snprintf(err, errlen, "mongodb: cannot set the timeouts");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int mg_open(const struct kv_open_args *a, struct kv_store **out, char *err, size_t errlen)
+{
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+	struct mg_store *s;
+	int rc;
+
+	pthread_once(&once, mg_init_once);
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	rc = mg_configure(s, a, err, errlen);
+	if (!rc) {
+		/* No round trip here: a server that is down or hangs at mount
+		 * time gives EIO per call and .health says so. */
+		s->pool = mongoc_client_pool_new(s->uri);
+		if (!s->pool) {
+			snprintf(err, errlen, "mongodb: cannot set up the client pool (TLS options?)");
+			rc = -EINVAL;
+		}
+	}
+	if (rc) {
+		mg_free(s);
+		return rc;
+	}
+	mongoc_client_pool_set_error_api(s->pool, MONGOC_ERROR_API_VERSION_2);
+	mongoc_client_pool_set_appname(s->pool, "kvfs");
+	*out = &s->base;
+	return 0;
+}
+
+/*
+ * -o options.  collection: the collection (default "kv").  password_file:
+ * a file whose first line is the password of the URL's user (else
+ * $KVFS_MONGODB_PASSWORD).  w: majority or a number of nodes; journal:
+ * true or false (the write concern; default: the URL's, else the server's).
+ */
+static const char *const mg_options[] = { "collection", "password_file", "w", "journal", NULL };
+
+const struct kv_backend kv_backend_mongodb = {
+	.scheme = "mongodb",
+	.aliases = (const char *const[]){ "mongodb+srv", NULL },
+	.summary = "MongoDB collection, one document per key (mongo-c-driver)",
+	.usage = "mongodb://[user@]host[:port]/db",
+	.options = mg_options,
+	.caps = KV_CAP_ORDERED | KV_CAP_CAS | KV_CAP_PERSIST,
+	.limits = { .max_key = MG_MAX_KEY, .max_value = MG_MAX_VALUE },
+	.open = mg_open,
+	.close = mg_close,
+	.get = mg_get,
+	.set = mg_set,
+	.del = mg_del,
+	.list = mg_list,
+	.health = mg_health,
+	.stat = mg_stat,
+	.cas = mg_cas,
+	.apply = mg_apply,
+};
