@@ -43,6 +43,7 @@ print(json.dumps(out))
 def run_ops(ops, limit=90):
     """Run file operations in a child; their results, or a failure if the
     child did not finish within limit seconds (a hung mount)."""
+    ops = [[op, os.fsdecode(path), data] for op, path, data in ops]  # Mount.p() gives bytes
     try:
         r = subprocess.run(["/usr/bin/python3", "-c", PROBE, json.dumps(ops)],
                            capture_output=True, timeout=limit, stdin=subprocess.DEVNULL)

@@ -575,10 +575,11 @@ def test_f6_rename_directory_is_atomic_in_store(raw, mounts, store):
     seen, stop = [], threading.Event()
 
     def watch():
+        p = store.prefix   # a shared store's keys start with the test's own prefix
         while not stop.is_set():
-            s = snap()
-            seen.append((sum(k.startswith(b"src/") for k in s),
-                         sum(k.startswith(b"dst/") for k in s)))
+            s = snap(p)
+            seen.append((sum(k.startswith(p + b"src/") for k in s),
+                         sum(k.startswith(p + b"dst/") for k in s)))
     t = threading.Thread(target=watch)
     t.start()
     try:

@@ -285,7 +285,7 @@ _live_mounts = []
 _temp_dirs = []
 _run_dirs = []
 _problems = []
-_lock = threading.Lock()
+_lock = threading.RLock()  # shared_server() calls new_temp_dir() holding it
 
 
 def new_temp_dir(prefix="kvfs-test-", keep=False):
