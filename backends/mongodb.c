@@ -659,7 +659,8 @@ static int mg_list(struct kv_store *st, const struct kv_list_req *req, kv_list_c
 				break;
 			}
 			kbuf = nb;
-			if (!mg_key(sid, slen, kbuf, &klen)) {
+			if (!mg_key(sid, slen, kbuf, &klen) || klen < req->prefix_len ||
+			    memcmp(kbuf, req->prefix, req->prefix_len) != 0) {
 				kv_log(KV_LOG_WARN, "mongodb: list: skipping _id %s: not a kvfs key",
 				       kv_printable(sid, slen));
 				continue;

@@ -21,10 +21,13 @@ DEFAULT_DB = "kvfs"
 DEFAULT_COLLECTION = "kv"
 
 
-def start(workdir):
+def start(workdir, users_file=None):
+    """users_file: "user:password" lines; the server then wants PLAIN auth."""
     port = servers.free_port()
     argv = ["/usr/bin/python3", SERVER, "--port", str(port),
             "--data", os.path.join(workdir, "mongodb-data")]
+    if users_file:
+        argv += ["--users", users_file]
     srv = servers.Server(argv, port, "mongodb://127.0.0.1:%d/kvfs_test" % port,
                          os.path.join(workdir, "mongodb-server.log"))
     srv.keeps_data = True      # the server journals every write in workdir

@@ -11,6 +11,9 @@ version 17, no setName, so drivers use no transactions and no retryable
 writes) with logical sessions, whose lsid fields it ignores.
 
 Commands: hello / isMaster / ismaster, ping, buildInfo, endSessions,
+saslStart with the PLAIN mechanism only (with --users FILE of
+"user:password" lines every data command needs a connection that
+authenticated; without it nothing is checked),
 find (filter: equality, null matching a missing field, $eq $gt $gte $lt
 $lte $in $exists $ne, $and; sort; limit; skip; batchSize; singleBatch;
 projection with inclusion, exclusion and {$binarySize: "$field"}),
@@ -28,9 +31,10 @@ Every write is appended to a journal in the data directory before it is
 acknowledged (not fsync'ed: it survives a kill of this process, which is
 what the fault tests do), so a restarted server keeps its data.
 
-    mongodb_server.py --port N --data DIR
+    mongodb_server.py --port N --data DIR [--users FILE]
 """
 import argparse
+import base64
 import datetime
 import itertools
 import os
@@ -351,19 +355,50 @@ def dup_key_error(index, ns, _id):
 
 
 class Commands:
-    def __init__(self, store):
+    OPEN = {"hello", "ismaster", "ping", "buildinfo", "endsessions", "saslstart"}
+
+    def __init__(self, store, users=None):
         self.store = store
+        self.users = users
         self.conn_ids = itertools.count(1)
 
-    def run(self, db, cmd):
+    def run(self, conn, db, cmd):
         if not cmd:
             raise CommandError(59, "CommandNotFound", "no such command: ''")
         name = next(iter(cmd))
         fn = getattr(self, "cmd_" + name.lower(), None)
         if fn is None:
             raise CommandError(59, "CommandNotFound", "no such command: '%s'" % name)
+        if name.lower() == "saslstart":
+            return self.sasl_start(conn, db, cmd)
+        if self.users is not None and conn.user is None and name.lower() not in self.OPEN:
+            raise CommandError(13, "Unauthorized",
+                               "command %s requires authentication" % name)
         with self.store.lock:
             return fn(db, cmd)
+
+    def cmd_saslstart(self, db, cmd):
+        raise AssertionError("handled in run()")
+
+    def sasl_start(self, conn, db, cmd):
+        """PLAIN (RFC 4616): the payload is authzid NUL user NUL password."""
+        if cmd.get("mechanism") != "PLAIN":
+            raise CommandError(334, "MechanismUnavailable",
+                               "Received authentication for mechanism %s which is not "
+                               "enabled (this test server knows PLAIN only)"
+                               % cmd.get("mechanism"))
+        payload = cmd.get("payload", b"")
+        if isinstance(payload, str):        # mongo-c-driver sends it base64-encoded
+            payload = base64.b64decode(payload)
+        parts = bytes(payload).split(b"\0")
+        if len(parts) != 3 or self.users is None or \
+                self.users.get(parts[1].decode(errors="replace")) != \
+                parts[2].decode(errors="replace"):
+            print("authentication failed for user %r" % parts[1:2], flush=True)
+            raise CommandError(18, "AuthenticationFailed", "Authentication failed.")
+        conn.user = parts[1].decode()
+        print("authenticated user %r" % conn.user, flush=True)
+        return {"conversationId": 1, "done": True, "payload": b""}
 
     def cmd_hello(self, db, cmd):
         return {"isWritablePrimary": True, "ismaster": True, "helloOk": True,
@@ -588,7 +623,7 @@ class Handler(socketserver.BaseRequestHandler):
 
     def command(self, db, cmd):
         try:
-            r = self.server.commands.run(db, cmd)
+            r = self.server.commands.run(self, db, cmd)
             r["ok"] = 1.0
         except CommandError as e:
             r = {"ok": 0.0, "errmsg": e.msg, "code": e.code, "codeName": e.name}
@@ -598,6 +633,7 @@ class Handler(socketserver.BaseRequestHandler):
         return {k: v for k, v in r.items() if v is not None}
 
     def handle(self):
+        self.user = None
         try:
             while True:
                 length, request_id, _, opcode = struct.unpack("<iiii", self.recv_exact(16))
@@ -669,10 +705,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--data", required=True)
+    ap.add_argument("--users", help="file of user:password lines; makes auth required")
     a = ap.parse_args()
+    users = None
+    if a.users:
+        with open(a.users) as f:
+            users = dict(line.rstrip("\n").split(":", 1) for line in f if ":" in line)
     os.makedirs(a.data, exist_ok=True)
     srv = Server(("127.0.0.1", a.port), Handler)
-    srv.commands = Commands(Store(a.data))
+    srv.commands = Commands(Store(a.data), users)
     srv.request_ids = itertools.count(1)
     print("kvfs TEST SERVER for the mongodb backend (a MongoDB wire-protocol subset, not "
           "MongoDB) on 127.0.0.1:%d, data in %s" % (a.port, a.data), flush=True)
