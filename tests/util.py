@@ -207,7 +207,7 @@ BACKENDS = {
     "memory": Backend("memory", lambda d, url: "memory:",
                       persistent=False, atomic_rename=True),
     "memcached": remote("memcached"),
-    "consul": remote("consul", atomic_rename=True),
+    "consul": remote("consul"),   # atomic only up to 64 operations (docs/backends.md)
     "mongodb": remote("mongodb"),
     "etcd": remote("etcd", atomic_rename=True),
     "redis": remote("redis", atomic_rename=True),
