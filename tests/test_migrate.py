@@ -153,6 +153,13 @@ def fitted_trees(source_tree):
         shutil.rmtree(d, ignore_errors=True)
 
 
+def local_only(store, why):
+    """Skip on network stores, where cp -a and rsync -a already move the tree
+    and a whole-tree run costs minutes: why says what covers it there."""
+    if store.backend.shared:
+        pytest.skip("%s: %s" % (store.scheme, why))
+
+
 def big_opts(store):
     return ["map_size=1G"] if store.scheme == "lmdb" else []
 
@@ -230,6 +237,7 @@ def test_rsync_a_into_mount_and_back(mounts, store, fitted_trees, workdir):
 
 @slow
 def test_tar_x_into_mount(mounts, store, fitted_trees, workdir):
+    local_only(store, "the same tree goes in with cp -a and rsync -a")
     m = mounts.mount(opts=big_opts(store))
     source_tree = fitted_trees(m)
     tarball = os.path.join(workdir, "tree.tar")
@@ -244,6 +252,7 @@ def test_tar_x_into_mount(mounts, store, fitted_trees, workdir):
 
 @slow
 def test_tree_survives_remount(persistent, mounts, store, fitted_trees):
+    local_only(store, "remounts of smaller trees are in test_fs.py and test_faults.py")
     m = mounts.mount(opts=big_opts(store))
     source_tree = fitted_trees(m)
     r = run(["cp", "-a", source_tree, m.path + "/tree"], timeout=1200)
