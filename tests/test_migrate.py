@@ -252,7 +252,7 @@ def test_tar_x_into_mount(mounts, store, fitted_trees, workdir):
 
 @slow
 def test_tree_survives_remount(persistent, mounts, store, fitted_trees):
-    local_only(store, "remounts of smaller trees are in test_fs.py and test_faults.py")
+    local_only(store, "remounts are checked on small trees (test_m4_*, test_unmount_flushes_*)")
     m = mounts.mount(opts=big_opts(store))
     source_tree = fitted_trees(m)
     r = run(["cp", "-a", source_tree, m.path + "/tree"], timeout=1200)
