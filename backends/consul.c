@@ -1576,11 +1576,7 @@ out:
 
 static void fact(struct kv_health *h, const char *name, const char *value)
 {
-	if (h->nfacts < KV_HEALTH_MAX_FACTS) {
-		snprintf(h->facts[h->nfacts].name, sizeof(h->facts[0].name), "%s", name);
-		snprintf(h->facts[h->nfacts].value, sizeof(h->facts[0].value), "%s", value);
-		h->nfacts++;
-	}
+	kv_health_fact(h, name, "%s", value);
 }
 
 /* The agent's version, once: /v1/agent/self needs agent:read, which a KV

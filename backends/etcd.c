@@ -1039,22 +1039,6 @@ out:
 
 /* ---- health ---- */
 
-static void fact(struct kv_health *h, const char *name, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void fact(struct kv_health *h, const char *name, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (h->nfacts == KV_HEALTH_MAX_FACTS)
-		return;
-	snprintf(h->facts[h->nfacts].name, sizeof(h->facts[0].name), "%s", name);
-	va_start(ap, fmt);
-	vsnprintf(h->facts[h->nfacts].value, sizeof(h->facts[0].value), fmt, ap);
-	va_end(ap);
-	h->nfacts++;
-}
-
 static int ed_health(struct kv_store *st, struct kv_health *h)
 {
 	struct ed_store *s = kv_store_cast(struct ed_store, st);
@@ -1075,16 +1059,16 @@ static int ed_health(struct kv_store *st, struct kv_health *h)
 	leader = json_u64(resp, "leader");
 	self = json_u64(json_object_get(resp, "header"), "member_id");
 	version = json_string_value(json_object_get(resp, "version"));
-	fact(h, "answered_by", "%s", s->eps[ep]);
-	fact(h, "version", "%s", version ? version : "?");
-	fact(h, "leader", "%016llx%s", (unsigned long long)leader,
+	kv_health_fact(h, "answered_by", "%s", s->eps[ep]);
+	kv_health_fact(h, "version", "%s", version ? version : "?");
+	kv_health_fact(h, "leader", "%016llx%s", (unsigned long long)leader,
 	     leader && leader == self ? " (this member)" : "");
-	fact(h, "raft_index", "%llu", (unsigned long long)json_u64(resp, "raftIndex"));
-	fact(h, "raft_term", "%llu", (unsigned long long)json_u64(resp, "raftTerm"));
-	fact(h, "db_size", "%llu", (unsigned long long)json_u64(resp, "dbSize"));
-	fact(h, "revision", "%llu",
+	kv_health_fact(h, "raft_index", "%llu", (unsigned long long)json_u64(resp, "raftIndex"));
+	kv_health_fact(h, "raft_term", "%llu", (unsigned long long)json_u64(resp, "raftTerm"));
+	kv_health_fact(h, "db_size", "%llu", (unsigned long long)json_u64(resp, "dbSize"));
+	kv_health_fact(h, "revision", "%llu",
 	     (unsigned long long)json_u64(json_object_get(resp, "header"), "revision"));
-	fact(h, "endpoints", "%zu", s->neps);
+	kv_health_fact(h, "endpoints", "%zu", s->neps);
 	if (!leader) {
 		snprintf(h->detail, sizeof(h->detail), "etcd %s at %s: no leader (no quorum)",
 			 version ? version : "?", s->eps[ep]);

@@ -81,6 +81,19 @@ const char *kv_option_get(const struct kv_open_args *a, const char *name)
 	return NULL;
 }
 
+void kv_health_fact(struct kv_health *h, const char *name, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (h->nfacts >= KV_HEALTH_MAX_FACTS)
+		return;
+	snprintf(h->facts[h->nfacts].name, sizeof(h->facts[0].name), "%s", name);
+	va_start(ap, fmt);
+	vsnprintf(h->facts[h->nfacts].value, sizeof(h->facts[0].value), fmt, ap);
+	va_end(ap);
+	h->nfacts++;
+}
+
 int kv_parse_size(const char *s, uint64_t *out)
 {
 	char *end;

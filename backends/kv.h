@@ -257,6 +257,9 @@ void kv_log_to_syslog(void);
 const char *kv_printable(const char *key, size_t klen);
 
 /* Helpers for backends. */
+/* Add one fact to a health report (dropped when the report is full). */
+void kv_health_fact(struct kv_health *h, const char *name, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
 const char *kv_option_get(const struct kv_open_args *a, const char *name);
 int kv_parse_size(const char *s, uint64_t *out);       /* "64M", "1G", "4096" */
 int kv_parse_ms(const char *s, int *out);              /* "500ms", "5s", "2" (seconds) */

@@ -890,22 +890,6 @@ static const char *lm_sync_name(enum lm_sync m)
 	return m == LM_SYNC_ALWAYS ? "always" : m == LM_SYNC_LAZY ? "lazy" : "interval";
 }
 
-static void lm_fact(struct kv_health *h, const char *name, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void lm_fact(struct kv_health *h, const char *name, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (h->nfacts == KV_HEALTH_MAX_FACTS)
-		return;
-	snprintf(h->facts[h->nfacts].name, sizeof(h->facts[0].name), "%s", name);
-	va_start(ap, fmt);
-	vsnprintf(h->facts[h->nfacts].value, sizeof(h->facts[0].value), fmt, ap);
-	va_end(ap);
-	h->nfacts++;
-}
-
 static int lm_health(struct kv_store *st, struct kv_health *h)
 {
 	struct lm_store *s = kv_store_cast(struct lm_store, st);
@@ -929,14 +913,14 @@ static int lm_health(struct kv_store *st, struct kv_health *h)
 	mdb_version(&major, &minor, &patch);
 	snprintf(h->detail, sizeof(h->detail), "lmdb %d.%d.%d, %zu keys", major, minor, patch,
 		 ms.ms_entries);
-	lm_fact(h, "map_size", "%zu", info.me_mapsize);
-	lm_fact(h, "map_used", "%zu", (info.me_last_pgno + 1) * (size_t)ms.ms_psize);
-	lm_fact(h, "map_max", "%zu", s->map_max);
-	lm_fact(h, "sync", "%s", lm_sync_name(s->sync_mode));
+	kv_health_fact(h, "map_size", "%zu", info.me_mapsize);
+	kv_health_fact(h, "map_used", "%zu", (info.me_last_pgno + 1) * (size_t)ms.ms_psize);
+	kv_health_fact(h, "map_max", "%zu", s->map_max);
+	kv_health_fact(h, "sync", "%s", lm_sync_name(s->sync_mode));
 	if (s->sync_mode != LM_SYNC_ALWAYS)
-		lm_fact(h, "sync_interval_ms", "%d", s->sync_ms);
+		kv_health_fact(h, "sync_interval_ms", "%d", s->sync_ms);
 	/* As mdb_stat -e puts it: slots ever taken (by any process) of the table's size. */
-	lm_fact(h, "readers_used", "%u of %u", info.me_numreaders, info.me_maxreaders);
+	kv_health_fact(h, "readers_used", "%u of %u", info.me_numreaders, info.me_maxreaders);
 	return 0;
 }
 

@@ -718,11 +718,7 @@ static int mg_list(struct kv_store *st, const struct kv_list_req *req, kv_list_c
 
 static void mg_fact(struct kv_health *h, const char *name, const char *value)
 {
-	if (h->nfacts == KV_HEALTH_MAX_FACTS)
-		return;
-	snprintf(h->facts[h->nfacts].name, sizeof(h->facts[0].name), "%s", name);
-	snprintf(h->facts[h->nfacts].value, sizeof(h->facts[0].value), "%s", value);
-	h->nfacts++;
+	kv_health_fact(h, name, "%s", value);
 }
 
 static int mg_health(struct kv_store *st, struct kv_health *h)

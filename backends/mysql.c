@@ -907,22 +907,6 @@ out_free:
 
 /* ---- health ---- */
 
-static void my_fact(struct kv_health *h, const char *name, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void my_fact(struct kv_health *h, const char *name, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (h->nfacts == KV_HEALTH_MAX_FACTS)
-		return;
-	snprintf(h->facts[h->nfacts].name, sizeof(h->facts[0].name), "%s", name);
-	va_start(ap, fmt);
-	vsnprintf(h->facts[h->nfacts].value, sizeof(h->facts[0].value), fmt, ap);
-	va_end(ap);
-	h->nfacts++;
-}
-
 static const char my_health_sql[] =
 	"SELECT VERSION(), DATABASE(), CURRENT_USER(), @@max_allowed_packet,"
 	" @@innodb_flush_log_at_trx_commit, @@read_only";
@@ -953,7 +937,7 @@ static long long my_health_on(struct my_store *s, struct my_conn *c, void *arg)
 	snprintf(h->detail, sizeof h->detail, "%s, table %s", row[0] ? row[0] : "?",
 		 s->table_name);
 	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-		my_fact(h, names[i], "%s", row[i] ? row[i] : "NULL");
+		kv_health_fact(h, names[i], "%s", row[i] ? row[i] : "NULL");
 	mysql_free_result(res);
 	return 0;
 }
@@ -970,8 +954,8 @@ static int my_health(struct kv_store *st, struct kv_health *h)
 	pthread_mutex_lock(&s->lock);
 	inuse = s->nopen - s->nidle;
 	pthread_mutex_unlock(&s->lock);
-	my_fact(h, "connections", "%zu in use of %d", inuse, MY_POOL);
-	my_fact(h, "max_value", "%zu", s->max_value);
+	kv_health_fact(h, "connections", "%zu in use of %d", inuse, MY_POOL);
+	kv_health_fact(h, "max_value", "%zu", s->max_value);
 	return 0;
 }
 

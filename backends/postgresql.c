@@ -840,22 +840,6 @@ out_free:
 
 /* ---- health ---- */
 
-static void pg_fact(struct kv_health *h, const char *name, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void pg_fact(struct kv_health *h, const char *name, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (h->nfacts == KV_HEALTH_MAX_FACTS)
-		return;
-	snprintf(h->facts[h->nfacts].name, sizeof(h->facts[0].name), "%s", name);
-	va_start(ap, fmt);
-	vsnprintf(h->facts[h->nfacts].value, sizeof(h->facts[0].value), fmt, ap);
-	va_end(ap);
-	h->nfacts++;
-}
-
 static int pg_health(struct kv_store *st, struct kv_health *h)
 {
 	struct pg_store *s = kv_store_cast(struct pg_store, st);
@@ -895,12 +879,12 @@ static int pg_health(struct kv_store *st, struct kv_health *h)
 	snprintf(h->detail, sizeof h->detail, "PostgreSQL %s, table %s", PQgetvalue(res, 0, 0),
 		 s->table_name);
 	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-		pg_fact(h, names[i], "%s", PQgetvalue(res, 0, (int)i));
+		kv_health_fact(h, names[i], "%s", PQgetvalue(res, 0, (int)i));
 	PQclear(res);
 	pthread_mutex_lock(&s->lock);
 	inuse = s->nopen - s->nidle;
 	pthread_mutex_unlock(&s->lock);
-	pg_fact(h, "connections", "%zu in use of %d", inuse, PG_POOL);
+	kv_health_fact(h, "connections", "%zu in use of %d", inuse, PG_POOL);
 	return 0;
 }
 

@@ -1037,11 +1037,7 @@ static const char *rd_info_field(const redisReply *r, const char *name, char *ou
 
 static void rd_fact(struct kv_health *h, const char *name, const char *value)
 {
-	if (h->nfacts == KV_HEALTH_MAX_FACTS)
-		return;
-	snprintf(h->facts[h->nfacts].name, sizeof(h->facts[0].name), "%s", name);
-	snprintf(h->facts[h->nfacts].value, sizeof(h->facts[0].value), "%s", value);
-	h->nfacts++;
+	kv_health_fact(h, name, "%s", value);
 }
 
 enum { RD_H_PING, RD_H_SERVER, RD_H_REPL, RD_H_MEMORY, RD_H_PERSIST, RD_H_FSYNC, RD_H_DBSIZE, RD_H_N };
