@@ -137,15 +137,6 @@ static int buf_add(struct ed_buf *b, const void *p, size_t n)
 	return 0;
 }
 
-static int bytes_cmp(const char *a, size_t alen, const char *b, size_t blen)
-{
-	int c = memcmp(a, b, alen < blen ? alen : blen);
-
-	if (c)
-		return c;
-	return alen < blen ? -1 : alen > blen;
-}
-
 /* The first key after every key starting with p[0..*n): etcd's range_end.
  * Empty (*n = 0) when there is none: then the range runs to the end. */
 static void successor(char *p, size_t *n)
@@ -673,7 +664,7 @@ static int op_order(const void *x, const void *y, void *ctx)
 {
 	const struct kv_op *ops = ctx;
 	size_t i = *(const size_t *)x, j = *(const size_t *)y;
-	int c = bytes_cmp(ops[i].key, ops[i].key_len, ops[j].key, ops[j].key_len);
+	int c = kv_key_cmp(ops[i].key, ops[i].key_len, ops[j].key, ops[j].key_len);
 
 	return c ? c : (i > j) - (i < j);
 }
@@ -694,7 +685,7 @@ static int last_per_key(const struct kv_op *ops, size_t n, bool *keep)
 	qsort_r(idx, n, sizeof(*idx), op_order, (void *)ops);
 	for (size_t k = 0; k < n; k++) {
 		size_t i = idx[k];
-		keep[i] = k + 1 == n || bytes_cmp(ops[i].key, ops[i].key_len, ops[idx[k + 1]].key,
+		keep[i] = k + 1 == n || kv_key_cmp(ops[i].key, ops[i].key_len, ops[idx[k + 1]].key,
 						  ops[idx[k + 1]].key_len) != 0;
 	}
 	free(idx);
@@ -818,7 +809,7 @@ static int sizes_from(struct ed_page *pg, size_t r0, json_t *resp)
 				return -EIO;
 			/* Both sorted: skip items gone since the keys_only read, and new keys. */
 			while (i < pg->n && (pg->items[i].is_prefix ||
-			       (c = bytes_cmp(pg->text.p + pg->items[i].off, pg->items[i].len,
+			       (c = kv_key_cmp(pg->text.p + pg->items[i].off, pg->items[i].len,
 					      key, klen)) < 0))
 				i++;
 			free(key);
@@ -948,7 +939,7 @@ static int page_read(struct ed_store *s, const struct kv_list_req *req, struct e
 		if (d) {
 			size_t gl = (size_t)(d - key) + 1;
 			/* Below start, a group was listed by an earlier page. */
-			bool below = req->start && bytes_cmp(key + s->nslen, gl - s->nslen,
+			bool below = req->start && kv_key_cmp(key + s->nslen, gl - s->nslen,
 							     req->start, req->start_len) < 0;
 			prev_plain = false;
 			if (grp.len == gl && memcmp(grp.p, key, gl) == 0)
@@ -998,14 +989,14 @@ static int ed_list(struct kv_store *st, const struct kv_list_req *req, kv_list_c
 	rc = buf_add(&hi, s->ns, s->nslen);
 	rc = rc ? rc : buf_add(&hi, req->prefix, req->prefix_len);
 	rc = rc ? rc : buf_add(&lo, s->ns, s->nslen);
-	if (!rc && req->start && bytes_cmp(req->start, req->start_len, req->prefix,
+	if (!rc && req->start && kv_key_cmp(req->start, req->start_len, req->prefix,
 					   req->prefix_len) > 0)
 		rc = buf_add(&lo, req->start, req->start_len);
 	else if (!rc)
 		rc = buf_add(&lo, req->prefix, req->prefix_len);
 	if (!rc)
 		successor(hi.p, &hi.len);
-	if (!rc && hi.len && bytes_cmp(lo.p, lo.len, hi.p, hi.len) >= 0)
+	if (!rc && hi.len && kv_key_cmp(lo.p, lo.len, hi.p, hi.len) >= 0)
 		end = true;  /* start lies beyond the prefix */
 	while (!rc && !end && done < limit) {
 		rc = page_read(s, req, &lo, &hi, limit - done, &pg, &end, &full);

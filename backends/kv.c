@@ -81,6 +81,25 @@ const char *kv_option_get(const struct kv_open_args *a, const char *name)
 	return NULL;
 }
 
+int kv_key_cmp(const char *a, size_t alen, const char *b, size_t blen)
+{
+	int c = memcmp(a, b, alen < blen ? alen : blen);
+
+	if (c)
+		return c;
+	return alen < blen ? -1 : alen > blen;
+}
+
+bool kv_key_successor(char *p, size_t *len)
+{
+	while (*len && (unsigned char)p[*len - 1] == 0xff)
+		(*len)--;
+	if (!*len)
+		return false;
+	p[*len - 1]++;
+	return true;
+}
+
 void kv_health_fact(struct kv_health *h, const char *name, const char *fmt, ...)
 {
 	va_list ap;

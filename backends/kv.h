@@ -257,6 +257,11 @@ void kv_log_to_syslog(void);
 const char *kv_printable(const char *key, size_t klen);
 
 /* Helpers for backends. */
+/* Byte order of keys (memcmp, then the shorter first): the order of list(). */
+int kv_key_cmp(const char *a, size_t alen, const char *b, size_t blen);
+/* Turn p[0..*len) into the smallest key above every key that starts with
+ * it (drop trailing 0xff bytes, add one to the last); false if none is. */
+bool kv_key_successor(char *p, size_t *len);
 /* Add one fact to a health report (dropped when the report is full). */
 void kv_health_fact(struct kv_health *h, const char *name, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));

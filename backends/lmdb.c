@@ -703,20 +703,7 @@ struct lm_walk {
 /* The smallest key above every key that starts with b; false if none is. */
 static bool lm_successor(struct lm_buf *b)
 {
-	while (b->len && (unsigned char)b->p[b->len - 1] == 0xff)
-		b->len--;
-	if (!b->len)
-		return false;
-	b->p[b->len - 1]++;
-	return true;
-}
-
-static int lm_bytecmp(const char *a, size_t alen, const char *b, size_t blen)
-{
-	size_t n = alen < blen ? alen : blen;
-	int c = n ? memcmp(a, b, n) : 0;
-
-	return c ? c : (alen > blen) - (alen < blen);
+	return kv_key_successor(b->p, &b->len);
 }
 
 /*
@@ -757,7 +744,7 @@ static int lm_walk_next(MDB_cursor *cur, struct lm_walk *w, struct kv_entry *e)
 				return rc;
 			w->op = lm_successor(&w->seek) ? MDB_SET_RANGE : MDB_LAST;
 		}
-		if (r->start && lm_bytecmp(e->key, e->key_len, r->start, r->start_len) < 0)
+		if (r->start && kv_key_cmp(e->key, e->key_len, r->start, r->start_len) < 0)
 			continue;
 		return 0;
 	}
@@ -836,7 +823,7 @@ static int lm_list(struct kv_store *st, const struct kv_list_req *req, kv_list_c
 	if (!c)
 		return -EIO;
 	/* Start at the greater of prefix and start (items below it are skipped anyway). */
-	if (req->start && lm_bytecmp(req->start, req->start_len, req->prefix, req->prefix_len) > 0)
+	if (req->start && kv_key_cmp(req->start, req->start_len, req->prefix, req->prefix_len) > 0)
 		rc = lm_buf_set(&w.seek, req->start, req->start_len);
 	else
 		rc = lm_buf_set(&w.seek, req->prefix, req->prefix_len);

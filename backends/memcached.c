@@ -436,26 +436,18 @@ static uint64_t value_version(const char *v, size_t n)
 
 /* ---- the key cache ---- */
 
-static int bytes_cmp(const char *a, size_t alen, const char *b, size_t blen)
-{
-	int c = memcmp(a, b, alen < blen ? alen : blen);
-	if (c)
-		return c;
-	return alen < blen ? -1 : alen > blen;
-}
-
 static size_t cache_find(struct mc_store *m, const char *key, size_t klen, bool *found)
 {
 	size_t lo = 0, hi = m->n;
 
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		if (bytes_cmp(m->items[mid].key, m->items[mid].klen, key, klen) < 0)
+		if (kv_key_cmp(m->items[mid].key, m->items[mid].klen, key, klen) < 0)
 			lo = mid + 1;
 		else
 			hi = mid;
 	}
-	*found = lo < m->n && bytes_cmp(m->items[lo].key, m->items[lo].klen, key, klen) == 0;
+	*found = lo < m->n && kv_key_cmp(m->items[lo].key, m->items[lo].klen, key, klen) == 0;
 	return lo;
 }
 
@@ -997,7 +989,7 @@ static int scan_hashed(struct mc_store *m, struct scan *sc)
 static int item_cmp(const void *a, const void *b)
 {
 	const struct mc_item *x = a, *y = b;
-	return bytes_cmp(x->key, x->klen, y->key, y->klen);
+	return kv_key_cmp(x->key, x->klen, y->key, y->klen);
 }
 
 /*
@@ -1365,7 +1357,7 @@ static int mcs_list(struct kv_store *s, const struct kv_list_req *req, kv_list_c
 		return -ENOMEM;
 	}
 	i = cache_find(m, req->prefix, req->prefix_len, &found);
-	if (req->start && bytes_cmp(req->start, req->start_len, req->prefix, req->prefix_len) > 0)
+	if (req->start && kv_key_cmp(req->start, req->start_len, req->prefix, req->prefix_len) > 0)
 		i = cache_find(m, req->start, req->start_len, &found);
 	while (i < m->n) {
 		struct mc_item *it = &m->items[i];

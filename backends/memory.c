@@ -43,14 +43,6 @@ static void mem_wait(struct mem_store *m)
 	}
 }
 
-static int bytes_cmp(const char *a, size_t alen, const char *b, size_t blen)
-{
-	int c = memcmp(a, b, alen < blen ? alen : blen);
-	if (c)
-		return c;
-	return alen < blen ? -1 : alen > blen;
-}
-
 /* Index of the first item >= key; *found tells whether it is equal. */
 static size_t mem_find(struct mem_store *m, const char *key, size_t klen, bool *found)
 {
@@ -58,12 +50,12 @@ static size_t mem_find(struct mem_store *m, const char *key, size_t klen, bool *
 
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		if (bytes_cmp(m->items[mid].key, m->items[mid].klen, key, klen) < 0)
+		if (kv_key_cmp(m->items[mid].key, m->items[mid].klen, key, klen) < 0)
 			lo = mid + 1;
 		else
 			hi = mid;
 	}
-	*found = lo < m->n && bytes_cmp(m->items[lo].key, m->items[lo].klen, key, klen) == 0;
+	*found = lo < m->n && kv_key_cmp(m->items[lo].key, m->items[lo].klen, key, klen) == 0;
 	return lo;
 }
 
@@ -320,7 +312,7 @@ static int mem_list(struct kv_store *s, const struct kv_list_req *req, kv_list_c
 
 	pthread_rwlock_rdlock(&m->lock);
 	size_t i = mem_find(m, req->prefix, req->prefix_len, &found);
-	if (req->start && bytes_cmp(req->start, req->start_len, req->prefix, req->prefix_len) > 0)
+	if (req->start && kv_key_cmp(req->start, req->start_len, req->prefix, req->prefix_len) > 0)
 		i = mem_find(m, req->start, req->start_len, &found);
 	while (i < m->n) {
 		struct mem_item *it = &m->items[i];

@@ -536,15 +536,6 @@ static int mg_apply(struct kv_store *st, const struct kv_op *ops, size_t n)
 
 /* ---- list ---- */
 
-static int bytes_cmp(const char *a, size_t alen, const char *b, size_t blen)
-{
-	int c = memcmp(a, b, alen < blen ? alen : blen);
-
-	if (c)
-		return c;
-	return alen < blen ? -1 : alen > blen;
-}
-
 /*
  * One find: _id in [lo, hi) (lo exclusive when after_lo), sorted, at most
  * limit documents, _id and the value's size only.
@@ -615,7 +606,7 @@ static int mg_list(struct kv_store *st, const struct kv_list_req *req, kv_list_c
 	int rc;
 
 	*more = false;
-	if (req->start && bytes_cmp(req->start, req->start_len, req->prefix, req->prefix_len) > 0)
+	if (req->start && kv_key_cmp(req->start, req->start_len, req->prefix, req->prefix_len) > 0)
 		id = mg_id(req->start, req->start_len, &idlen);
 	else
 		id = mg_id(req->prefix, req->prefix_len, &idlen);

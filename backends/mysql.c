@@ -116,14 +116,6 @@ static long long my_new_version(void)
 	return v ? (long long)v : 1;
 }
 
-static int my_bytecmp(const char *a, size_t alen, const char *b, size_t blen)
-{
-	size_t n = alen < blen ? alen : blen;
-	int c = n ? memcmp(a, b, n) : 0;
-
-	return c ? c : (alen > blen) - (alen < blen);
-}
-
 struct my_buf {
 	char *p;
 	size_t len, cap;
@@ -148,12 +140,7 @@ static int my_buf_set(struct my_buf *b, const void *p, size_t len, size_t extra)
 /* The smallest key above every key that starts with b; false if none is. */
 static bool my_successor(struct my_buf *b)
 {
-	while (b->len && (unsigned char)b->p[b->len - 1] == 0xff)
-		b->len--;
-	if (!b->len)
-		return false;
-	b->p[b->len - 1]++;
-	return true;
+	return kv_key_successor(b->p, &b->len);
 }
 
 /* A binary string parameter (an empty one must not be a NULL pointer). */
@@ -844,7 +831,7 @@ static int my_walk_next(struct my_walk *w, struct kv_entry *e)
 			*e = (struct kv_entry){ .key = w->group.p, .key_len = w->group.len,
 						.is_prefix = true };
 		}
-		if (r->start && my_bytecmp(e->key, e->key_len, r->start, r->start_len) < 0)
+		if (r->start && kv_key_cmp(e->key, e->key_len, r->start, r->start_len) < 0)
 			continue;
 		return 0;
 	}
@@ -862,7 +849,7 @@ static int my_list(struct kv_store *st, const struct kv_list_req *req, kv_list_c
 
 	*more = false;
 	w.chunk = limit + 1 < MY_CHUNK ? (limit + 1 < 8 ? 8 : (long long)limit + 1) : MY_CHUNK;
-	if (req->start && my_bytecmp(req->start, req->start_len, req->prefix, req->prefix_len) > 0)
+	if (req->start && kv_key_cmp(req->start, req->start_len, req->prefix, req->prefix_len) > 0)
 		rc = my_buf_set(&w.lo, req->start, req->start_len, 1);
 	else
 		rc = my_buf_set(&w.lo, req->prefix, req->prefix_len, 1);

@@ -127,14 +127,6 @@ static uint64_t pg_get_be(const char *p, int len)
 	return v;
 }
 
-static int pg_bytecmp(const char *a, size_t alen, const char *b, size_t blen)
-{
-	size_t n = alen < blen ? alen : blen;
-	int c = n ? memcmp(a, b, n) : 0;
-
-	return c ? c : (alen > blen) - (alen < blen);
-}
-
 /* A growable byte buffer. */
 struct pg_buf {
 	char *p;
@@ -160,12 +152,7 @@ static int pg_buf_set(struct pg_buf *b, const void *p, size_t len, size_t extra)
 /* The smallest key above every key that starts with b; false if none is. */
 static bool pg_successor(struct pg_buf *b)
 {
-	while (b->len && (unsigned char)b->p[b->len - 1] == 0xff)
-		b->len--;
-	if (!b->len)
-		return false;
-	b->p[b->len - 1]++;
-	return true;
+	return kv_key_successor(b->p, &b->len);
 }
 
 /* The first line of a libpq message, for one-line logs. */
@@ -775,7 +762,7 @@ static int pg_walk_next(struct pg_walk *w, struct kv_entry *e)
 			*e = (struct kv_entry){ .key = w->group.p, .key_len = w->group.len,
 						.is_prefix = true };
 		}
-		if (r->start && pg_bytecmp(e->key, e->key_len, r->start, r->start_len) < 0)
+		if (r->start && kv_key_cmp(e->key, e->key_len, r->start, r->start_len) < 0)
 			continue;
 		return 0;
 	}
@@ -794,7 +781,7 @@ static int pg_list(struct kv_store *st, const struct kv_list_req *req, kv_list_c
 	*more = false;
 	w.chunk = limit + 1 < PG_CHUNK ? (limit + 1 < 8 ? 8 : limit + 1) : PG_CHUNK;
 	/* From the greater of prefix and start, below the prefix's successor. */
-	if (req->start && pg_bytecmp(req->start, req->start_len, req->prefix, req->prefix_len) > 0)
+	if (req->start && kv_key_cmp(req->start, req->start_len, req->prefix, req->prefix_len) > 0)
 		rc = pg_buf_set(&w.lo, req->start, req->start_len, 1);
 	else
 		rc = pg_buf_set(&w.lo, req->prefix, req->prefix_len, 1);

@@ -755,20 +755,11 @@ static void seen_free(struct rd_seen *s)
 	free(s->slots);
 }
 
-static int bytes_cmp(const char *a, size_t alen, const char *b, size_t blen)
-{
-	int c = memcmp(a, b, alen < blen ? alen : blen);
-
-	if (c)
-		return c;
-	return alen < blen ? -1 : alen > blen;
-}
-
 static int entry_cmp(const void *pa, const void *pb)
 {
 	const struct kv_entry *a = pa, *b = pb;
 
-	return bytes_cmp(a->key, a->key_len, b->key, b->key_len);
+	return kv_key_cmp(a->key, a->key_len, b->key, b->key_len);
 }
 
 /* The MATCH pattern of every key starting with prefix: the prefix with
