@@ -286,7 +286,13 @@ struct kv_limits kv_limits(struct kv_store *s)
 
 unsigned kv_caps(struct kv_store *s)
 {
-	return s->be->caps;
+	const struct kv_backend *be = s->be;
+
+	if (be->list)
+		return be->caps;
+	return (be->scan ? KV_CAP_ORDERED : 0) | (be->cas ? KV_CAP_CAS : 0) |
+	       (be->apply && !kv_limits(s).max_ops ? KV_CAP_TXN : 0) |
+	       (be->sync ? KV_CAP_SYNC : 0) | (be->persistent ? KV_CAP_PERSIST : 0);
 }
 
 const char *kv_name(struct kv_store *s)
@@ -380,6 +386,199 @@ int kv_del(struct kv_store *s, const char *key, size_t klen)
 	return checked(s, "del", key, klen, s->be->del(s, key, klen));
 }
 
+/* ---- list: one walker over every backend's scan() or keys() ---- */
+
+/* A chunk of keys copied out of one scan() call, so that no backend holds a
+ * transaction, lock or connection while the caller's callback runs. */
+struct chunk {
+	char *text;
+	size_t text_len, text_cap;
+	struct { size_t off, len; uint64_t size; } *k;
+	size_t n, cap, max;
+};
+
+static int chunk_add(void *ctx, const char *key, size_t klen, uint64_t size)
+{
+	struct chunk *c = ctx;
+
+	if (c->n == c->cap) {
+		size_t cap = c->cap ? c->cap * 2 : 64;
+		void *k = realloc(c->k, cap * sizeof(*c->k));
+		if (!k)
+			return -ENOMEM;
+		c->k = k;
+		c->cap = cap;
+	}
+	if (c->text_len + klen + 1 > c->text_cap) {
+		size_t cap = (c->text_len + klen + 1) * 2;
+		char *t = realloc(c->text, cap);
+		if (!t)
+			return -ENOMEM;
+		c->text = t;
+		c->text_cap = cap;
+	}
+	if (klen)
+		memcpy(c->text + c->text_len, key, klen);
+	c->k[c->n].off = c->text_len;
+	c->k[c->n].len = klen;
+	c->k[c->n].size = size;
+	c->text_len += klen;
+	c->n++;
+	/* keys() of an unordered store delivers everything; scan() stops at max */
+	return 0;
+}
+
+static const char *chunk_key(const struct chunk *c, size_t i)
+{
+	return c->text + c->k[i].off;
+}
+
+static int chunk_cmp(const void *a, const void *b, void *ctx)
+{
+	const struct chunk *c = ctx;
+	const __typeof__(*c->k) *x = a, *y = b;
+
+	return kv_key_cmp(c->text + x->off, x->len, c->text + y->off, y->len);
+}
+
+/* keys() of an unordered store: every key under the prefix, sorted. */
+static int chunk_fill_unordered(struct kv_store *s, const struct kv_list_req *req,
+				struct chunk *c)
+{
+	int rc = s->be->keys(s, req->prefix, req->prefix_len, chunk_add, c);
+
+	if (rc)
+		return rc;
+	qsort_r(c->k, c->n, sizeof(*c->k), chunk_cmp, c);
+	return 0;
+}
+
+/* A growable copy of a key. */
+struct keybuf {
+	char *p;
+	size_t len, cap;
+};
+
+static int keybuf_set(struct keybuf *b, const char *p, size_t len, size_t extra)
+{
+	if (len + extra > b->cap) {
+		char *n = realloc(b->p, len + extra);
+		if (!n)
+			return -ENOMEM;
+		b->p = n;
+		b->cap = len + extra;
+	}
+	if (len)
+		memcpy(b->p, p, len);
+	b->len = len;
+	return 0;
+}
+
+/*
+ * The walk of one listing.  Keys come from the store a chunk at a time in
+ * byte order; a key with the delimiter after the prefix becomes its group,
+ * reported once, and the rest of the group is skipped: inside the chunk by
+ * comparison, and beyond it by starting the next scan at the group's
+ * successor, so a directory listing never reads a subdirectory's keys.
+ */
+static int walk(struct kv_store *s, const struct kv_list_req *req, size_t limit,
+		kv_list_cb *cb, void *ctx, bool *more)
+{
+	struct keybuf lo = {0}, hi = {0}, group = {0};
+	struct chunk c = {0};
+	bool has_hi, in_group = false, ordered = s->be->scan != NULL;
+	size_t done = 0, i;
+	int rc;
+
+	*more = false;
+	/* From the greater of prefix and start, below the prefix's successor. */
+	if (req->start && kv_key_cmp(req->start, req->start_len, req->prefix, req->prefix_len) > 0)
+		rc = keybuf_set(&lo, req->start, req->start_len, 1);
+	else
+		rc = keybuf_set(&lo, req->prefix, req->prefix_len, 1);
+	if (!rc)
+		rc = keybuf_set(&hi, req->prefix, req->prefix_len, 0);
+	if (rc)
+		goto out;
+	has_hi = kv_key_successor(hi.p, &hi.len);
+	/* Enough for the caller's page plus one (to know whether more follows),
+	 * in chunks that bound the memory a listing holds. */
+	c.max = limit < 255 ? (limit + 1 < 16 ? 16 : limit + 1) : 256;
+	if (!ordered) {
+		rc = chunk_fill_unordered(s, req, &c);
+		if (rc)
+			goto out;
+	}
+	for (;;) {
+		if (ordered) {
+			c.n = c.text_len = 0;
+			rc = s->be->scan(s, lo.p, lo.len, has_hi ? hi.p : NULL, hi.len, c.max,
+					 chunk_add, &c);
+			if (rc)
+				goto out;
+			i = 0;
+		} else {
+			/* the whole sorted set; skip to lo */
+			for (i = 0; i < c.n && kv_key_cmp(chunk_key(&c, i), c.k[i].len,
+							  lo.p, lo.len) < 0; i++)
+				;
+		}
+		for (; i < c.n; i++) {
+			const char *k = chunk_key(&c, i), *d;
+			size_t klen = c.k[i].len;
+			struct kv_entry e = {.key = k, .key_len = klen, .size = c.k[i].size};
+
+			if (!ordered && has_hi && kv_key_cmp(k, klen, hi.p, hi.len) >= 0)
+				break;
+			if (in_group && klen >= group.len && memcmp(k, group.p, group.len) == 0)
+				continue;
+			in_group = false;
+			d = req->delim && klen > req->prefix_len
+			    ? memchr(k + req->prefix_len, req->delim, klen - req->prefix_len) : NULL;
+			if (d) {
+				if ((rc = keybuf_set(&group, k, (size_t)(d - k) + 1, 0)))
+					goto out;
+				in_group = true;
+				e = (struct kv_entry){.key = group.p, .key_len = group.len,
+						      .is_prefix = true};
+			}
+			if (req->start && kv_key_cmp(e.key, e.key_len, req->start, req->start_len) < 0)
+				continue;
+			if (done == limit) {
+				*more = true;
+				goto out;
+			}
+			done++;
+			if ((rc = cb(ctx, &e))) {
+				*more = true;  /* the caller stopped: more is only a guess */
+				goto out;
+			}
+		}
+		if (!ordered || c.n < c.max)
+			break;  /* the range is exhausted */
+		/* Go on after the last key, or past the group it was in. */
+		if (in_group) {
+			if ((rc = keybuf_set(&lo, group.p, group.len, 1)))
+				goto out;
+			if (!kv_key_successor(lo.p, &lo.len))
+				break;
+		} else {
+			if ((rc = keybuf_set(&lo, chunk_key(&c, c.n - 1), c.k[c.n - 1].len, 1)))
+				goto out;
+			lo.p[lo.len++] = '\0';  /* the smallest key after it */
+		}
+		if (has_hi && kv_key_cmp(lo.p, lo.len, hi.p, hi.len) >= 0)
+			break;
+	}
+out:
+	free(lo.p);
+	free(hi.p);
+	free(group.p);
+	free(c.text);
+	free(c.k);
+	return rc;
+}
+
 /* The caller's callback, watched: its own error passes through unchanged,
  * and a stop it asked for ends kv_list_all's paging too. */
 struct watched_cb {
@@ -396,14 +595,20 @@ static int watched(void *ctx, const struct kv_entry *e)
 	return w->rc;
 }
 
-int kv_list(struct kv_store *s, const struct kv_list_req *req, kv_list_cb *cb, void *ctx,
-	    bool *more)
+static int list_items(struct kv_store *s, const struct kv_list_req *req, size_t limit,
+		      kv_list_cb *cb, void *ctx, bool *more)
 {
 	struct watched_cb w = {.cb = cb, .ctx = ctx};
 	int rc;
 
 	*more = false;
-	rc = s->be->list(s, req, watched, &w, more);
+	if (s->be->list) {
+		struct kv_list_req r = *req;
+		r.limit = limit == SIZE_MAX ? 0 : limit;
+		rc = s->be->list(s, &r, watched, &w, more);
+	} else {
+		rc = walk(s, req, limit, watched, &w, more);
+	}
 	if (w.rc) {
 		*more = false;
 		return w.rc < 0 ? w.rc : 0;
@@ -411,7 +616,14 @@ int kv_list(struct kv_store *s, const struct kv_list_req *req, kv_list_cb *cb, v
 	return checked(s, "list", req->prefix, req->prefix_len, rc);
 }
 
-/* kv_list_all pages through list(); it remembers the last item to start after it. */
+int kv_list(struct kv_store *s, const struct kv_list_req *req, kv_list_cb *cb, void *ctx,
+	    bool *more)
+{
+	return list_items(s, req, req->limit ? req->limit : KV_PAGE, cb, ctx, more);
+}
+
+/* kv_list_all over a backend's own paged list(): remember the last item
+ * to start after it (transitional, until every backend has scan or keys). */
 struct page_state {
 	kv_list_cb *cb;
 	void *ctx;
@@ -442,23 +654,18 @@ static int page_cb(void *ctx, const struct kv_entry *e)
 	return 0;
 }
 
-int kv_list_all(struct kv_store *s, const char *prefix, size_t plen, char delim,
-		kv_list_cb *cb, void *ctx)
+static int list_all_paged(struct kv_store *s, struct kv_list_req *req, kv_list_cb *cb, void *ctx)
 {
 	struct page_state ps = {.cb = cb, .ctx = ctx};
-	struct kv_list_req req = {.prefix = prefix, .prefix_len = plen, .delim = delim};
 	char *start = NULL;
 	bool more = true;
 	int rc = 0;
 
 	while (more) {
 		size_t before = ps.count;
-		rc = kv_list(s, &req, page_cb, &ps, &more);
+		rc = kv_list(s, req, page_cb, &ps, &more);
 		if (rc || !more || ps.count == before || !(s->be->caps & KV_CAP_ORDERED))
-			break;  /* unordered backends return everything at once */
-		/* The next page starts just after the last item: after a key K at
-		 * K + "\0"; after a group P ending in the delimiter, at P with its
-		 * last byte plus one, which skips the whole group. */
+			break;
 		free(start);
 		start = malloc(ps.last_len + 1);
 		if (!start) {
@@ -466,16 +673,27 @@ int kv_list_all(struct kv_store *s, const char *prefix, size_t plen, char delim,
 			break;
 		}
 		memcpy(start, ps.last, ps.last_len);
-		req.start = start;
-		req.start_len = ps.last_len;
+		req->start = start;
+		req->start_len = ps.last_len;
 		if (ps.last_is_prefix)
 			start[ps.last_len - 1]++;
 		else
-			start[req.start_len++] = '\0';
+			start[req->start_len++] = '\0';
 	}
 	free(start);
 	free(ps.last);
 	return rc;
+}
+
+int kv_list_all(struct kv_store *s, const char *prefix, size_t plen, char delim,
+		kv_list_cb *cb, void *ctx)
+{
+	struct kv_list_req req = {.prefix = prefix, .prefix_len = plen, .delim = delim};
+	bool more;
+
+	if (s->be->list)
+		return list_all_paged(s, &req, cb, ctx);
+	return list_items(s, &req, SIZE_MAX, cb, ctx, &more);
 }
 
 int kv_cas(struct kv_store *s, const char *key, size_t klen, uint64_t version,
@@ -502,8 +720,15 @@ int kv_apply(struct kv_store *s, const struct kv_op *ops, size_t n)
 		if ((rc = check_key(s, ops[i].key_len)) || (rc = check_value(s, ops[i].val_len)))
 			return rc;
 	}
-	if (s->be->apply)
-		return checked(s, "apply", NULL, 0, s->be->apply(s, ops, n));
+	if (s->be->apply) {
+		size_t max = kv_limits(s).max_ops ? kv_limits(s).max_ops : n;
+		/* atomic per chunk; a failed chunk leaves the earlier ones applied */
+		for (size_t i = 0; i < n; i += max)
+			if ((rc = checked(s, "apply", NULL, 0,
+					  s->be->apply(s, ops + i, n - i < max ? n - i : max))))
+				return rc;
+		return 0;
+	}
 	for (size_t i = 0; i < n; i++) {
 		if (ops[i].type == KV_OP_SET)
 			rc = kv_set(s, ops[i].key, ops[i].key_len, ops[i].val, ops[i].val_len);

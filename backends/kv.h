@@ -39,11 +39,15 @@ struct kv_store {
 	char *endpoint;
 };
 
-/* Abilities a backend declares so that callers ask "can you?". */
+/*
+ * What a store can do, derived from what its backend implements (kv_caps),
+ * so that callers ask "can you?" and the answer cannot disagree with the
+ * code: a method that exists is a capability, never a second declaration.
+ */
 enum kv_caps {
-	KV_CAP_ORDERED = 1 << 0,  /* list returns entries in byte order and honours start/limit */
-	KV_CAP_CAS     = 1 << 1,  /* cas() is implemented */
-	KV_CAP_TXN     = 1 << 2,  /* apply() is atomic: all operations or none */
+	KV_CAP_ORDERED = 1 << 0,  /* scan(): a listing reads only the range it needs */
+	KV_CAP_CAS     = 1 << 1,  /* cas() */
+	KV_CAP_TXN     = 1 << 2,  /* apply() is atomic for any number of operations */
 	KV_CAP_SYNC    = 1 << 3,  /* sync() makes earlier writes durable against power loss */
 	KV_CAP_PERSIST = 1 << 4,  /* data outlives the process (false for memory:) */
 };
@@ -51,6 +55,8 @@ enum kv_caps {
 struct kv_limits {
 	size_t max_key;    /* longest key in bytes; 0 = no limit */
 	size_t max_value;  /* largest value in bytes; 0 = no limit */
+	size_t max_ops;    /* apply() is atomic up to this many operations; 0 = any
+	                      number.  kv_apply splits longer lists into such chunks. */
 };
 
 /* One item produced by list(). */
@@ -71,10 +77,14 @@ struct kv_list_req {
 	size_t start_len;
 	char delim;          /* '\0': every key; otherwise keys with the delimiter after
 	                        the prefix collapse into one prefix item ending in it */
-	size_t limit;        /* at most this many items; 0 = backend's page size.
-	                        Backends without KV_CAP_ORDERED may ignore start and limit
-	                        and return every item in one call with *more = false. */
+	size_t limit;        /* at most this many items; 0 = a page (KV_PAGE) */
 };
+
+#define KV_PAGE 1000
+
+/* One key found by scan() or keys(): valid only during the call.  Nonzero
+ * stops the walk (a negative errno is returned by the walk). */
+typedef int kv_key_cb(void *ctx, const char *key, size_t klen, uint64_t size);
 
 enum kv_op_type { KV_OP_SET, KV_OP_DEL };
 
@@ -150,15 +160,27 @@ typedef int kv_set_fn(struct kv_store *s, const char *key, size_t klen,
 typedef int kv_del_fn(struct kv_store *s, const char *key, size_t klen);
 
 /*
- * list: deliver up to req->limit items in byte order (see kv_list_req) to
- * cb.  *more is set to true when a further call starting after the last
- * item may find more.  Errors: -EIO, or whatever cb returned if negative.
+ * scan (ordered stores): call cb for the keys k with from <= k < to, in
+ * byte order (kv_key_cmp), with their value sizes; at most max of them
+ * (fewer only when the range has no more).  to == NULL: no upper bound.
+ * The dispatch layer builds every listing on it (kv_list): grouping at a
+ * delimiter, skipping a group's subtree, start, limit and paging.
+ * Errors: -EIO, -ENOMEM, or what cb returned if negative.
  */
-typedef int kv_list_fn(struct kv_store *s, const struct kv_list_req *req,
-		       kv_list_cb *cb, void *ctx, bool *more);
+typedef int kv_scan_fn(struct kv_store *s, const char *from, size_t flen,
+		       const char *to, size_t tlen, size_t max, kv_key_cb *cb, void *ctx);
 
 /*
- * cas (optional, KV_CAP_CAS): write val only if the key's version is still
+ * keys (unordered stores, instead of scan): call cb once for every key
+ * that starts with prefix, in any order, with its value size.  The
+ * dispatch layer sorts them and serves the listing as from scan.
+ * Errors: -EIO, -ENOMEM, or what cb returned if negative.
+ */
+typedef int kv_keys_fn(struct kv_store *s, const char *prefix, size_t plen,
+		       kv_key_cb *cb, void *ctx);
+
+/*
+ * cas (optional; KV_CAP_CAS): write val only if the key's version is still
  * `version` (0: only if the key does not exist).  -ECANCELED if it changed,
  * plus the errors of set.
  */
@@ -166,13 +188,15 @@ typedef int kv_cas_fn(struct kv_store *s, const char *key, size_t klen, uint64_t
 		      const char *val, size_t vlen);
 
 /*
- * apply (optional): perform several sets and deletes; with KV_CAP_TXN all
- * of them or none.  A delete of a missing key is not an error here.
+ * apply (optional): perform several sets and deletes atomically, all of
+ * them or none (up to limits.max_ops of them when that is set).  A backend
+ * that cannot do that leaves apply NULL, and kv_apply runs the operations
+ * one by one.  A delete of a missing key is not an error here.
  * Errors: those of set and del.
  */
 typedef int kv_apply_fn(struct kv_store *s, const struct kv_op *ops, size_t n);
 
-/* sync (optional, KV_CAP_SYNC): make every committed write durable. -EIO. */
+/* sync (optional; KV_CAP_SYNC): make every committed write durable. -EIO. */
 typedef int kv_sync_fn(struct kv_store *s);
 
 /*
@@ -190,16 +214,22 @@ struct kv_backend {
 	const char *summary;          /* one line for `kvfs --backends` */
 	const char *usage;            /* URL form, e.g. "lmdb:/path/to/dir" */
 	const char *const *options;   /* "-o" option names it accepts, NULL-terminated, or NULL */
-	unsigned caps;                /* enum kv_caps */
-	struct kv_limits limits;      /* defaults; a store may narrow them (kv_store_limits) */
+	bool persistent;              /* data outlives the process */
+	struct kv_limits limits;      /* defaults; a store may narrow them (store_limits) */
 
 	kv_open_fn *open;
 	kv_close_fn *close;
 	kv_get_fn *get;
 	kv_set_fn *set;
 	kv_del_fn *del;
-	kv_list_fn *list;
 	kv_health_fn *health;
+	/* exactly one of these two */
+	kv_scan_fn *scan;
+	kv_keys_fn *keys;
+	/* transitional: a backend's own list walk, until it has scan or keys */
+	int (*list)(struct kv_store *s, const struct kv_list_req *req, kv_list_cb *cb,
+		    void *ctx, bool *more);
+	unsigned caps;  /* transitional: declared caps of a backend with list */
 	/* optional: NULL means the dispatch layer falls back or says -ENOTSUP */
 	kv_stat_fn *stat;
 	kv_cas_fn *cas;
@@ -236,12 +266,19 @@ int kv_set(struct kv_store *s, const char *key, size_t klen, const char *val, si
 int kv_del(struct kv_store *s, const char *key, size_t klen);
 int kv_list(struct kv_store *s, const struct kv_list_req *req, kv_list_cb *cb, void *ctx,
 	    bool *more);
-/* Every item under prefix, paging through list() as needed. */
+/*
+ * list: up to req->limit items under req->prefix in byte order (keys, and
+ * with a delimiter the groups), to cb; *more is true when a call starting
+ * after the last item may find more.  Errors: -EIO, -ENOMEM, or what cb
+ * returned if negative.
+ */
+/* Every item under prefix: one walk, however many store calls it takes. */
 int kv_list_all(struct kv_store *s, const char *prefix, size_t plen, char delim,
 		kv_list_cb *cb, void *ctx);
 int kv_cas(struct kv_store *s, const char *key, size_t klen, uint64_t version,
 	   const char *val, size_t vlen);
-/* Atomic with KV_CAP_TXN; otherwise in order, stopping at the first error. */
+/* Atomic with KV_CAP_TXN, atomic per chunk of limits.max_ops when that is
+ * set, otherwise in order, stopping at the first error. */
 int kv_apply(struct kv_store *s, const struct kv_op *ops, size_t n);
 int kv_sync(struct kv_store *s);
 int kv_health(struct kv_store *s, struct kv_health *h);

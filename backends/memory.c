@@ -31,6 +31,8 @@ struct mem_store {
 	uint64_t bytes;
 	int delay_ms;     /* -o delay=T: every call waits this long, to act as a slow
 	                     or hung store in tests (H2, timeouts) */
+	uint64_t quota;   /* -o quota=SIZE: bytes of keys and values at most; a write
+	                     beyond it is -ENOSPC, as from a full store (0 = none) */
 };
 
 static void mem_wait(struct mem_store *m)
@@ -74,17 +76,23 @@ static int mem_open(const struct kv_open_args *a, struct kv_store **out, char *e
 {
 	struct mem_store *m;
 
-	const char *delay = kv_option_get(a, "delay");
+	const char *delay = kv_option_get(a, "delay"), *quota = kv_option_get(a, "quota");
 	int delay_ms = 0;
+	uint64_t quota_bytes = 0;
 
 	if (delay && kv_parse_ms(delay, &delay_ms)) {
 		snprintf(err, errlen, "memory: bad delay '%s' (e.g. 500ms, 5s)", delay);
+		return -EINVAL;
+	}
+	if (quota && kv_parse_size(quota, &quota_bytes)) {
+		snprintf(err, errlen, "memory: bad quota '%s' (e.g. 64K, 1M)", quota);
 		return -EINVAL;
 	}
 	m = calloc(1, sizeof(*m));
 	if (!m)
 		return -ENOMEM;
 	m->delay_ms = delay_ms;
+	m->quota = quota_bytes;
 	pthread_rwlock_init(&m->lock, NULL);
 	*out = &m->base;
 	return 0;
@@ -149,8 +157,12 @@ static int mem_put_locked(struct mem_store *m, const char *key, size_t klen, con
 {
 	bool found;
 	size_t i = mem_find(m, key, klen, &found);
-	char *v = dup_bytes(val, vlen);
+	char *v;
 
+	if (m->quota && m->bytes + vlen + (found ? 0 : klen) - (found ? m->items[i].vlen : 0) >
+	    m->quota)
+		return -ENOSPC;
+	v = dup_bytes(val, vlen);
 	if (!v)
 		return -ENOMEM;
 	if (found) {
@@ -278,10 +290,8 @@ static int mem_apply(struct kv_store *s, const struct kv_op *ops, size_t n)
 			rc = mem_put_locked(m, op->key, op->key_len, op->val, op->val_len);
 		else if (found)
 			rc = mem_del_locked(m, op->key, op->key_len);
-		if (rc) {
-			free(undo[done].val);
-			break;
-		}
+		if (rc)
+			break;  /* undo[done] is freed with the others below */
 	}
 	/* On failure, undo in reverse order so repeated keys end as they began. */
 	while (rc && done-- > 0) {
@@ -299,53 +309,21 @@ static int mem_apply(struct kv_store *s, const struct kv_op *ops, size_t n)
 	return rc;
 }
 
-static int mem_list(struct kv_store *s, const struct kv_list_req *req, kv_list_cb *cb,
-		    void *ctx, bool *more)
+static int mem_scan(struct kv_store *s, const char *from, size_t flen, const char *to,
+		    size_t tlen, size_t max, kv_key_cb *cb, void *ctx)
 {
 	struct mem_store *m = kv_store_cast(struct mem_store, s);
-	size_t limit = req->limit ? req->limit : 1000;
-	size_t count = 0;
 	bool found;
 	int rc = 0;
 
 	mem_wait(m);
 
 	pthread_rwlock_rdlock(&m->lock);
-	size_t i = mem_find(m, req->prefix, req->prefix_len, &found);
-	if (req->start && kv_key_cmp(req->start, req->start_len, req->prefix, req->prefix_len) > 0)
-		i = mem_find(m, req->start, req->start_len, &found);
-	while (i < m->n) {
+	for (size_t i = mem_find(m, from, flen, &found); i < m->n && max-- && !rc; i++) {
 		struct mem_item *it = &m->items[i];
-		struct kv_entry e = {.key = it->key, .key_len = it->klen, .size = it->vlen};
-		const char *d = NULL;
-
-		if (it->klen < req->prefix_len || memcmp(it->key, req->prefix, req->prefix_len))
+		if (to && kv_key_cmp(it->key, it->klen, to, tlen) >= 0)
 			break;
-		if (count == limit) {
-			*more = true;
-			break;
-		}
-		if (req->delim)
-			d = memchr(it->key + req->prefix_len, req->delim, it->klen - req->prefix_len);
-		if (d) {
-			e.key_len = (size_t)(d - it->key) + 1;
-			e.size = 0;
-			e.is_prefix = true;
-		}
-		rc = cb(ctx, &e);
-		count++;
-		if (rc)
-			break;
-		if (d) {
-			/* Skip the whole group: the first key not starting with it. */
-			size_t j = i + 1;
-			while (j < m->n && m->items[j].klen >= e.key_len &&
-			       memcmp(m->items[j].key, it->key, e.key_len) == 0)
-				j++;
-			i = j;
-		} else {
-			i++;
-		}
+		rc = cb(ctx, it->key, it->klen, it->vlen);
 	}
 	pthread_rwlock_unlock(&m->lock);
 	return rc < 0 ? rc : 0;
@@ -379,15 +357,14 @@ const struct kv_backend kv_backend_memory = {
 	.scheme = "memory",
 	.summary = "in-process store for tests and scratch mounts; gone when kvfs exits",
 	.usage = "memory:",
-	.options = (const char *const[]){"delay", NULL},
-	.caps = KV_CAP_ORDERED | KV_CAP_CAS | KV_CAP_TXN,
+	.options = (const char *const[]){"delay", "quota", NULL},
 	.limits = {.max_key = 0, .max_value = 0},
 	.open = mem_open,
 	.close = mem_close,
 	.get = mem_get,
 	.set = mem_set,
 	.del = mem_del,
-	.list = mem_list,
+	.scan = mem_scan,
 	.health = mem_health,
 	.stat = mem_stat,
 	.cas = mem_cas,

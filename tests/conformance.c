@@ -47,6 +47,8 @@ struct suite {
 	int timeout_ms;
 	struct kv_store *s;  /* NULL once a test lost the store (a failed reopen) */
 	char ns[64];         /* "conf-<pid>-<random>" */
+	size_t full_at;      /* --full-at N: the store was set up to refuse a value
+	                        of N bytes as full (memory's quota, lmdb's map_size) */
 };
 
 /* Something to release when the test ends, however it ends. */
@@ -1637,12 +1639,22 @@ static void t_apply_of_nothing_succeeds(struct t *t)
 }
 
 /*
- * An operation the store must refuse, to make an apply fail: a value one
- * byte over max_value, else a key one byte over max_key.  Returns its
- * errno, or 0 when the backend has no usable limit.
+ * An operation the store must refuse, to make an apply fail: with
+ * --full-at, a value the store itself refuses as full (the refusal comes
+ * from inside the backend's apply, so its rollback runs); else a value one
+ * byte over max_value, else a key one byte over max_key (refused by the
+ * dispatch layer before the backend runs).  Returns the expected errno, or
+ * 0 when there is no way to make the store refuse.
  */
 static int over_limit_op(struct t *t, struct kv_op *op)
 {
+	if (t->su->full_at && t->su->full_at < MAX_ALLOC) {
+		struct bytes k = key(t, "full");
+
+		*op = (struct kv_op){ .type = KV_OP_SET, .key = k.p, .key_len = k.n,
+			.val = pattern(t, t->su->full_at, 5), .val_len = t->su->full_at };
+		return -ENOSPC;
+	}
 	if (t->lim.max_value && t->lim.max_value < MAX_ALLOC) {
 		struct bytes k = key(t, "over");
 
@@ -1676,14 +1688,21 @@ static void t_apply_is_atomic_on_failure(struct t *t)
 
 	if (!want)
 		SKIP("no key or value limit to make an apply fail");
+	struct bytes refused = { ops[3].key, ops[3].key_len };
+
 	SET_STR(k1, "old");
 	SET_STR(k3, "keep");
+	if (want == -ENOSPC)  /* the refused write replaces a value, which must stay */
+		SET_STR(refused, "small");
 	EXPECT_RC(kv_apply(t->s, ops, ARRAY_SIZE(ops)), want);
 	EXPECT_STR(k1, "old");
 	EXPECT_MISSING(k2);
 	EXPECT_STR(k3, "keep");
 	EXPECT_MISSING(k4);
-	EXPECT_MISSING(((struct bytes){ ops[3].key, ops[3].key_len }));
+	if (want == -ENOSPC)
+		EXPECT_STR(refused, "small");
+	else
+		EXPECT_MISSING(refused);
 }
 
 /* Without KV_CAP_TXN an apply runs in order and stops at the first error. */
@@ -2354,6 +2373,9 @@ static void usage(FILE *f)
 		"lmdb:/path/to/dir).  Keys are written under conf-<pid>-<random>/ and removed.\n"
 		"  -o name=value   a backend option; -o timeout=5s sets the per-call timeout\n"
 		"  --filter SUBSTR run only the tests whose name contains SUBSTR\n"
+		"  --full-at N     the store is set up to refuse a value of N bytes as full\n"
+		"                  (memory: -o quota, lmdb: -o map_size): failed applies then\n"
+		"                  fail inside the backend\n"
 		"  -v              debug tracing from the backend layer\n");
 }
 
@@ -2443,6 +2465,13 @@ int main(int argc, char **argv)
 			filter = argv[++i];
 		} else if (strncmp(a, "--filter=", 9) == 0) {
 			filter = a + 9;
+		} else if (strcmp(a, "--full-at") == 0 && i + 1 < argc) {
+			uint64_t n;
+			if (kv_parse_size(argv[++i], &n)) {
+				usage(stderr);
+				return 2;
+			}
+			su.full_at = (size_t)n;
 		} else if (a[0] != '-' && !su.url) {
 			su.url = a;
 		} else {
