@@ -215,13 +215,39 @@ static char *endpoint_of(const char *url)
 	return out;
 }
 
+/*
+ * The mount contract, the same for every backend: a store that does not
+ * answer, or refuses the credentials, fails the open with one line, unless
+ * -o lazy asks to mount anyway (then .health reports the store's state).
+ * The probe is the backend's health(): one real round trip that writes
+ * nothing.
+ */
+static int probe(struct kv_store *s, const char *url, char *err, size_t errlen)
+{
+	struct kv_health h;
+	int rc = kv_health(s, &h);
+
+	if (rc == 0)
+		return 0;
+	if (rc != -EACCES && rc != -EINVAL && rc != -ENOENT)
+		rc = -EIO;
+	snprintf(err, errlen, "%s: %s at %s: %s (-o lazy mounts anyway)", s->be->scheme,
+		 rc == -EACCES ? "the store refused the credentials" : "cannot reach the store",
+		 s->endpoint, h.detail[0] ? h.detail : strerror(-rc));
+	(void)url;
+	return rc;
+}
+
 int kv_open(const char *url, const struct kv_option *opts, size_t nopts, int timeout_ms,
 	    struct kv_store **out, char *err, size_t errlen)
 {
 	const char *colon = strchr(url, ':');
 	const struct kv_backend *be;
+	struct kv_option *bopts;
 	struct kv_open_args args;
 	struct kv_store *s = NULL;
+	size_t nb = 0;
+	bool lazy = false;
 	int rc;
 
 	if (!colon || colon == url) {
@@ -233,21 +259,33 @@ int kv_open(const char *url, const struct kv_option *opts, size_t nopts, int tim
 		snprintf(err, errlen, "unknown store type '%.*s' (see --backends)", (int)(colon - url), url);
 		return -EINVAL;
 	}
+	bopts = calloc(nopts + 1, sizeof(*bopts));
+	if (!bopts) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
 	for (size_t i = 0; i < nopts; i++) {
 		bool known = false;
+		if (strcmp(opts[i].name, "lazy") == 0) {
+			lazy = true;  /* the dispatch layer's own option */
+			continue;
+		}
 		for (const char *const *o = be->options; o && *o && !known; o++)
 			known = strcmp(*o, opts[i].name) == 0;
 		if (!known) {
 			snprintf(err, errlen, "%s: unknown option '%s'", be->scheme, opts[i].name);
+			free(bopts);
 			return -EINVAL;
 		}
+		bopts[nb++] = opts[i];
 	}
 	args = (struct kv_open_args){
-		.location = colon + 1, .url = url, .opts = opts, .nopts = nopts,
+		.location = colon + 1, .url = url, .opts = bopts, .nopts = nb,
 		.timeout_ms = timeout_ms > 0 ? timeout_ms : 5000,
 	};
 	err[0] = '\0';
 	rc = be->open(&args, &s, err, errlen);
+	free(bopts);
 	if (rc < 0) {
 		if (!err[0])
 			snprintf(err, errlen, "%s: cannot open store: %s", be->scheme, strerror(-rc));
@@ -259,6 +297,10 @@ int kv_open(const char *url, const struct kv_option *opts, size_t nopts, int tim
 		be->close(s);
 		snprintf(err, errlen, "out of memory");
 		return -ENOMEM;
+	}
+	if (!lazy && (rc = probe(s, url, err, errlen))) {
+		kv_close(s);
+		return rc;
 	}
 	*out = s;
 	return 0;

@@ -120,6 +120,7 @@ static void usage(const char *prog)
 	       "    -o uid=N,gid=N         owner of every file (default: you)\n"
 	       "    -o umask=OOO           permission bits to clear (default 022)\n"
 	       "    -o timeout=T           bound on each store call (default 5s)\n"
+	       "    -o lazy                mount even if the store does not answer now\n"
 	       "    -o health_timeout=T    bound on reading .health (default 2s)\n"
 	       "    -o entry_timeout=T,attr_timeout=T   kernel cache times in seconds (default 1)\n"
 	       "    -o max_threads=N       FUSE worker threads (default 10)\n"
@@ -194,6 +195,9 @@ static int sort_options(struct options *o, const char *url, struct fuse_args *ar
 		if (be && eq && named(be->options ? be->options : (const char *const[]){NULL}, arg)) {
 			*eq = '\0';
 			(*bopts)[(*nbopts)++] = (struct kv_option){.name = arg, .value = eq + 1};
+		} else if (strcmp(arg, "lazy") == 0) {
+			/* mount even when the store does not answer (kv_open) */
+			(*bopts)[(*nbopts)++] = (struct kv_option){.name = arg, .value = ""};
 		} else if (named(fuse_numeric, arg) && !is_number(eq ? eq + 1 : NULL)) {
 			fprintf(stderr, "kvfs: bad value in option '%s' (a number is needed)\n", arg);
 			return -1;

@@ -1,0 +1,331 @@
+/*
+ * toolkit.c - the machinery backends share (toolkit.h).
+ */
+#include "kv.h"
+#include "toolkit.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- buffer ---- */
+
+int kv_buf_reserve(struct kv_buf *b, size_t n)
+{
+	size_t cap;
+	char *p;
+
+	if (b->len + n + 1 <= b->cap)
+		return 0;
+	cap = b->cap ? b->cap : 64;
+	while (cap < b->len + n + 1)
+		cap *= 2;
+	p = realloc(b->p, cap);
+	if (!p)
+		return -ENOMEM;
+	b->p = p;
+	b->cap = cap;
+	return 0;
+}
+
+int kv_buf_add(struct kv_buf *b, const void *p, size_t n)
+{
+	if (kv_buf_reserve(b, n))
+		return -ENOMEM;
+	if (n)
+		memcpy(b->p + b->len, p, n);
+	b->len += n;
+	b->p[b->len] = '\0';
+	return 0;
+}
+
+int kv_buf_set(struct kv_buf *b, const void *p, size_t n)
+{
+	b->len = 0;
+	return kv_buf_add(b, p, n);
+}
+
+int kv_buf_printf(struct kv_buf *b, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(NULL, 0, fmt, ap);
+	va_end(ap);
+	if (n < 0 || kv_buf_reserve(b, (size_t)n))
+		return -ENOMEM;
+	va_start(ap, fmt);
+	vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+	va_end(ap);
+	b->len += (size_t)n;
+	return 0;
+}
+
+char *kv_buf_take(struct kv_buf *b, size_t *len)
+{
+	char *p = b->p;
+
+	if (!p && kv_buf_reserve(b, 0) == 0) {
+		p = b->p;
+		p[0] = '\0';
+	}
+	if (len)
+		*len = b->len;
+	*b = (struct kv_buf){0};
+	return p;
+}
+
+void kv_buf_free(struct kv_buf *b)
+{
+	free(b->p);
+	*b = (struct kv_buf){0};
+}
+
+/* ---- time ---- */
+
+int64_t kv_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t kv_deadline(int timeout_ms)
+{
+	return kv_now_ms() + timeout_ms;
+}
+
+int kv_ms_left(int64_t deadline)
+{
+	int64_t left = deadline - kv_now_ms();
+
+	return left <= 0 ? 0 : left > INT32_MAX ? INT32_MAX : (int)left;
+}
+
+void kv_sleep_ms(int ms)
+{
+	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+
+	while (ms > 0 && nanosleep(&ts, &ts) == -1 && errno == EINTR)
+		;
+}
+
+uint64_t kv_random64(void)
+{
+	static __thread uint64_t x;
+	uint64_t v;
+
+	if (!x && (getrandom(&x, sizeof x, 0) != sizeof x || !x))
+		x = (uint64_t)kv_now_ms() * 0x9e3779b97f4a7c15u | 1;
+	x ^= x << 13;  /* xorshift64 */
+	x ^= x >> 7;
+	x ^= x << 17;
+	v = x;
+	return v ? v : 1;
+}
+
+bool kv_backoff(int attempt, int64_t deadline)
+{
+	int left = kv_ms_left(deadline), ms = 50;
+
+	for (int i = 0; i < attempt && ms < 1000; i++)
+		ms *= 2;
+	if (ms > 1000)
+		ms = 1000;
+	ms = ms / 2 + (int)(kv_random64() % (uint64_t)(ms / 2 + 1));
+	if (left <= 0)
+		return false;
+	kv_sleep_ms(ms < left ? ms : left);
+	return true;
+}
+
+/* ---- files ---- */
+
+char *kv_read_secret(const char *path, const char *what, char *err, size_t errlen)
+{
+	struct stat st;
+	char line[4096];
+	size_t n;
+	FILE *f;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0) {
+		snprintf(err, errlen, "cannot read %s %s: %s", what, path, strerror(errno));
+		return NULL;
+	}
+	if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+		snprintf(err, errlen, "%s %s is not a regular file", what, path);
+		close(fd);
+		return NULL;
+	}
+	if (st.st_mode & (S_IRWXG | S_IRWXO)) {
+		snprintf(err, errlen, "%s %s may be read by others (mode %04o): chmod 600 it",
+			 what, path, (unsigned)(st.st_mode & 07777));
+		close(fd);
+		return NULL;
+	}
+	f = fdopen(fd, "r");
+	if (!f) {
+		snprintf(err, errlen, "cannot read %s %s: %s", what, path, strerror(errno));
+		close(fd);
+		return NULL;
+	}
+	if (!fgets(line, sizeof line, f))
+		line[0] = '\0';
+	fclose(f);
+	n = strcspn(line, "\r\n");
+	line[n] = '\0';
+	if (!n) {
+		snprintf(err, errlen, "%s %s is empty", what, path);
+		return NULL;
+	}
+	char *s = strdup(line);
+	explicit_bzero(line, sizeof line);
+	if (!s)
+		snprintf(err, errlen, "out of memory");
+	return s;
+}
+
+int kv_check_file(const char *path, const char *what, char *err, size_t errlen)
+{
+	struct stat st;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int e;
+
+	if (fd < 0) {
+		e = errno;
+		snprintf(err, errlen, "cannot read %s %s: %s", what, path, strerror(e));
+		return e == ENOENT ? -ENOENT : -EACCES;
+	}
+	e = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+	close(fd);
+	if (!e) {
+		snprintf(err, errlen, "%s %s is not a regular file", what, path);
+		return -EACCES;
+	}
+	return 0;
+}
+
+/* ---- pool ---- */
+
+void kv_pool_init(struct kv_pool *p, const char *name, const struct kv_pool_ops *ops,
+		  void *ctx, size_t max)
+{
+	*p = (struct kv_pool){.ops = ops, .ctx = ctx, .name = name,
+			      .max = max && max <= KV_POOL_MAX ? max : KV_POOL_MAX};
+	pthread_mutex_init(&p->lock, NULL);
+	pthread_cond_init(&p->freed, NULL);
+}
+
+void kv_pool_drain(struct kv_pool *p)
+{
+	void *idle[KV_POOL_MAX];
+	size_t n;
+
+	pthread_mutex_lock(&p->lock);
+	n = p->nidle;
+	memcpy(idle, p->idle, n * sizeof(idle[0]));
+	p->nidle = 0;
+	p->nopen -= n;
+	pthread_cond_broadcast(&p->freed);
+	pthread_mutex_unlock(&p->lock);
+	while (n)
+		p->ops->close(p->ctx, idle[--n]);
+}
+
+void kv_pool_destroy(struct kv_pool *p)
+{
+	kv_pool_drain(p);
+	pthread_mutex_destroy(&p->lock);
+	pthread_cond_destroy(&p->freed);
+}
+
+/* Wait for a connection to come back, or room for a new one. */
+static bool pool_wait(struct kv_pool *p, int64_t deadline)
+{
+	struct timespec until;
+	int64_t ms = deadline - kv_now_ms();
+
+	if (ms <= 0)
+		return false;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += ms / 1000;
+	until.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	return pthread_cond_timedwait(&p->freed, &p->lock, &until) != ETIMEDOUT;
+}
+
+int kv_pool_get(struct kv_pool *p, int64_t deadline, void **conn, bool *reused)
+{
+	void *c;
+	int rc;
+
+	pthread_mutex_lock(&p->lock);
+	for (;;) {
+		if (p->nidle) {
+			c = p->idle[--p->nidle];
+			pthread_mutex_unlock(&p->lock);
+			if (p->ops->usable(p->ctx, c)) {
+				*conn = c;
+				*reused = true;
+				return 0;
+			}
+			p->ops->close(p->ctx, c);
+			pthread_mutex_lock(&p->lock);
+			p->nopen--;
+			continue;
+		}
+		if (p->nopen < p->max)
+			break;
+		if (!pool_wait(p, deadline)) {
+			pthread_mutex_unlock(&p->lock);
+			kv_log(KV_LOG_ERR, "%s: all %zu connections stayed busy for the whole timeout "
+			       "(-o timeout raises it)", p->name, p->max);
+			return -EIO;
+		}
+	}
+	p->nopen++;
+	pthread_mutex_unlock(&p->lock);
+	for (int attempt = 0;; attempt++) {
+		rc = p->ops->connect(p->ctx, deadline, &c);
+		if (rc != -EIO || !kv_backoff(attempt, deadline))
+			break;
+	}
+	if (rc) {
+		pthread_mutex_lock(&p->lock);
+		p->nopen--;
+		pthread_cond_signal(&p->freed);
+		pthread_mutex_unlock(&p->lock);
+		return rc;
+	}
+	*conn = c;
+	*reused = false;
+	return 0;
+}
+
+void kv_pool_put(struct kv_pool *p, void *conn, bool broken)
+{
+	if (broken) {
+		p->ops->close(p->ctx, conn);
+		conn = NULL;
+	}
+	pthread_mutex_lock(&p->lock);
+	if (conn)
+		p->idle[p->nidle++] = conn;
+	else
+		p->nopen--;
+	pthread_cond_signal(&p->freed);
+	pthread_mutex_unlock(&p->lock);
+}

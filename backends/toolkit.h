@@ -1,0 +1,108 @@
+/*
+ * toolkit.h - machinery every backend shares: a byte buffer, the clock
+ * and deadlines with retry backoff, reading a secret from a file, checking
+ * a file the store needs (TLS certificates), and one bounded connection
+ * pool.  Backends include it after kv.h; fs/ never uses it.
+ */
+#ifndef KVFS_TOOLKIT_H
+#define KVFS_TOOLKIT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- A growable byte buffer; always NUL-terminated after its len bytes ---- */
+
+struct kv_buf {
+	char *p;
+	size_t len, cap;
+};
+
+/* Make room for n more bytes.  0 or -ENOMEM. */
+int kv_buf_reserve(struct kv_buf *b, size_t n);
+int kv_buf_add(struct kv_buf *b, const void *p, size_t n);
+/* Replace the contents. */
+int kv_buf_set(struct kv_buf *b, const void *p, size_t n);
+int kv_buf_printf(struct kv_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Hand the bytes over (malloc'd, NUL-terminated; the buffer is empty after). */
+char *kv_buf_take(struct kv_buf *b, size_t *len);
+void kv_buf_free(struct kv_buf *b);
+
+/* ---- Time: CLOCK_MONOTONIC milliseconds, deadlines and backoff ---- */
+
+int64_t kv_now_ms(void);
+/* The deadline timeout_ms from now. */
+int64_t kv_deadline(int timeout_ms);
+/* Milliseconds left until deadline, at least 0. */
+int kv_ms_left(int64_t deadline);
+void kv_sleep_ms(int ms);
+/*
+ * Wait before retry number `attempt` (0, 1, ...) of something that failed
+ * for a passing reason: 50 ms doubling up to 1 s, with jitter, but never
+ * past the deadline.  false (without waiting) when no time is left.
+ */
+bool kv_backoff(int attempt, int64_t deadline);
+/* A random nonzero 64-bit number (for versions and jitter). */
+uint64_t kv_random64(void);
+
+/* ---- Files ---- */
+
+/*
+ * The secret in the file at path: its first line, without the newline.
+ * A file that its group or others may read is refused, as ssh does with
+ * keys.  malloc'd, or NULL with one line in err naming `what`.
+ */
+char *kv_read_secret(const char *path, const char *what, char *err, size_t errlen);
+/* 0 if path names a readable regular file; else one line in err naming
+ * `what` (e.g. "cacert") and -ENOENT or -EACCES. */
+int kv_check_file(const char *path, const char *what, char *err, size_t errlen);
+
+/* ---- One bounded pool of connections, for every backend that keeps them ---- */
+
+struct kv_pool_ops {
+	/* Open a new connection before deadline: 0, or -EIO (worth a retry:
+	 * refused, reset, a server starting up), -EACCES or -EINVAL (not). */
+	int (*connect)(void *ctx, int64_t deadline, void **conn);
+	/* Is an idle connection still good?  Cheap, no round trip if possible. */
+	bool (*usable)(void *ctx, void *conn);
+	void (*close)(void *ctx, void *conn);
+};
+
+#define KV_POOL_MAX 16
+
+/*
+ * At most `max` connections, idle ones reused last-in first-out.  The lock
+ * guards only the counts and the idle list: connecting, checking and
+ * closing happen outside it, so one slow server never blocks the others'
+ * threads from returning connections.
+ */
+struct kv_pool {
+	const struct kv_pool_ops *ops;
+	void *ctx;
+	const char *name;        /* the backend's scheme, for log lines */
+	size_t max;
+	pthread_mutex_t lock;
+	pthread_cond_t freed;
+	void *idle[KV_POOL_MAX];
+	size_t nidle, nopen;     /* nopen counts idle ones and those in use */
+};
+
+void kv_pool_init(struct kv_pool *p, const char *name, const struct kv_pool_ops *ops,
+		  void *ctx, size_t max);
+void kv_pool_destroy(struct kv_pool *p);
+/*
+ * A connection for one call: an idle one still usable, else a new one,
+ * else the next one returned, all before deadline.  A new connection that
+ * fails for a passing reason (-EIO) is retried with backoff until the
+ * deadline, so a restarting server costs a delay, not an error.  *reused
+ * says the connection was idle before (it may have gone stale since).
+ * 0, -EIO (nothing before the deadline), -EACCES or -EINVAL.
+ */
+int kv_pool_get(struct kv_pool *p, int64_t deadline, void **conn, bool *reused);
+/* Give it back; a broken one is closed instead. */
+void kv_pool_put(struct kv_pool *p, void *conn, bool broken);
+/* Close every idle connection (a store that restarted). */
+void kv_pool_drain(struct kv_pool *p);
+
+#endif
