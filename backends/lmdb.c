@@ -60,8 +60,6 @@ extern const struct kv_backend kv_backend_lmdb;  /* defined at the bottom */
 #define LM_DEFAULT_SYNC_MS 5000
 #define LM_MAX_READERS 256   /* applies when we create the lock file */
 #define LM_POOL 16           /* idle read transactions kept for reuse */
-#define LM_PAGE 1000         /* list items when the caller sets no limit */
-#define LM_CHUNK 128         /* list items copied out per read transaction */
 #ifndef LM_BATCH_MAX
 #define LM_BATCH_MAX 256     /* writes per shared transaction (-D1 disables grouping) */
 #endif
@@ -661,201 +659,43 @@ static int lm_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *
 	return 0;
 }
 
-/* ---- list ---- */
+/* ---- scan ---- */
 
-/* A growable byte buffer; list keeps keys of any length other clients wrote. */
-struct lm_buf {
-	char *p;
-	size_t len, cap;
-};
-
-static int lm_buf_set(struct lm_buf *b, const void *p, size_t len)
-{
-	if (len > b->cap) {
-		char *q = realloc(b->p, len);
-
-		if (!q)
-			return ENOMEM;
-		b->p = q;
-		b->cap = len;
-	}
-	if (len)
-		memcpy(b->p, p, len);
-	b->len = len;
-	return 0;
-}
-
-/* Items copied out of one read transaction, to be delivered after it. */
-struct lm_chunk {
-	struct kv_entry e[LM_CHUNK];
-	size_t off[LM_CHUNK];     /* key offsets in text; text may move while filling */
-	size_t n;
-	struct lm_buf text;
-};
-
-/* Where a walk resumes: the cursor op and, for MDB_SET_RANGE, its key. */
-struct lm_walk {
-	const struct kv_list_req *req;
-	MDB_cursor_op op;         /* MDB_FIRST, MDB_SET_RANGE, MDB_NEXT; MDB_LAST = at the end */
-	struct lm_buf seek;
-};
-
-/* The smallest key above every key that starts with b; false if none is. */
-static bool lm_successor(struct lm_buf *b)
-{
-	return kv_key_successor(b->p, &b->len);
-}
-
-/*
- * Move to the next item of the listing and describe it in *e (its key
- * points into the map).  With a delimiter, a whole group of keys is one
- * item, and the walk then jumps past the group with MDB_SET_RANGE on the
- * group's successor, so a directory's subtree is never walked.  Returns 0,
- * MDB_NOTFOUND at the end, or an LMDB error.
- */
-static int lm_walk_next(MDB_cursor *cur, struct lm_walk *w, struct kv_entry *e)
-{
-	const struct kv_list_req *r = w->req;
-	MDB_val k, v;
-	const char *d;
-	int rc;
-
-	for (;;) {
-		if (w->op == MDB_LAST)
-			return MDB_NOTFOUND;
-		k = lm_val(w->seek.p, w->seek.len);
-		rc = mdb_cursor_get(cur, &k, &v, w->op);
-		if (rc)
-			return rc;
-		w->op = MDB_NEXT;
-		if (k.mv_size < r->prefix_len ||
-		    (r->prefix_len && memcmp(k.mv_data, r->prefix, r->prefix_len) != 0))
-			return MDB_NOTFOUND;  /* the walk starts at or after the prefix */
-		d = NULL;
-		if (r->delim)
-			d = memchr((char *)k.mv_data + r->prefix_len, r->delim,
-				   k.mv_size - r->prefix_len);
-		*e = (struct kv_entry){ .key = k.mv_data, .key_len = k.mv_size, .size = v.mv_size };
-		if (d) {
-			*e = (struct kv_entry){ .key = k.mv_data, .is_prefix = true,
-						.key_len = (size_t)(d - (char *)k.mv_data) + 1 };
-			rc = lm_buf_set(&w->seek, e->key, e->key_len);
-			if (rc)
-				return rc;
-			w->op = lm_successor(&w->seek) ? MDB_SET_RANGE : MDB_LAST;
-		}
-		if (r->start && kv_key_cmp(e->key, e->key_len, r->start, r->start_len) < 0)
-			continue;
-		return 0;
-	}
-}
-
-/*
- * Copy up to want items into c in one read transaction, then look one item
- * further: *next tells whether there is one, and w is left to restart on it
- * in a later transaction.
- */
-static int lm_list_chunk(struct lm_store *s, struct lm_walk *w, struct lm_chunk *c, size_t want,
-			 bool *next)
-{
-	struct kv_entry e;
-	MDB_cursor *cur;
-	MDB_txn *txn;
-	size_t i;
-	int rc;
-
-	c->n = 0;
-	c->text.len = 0;
-	*next = false;
-	rc = lm_read_begin(s, &txn);
-	if (rc)
-		return rc;
-	rc = mdb_cursor_open(txn, s->dbi, &cur);
-	if (rc) {
-		lm_read_end(s, txn);
-		return rc;
-	}
-	while (!(rc = lm_walk_next(cur, w, &e))) {
-		if (c->n == want) {
-			/* Resume on this item: a group's own prefix leads back to it. */
-			rc = lm_buf_set(&w->seek, e.key, e.key_len);
-			w->op = MDB_SET_RANGE;
-			*next = true;
-			break;
-		}
-		if (c->text.len + e.key_len > c->text.cap) {
-			size_t cap = c->text.cap * 2 + e.key_len;
-			char *p = realloc(c->text.p, cap);
-
-			if (!p) {
-				rc = ENOMEM;
-				break;
-			}
-			c->text.p = p;
-			c->text.cap = cap;
-		}
-		memcpy(c->text.p + c->text.len, e.key, e.key_len);
-		c->off[c->n] = c->text.len;
-		c->text.len += e.key_len;
-		c->e[c->n++] = e;
-	}
-	mdb_cursor_close(cur);
-	lm_read_end(s, txn);
-	if (rc == MDB_NOTFOUND)
-		rc = 0;
-	for (i = 0; i < c->n; i++)
-		c->e[i].key = c->text.p + c->off[i];
-	return rc;
-}
-
-static int lm_list(struct kv_store *st, const struct kv_list_req *req, kv_list_cb *cb, void *ctx,
-		   bool *more)
+/* Keys from `from` up, in one read transaction.  The caller copies them
+ * out (kv.c's walker), so the transaction ends before anything else runs. */
+static int lm_scan(struct kv_store *st, const char *from, size_t flen, const char *to,
+		   size_t tlen, size_t max, kv_key_cb *cb, void *ctx)
 {
 	struct lm_store *s = kv_store_cast(struct lm_store, st);
-	struct lm_walk w = { .req = req, .op = MDB_FIRST };
-	size_t limit = req->limit ? req->limit : LM_PAGE, done = 0, i;
-	struct lm_chunk *c;
-	bool next = false;
-	int rc = 0, stop;
+	MDB_val k = lm_val(from, flen), v;
+	MDB_cursor_op op = flen ? MDB_SET_RANGE : MDB_FIRST;
+	MDB_cursor *cur;
+	MDB_txn *txn;
+	int rc, stop = 0;
 
-	*more = false;
-	c = calloc(1, sizeof(*c));
-	if (!c)
+	if ((rc = lm_read_begin(s, &txn))) {
+		kv_log(KV_LOG_ERR, "lmdb: scan: %s", mdb_strerror(rc));
 		return -EIO;
-	/* Start at the greater of prefix and start (items below it are skipped anyway). */
-	if (req->start && kv_key_cmp(req->start, req->start_len, req->prefix, req->prefix_len) > 0)
-		rc = lm_buf_set(&w.seek, req->start, req->start_len);
-	else
-		rc = lm_buf_set(&w.seek, req->prefix, req->prefix_len);
-	if (w.seek.len)
-		w.op = MDB_SET_RANGE;
-	while (!rc && done < limit) {
-		rc = lm_list_chunk(s, &w, c, limit - done < LM_CHUNK ? limit - done : LM_CHUNK, &next);
-		if (rc)
-			break;
-		for (i = 0; i < c->n; i++) {
-			stop = cb(ctx, &c->e[i]);
-			if (stop) {
-				*more = i + 1 < c->n || next;
-				rc = stop < 0 ? stop : 0;
-				goto out;
-			}
+	}
+	if (!(rc = mdb_cursor_open(txn, s->dbi, &cur))) {
+		while (max-- && !(rc = mdb_cursor_get(cur, &k, &v, op))) {
+			op = MDB_NEXT;
+			if (to && kv_key_cmp(k.mv_data, k.mv_size, to, tlen) >= 0)
+				break;
+			if ((stop = cb(ctx, k.mv_data, k.mv_size, v.mv_size)))
+				break;
 		}
-		done += c->n;
-		if (!next)
-			break;
+		mdb_cursor_close(cur);
 	}
-	if (rc) {  /* from LMDB or malloc, not from cb */
-		kv_log(KV_LOG_ERR, "lmdb: list %s: %s", kv_printable(req->prefix, req->prefix_len),
+	lm_read_end(s, txn);
+	if (stop)
+		return stop < 0 ? stop : 0;
+	if (rc && rc != MDB_NOTFOUND) {
+		kv_log(KV_LOG_ERR, "lmdb: scan from %s: %s", kv_printable(from, flen),
 		       mdb_strerror(rc));
-		rc = -EIO;
+		return -EIO;
 	}
-	*more = !rc && next;
-out:
-	free(c->text.p);
-	free(c);
-	free(w.seek.p);
-	return rc;
+	return 0;
 }
 
 /* ---- sync, health, statfs ---- */
@@ -1252,14 +1092,14 @@ const struct kv_backend kv_backend_lmdb = {
 	.summary = "embedded LMDB environment in a local directory (the default)",
 	.usage = "lmdb:/path/to/dir",
 	.options = lm_options,
-	.caps = KV_CAP_ORDERED | KV_CAP_CAS | KV_CAP_TXN | KV_CAP_SYNC | KV_CAP_PERSIST,
+	.persistent = true,
 	.limits = { .max_key = LM_MAX_KEY, .max_value = LM_MAX_VALUE },
 	.open = lm_open,
 	.close = lm_close,
 	.get = lm_get,
 	.set = lm_set,
 	.del = lm_del,
-	.list = lm_list,
+	.scan = lm_scan,
 	.health = lm_health,
 	.stat = lm_stat,
 	.cas = lm_cas,

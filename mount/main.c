@@ -156,7 +156,9 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 			o->bad = 1;
 			return -1;
 		}
-		o->pos[o->npos++] = strdup(arg);
+		if (!(o->pos[o->npos] = strdup(arg)))
+			return -1;
+		o->npos++;
 		return 0;
 	}
 	if (key != FUSE_OPT_KEY_OPT)
@@ -168,9 +170,11 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 	}
 	/* Whether it is libfuse's or the backend's is known once the URL is. */
 	char **r = realloc(o->rest, (o->nrest + 1) * sizeof(*r));
-	if (!r || !(r[o->nrest] = strdup(arg)))
+	if (!r)
 		return -1;
-	o->rest = r;
+	o->rest = r;  /* the old list is gone once realloc succeeded */
+	if (!(r[o->nrest] = strdup(arg)))
+		return -1;
 	o->nrest++;
 	return 0;
 }

@@ -221,3 +221,23 @@ def test_sigterm_unmounts_and_exits_0(workdir):
     status = m.wait_exit()
     assert not is_mounted(m.path)
     assert status == 0
+
+
+def test_an_option_that_cannot_be_copied_is_one_error_line(workdir):
+    """strdup of the second -o option fails (injected): kvfs says so and exits 1,
+    without touching the option list it was growing (it once kept a pointer
+    to the list realloc had just moved)."""
+    shim = os.path.join(os.path.dirname(KVFS_BIN), "failalloc.so")
+    assert os.path.exists(shim), "build failalloc.so first"
+    mnt = os.path.join(workdir, "mnt")
+    os.mkdir(mnt)
+    env = {"LD_PRELOAD": shim, "KVFS_FAIL_STRDUP": "map_size=64M",
+           "ASAN_OPTIONS": "verify_asan_link_order=0:detect_leaks=0"}
+    r = kvfs("-f", "-o", "sync=always", "-o", "map_size=64M",
+             "lmdb:" + os.path.join(workdir, "db"), mnt, env=env)
+    err = r.stderr.decode()
+    assert r.returncode == 1, err
+    assert "Sanitizer" not in err and "double free" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kvfs: "), err
+    assert not is_mounted(mnt)
