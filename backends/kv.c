@@ -33,12 +33,24 @@ void kv_log_set_level(enum kv_log_level lvl)
 	log_level = lvl;
 }
 
+/* While kv_open probes the store, what the backend would log is kept here
+ * instead (the last error or warning), to end the one line a failed mount
+ * prints. */
+static __thread char *log_capture;
+static __thread size_t log_capture_len;
+
 void kv_log(enum kv_log_level lvl, const char *fmt, ...)
 {
 	static const char *const names[] = {"ERROR", "WARN", "INFO", "DEBUG"};
 	char line[1024];
 	va_list ap;
 
+	if (log_capture && lvl <= KV_LOG_WARN) {
+		va_start(ap, fmt);
+		vsnprintf(log_capture, log_capture_len, fmt, ap);
+		va_end(ap);
+		return;
+	}
 	if (lvl > log_level)
 		return;
 	va_start(ap, fmt);
@@ -222,19 +234,25 @@ static char *endpoint_of(const char *url)
  * The probe is the backend's health(): one real round trip that writes
  * nothing.
  */
-static int probe(struct kv_store *s, const char *url, char *err, size_t errlen)
+static int probe(struct kv_store *s, char *err, size_t errlen)
 {
 	struct kv_health h;
-	int rc = kv_health(s, &h);
+	char logged[300] = "";
+	int rc;
 
+	log_capture = logged;
+	log_capture_len = sizeof(logged);
+	rc = kv_health(s, &h);
+	log_capture = NULL;
 	if (rc == 0)
 		return 0;
-	if (rc != -EACCES && rc != -EINVAL && rc != -ENOENT)
+	if (rc != -EACCES)
 		rc = -EIO;
-	snprintf(err, errlen, "%s: %s at %s: %s (-o lazy mounts anyway)", s->be->scheme,
+	if (!h.detail[0])
+		snprintf(h.detail, sizeof(h.detail), "%s", strerror(-rc));
+	snprintf(err, errlen, "%s: %s at %s: %s%s%s%s (-o lazy mounts anyway)", s->be->scheme,
 		 rc == -EACCES ? "the store refused the credentials" : "cannot reach the store",
-		 s->endpoint, h.detail[0] ? h.detail : strerror(-rc));
-	(void)url;
+		 s->endpoint, h.detail, logged[0] ? " (" : "", logged, logged[0] ? ")" : "");
 	return rc;
 }
 
@@ -298,7 +316,7 @@ int kv_open(const char *url, const struct kv_option *opts, size_t nopts, int tim
 		snprintf(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
-	if (!lazy && (rc = probe(s, url, err, errlen))) {
+	if (!lazy && (rc = probe(s, err, errlen))) {
 		kv_close(s);
 		return rc;
 	}

@@ -174,6 +174,9 @@ char *health_report(struct kvfs *fs, size_t *len)
 	json_t *l = json_object();
 	json_object_set_new(l, "max_key", json_integer((json_int_t)lim.max_key));
 	json_object_set_new(l, "max_value", json_integer((json_int_t)lim.max_value));
+	/* an apply (a rename of a directory) is atomic up to this many keys */
+	if (lim.max_ops)
+		json_object_set_new(l, "max_atomic_ops", json_integer((json_int_t)lim.max_ops));
 	json_object_set_new(o, "limits", l);
 	json_object_set_new(o, "capabilities", caps_json(kv_caps(fs->store)));
 	json_t *facts = json_object();

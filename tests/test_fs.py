@@ -852,7 +852,7 @@ def test_h1_endpoint_has_no_credentials(backend, mounts, workdir):
             assert r.returncode == 1 and len(err.splitlines()) == 1, err
             assert err.startswith("kvfs: ") and "s3cr3tpw" not in err, err
             return
-        m = mounts.mount(url=url, opts=["timeout=1s", "health_timeout=1s"])
+        m = mounts.mount(url=url, opts=["lazy", "timeout=1s", "health_timeout=1s"])
         m.allow_log(r"kvfs: ERROR:")
         text = read_file(m.p(".health"))
         assert b"s3cr3tpw" not in text
@@ -868,7 +868,7 @@ def test_h2_health_unresponsive_when_store_hangs(backend, mounts):
     hole = Blackhole()
     try:
         m = mounts.mount(url=backend.backend.blackhole_url(hole.port),
-                         opts=["timeout=30s", "health_timeout=1s"])
+                         opts=["lazy", "timeout=30s", "health_timeout=1s"])
         m.allow_log(r"kvfs: ERROR:")
         result = {}
         t = threading.Thread(target=lambda: result.update(h=m.health()), daemon=True)
