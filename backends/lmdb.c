@@ -11,9 +11,9 @@
  * but then a key written by another client without the tag would be hidden
  * or misread.
  *
- * Writers queue up and share one write transaction (group commit): the
- * first waiting writer becomes the leader, commits everything queued in one
- * transaction and hands each writer its own result.  If the shared
+ * Writers queue up and share one write transaction (group commit, the
+ * toolkit's kv_queue): the first waiting writer becomes the leader, commits
+ * everything queued in one transaction and hands each writer its own result.  If the shared
  * transaction fails, each write is redone alone so that it fails only
  * itself.  MDB_MAP_FULL grows the map (doubling, up to map_max) and retries.
  *
@@ -32,7 +32,6 @@
 #include <errno.h>
 #include <lmdb.h>
 #include <pthread.h>
-#include <semaphore.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,6 +42,7 @@
 #include <unistd.h>
 
 #include "kv.h"
+#include "toolkit.h"
 
 extern const struct kv_backend kv_backend_lmdb;  /* defined at the bottom */
 
@@ -69,16 +69,16 @@ enum lm_sync { LM_SYNC_INTERVAL, LM_SYNC_ALWAYS, LM_SYNC_LAZY };
 
 /* One caller's write, waiting in the queue; lives on the caller's stack. */
 struct lm_write {
-	struct lm_write *next;
+	struct kv_queued q;       /* first: the queue links writes through it */
 	enum { LM_W_SET, LM_W_DEL, LM_W_CAS, LM_W_APPLY } kind;
 	struct kv_op op;          /* LM_W_SET, LM_W_DEL, LM_W_CAS */
 	const struct kv_op *ops;  /* LM_W_APPLY: the caller's array */
 	size_t nops;
 	uint64_t version;         /* LM_W_CAS */
 	int rc;                   /* this write's own result, set by the leader */
-	bool done;                /* set by the leader before it posts wake */
-	sem_t wake;               /* posted once: done, or "you lead now" */
 };
+
+#define lm_next(w) ((struct lm_write *)(void *)(w)->q.next)
 
 struct lm_store {
 	struct kv_store base;
@@ -102,16 +102,11 @@ struct lm_store {
 	MDB_txn *pool[LM_POOL];   /* reset read transactions, reader slot kept */
 	size_t npool;
 
-	pthread_mutex_t queue_lock;
-	struct lm_write *queue, **queue_tail;
-	bool leading;             /* some writer leads; it hands over before leaving */
+	struct kv_queue queue;    /* writers share transactions (group commit) */
 
-	pthread_mutex_t syncer_lock;
-	pthread_cond_t syncer_cond;
-	pthread_t syncer;
-	bool syncer_running;
-	bool stopping;
+	struct kv_ticker syncer;  /* sync=interval and lazy: flushes every sync_ms */
 	uint64_t commits;         /* atomic: successful write commits */
+	uint64_t synced;          /* the syncer's: commits at its last flush */
 };
 
 /* ---- Small helpers ---- */
@@ -152,6 +147,8 @@ static int lm_errno(int rc)
 	case 0:
 		return 0;
 	case MDB_NOTFOUND:
+	case ENOENT:
+	case ENOTDIR:
 		return -ENOENT;
 	case MDB_MAP_FULL:
 	case MDB_TXN_FULL:
@@ -166,9 +163,18 @@ static int lm_errno(int rc)
 		return -EROFS;
 	case ENOMEM:
 		return -ENOMEM;
+	case EINVAL:
+		return -EINVAL;
 	default:
-		return -EIO;
+		return -EIO;  /* MDB_INVALID, MDB_VERSION_MISMATCH, I/O errors */
 	}
+}
+
+/* At open, a read-only place is one we may not write: -EACCES. */
+static int lm_open_errno(int rc)
+{
+	rc = lm_errno(rc);
+	return rc == -EROFS ? -EACCES : rc;
 }
 
 static MDB_val lm_val(const char *p, size_t len)
@@ -394,7 +400,7 @@ static int lm_txn_run(struct lm_store *s, struct lm_write *first, struct lm_writ
 		pthread_rwlock_rdlock(&s->map_lock);
 		rc = s->broken ? EIO : mdb_txn_begin(s->env, NULL, 0, &txn);
 		if (!rc) {
-			for (w = first; w != stop && !rc; w = w->next)
+			for (w = first; w != stop && !rc; w = lm_next(w))
 				rc = lm_exec(s, txn, w);
 			if (rc)
 				mdb_txn_abort(txn);
@@ -425,218 +431,99 @@ static int lm_write_failed(const struct lm_write *w, int rc)
 	else
 		kv_log(KV_LOG_ERR, "lmdb: %s %s: %s", verb[w->kind],
 		       kv_printable(w->op.key, w->op.key_len), mdb_strerror(rc));
-	if (w->kind == LM_W_DEL || e == -ENOMEM || e == -ENOENT)
+	if (w->kind == LM_W_DEL || e == -ENOMEM || e == -ENOENT || e == -EINVAL)
 		e = -EIO;
 	return e;
 }
 
-static void lm_batch_commit(struct lm_store *s, struct lm_write *batch)
+static void lm_batch_commit(void *ctx, struct kv_queued *first)
 {
-	struct lm_write *w;
+	struct lm_write *w, *batch = (struct lm_write *)(void *)first;
+	struct lm_store *s = ctx;
 	int rc;
 
-	if (batch->next && lm_txn_run(s, batch, NULL) == 0)
+	if (lm_next(batch) && lm_txn_run(s, batch, NULL) == 0)
 		return;
 	/*
 	 * Alone, or the shared transaction failed (a map that may not grow,
 	 * an I/O error): give every write its own transaction, so that a
 	 * write fails only itself.  This is still the queue's serial order.
 	 */
-	for (w = batch; w; w = w->next) {
-		rc = lm_txn_run(s, w, w->next);
+	for (w = batch; w; w = lm_next(w)) {
+		rc = lm_txn_run(s, w, lm_next(w));
 		if (rc)
 			w->rc = lm_write_failed(w, rc);
 	}
 }
 
-static size_t lm_write_bytes(const struct lm_write *w)
-{
-	size_t i, n = 0;
-
-	if (w->kind != LM_W_APPLY)
-		return w->kind == LM_W_DEL ? 0 : w->op.val_len;
-	for (i = 0; i < w->nops; i++)
-		n += w->ops[i].type == KV_OP_SET ? w->ops[i].val_len : 0;
-	return n;
-}
-
-/*
- * Queue w and wait for its result.  A writer that finds no leader becomes
- * one: it commits the queue in batches until its own write is done, then
- * hands the lead to the writer at the head of the queue, if any.  Each
- * waiter is woken exactly once, by its own semaphore, so a commit does not
- * stampede every waiting thread onto one lock.
- */
+/* Queue w for the next shared transaction and wait for its result. */
 static int lm_write_submit(struct lm_store *s, struct lm_write *w)
 {
-	struct lm_write *batch, *last, *next, *heir;
-	size_t n, bytes;
-	bool lead;
+	size_t i;
 
-	w->next = NULL;
-	w->done = false;
-	sem_init(&w->wake, 0, 0);
-	pthread_mutex_lock(&s->queue_lock);
-	*s->queue_tail = w;
-	s->queue_tail = &w->next;
-	lead = !s->leading;
-	s->leading = true;
-	pthread_mutex_unlock(&s->queue_lock);
-	if (!lead) {
-		while (sem_wait(&w->wake) != 0)
-			;  /* EINTR */
-		lead = !w->done;
-	}
-	while (!w->done) {
-		pthread_mutex_lock(&s->queue_lock);
-		batch = last = s->queue;
-		bytes = lm_write_bytes(last);
-		for (n = 1; n < LM_BATCH_MAX && last->next; n++) {
-			bytes += lm_write_bytes(last->next);
-			if (bytes > LM_BATCH_BYTES)
-				break;
-			last = last->next;
-		}
-		s->queue = last->next;
-		if (!s->queue)
-			s->queue_tail = &s->queue;
-		last->next = NULL;
-		pthread_mutex_unlock(&s->queue_lock);
-
-		lm_batch_commit(s, batch);
-
-		for (; batch; batch = next) {
-			next = batch->next;  /* its owner returns once woken */
-			batch->done = true;
-			if (batch != w)
-				sem_post(&batch->wake);
-		}
-	}
-	if (lead) {
-		pthread_mutex_lock(&s->queue_lock);
-		heir = s->queue;
-		if (!heir)
-			s->leading = false;
-		pthread_mutex_unlock(&s->queue_lock);
-		if (heir)
-			sem_post(&heir->wake);  /* not done: it leads next */
-	}
-	sem_destroy(&w->wake);
+	w->q.bytes = w->kind == LM_W_DEL ? 0 : w->op.val_len;
+	if (w->kind == LM_W_APPLY)
+		for (i = 0, w->q.bytes = 0; i < w->nops; i++)
+			w->q.bytes += w->ops[i].type == KV_OP_SET ? w->ops[i].val_len : 0;
+	kv_queue_submit(&s->queue, &w->q);
 	return w->rc;
 }
 
-/* Refusals that need no transaction: the same for set, cas and apply. */
-static int lm_check_set(const struct lm_store *s, size_t klen, size_t vlen)
+/*
+ * Queue one write of the given kind.  The key and value limits are the
+ * dispatch layer's (store_limits); only the empty key, which LMDB cannot
+ * hold, is refused here, without a transaction.
+ */
+static int lm_write_one(struct kv_store *st, int kind, const char *key, size_t klen,
+			const char *val, size_t vlen, uint64_t version)
 {
+	struct lm_write w = {
+		.kind = kind, .version = version,
+		.op = { .type = kind == LM_W_DEL ? KV_OP_DEL : KV_OP_SET,
+			.key = key, .key_len = klen, .val = val, .val_len = vlen },
+	};
+
+	if (klen == 0 && kind == LM_W_DEL)
+		return -ENOENT;  /* cannot exist */
 	if (klen == 0) {
 		kv_log(KV_LOG_INFO, "lmdb: the empty key cannot be stored (LMDB keys are 1 to %zu bytes)",
-		       s->max_key);
+		       kv_store_cast(struct lm_store, st)->max_key);
 		return -EINVAL;
 	}
-	if (klen > s->max_key)
-		return -ENAMETOOLONG;
-	if (vlen > LM_MAX_VALUE)
-		return -EFBIG;
-	return 0;
+	return lm_write_submit(kv_store_cast(struct lm_store, st), &w);
 }
 
 static int lm_set(struct kv_store *st, const char *key, size_t klen, const char *val, size_t vlen)
 {
-	struct lm_store *s = kv_store_cast(struct lm_store, st);
-	struct lm_write w = {
-		.kind = LM_W_SET,
-		.op = { .type = KV_OP_SET, .key = key, .key_len = klen, .val = val, .val_len = vlen },
-	};
-	int rc = lm_check_set(s, klen, vlen);
-
-	return rc ? rc : lm_write_submit(s, &w);
+	return lm_write_one(st, LM_W_SET, key, klen, val, vlen, 0);
 }
 
 static int lm_cas(struct kv_store *st, const char *key, size_t klen, uint64_t version,
 		  const char *val, size_t vlen)
 {
-	struct lm_store *s = kv_store_cast(struct lm_store, st);
-	struct lm_write w = {
-		.kind = LM_W_CAS,
-		.op = { .type = KV_OP_SET, .key = key, .key_len = klen, .val = val, .val_len = vlen },
-		.version = version,
-	};
-	int rc = lm_check_set(s, klen, vlen);
-
-	return rc ? rc : lm_write_submit(s, &w);
+	return lm_write_one(st, LM_W_CAS, key, klen, val, vlen, version);
 }
 
 static int lm_del(struct kv_store *st, const char *key, size_t klen)
 {
-	struct lm_store *s = kv_store_cast(struct lm_store, st);
-	struct lm_write w = {
-		.kind = LM_W_DEL,
-		.op = { .type = KV_OP_DEL, .key = key, .key_len = klen },
-	};
-
-	if (klen == 0 || klen > s->max_key)
-		return -ENOENT;  /* cannot exist: no need to queue for a transaction */
-	return lm_write_submit(s, &w);
+	return lm_write_one(st, LM_W_DEL, key, klen, NULL, 0, 0);
 }
 
 static int lm_apply(struct kv_store *st, const struct kv_op *ops, size_t n)
 {
-	struct lm_store *s = kv_store_cast(struct lm_store, st);
 	struct lm_write w = { .kind = LM_W_APPLY, .ops = ops, .nops = n };
-	size_t i;
-	int rc;
 
-	for (i = 0; i < n; i++) {
-		if (ops[i].type != KV_OP_SET)
-			continue;
-		rc = lm_check_set(s, ops[i].key_len, ops[i].val_len);
-		if (rc)
-			return rc;
-	}
-	return n ? lm_write_submit(s, &w) : 0;
+	for (size_t i = 0; i < n; i++)
+		if (ops[i].type == KV_OP_SET && ops[i].key_len == 0)
+			return lm_write_one(st, LM_W_SET, "", 0, NULL, 0, 0);  /* -EINVAL */
+	return n ? lm_write_submit(kv_store_cast(struct lm_store, st), &w) : 0;
 }
 
 /* ---- Reads ---- */
 
-static int lm_get(struct kv_store *st, const char *key, size_t klen, char **val, size_t *len,
-		  uint64_t *version)
-{
-	struct lm_store *s = kv_store_cast(struct lm_store, st);
-	MDB_val k = lm_val(key, klen), v;
-	MDB_txn *txn;
-	char *buf = NULL;
-	int rc;
-
-	if (klen == 0 || klen > s->max_key)
-		return -ENOENT;
-	rc = lm_read_begin(s, &txn);
-	if (rc)
-		return -EIO;
-	rc = mdb_get(txn, s->dbi, &k, &v);
-	if (!rc) {
-		buf = malloc(v.mv_size + 1);
-		if (buf) {
-			memcpy(buf, v.mv_data, v.mv_size);
-			buf[v.mv_size] = '\0';
-		}
-	}
-	lm_read_end(s, txn);
-	if (rc == MDB_NOTFOUND)
-		return -ENOENT;
-	if (rc) {
-		kv_log(KV_LOG_ERR, "lmdb: get %s: %s", kv_printable(key, klen), mdb_strerror(rc));
-		return -EIO;
-	}
-	if (!buf)
-		return -ENOMEM;
-	*val = buf;
-	*len = v.mv_size;
-	if (version)
-		*version = lm_hash(buf, v.mv_size);
-	return 0;
-}
-
-static int lm_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *size)
+/* A value's size, and with val a copy of it (malloc'd, NUL-terminated). */
+static int lm_read(struct kv_store *st, const char *what, const char *key, size_t klen,
+		   char **val, uint64_t *size)
 {
 	struct lm_store *s = kv_store_cast(struct lm_store, st);
 	MDB_val k = lm_val(key, klen), v;
@@ -647,16 +534,41 @@ static int lm_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *
 		return -ENOENT;
 	if (lm_read_begin(s, &txn))
 		return -EIO;
-	rc = mdb_get(txn, s->dbi, &k, &v);  /* points into the map: nothing copied */
+	rc = mdb_get(txn, s->dbi, &k, &v);  /* points into the map */
+	if (!rc && val && (*val = malloc(v.mv_size + 1))) {
+		memcpy(*val, v.mv_data, v.mv_size);
+		(*val)[v.mv_size] = '\0';
+	}
 	lm_read_end(s, txn);
 	if (rc == MDB_NOTFOUND)
 		return -ENOENT;
 	if (rc) {
-		kv_log(KV_LOG_ERR, "lmdb: stat %s: %s", kv_printable(key, klen), mdb_strerror(rc));
+		kv_log(KV_LOG_ERR, "lmdb: %s %s: %s", what, kv_printable(key, klen), mdb_strerror(rc));
 		return -EIO;
 	}
+	if (val && !*val)
+		return -ENOMEM;
 	*size = v.mv_size;
 	return 0;
+}
+
+static int lm_get(struct kv_store *st, const char *key, size_t klen, char **val, size_t *len,
+		  uint64_t *version)
+{
+	uint64_t size;
+	int rc = lm_read(st, "get", key, klen, val, &size);
+
+	if (rc)
+		return rc;
+	*len = size;
+	if (version)
+		*version = lm_hash(*val, size);
+	return 0;
+}
+
+static int lm_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *size)
+{
+	return lm_read(st, "stat", key, klen, NULL, size);
 }
 
 /* ---- scan ---- */
@@ -783,39 +695,20 @@ static void lm_store_limits(struct kv_store *st, struct kv_limits *out)
 
 /* ---- The syncer thread ---- */
 
-/* Flush what was committed since the last flush, every sync_ms. */
-static void *lm_syncer(void *arg)
+/* Flush what was committed since the last flush (every sync_ms). */
+static void lm_sync_tick(void *arg)
 {
 	struct lm_store *s = arg;
-	uint64_t synced = 0, now;
-	struct timespec due;
+	uint64_t now = __atomic_load_n(&s->commits, __ATOMIC_RELAXED);
 	int rc;
 
-	pthread_mutex_lock(&s->syncer_lock);
-	while (!s->stopping) {
-		clock_gettime(CLOCK_MONOTONIC, &due);
-		due.tv_sec += s->sync_ms / 1000;
-		due.tv_nsec += (long)(s->sync_ms % 1000) * 1000000;
-		if (due.tv_nsec >= 1000000000) {
-			due.tv_sec++;
-			due.tv_nsec -= 1000000000;
-		}
-		rc = 0;
-		while (!s->stopping && rc != ETIMEDOUT)
-			rc = pthread_cond_timedwait(&s->syncer_cond, &s->syncer_lock, &due);
-		now = __atomic_load_n(&s->commits, __ATOMIC_RELAXED);
-		if (s->stopping || now == synced)
-			continue;
-		pthread_mutex_unlock(&s->syncer_lock);
-		rc = mdb_env_sync(s->env, 1);
-		if (rc)
-			kv_log(KV_LOG_ERR, "lmdb: background sync: %s", mdb_strerror(rc));
-		else
-			synced = now;
-		pthread_mutex_lock(&s->syncer_lock);
-	}
-	pthread_mutex_unlock(&s->syncer_lock);
-	return NULL;
+	if (now == s->synced)
+		return;
+	rc = mdb_env_sync(s->env, 1);
+	if (rc)
+		kv_log(KV_LOG_ERR, "lmdb: background sync: %s", mdb_strerror(rc));
+	else
+		s->synced = now;
 }
 
 /* ---- open and close ---- */
@@ -828,9 +721,7 @@ static void lm_free(struct lm_store *s)
 		mdb_env_close(s->env);
 	pthread_rwlock_destroy(&s->map_lock);
 	pthread_mutex_destroy(&s->pool_lock);
-	pthread_mutex_destroy(&s->queue_lock);
-	pthread_mutex_destroy(&s->syncer_lock);
-	pthread_cond_destroy(&s->syncer_cond);
+	kv_queue_destroy(&s->queue);
 	free(s);
 }
 
@@ -839,13 +730,7 @@ static void lm_close(struct kv_store *st)
 	struct lm_store *s = kv_store_cast(struct lm_store, st);
 	int rc;
 
-	if (s->syncer_running) {
-		pthread_mutex_lock(&s->syncer_lock);
-		s->stopping = true;
-		pthread_cond_signal(&s->syncer_cond);
-		pthread_mutex_unlock(&s->syncer_lock);
-		pthread_join(s->syncer, NULL);
-	}
+	kv_ticker_stop(&s->syncer);
 	rc = mdb_env_sync(s->env, 1);
 	if (rc)
 		kv_log(KV_LOG_ERR, "lmdb: final sync: %s", mdb_strerror(rc));
@@ -938,19 +823,7 @@ static int lm_make_dir(const char *path, char *err, size_t errlen)
 		return -EINVAL;
 	}
 	snprintf(err, errlen, "lmdb: cannot create %s: %s", path, strerror(e));
-	switch (e) {
-	case EACCES:
-	case EPERM:
-	case EROFS:
-		return -EACCES;
-	case ENOENT:
-	case ENOTDIR:
-		return -ENOENT;
-	case ENOMEM:
-		return -ENOMEM;
-	default:
-		return -EIO;
-	}
+	return lm_open_errno(e);
 }
 
 static int lm_open_env(struct lm_store *s, const char *path, size_t map_size, char *err,
@@ -1002,40 +875,20 @@ static int lm_open_env(struct lm_store *s, const char *path, size_t map_size, ch
 	s->max_key = (size_t)mdb_env_get_maxkeysize(s->env);
 	return 0;
 fail:
-	switch (rc) {
-	case ENOENT:
-	case ENOTDIR:
-		return -ENOENT;
-	case EACCES:
-	case EPERM:
-	case EROFS:
-		return -EACCES;
-	case ENOMEM:
-		return -ENOMEM;
-	case EINVAL:
-		return -EINVAL;
-	default:
-		return -EIO;  /* MDB_INVALID, MDB_VERSION_MISMATCH, I/O errors */
-	}
+	rc = lm_open_errno(rc);
+	return rc == -ENOSPC ? -EIO : rc;
 }
 
 static int lm_init_locks(struct lm_store *s)
 {
 	pthread_rwlockattr_t ra;
-	pthread_condattr_t ca;
 	int rc;
 
 	pthread_rwlockattr_init(&ra);
 	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
 	rc = pthread_rwlock_init(&s->map_lock, &ra);
 	pthread_rwlockattr_destroy(&ra);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	rc = rc ? rc : pthread_cond_init(&s->syncer_cond, &ca);
-	pthread_condattr_destroy(&ca);
-	rc = rc ? rc : pthread_mutex_init(&s->syncer_lock, NULL);
 	rc = rc ? rc : pthread_mutex_init(&s->pool_lock, NULL);
-	rc = rc ? rc : pthread_mutex_init(&s->queue_lock, NULL);
 	return rc;
 }
 
@@ -1056,20 +909,15 @@ static int lm_open(const struct kv_open_args *args, struct kv_store **out, char 
 		snprintf(err, errlen, "lmdb: out of memory");
 		return -ENOMEM;
 	}
-	s->queue_tail = &s->queue;
+	kv_queue_init(&s->queue, lm_batch_commit, s, LM_BATCH_MAX, LM_BATCH_BYTES);
 	rc = lm_parse_options(s, args, &map_size, err, errlen);
 	if (!rc)
 		rc = lm_make_dir(path, err, errlen);
 	if (!rc)
 		rc = lm_open_env(s, path, map_size, err, errlen);
-	if (!rc && s->sync_mode != LM_SYNC_ALWAYS) {
-		if (pthread_create(&s->syncer, NULL, lm_syncer, s) != 0) {
-			snprintf(err, errlen, "lmdb: cannot start the sync thread");
-			rc = -ENOMEM;
-		} else {
-			s->syncer_running = true;
-		}
-	}
+	if (!rc && s->sync_mode != LM_SYNC_ALWAYS &&
+	    (rc = kv_ticker_start(&s->syncer, lm_sync_tick, s, s->sync_ms)))
+		snprintf(err, errlen, "lmdb: cannot start the sync thread");
 	if (rc) {
 		lm_free(s);
 		return rc;

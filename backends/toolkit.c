@@ -119,6 +119,12 @@ void kv_sleep_ms(int ms)
 		;
 }
 
+void kv_abstime(int64_t deadline, struct timespec *ts)
+{
+	ts->tv_sec = deadline / 1000;
+	ts->tv_nsec = (long)(deadline % 1000) * 1000000L;
+}
+
 uint64_t kv_random64(void)
 {
 	static __thread uint64_t x;
@@ -220,10 +226,15 @@ int kv_check_file(const char *path, const char *what, char *err, size_t errlen)
 void kv_pool_init(struct kv_pool *p, const char *name, const struct kv_pool_ops *ops,
 		  void *ctx, size_t max)
 {
+	pthread_condattr_t ca;
+
 	*p = (struct kv_pool){.ops = ops, .ctx = ctx, .name = name,
 			      .max = max && max <= KV_POOL_MAX ? max : KV_POOL_MAX};
 	pthread_mutex_init(&p->lock, NULL);
-	pthread_cond_init(&p->freed, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&p->freed, &ca);
+	pthread_condattr_destroy(&ca);
 }
 
 void kv_pool_drain(struct kv_pool *p)
@@ -253,17 +264,10 @@ void kv_pool_destroy(struct kv_pool *p)
 static bool pool_wait(struct kv_pool *p, int64_t deadline)
 {
 	struct timespec until;
-	int64_t ms = deadline - kv_now_ms();
 
-	if (ms <= 0)
+	if (kv_ms_left(deadline) <= 0)
 		return false;
-	clock_gettime(CLOCK_MONOTONIC, &until);
-	until.tv_sec += ms / 1000;
-	until.tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (until.tv_nsec >= 1000000000L) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000L;
-	}
+	kv_abstime(deadline, &until);
 	return pthread_cond_timedwait(&p->freed, &p->lock, &until) != ETIMEDOUT;
 }
 
@@ -328,4 +332,132 @@ void kv_pool_put(struct kv_pool *p, void *conn, bool broken)
 		p->nopen--;
 	pthread_cond_signal(&p->freed);
 	pthread_mutex_unlock(&p->lock);
+}
+
+/* ---- group commit ---- */
+
+void kv_queue_init(struct kv_queue *q, void (*commit)(void *ctx, struct kv_queued *batch),
+		   void *ctx, size_t max_items, size_t max_bytes)
+{
+	*q = (struct kv_queue){.commit = commit, .ctx = ctx, .max_items = max_items ? max_items : 1,
+			       .max_bytes = max_bytes};
+	q->tail = &q->head;
+	pthread_mutex_init(&q->lock, NULL);
+}
+
+void kv_queue_destroy(struct kv_queue *q)
+{
+	pthread_mutex_destroy(&q->lock);
+}
+
+void kv_queue_submit(struct kv_queue *q, struct kv_queued *w)
+{
+	struct kv_queued *batch, *last, *next, *heir;
+	size_t n, bytes;
+	bool lead;
+
+	w->next = NULL;
+	w->done = false;
+	sem_init(&w->wake, 0, 0);
+	pthread_mutex_lock(&q->lock);
+	*q->tail = w;
+	q->tail = &w->next;
+	lead = !q->leading;
+	q->leading = true;
+	pthread_mutex_unlock(&q->lock);
+	if (!lead) {
+		while (sem_wait(&w->wake) != 0)
+			;  /* EINTR */
+		lead = !w->done;
+	}
+	while (!w->done) {
+		pthread_mutex_lock(&q->lock);
+		batch = last = q->head;
+		bytes = last->bytes;
+		for (n = 1; n < q->max_items && last->next; n++) {
+			bytes += last->next->bytes;
+			if (q->max_bytes && bytes > q->max_bytes)
+				break;
+			last = last->next;
+		}
+		q->head = last->next;
+		if (!q->head)
+			q->tail = &q->head;
+		last->next = NULL;
+		pthread_mutex_unlock(&q->lock);
+
+		q->commit(q->ctx, batch);
+
+		for (; batch; batch = next) {
+			next = batch->next;  /* its owner returns once woken */
+			batch->done = true;
+			if (batch != w)
+				sem_post(&batch->wake);
+		}
+	}
+	if (lead) {
+		pthread_mutex_lock(&q->lock);
+		heir = q->head;
+		if (!heir)
+			q->leading = false;
+		pthread_mutex_unlock(&q->lock);
+		if (heir)
+			sem_post(&heir->wake);  /* not done: it leads next */
+	}
+	sem_destroy(&w->wake);
+}
+
+/* ---- ticker ---- */
+
+static void *ticker_main(void *arg)
+{
+	struct kv_ticker *t = arg;
+	struct timespec due;
+
+	pthread_mutex_lock(&t->lock);
+	while (!t->stopping) {
+		kv_abstime(kv_deadline(t->interval_ms), &due);
+		while (!t->stopping && pthread_cond_timedwait(&t->cond, &t->lock, &due) != ETIMEDOUT)
+			;
+		if (t->stopping)
+			break;
+		pthread_mutex_unlock(&t->lock);
+		t->tick(t->ctx);
+		pthread_mutex_lock(&t->lock);
+	}
+	pthread_mutex_unlock(&t->lock);
+	return NULL;
+}
+
+int kv_ticker_start(struct kv_ticker *t, void (*tick)(void *ctx), void *ctx, int interval_ms)
+{
+	pthread_condattr_t ca;
+
+	*t = (struct kv_ticker){.tick = tick, .ctx = ctx, .interval_ms = interval_ms};
+	pthread_mutex_init(&t->lock, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&t->cond, &ca);
+	pthread_condattr_destroy(&ca);
+	if (pthread_create(&t->thread, NULL, ticker_main, t) != 0) {
+		pthread_cond_destroy(&t->cond);
+		pthread_mutex_destroy(&t->lock);
+		return -ENOMEM;
+	}
+	t->running = true;
+	return 0;
+}
+
+void kv_ticker_stop(struct kv_ticker *t)
+{
+	if (!t->running)
+		return;
+	pthread_mutex_lock(&t->lock);
+	t->stopping = true;
+	pthread_cond_signal(&t->cond);
+	pthread_mutex_unlock(&t->lock);
+	pthread_join(t->thread, NULL);
+	pthread_cond_destroy(&t->cond);
+	pthread_mutex_destroy(&t->lock);
+	t->running = false;
 }

@@ -8,6 +8,7 @@
 #define KVFS_TOOLKIT_H
 
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -37,6 +38,10 @@ int64_t kv_deadline(int timeout_ms);
 /* Milliseconds left until deadline, at least 0. */
 int kv_ms_left(int64_t deadline);
 void kv_sleep_ms(int ms);
+/* The deadline as a CLOCK_MONOTONIC time for pthread_cond_timedwait (on a
+ * condition variable made with that clock, as kv_ticker's is). */
+struct timespec;
+void kv_abstime(int64_t deadline, struct timespec *ts);
 /*
  * Wait before retry number `attempt` (0, 1, ...) of something that failed
  * for a passing reason: 50 ms doubling up to 1 s, with jitter, but never
@@ -104,5 +109,59 @@ int kv_pool_get(struct kv_pool *p, int64_t deadline, void **conn, bool *reused);
 void kv_pool_put(struct kv_pool *p, void *conn, bool broken);
 /* Close every idle connection (a store that restarted). */
 void kv_pool_drain(struct kv_pool *p);
+
+/* ---- A thread that calls a function every interval until stopped ---- */
+
+struct kv_ticker {
+	void (*tick)(void *ctx);
+	void *ctx;
+	int interval_ms;
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool running, stopping;
+};
+
+/* Start calling tick(ctx) every interval_ms.  0, or -ENOMEM. */
+int kv_ticker_start(struct kv_ticker *t, void (*tick)(void *ctx), void *ctx, int interval_ms);
+/* Stop and join it (a tick under way finishes first); harmless if not started. */
+void kv_ticker_stop(struct kv_ticker *t);
+
+/* ---- Group commit: writers queue up and one of them commits for all ---- */
+
+/*
+ * One caller's write, waiting in a queue; embed it first in the backend's
+ * own struct, which lives on the caller's stack until kv_queue_submit
+ * returns.
+ */
+struct kv_queued {
+	struct kv_queued *next;
+	size_t bytes;        /* value bytes, to bound a batch */
+	bool done;           /* set by the leader before it posts wake */
+	sem_t wake;          /* posted once: done, or "you lead now" */
+};
+
+/*
+ * commit() gets a batch (linked by next, NULL-terminated) in queue order
+ * and leaves each write's own result in the backend's struct.  A writer
+ * that finds no leader becomes one: it commits batches until its own write
+ * is done, then hands the lead to the writer at the head of the queue.
+ * Each waiter is woken exactly once, by its own semaphore, so a commit
+ * does not stampede every waiting thread onto one lock.
+ */
+struct kv_queue {
+	void (*commit)(void *ctx, struct kv_queued *batch);
+	void *ctx;
+	size_t max_items, max_bytes;   /* a batch's bounds */
+	pthread_mutex_t lock;
+	struct kv_queued *head, **tail;
+	bool leading;                  /* some writer leads; it hands over before leaving */
+};
+
+void kv_queue_init(struct kv_queue *q, void (*commit)(void *ctx, struct kv_queued *batch),
+		   void *ctx, size_t max_items, size_t max_bytes);
+void kv_queue_destroy(struct kv_queue *q);
+/* Queue w and return once it is committed (by this thread or another). */
+void kv_queue_submit(struct kv_queue *q, struct kv_queued *w);
 
 #endif
