@@ -629,22 +629,29 @@ static const char *lm_sync_name(enum lm_sync m)
 	return m == LM_SYNC_ALWAYS ? "always" : m == LM_SYNC_LAZY ? "lazy" : "interval";
 }
 
+/* The map's figures, read in a read transaction: 0 or an LMDB code. */
+static int lm_usage(struct lm_store *s, MDB_envinfo *info, MDB_stat *ms, size_t *used)
+{
+	MDB_txn *txn;
+	int rc = lm_read_begin(s, &txn);
+
+	if (rc)
+		return rc;
+	rc = mdb_stat(txn, s->dbi, ms);
+	mdb_env_info(s->env, info);
+	lm_read_end(s, txn);
+	*used = (info->me_last_pgno + 1) * (size_t)ms->ms_psize;
+	return rc;
+}
+
 static int lm_health(struct kv_store *st, struct kv_health *h)
 {
 	struct lm_store *s = kv_store_cast(struct lm_store, st);
 	MDB_envinfo info;
 	MDB_stat ms;
-	MDB_txn *txn;
-	int rc, major, minor, patch;
+	size_t used;
+	int rc = lm_usage(s, &info, &ms, &used), major, minor, patch;
 
-	rc = lm_read_begin(s, &txn);
-	if (rc) {
-		snprintf(h->detail, sizeof(h->detail), "lmdb: %s", mdb_strerror(rc));
-		return -EIO;
-	}
-	rc = mdb_stat(txn, s->dbi, &ms);
-	mdb_env_info(s->env, &info);
-	lm_read_end(s, txn);
 	if (rc) {
 		snprintf(h->detail, sizeof(h->detail), "lmdb: %s", mdb_strerror(rc));
 		return -EIO;
@@ -653,7 +660,7 @@ static int lm_health(struct kv_store *st, struct kv_health *h)
 	snprintf(h->detail, sizeof(h->detail), "lmdb %d.%d.%d, %zu keys", major, minor, patch,
 		 ms.ms_entries);
 	kv_health_fact(h, "map_size", "%zu", info.me_mapsize);
-	kv_health_fact(h, "map_used", "%zu", (info.me_last_pgno + 1) * (size_t)ms.ms_psize);
+	kv_health_fact(h, "map_used", "%zu", used);
 	kv_health_fact(h, "map_max", "%zu", s->map_max);
 	kv_health_fact(h, "sync", "%s", lm_sync_name(s->sync_mode));
 	if (s->sync_mode != LM_SYNC_ALWAYS)
@@ -665,20 +672,12 @@ static int lm_health(struct kv_store *st, struct kv_health *h)
 
 static int lm_statfs(struct kv_store *st, struct kv_statfs *out)
 {
-	struct lm_store *s = kv_store_cast(struct lm_store, st);
 	MDB_envinfo info;
 	MDB_stat ms;
-	uint64_t used;
+	size_t used;
 
-	pthread_rwlock_rdlock(&s->map_lock);  /* both read the meta page in the map */
-	if (s->broken) {
-		pthread_rwlock_unlock(&s->map_lock);
+	if (lm_usage(kv_store_cast(struct lm_store, st), &info, &ms, &used))
 		return -EIO;
-	}
-	mdb_env_info(s->env, &info);
-	mdb_env_stat(s->env, &ms);
-	pthread_rwlock_unlock(&s->map_lock);
-	used = (uint64_t)(info.me_last_pgno + 1) * ms.ms_psize;
 	out->total_bytes = info.me_mapsize;
 	out->free_bytes = used < info.me_mapsize ? info.me_mapsize - used : 0;
 	out->keys = ms.ms_entries;
