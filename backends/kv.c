@@ -10,6 +10,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -177,6 +178,50 @@ int kv_parse_ms(const char *s, int *out)
 	if (v > 24.0 * 3600 * 1000)
 		return -EINVAL;
 	*out = (int)v;
+	return 0;
+}
+
+static int option_refused(const struct kv_open_args *a, const char *name, const char *v,
+			  const char *example, char *err, size_t errlen)
+{
+	snprintf(err, errlen, "%.*s: bad %s '%s' (%s)", (int)strcspn(a->url, ":"), a->url, name, v,
+		 example);
+	return -EINVAL;
+}
+
+int kv_option_size(const struct kv_open_args *a, const char *name, uint64_t min, uint64_t max,
+		   uint64_t *out, char *err, size_t errlen)
+{
+	const char *v = kv_option_get(a, name);
+	char example[96];
+	uint64_t n;
+
+	if (!v)
+		return 0;
+	if (kv_parse_size(v, &n) || n < min || n > max) {
+		if (max < (uint64_t)1 << 40)
+			snprintf(example, sizeof example, "a size from %" PRIu64 " to %" PRIu64
+				 " bytes, e.g. 64K", min, max);
+		else
+			snprintf(example, sizeof example, "a size such as 64M%s",
+				 min > 1 ? ", at least a page" : "");
+		return option_refused(a, name, v, example, err, errlen);
+	}
+	*out = n;
+	return 0;
+}
+
+int kv_option_ms(const struct kv_open_args *a, const char *name, int min, int max, int *out,
+		 char *err, size_t errlen)
+{
+	const char *v = kv_option_get(a, name);
+	int n;
+
+	if (!v)
+		return 0;
+	if (kv_parse_ms(v, &n) || n < min || n > max)
+		return option_refused(a, name, v, "a time, e.g. 500ms or 5s", err, errlen);
+	*out = n;
 	return 0;
 }
 

@@ -305,5 +305,14 @@ void kv_health_fact(struct kv_health *h, const char *name, const char *fmt, ...)
 const char *kv_option_get(const struct kv_open_args *a, const char *name);
 int kv_parse_size(const char *s, uint64_t *out);       /* "64M", "1G", "4096" */
 int kv_parse_ms(const char *s, int *out);              /* "500ms", "5s", "2" (seconds) */
+/*
+ * The backend option `name` as a size (kv_parse_size) or a time in ms
+ * (kv_parse_ms) within [min, max]: 0 with *out set, 0 with *out untouched
+ * when the option is absent, or -EINVAL with one line in err.
+ */
+int kv_option_size(const struct kv_open_args *a, const char *name, uint64_t min, uint64_t max,
+		   uint64_t *out, char *err, size_t errlen);
+int kv_option_ms(const struct kv_open_args *a, const char *name, int min, int max, int *out,
+		 char *err, size_t errlen);
 
 #endif

@@ -761,47 +761,30 @@ static int lm_parse_location(const char *loc, const char **path, char *err, size
 static int lm_parse_options(struct lm_store *s, const struct kv_open_args *a, size_t *map_size,
 			    char *err, size_t errlen)
 {
-	const char *v;
-	uint64_t n;
+	const char *v = kv_option_get(a, "sync");
+	uint64_t size = LM_DEFAULT_MAP, max = 0;
 	size_t ps = lm_page_size();
+	int rc;
 
-	*map_size = LM_DEFAULT_MAP;
-	if ((v = kv_option_get(a, "map_size"))) {
-		if (kv_parse_size(v, &n) || n == 0 || n > SIZE_MAX / 4) {
-			snprintf(err, errlen, "lmdb: bad map_size '%s' (e.g. 1G)", v);
-			return -EINVAL;
-		}
-		*map_size = (n + ps - 1) / ps * ps;  /* LMDB wants whole pages */
-	}
-	s->map_max = 0;
-	if ((v = kv_option_get(a, "map_max"))) {
-		if (kv_parse_size(v, &n) || n > SIZE_MAX / 4) {
-			snprintf(err, errlen, "lmdb: bad map_max '%s' (e.g. 64G, 0 for no limit)", v);
-			return -EINVAL;
-		}
-		s->map_max = n / ps * ps;
-		if (s->map_max && s->map_max < *map_size) {
-			snprintf(err, errlen, "lmdb: map_max '%s' is below map_size", v);
-			return -EINVAL;
-		}
+	s->sync_ms = LM_DEFAULT_SYNC_MS;
+	if ((rc = kv_option_size(a, "map_size", ps, SIZE_MAX / 4, &size, err, errlen)) ||
+	    (rc = kv_option_size(a, "map_max", 0, SIZE_MAX / 4, &max, err, errlen)) ||
+	    (rc = kv_option_ms(a, "sync_interval", 1, INT32_MAX, &s->sync_ms, err, errlen)))
+		return rc;
+	*map_size = (size + ps - 1) / ps * ps;  /* LMDB wants whole pages */
+	s->map_max = max / ps * ps;
+	if (s->map_max && s->map_max < *map_size) {
+		snprintf(err, errlen, "lmdb: map_max is below map_size");
+		return -EINVAL;
 	}
 	s->sync_mode = LM_SYNC_INTERVAL;
-	if ((v = kv_option_get(a, "sync"))) {
-		if (strcmp(v, "always") == 0)
-			s->sync_mode = LM_SYNC_ALWAYS;
-		else if (strcmp(v, "lazy") == 0)
-			s->sync_mode = LM_SYNC_LAZY;
-		else if (strcmp(v, "interval") != 0) {
-			snprintf(err, errlen, "lmdb: bad sync '%s' (interval, always or lazy)", v);
-			return -EINVAL;
-		}
-	}
-	s->sync_ms = LM_DEFAULT_SYNC_MS;
-	if ((v = kv_option_get(a, "sync_interval"))) {
-		if (kv_parse_ms(v, &s->sync_ms) || s->sync_ms <= 0) {
-			snprintf(err, errlen, "lmdb: bad sync_interval '%s' (e.g. 5s, 500ms)", v);
-			return -EINVAL;
-		}
+	if (v && strcmp(v, "always") == 0)
+		s->sync_mode = LM_SYNC_ALWAYS;
+	else if (v && strcmp(v, "lazy") == 0)
+		s->sync_mode = LM_SYNC_LAZY;
+	else if (v && strcmp(v, "interval") != 0) {
+		snprintf(err, errlen, "lmdb: bad sync '%s' (interval, always or lazy)", v);
+		return -EINVAL;
 	}
 	return 0;
 }

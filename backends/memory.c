@@ -76,18 +76,12 @@ static int mem_open(const struct kv_open_args *a, struct kv_store **out, char *e
 {
 	struct mem_store *m;
 
-	const char *delay = kv_option_get(a, "delay"), *quota = kv_option_get(a, "quota");
-	int delay_ms = 0;
+	int delay_ms = 0, rc;
 	uint64_t quota_bytes = 0;
 
-	if (delay && kv_parse_ms(delay, &delay_ms)) {
-		snprintf(err, errlen, "memory: bad delay '%s' (e.g. 500ms, 5s)", delay);
-		return -EINVAL;
-	}
-	if (quota && kv_parse_size(quota, &quota_bytes)) {
-		snprintf(err, errlen, "memory: bad quota '%s' (e.g. 64K, 1M)", quota);
-		return -EINVAL;
-	}
+	if ((rc = kv_option_ms(a, "delay", 0, INT32_MAX, &delay_ms, err, errlen)) ||
+	    (rc = kv_option_size(a, "quota", 0, UINT64_MAX, &quota_bytes, err, errlen)))
+		return rc;
 	m = calloc(1, sizeof(*m));
 	if (!m)
 		return -ENOMEM;
