@@ -203,8 +203,8 @@ int kv_option_size(const struct kv_open_args *a, const char *name, uint64_t min,
 			snprintf(example, sizeof example, "a size from %" PRIu64 " to %" PRIu64
 				 " bytes, e.g. 64K", min, max);
 		else
-			snprintf(example, sizeof example, "a size such as 64M%s",
-				 min > 1 ? ", at least a page" : "");
+			snprintf(example, sizeof example, "a size such as 64M, at least %" PRIu64
+				 " bytes", min);
 		return option_refused(a, name, v, example, err, errlen);
 	}
 	*out = n;
