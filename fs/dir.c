@@ -314,19 +314,18 @@ int kvfs_rmdir(const char *path)
 		rc = any_under(fs, n.key, plen, n.key, plen, &found);
 		if (rc == 0 && found)
 			rc = -ENOTEMPTY;
-		if (rc == 0) {
-			rc = kv_del(fs->store, n.key, plen);
-			unslash(&n);
-			if (rc == -ENOENT) {
-				/* No marker: a plain file is ENOTDIR, nothing at all ENOENT. */
-				rc = kv_stat(fs->store, n.key, n.klen, &size) == 0 ? -ENOTDIR : -ENOENT;
-			} else if (rc == 0 && kv_stat(fs->store, n.key, n.klen, &size) == 0) {
-				/* The directory's value (M5) is an entry: keep the marker. */
-				kv_set(fs->store, n.key, plen, "", 0);
-				rc = -ENOTEMPTY;
-			}
-		}
 		unslash(&n);
+		/* Look before deleting anything: the directory's value (M5) is
+		 * an entry, and without a marker the value is a plain file. */
+		if (rc == 0 && (rc = kv_stat(fs->store, n.key, n.klen, &size)) == 0) {
+			plen = slash(&n);
+			rc = kv_stat(fs->store, n.key, plen, &size) == 0 ? -ENOTEMPTY : -ENOTDIR;
+			unslash(&n);
+		} else if (rc == -ENOENT) {
+			plen = slash(&n);
+			rc = kv_del(fs->store, n.key, plen);  /* -ENOENT: nothing at all */
+			unslash(&n);
+		}
 		if (rc == 0)
 			attrs_forget(&fs->attrs, n.key, n.klen, true);
 		break;

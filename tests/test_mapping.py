@@ -341,10 +341,16 @@ def test_m5_value_file_of_directory_without_value_enoent(mnt):
 
 
 def test_m5_rmdir_with_value_enotempty(raw, mnt):
+    """A directory holding only its %value is not empty, and the refused
+    rmdir leaves the store exactly as it was: the value, the marker, and
+    nothing else (it once wrote a junk key "d\\0")."""
     os.mkdir(mnt.p("d"))
     write_file(mnt.p("d/%value"), b"v")
+    before = raw.items()
     assert_errno(errno.ENOTEMPTY, os.rmdir, mnt.p("d"))
+    assert raw.items() == before
     assert raw.get(b"d") == b"v"
+    assert os.path.isdir(mnt.p("d"))
 
 
 # ---- M6: escaped names ----
