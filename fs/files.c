@@ -123,8 +123,15 @@ void files_put(struct kvfs_files *t, struct kvfs_file *f)
 		file_free(f);
 }
 
-void files_each(struct kvfs_files *t, void (*fn)(struct kvfs *, struct kvfs_file *),
-		struct kvfs *fs)
+static bool under(const struct kvfs_file *f, const char *from, size_t flen, bool subtree)
+{
+	if (f->klen == flen)
+		return memcmp(f->key, from, flen) == 0;
+	return subtree && f->klen > flen && memcmp(f->key, from, flen) == 0 && f->key[flen] == '/';
+}
+
+void files_each(struct kvfs_files *t, const char *key, size_t klen,
+		void (*fn)(struct kvfs *, struct kvfs_file *), struct kvfs *fs)
 {
 	size_t n = 0, cap = 64;
 	struct kvfs_file **all = malloc(cap * sizeof(*all));
@@ -134,6 +141,8 @@ void files_each(struct kvfs_files *t, void (*fn)(struct kvfs *, struct kvfs_file
 	pthread_mutex_lock(&t->lock);
 	for (size_t i = 0; all && i < t->nbuckets; i++) {
 		for (struct kvfs_file *f = t->buckets[i]; f; f = f->next) {
+			if (key && !under(f, key, klen, true))
+				continue;
 			if (n == cap) {
 				struct kvfs_file **a = realloc(all, 2 * cap * sizeof(*all));
 				if (!a)
@@ -153,12 +162,6 @@ void files_each(struct kvfs_files *t, void (*fn)(struct kvfs *, struct kvfs_file
 	free(all);
 }
 
-static bool under(const struct kvfs_file *f, const char *from, size_t flen, bool subtree)
-{
-	if (f->klen == flen)
-		return memcmp(f->key, from, flen) == 0;
-	return subtree && f->klen > flen && memcmp(f->key, from, flen) == 0 && f->key[flen] == '/';
-}
 
 void files_unlinked(struct kvfs_files *t, const char *key, size_t klen)
 {
@@ -306,6 +309,17 @@ int file_commit(struct kvfs *fs, struct kvfs_file *f)
 		health_note_error(fs, "set", rc);
 	}
 	return rc;
+}
+
+void file_settle(struct kvfs *fs, struct kvfs_file *f)
+{
+	pthread_mutex_lock(&f->lock);
+	if (!f->error) {
+		int rc = file_commit(fs, f);
+		if (rc)
+			f->error = rc;  /* for the file's next close or fsync */
+	}
+	pthread_mutex_unlock(&f->lock);
 }
 
 int file_flush(struct kvfs *fs, struct kvfs_file *f)

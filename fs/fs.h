@@ -89,9 +89,10 @@ void files_put(struct kvfs_files *t, struct kvfs_file *f);
 /* If key is open here, the size this mount sees (writes not yet
  * committed included) replaces *size. */
 void files_open_size(struct kvfs_files *t, const char *key, size_t klen, uint64_t *size);
-/* Call fn on every open file (with a reference held) - used to flush at exit. */
-void files_each(struct kvfs_files *t, void (*fn)(struct kvfs *, struct kvfs_file *),
-		struct kvfs *fs);
+/* Call fn on every open file at key or under key/ (key NULL: every open
+ * file), with a reference held. */
+void files_each(struct kvfs_files *t, const char *key, size_t klen,
+		void (*fn)(struct kvfs *, struct kvfs_file *), struct kvfs *fs);
 /* After a rename in the store: move open files from `from` to `to` (a whole
  * subtree when subtree is set); an open file at a replaced key is unlinked. */
 void files_rename(struct kvfs_files *t, const char *from, size_t flen, const char *to,
@@ -107,6 +108,9 @@ int file_load(struct kvfs *fs, struct kvfs_file *f);
 int file_commit(struct kvfs *fs, struct kvfs_file *f);
 /* file_commit under f->lock. */
 int file_flush(struct kvfs *fs, struct kvfs_file *f);
+/* Commit f's pending writes before a rename moves its key; a refusal is
+ * kept for f's next close or fsync instead of being returned. */
+void file_settle(struct kvfs *fs, struct kvfs_file *f);
 int file_resize(struct kvfs_file *f, size_t len);
 
 /* ---- fs/health.c: the virtual .health file (rules H1, H2) ---- */

@@ -564,7 +564,7 @@ static void flush_one(struct kvfs *fs, struct kvfs_file *f)
 
 void kvfs_flush_all(struct kvfs *fs)
 {
-	files_each(&fs->files, flush_one, fs);
+	files_each(&fs->files, NULL, 0, flush_one, fs);
 }
 
 static void kvfs_destroy(void *private_data)

@@ -11,11 +11,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static void commit_one(struct kvfs *fs, struct kvfs_file *f)
-{
-	file_flush(fs, f);  /* a refused write was reported to its writer already */
-}
-
 struct tree {
 	struct kvfs *fs;
 	struct kv_op *ops;
@@ -113,7 +108,9 @@ static int rename_dir(struct kvfs *fs, struct node *from, struct node *to, enum 
 				free(mk);
 		}
 	}
-	files_each(&fs->files, commit_one, fs);
+	/* What the moving tree's open files wrote goes with it; a refused
+	 * write stays for its writer's close. */
+	files_each(&fs->files, from->key, from->klen, file_settle, fs);
 	if (rc == 0)
 		rc = tree_move(&t, from->key, from->klen);  /* the directory's own value (M5) */
 	if (rc == 0) {
@@ -139,7 +136,7 @@ static int rename_file(struct kvfs *fs, struct node *from, struct node *to)
 	int rc;
 
 	if (f) {
-		file_flush(fs, f);
+		file_settle(fs, f);
 		files_put(&fs->files, f);
 	}
 	if (from->klen == to->klen && memcmp(from->key, to->key, to->klen) == 0)
