@@ -296,37 +296,225 @@ char *kv_http_origin(CURLU *u, unsigned default_port)
 	return out;
 }
 
+int kv_http_parse(const char *url, unsigned default_port, struct kv_http_url *out)
+{
+	CURLU *u = curl_url();
+	char *part = NULL, *path = NULL;
+	int rc = u ? 0 : -ENOMEM, n = 0;
+
+	*out = (struct kv_http_url){0};
+	if (!rc && (curl_url_set(u, CURLUPART_URL, url, CURLU_PATH_AS_IS) != CURLUE_OK ||
+		    !(out->origin = kv_http_origin(u, default_port))))
+		rc = -EINVAL;
+	if (!rc && curl_url_get(u, CURLUPART_USER, &part, CURLU_URLDECODE) == CURLUE_OK &&
+	    !(out->user = strdup(part)))
+		rc = -ENOMEM;
+	curl_free(part);
+	part = NULL;
+	out->password = !rc && curl_url_get(u, CURLUPART_PASSWORD, &part, 0) == CURLUE_OK;
+	curl_free(part);
+	part = NULL;
+	if (!rc && curl_url_get(u, CURLUPART_QUERY, &part, 0) == CURLUE_OK &&
+	    !(out->query = strdup(part)))
+		rc = -ENOMEM;
+	curl_free(part);
+	part = NULL;
+	if (!rc && curl_url_get(u, CURLUPART_PATH, &part, 0) == CURLUE_OK &&
+	    !(path = curl_easy_unescape(NULL, part + strspn(part, "/"), 0, &n)))
+		rc = -ENOMEM;
+	if (!rc && !(out->prefix = malloc((size_t)n + 2)))
+		rc = -ENOMEM;
+	if (!rc) {
+		memcpy(out->prefix, path ? path : "", (size_t)n);
+		out->prefix_len = (size_t)n;
+		if (n && path[n - 1] != '/')
+			out->prefix[out->prefix_len++] = '/';
+		out->prefix[out->prefix_len] = '\0';
+	}
+	curl_free(part);
+	curl_free(path);
+	curl_url_cleanup(u);
+	if (rc)
+		kv_http_url_free(out);
+	return rc;
+}
+
+void kv_http_url_free(struct kv_http_url *u)
+{
+	free(u->origin);
+	free(u->user);
+	free(u->query);
+	free(u->prefix);
+	*u = (struct kv_http_url){0};
+}
+
+int kv_http_query(const char *scheme, const char *q, const char *const *allowed,
+		  struct kv_option *opts, size_t max, size_t *n, char **text, char *err,
+		  size_t errlen)
+{
+	char *save = NULL, *tok;
+
+	*n = 0;
+	if (!(*text = strdup(q)))
+		return -ENOMEM;
+	for (tok = strtok_r(*text, "&", &save); tok; tok = strtok_r(NULL, "&", &save)) {
+		char *eq = strchr(tok, '='), *v = NULL;
+		bool known = false;
+		int len = 0;
+
+		if (eq)
+			*eq = '\0';
+		for (const char *const *o = allowed; *o && !known; o++)
+			known = strcmp(*o, tok) == 0;
+		if (known && eq && *n < max)
+			v = curl_easy_unescape(NULL, eq + 1, 0, &len);
+		if (!v || !len || memchr(v, 0, (size_t)len)) {
+			curl_free(v);
+			snprintf(err, errlen, "%s: unknown or bad URL parameter '%.40s'", scheme, tok);
+			return -EINVAL;
+		}
+		memcpy(eq + 1, v, (size_t)len + 1);  /* never longer than the escaped text */
+		curl_free(v);
+		opts[(*n)++] = (struct kv_option){.name = tok, .value = eq + 1};
+	}
+	return 0;
+}
+
+const char *kv_http_setting(const struct kv_open_args *a, const struct kv_option *query,
+			    size_t nquery, const char *name, const char *env)
+{
+	const char *v = kv_option_get(a, name);
+
+	for (size_t i = 0; !v && i < nquery; i++)
+		if (strcmp(query[i].name, name) == 0)
+			v = query[i].value;
+	return v ? v : env ? getenv(env) : NULL;
+}
+
 char *kv_http_base_url(const char *name, const char *hostport, bool tls, unsigned default_port,
 		       char *err, size_t errlen)
 {
-	CURLU *u = curl_url();
-	char *in = NULL, *part = NULL, *out = NULL;
+	struct kv_http_url u;
+	char *in, *out = NULL;
+	int rc;
 
-	if (!u || asprintf(&in, "%s%s", strstr(hostport, "://") ? "" : tls ? "https://" :
-			   "http://", hostport) < 0) {
-		curl_url_cleanup(u);
+	if (asprintf(&in, "%s%s", strstr(hostport, "://") ? "" : tls ? "https://" : "http://",
+		     hostport) < 0)
 		return NULL;
-	}
-	if (curl_url_set(u, CURLUPART_URL, in, 0) != CURLUE_OK ||
-	    !(out = kv_http_origin(u, default_port)))
+	rc = kv_http_parse(in, default_port, &u);
+	if (rc == -EINVAL)
 		snprintf(err, errlen, "%s: bad address '%.80s': expected host:port, http:// or "
 			 "https://", name, hostport);
-	else if (curl_url_get(u, CURLUPART_USER, &part, 0) == CURLUE_OK)
+	else if (!rc && (u.user || u.password))
 		snprintf(err, errlen, "%s: no credentials in the address '%.80s'", name, hostport);
-	else if (curl_url_get(u, CURLUPART_QUERY, &part, 0) == CURLUE_OK ||
-		 (curl_url_get(u, CURLUPART_PATH, &part, 0) == CURLUE_OK && strcmp(part, "/")))
+	else if (!rc && (u.query || u.prefix_len))
 		snprintf(err, errlen, "%s: the address '%.80s' has a path or query", name,
 			 hostport);
-	else
-		err = NULL;
-	if (err) {
-		free(out);
-		out = NULL;
-	}
-	curl_free(part);
-	curl_url_cleanup(u);
+	else if (!rc)
+		out = u.origin;
+	if (out)
+		u.origin = NULL;
+	kv_http_url_free(&u);
 	free(in);
 	return out;
+}
+
+/* ---- binary keys as text ---- */
+
+static const char HEX[] = "0123456789ABCDEF";
+
+static bool is_uhex(char c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'F');
+}
+
+static int hexval(char c)
+{
+	return c <= '9' ? c - '0' : c - 'A' + 10;
+}
+
+/* Length of the valid UTF-8 sequence at p (1 for ASCII), 0 if invalid. */
+static size_t utf8_len(const unsigned char *p, size_t n)
+{
+	unsigned char c = p[0], lo = 0x80, hi = 0xBF;
+	size_t len;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xC2 && c <= 0xDF)
+		len = 2;
+	else if (c >= 0xE0 && c <= 0xEF)
+		len = 3;
+	else if (c >= 0xF0 && c <= 0xF4)
+		len = 4;
+	else
+		return 0;
+	if (c == 0xE0)
+		lo = 0xA0;
+	else if (c == 0xED)
+		hi = 0x9F;  /* no surrogates */
+	else if (c == 0xF0)
+		lo = 0x90;
+	else if (c == 0xF4)
+		hi = 0x8F;
+	if (n < len || p[1] < lo || p[1] > hi)
+		return 0;
+	for (size_t i = 2; i < len; i++)
+		if (p[i] < 0x80 || p[i] > 0xBF)
+			return 0;
+	return len;
+}
+
+int kv_key_to_text(struct kv_buf *out, const char *key, size_t n)
+{
+	const unsigned char *k = (const unsigned char *)key;
+	int rc = 0;
+
+	for (size_t i = 0; i < n && !rc; i++) {
+		size_t len = 1;
+		char esc[3] = {'%', HEX[k[i] >> 4], HEX[k[i] & 15]};
+
+		if ((k[i] == '%' && i + 2 < n && is_uhex(key[i + 1]) && is_uhex(key[i + 2])) ||
+		    k[i] == 0 || (k[i] >= 0x80 && !(len = utf8_len(k + i, n - i)))) {
+			rc = kv_buf_add(out, esc, 3);
+		} else {
+			rc = kv_buf_add(out, key + i, len);
+			i += len - 1;
+		}
+	}
+	return rc;
+}
+
+int kv_key_from_text(struct kv_buf *out, const char *s, size_t n)
+{
+	int rc = 0;
+
+	for (size_t i = 0; i < n && !rc; i++) {
+		if (s[i] == '%' && i + 2 < n && is_uhex(s[i + 1]) && is_uhex(s[i + 2])) {
+			char c = (char)(hexval(s[i + 1]) << 4 | hexval(s[i + 2]));
+			rc = kv_buf_add(out, &c, 1);
+			i += 2;
+		} else {
+			rc = kv_buf_add(out, s + i, 1);
+		}
+	}
+	return rc;
+}
+
+size_t kv_key_text_prefix(const char *p, size_t n)
+{
+	size_t before;
+
+	do {
+		before = n;
+		while (n && (unsigned char)p[n - 1] >= 0x80)
+			n--;
+		if (n >= 1 && p[n - 1] == '%')
+			n--;
+		else if (n >= 2 && p[n - 2] == '%' && is_uhex(p[n - 1]))
+			n -= 2;
+	} while (n != before);
+	return n;
 }
 
 /* ---- base64 ---- */

@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kv.h"
 #include "toolkit.h"
 
 /* TLS files, each optional: CA bundle, CA directory, client certificate and key. */
@@ -76,6 +77,33 @@ int kv_http_request(struct kv_http *h, const struct kv_http_req *rq, struct kv_h
 /* The answer's body as JSON (any value), or NULL. */
 json_t *kv_http_json(const struct kv_http_resp *r);
 
+/* A store's URL, parsed with curl_url(). */
+struct kv_http_url {
+	char *origin;      /* "scheme://host:port" */
+	char *user;        /* %-decoded, or NULL */
+	bool password;     /* the URL holds one (callers refuse it) */
+	char *query;       /* as given, or NULL */
+	char *prefix;      /* the path %-decoded, without leading '/', with a '/'
+	                      after it unless empty: a key prefix */
+	size_t prefix_len;
+};
+
+/* Parse "http(s)://[user@]host[:port][/path][?query]".  0, -EINVAL (not
+ * such a URL) or -ENOMEM. */
+int kv_http_parse(const char *url, unsigned default_port, struct kv_http_url *out);
+void kv_http_url_free(struct kv_http_url *u);
+/*
+ * The settings of a URL query "name=value&...", each name one of allowed
+ * (NULL-terminated): at most max of them into opts, their values
+ * %-decoded into *text (malloc'd; the caller frees it after the last use).
+ * 0, or -EINVAL with one line in err naming the scheme, or -ENOMEM.
+ */
+int kv_http_query(const char *scheme, const char *q, const char *const *allowed,
+		  struct kv_option *opts, size_t max, size_t *n, char **text, char *err,
+		  size_t errlen);
+/* A setting: the -o option, else the URL query's, else the variable env. */
+const char *kv_http_setting(const struct kv_open_args *a, const struct kv_option *query,
+			    size_t nquery, const char *name, const char *env);
 /* "scheme://host:port" of a parsed URL (default_port if it names none), or
  * NULL when it is not http(s) with a host.  malloc'd. */
 char *kv_http_origin(CURLU *u, unsigned default_port);
@@ -84,6 +112,20 @@ char *kv_http_origin(CURLU *u, unsigned default_port);
  * NULL with one line in err. */
 char *kv_http_base_url(const char *name, const char *hostport, bool tls, unsigned default_port,
 		       char *err, size_t errlen);
+
+/*
+ * ---- Binary keys as text: JSON strings and URL paths carry only UTF-8 ----
+ * A key is spelled as itself except that a NUL byte is "%00", a byte that
+ * is not part of valid UTF-8 is "%XX" (upper-case hex), and a '%' followed
+ * by two upper-case hex digits is "%25".  Any text decodes; text this
+ * spelling would not produce (say "%41") is foreign: check by encoding the
+ * decoded key again.  0 or -ENOMEM.
+ */
+int kv_key_to_text(struct kv_buf *out, const char *key, size_t n);
+int kv_key_from_text(struct kv_buf *out, const char *s, size_t n);
+/* The longest prefix of p whose spelling every key starting with p shares
+ * (a trailing unfinished UTF-8 sequence, '%' or "%H" is cut). */
+size_t kv_key_text_prefix(const char *p, size_t n);
 
 /* ---- base64 (libcrypto EVP) ---- */
 

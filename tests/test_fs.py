@@ -868,7 +868,7 @@ def test_h2_health_unresponsive_when_store_hangs(backend, mounts):
     hole = Blackhole()
     try:
         m = mounts.mount(url=backend.backend.blackhole_url(hole.port),
-                         opts=["timeout=30s", "health_timeout=1s"])
+                         opts=["lazy", "timeout=30s", "health_timeout=1s"])
         m.allow_log(r"kvfs: ERROR:")
         result = {}
         t = threading.Thread(target=lambda: result.update(h=m.health()), daemon=True)
