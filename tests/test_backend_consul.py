@@ -5,9 +5,11 @@ every request, and the key spelling for bytes JSON cannot carry.
 
 Each test runs its own test server (tests/servers/consul_server.py).
 """
+import base64
 import errno
 import json
 import os
+import urllib.error
 import urllib.request
 
 import pytest
@@ -256,3 +258,40 @@ def test_value_too_large_for_a_transaction_body_is_efbig_not_a_crash(server):
     assert m.health()["status"] == "ok"
     write_file(m.p("a", "%", "b"), b"small")
     assert consul.Raw(server.url).get(b"a//b") == b"small"
+
+
+def test_no_transactions_claimed_and_large_renames_apply_in_chunks(server):
+    # Consul refuses transactions of more than 64 operations: kvfs says so in
+    # .health and hands the backend chunks it can apply atomically.
+    m = mount(server.url)
+    h = m.health()
+    caps = h["capabilities"]
+    assert "transactions" not in caps and "cas" in caps and "ordered" in caps, h
+    os.mkdir(m.p("d"))
+    for i in range(100):                       # a rename of 200 operations
+        write_file(m.p("d", "f%03d" % i), b"%d" % i)
+    os.rename(m.p("d"), m.p("e"))
+    raw = consul.Raw(server.url)
+    assert sorted(k for k in raw.items() if not k.endswith(b"/")) == \
+        sorted(b"e/f%03d" % i for i in range(100))
+    assert raw.get(b"e/f042") == b"42"
+
+
+def test_test_server_enforces_consuls_transaction_limits(server):
+    """The limits kvfs relies on are Consul's (agent/txn_endpoint.go): 64
+    operations (maxTxnOps) and a 512 KiB body (txn_max_req_len)."""
+    def txn(ops):
+        body = json.dumps([{"KV": {"Verb": "set", "Key": "t/%d" % i,
+                                   "Value": base64.b64encode(v).decode()}}
+                           for i, v in enumerate(ops)]).encode()
+        req = urllib.request.Request("http://127.0.0.1:%d/v1/txn" % server.port, data=body,
+                                     method="PUT")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+    assert txn([b"x"] * 64) == 200
+    assert txn([b"x"] * 65) == 413
+    assert txn([os.urandom(380 * 1024)]) == 200
+    assert txn([os.urandom(390 * 1024)]) == 413      # 520 KiB of base64

@@ -264,7 +264,13 @@ def test_password_file_readable_by_others_is_refused(auth_cluster, workdir):
     assert "chmod 600" in err and "S3cr3t-pw" not in err, err
 
 
+def compiled():
+    if "etcd" not in util.compiled_backends():
+        pytest.skip("etcd is not compiled in")
+
+
 def test_unreachable_cluster_fails_the_mount_and_lazy_mounts():
+    compiled()
     url = "etcd://127.0.0.1:%d,127.0.0.1:%d" % (servers.free_port(), servers.free_port())
     err = mount_fails(url, ["timeout=1s"])
     assert "cannot reach the store" in err and "-o lazy" in err, err
@@ -276,6 +282,7 @@ def test_unreachable_cluster_fails_the_mount_and_lazy_mounts():
 
 
 def test_missing_tls_file_fails_the_mount():
+    compiled()
     url = "etcd+https://127.0.0.1:%d" % servers.free_port()
     for opt in ("cacert", "cert", "key"):
         err = mount_fails(url, ["%s=/nonexistent/ca.pem" % opt])
