@@ -1,49 +1,35 @@
 /*
- * etcd.c - an etcd v3 cluster through its JSON gateway (libcurl + jansson):
+ * etcd.c - an etcd v3 cluster through its JSON gateway (http.h, jansson):
  * "etcd://host:2379[,host:2379...]/[prefix]", "etcd+https://..." for TLS.
- *
- * Every key is stored as its own etcd key, byte for byte after the URL's
- * prefix, so etcdctl and every other client see the keys kvfs shows.  The
- * gateway speaks JSON with keys and values in base64 and int64s as strings.
+ * Every key is its own etcd key, byte for byte after the URL's prefix, so
+ * etcdctl sees the keys kvfs shows.  The gateway speaks JSON with keys and
+ * values in base64 and int64s as strings.
  *
  * Endpoints.  Calls go to the endpoint that last answered; a transport
  * failure (refused, reset, timed out: a dead or SIGSTOPped member) marks it
- * down for a while and the call moves on to the next one.  "No leader" and
- * "request timed out" answers also move on, after 50 ms, since an election
- * takes about one election timeout.  A call gives up with -EIO
- * when every endpoint failed or after timeout_ms times the number of
- * endpoints; when every endpoint is marked down, only one is tried, so a
- * dead cluster costs one timeout per call, not one per member.
+ * down for a while and the call moves on to the next one, as do "no leader"
+ * answers after a backoff.  When every endpoint has failed, the call starts
+ * over after a backoff while its timeout lasts (a restarting cluster), and
+ * never lasts longer than timeout_ms times the number of endpoints; while
+ * every endpoint is marked down, only one is tried, so a dead cluster costs
+ * one timeout per call.  A write that failed in transport may still have
+ * been applied: puts are idempotent, and a retried delete or cas treats
+ * "already gone" and "already holds my value" as its own success.
  *
- * A write that failed in transport may still have been applied.  Puts are
- * idempotent; a delete or cas retried after such a failure treats "already
- * gone" and "already holds my value" as its own success.
- *
- * Listing.  A range with keys_only carries no value sizes, and etcd has no
- * other way to learn a size than to read the value.  So a page is read in
- * two steps: a keys_only range finds the page's names (a group of keys
- * under one delimiter is skipped at once by starting the next range at the
- * group's successor, as lmdb.c does with its cursor), then one read-only
- * txn reads the values of the page's plain keys only, one range per run of
- * adjacent plain keys.  Values inside subdirectories are never read.  No
- * sort_order is sent: etcd returns ranges in key order anyway, and any
- * explicit sort makes etcd 3.4 read the whole range before applying limit.
- *
- * Multi-key writes are one txn, so apply (and thus rename) is atomic.  etcd
- * refuses a txn with more operations than --max-txn-ops (default 128) or a
- * request over --max-request-bytes (default 1.5 MiB); such an apply fails
- * with -EFBIG rather than being split, which would break its atomicity.
+ * Scans read ranges with their values (etcd tells a value's size in no
+ * other way), ED_SCAN_KEYS at a time, with no sort_order (etcd 3.4 would
+ * then read the whole range before applying limit).  Multi-key writes are
+ * one txn, so apply is atomic; one over --max-txn-ops or
+ * --max-request-bytes fails with -EFBIG rather than being split.
  */
 #include "kv.h"
+#include "http.h"
 
-#include <curl/curl.h>
 #include <errno.h>
-#include <jansson.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 extern const struct kv_backend kv_backend_etcd;  /* defined at the bottom */
 
@@ -52,153 +38,35 @@ extern const struct kv_backend kv_backend_etcd;  /* defined at the bottom */
 /* The most -o max_request_bytes may say: fs/ holds a whole value in memory,
  * and a value travels as base64 JSON, a third larger again. */
 #define ED_MAX_REQUEST_OPT ((uint64_t)128 << 20)
-/*
- * etcd itself limits a key only by the request size.  3 KiB keeps every
- * key reachable through one absolute path (PATH_MAX is 4096) under a mount
- * point, with room for escapes.
- */
+/* etcd limits a key only by the request size; 3 KiB keeps every key
+ * reachable through one absolute path (PATH_MAX 4096) under a mount point. */
 #define ED_MAX_KEY ((size_t)3 << 10)
 /* Room in a request for everything but the value: a cas names its key twice. */
 #define ED_REQUEST_SLACK ((size_t)16 << 10)
-#define ED_PAGE 1000        /* list items when the caller sets no limit */
-#define ED_CHUNK 500        /* keys per keys_only range */
-#define ED_TXN_READS 128    /* ranges per read-only txn: etcd's default --max-txn-ops */
-#define ED_SIZE_KEYS 128    /* values read per txn for sizes: bounds one answer */
-#define ED_POOL 16          /* idle curl handles kept (each keeps its connections) */
+#define ED_SCAN_KEYS 64     /* values per range answer of a scan: bounds its size */
 #define ED_MAX_ENDPOINTS 16
-
-struct ed_buf {
-	char *p;
-	size_t len, cap;
-};
 
 struct ed_store {
 	struct kv_store base;
+	struct kv_http http;
 	char *eps[ED_MAX_ENDPOINTS];   /* "http://127.0.0.1:2379" */
 	size_t neps;
 	unsigned cur;                  /* atomic: the endpoint to try first */
 	int64_t down_until[ED_MAX_ENDPOINTS];  /* atomic: monotonic ms */
 	char *ns;                      /* namespace prefix from the URL path */
 	size_t nslen;
-	int timeout_ms;
 	size_t max_value;
-	char *cacert, *cert, *key;     /* TLS files */
 	char *user, *password;         /* kept for re-authentication; never logged */
 
 	pthread_mutex_t tok_lock;
 	char *token;                   /* "Authorization:" header line, or NULL */
 	unsigned tok_gen;
 
-	pthread_mutex_t pool_lock;
-	CURL *pool[ED_POOL];
-	size_t npool;
-
 	/* open only: settings from the URL's ?query (-o options win) */
 	struct kv_option query[8];
 	size_t nquery;
 	char *query_text;
 };
-
-/* ---- Small helpers ---- */
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-
-	while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
-		;
-}
-
-static int buf_add(struct ed_buf *b, const void *p, size_t n)
-{
-	if (b->len + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 256;
-		char *q;
-
-		while (cap < b->len + n + 1)
-			cap *= 2;
-		if (!(q = realloc(b->p, cap)))
-			return -ENOMEM;
-		b->p = q;
-		b->cap = cap;
-	}
-	if (n)
-		memcpy(b->p + b->len, p, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-	return 0;
-}
-
-/* The first key after every key starting with p[0..*n): etcd's range_end.
- * Empty (*n = 0) when there is none: then the range runs to the end. */
-static void successor(char *p, size_t *n)
-{
-	while (*n && (unsigned char)p[*n - 1] == 0xff)
-		(*n)--;
-	if (*n)
-		p[*n - 1]++;
-}
-
-static const char b64chars[] =
-	"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/* A JSON string holding p[0..n) in base64 ("\0" for the empty range end). */
-static json_t *b64_json(const char *p, size_t n)
-{
-	const unsigned char *s = (const unsigned char *)p;
-	char *out = malloc((n + 2) / 3 * 4 + 1), *o = out;
-	json_t *j;
-
-	if (!out)
-		return NULL;
-	for (size_t i = 0; i < n; i += 3) {
-		unsigned v = (unsigned)s[i] << 16 | (i + 1 < n ? (unsigned)s[i + 1] << 8 : 0) |
-			     (i + 2 < n ? s[i + 2] : 0);
-		*o++ = b64chars[v >> 18 & 63];
-		*o++ = b64chars[v >> 12 & 63];
-		*o++ = i + 1 < n ? b64chars[v >> 6 & 63] : '=';
-		*o++ = i + 2 < n ? b64chars[v & 63] : '=';
-	}
-	j = json_stringn_nocheck(out, (size_t)(o - out));
-	free(out);
-	return j;
-}
-
-/* Decode base64 text (NULL = empty) into a malloc'd buffer plus a NUL. */
-static int b64_decode(const char *t, char **out, size_t *len)
-{
-	size_t n = t ? strlen(t) : 0, o = 0;
-	unsigned v = 0, bits = 0;
-	char *d = malloc(n / 4 * 3 + 4);
-
-	if (!d)
-		return -ENOMEM;
-	for (size_t i = 0; i < n && t[i] != '='; i++) {
-		const char *c = strchr(b64chars, t[i]);
-		if (!c || !t[i]) {
-			free(d);
-			return -EIO;
-		}
-		v = v << 6 | (unsigned)(c - b64chars);
-		bits += 6;
-		if (bits >= 8) {
-			bits -= 8;
-			d[o++] = (char)(v >> bits & 0xff);
-		}
-	}
-	d[o] = '\0';
-	*out = d;
-	*len = o;
-	return 0;
-}
 
 /* int64 fields come as JSON strings ("5"), absent when zero. */
 static uint64_t json_u64(json_t *o, const char *name)
@@ -212,52 +80,20 @@ static uint64_t json_u64(json_t *o, const char *name)
 	return 0;
 }
 
-/* The full etcd key of a kvfs key: namespace + key, as base64 JSON. */
+/* The full etcd key of a kvfs key: namespace + key, as base64 JSON
+ * ("\0" for the empty key: the start of every range). */
 static json_t *key_json(struct ed_store *s, const char *key, size_t klen)
 {
-	char *full = malloc(s->nslen + klen + 1);
-	json_t *j;
+	struct kv_buf full = {0};
+	json_t *j = NULL;
 
-	if (!full)
-		return NULL;
-	memcpy(full, s->ns, s->nslen);
-	if (klen)
-		memcpy(full + s->nslen, key, klen);
-	j = b64_json(full, s->nslen + klen);
-	free(full);
+	if (!kv_buf_add(&full, s->ns, s->nslen) && !kv_buf_add(&full, key, klen))
+		j = full.len ? kv_json_base64(full.p, full.len) : kv_json_base64("", 1);
+	kv_buf_free(&full);
 	return j;
 }
 
-/* ---- HTTP: one POST to one endpoint ---- */
-
-static size_t on_body(char *p, size_t size, size_t n, void *ctx)
-{
-	return buf_add(ctx, p, size * n) ? 0 : size * n;
-}
-
-static CURL *handle_get(struct ed_store *s)
-{
-	CURL *c = NULL;
-
-	pthread_mutex_lock(&s->pool_lock);
-	if (s->npool)
-		c = s->pool[--s->npool];
-	pthread_mutex_unlock(&s->pool_lock);
-	return c ? c : curl_easy_init();
-}
-
-static void handle_put(struct ed_store *s, CURL *c)
-{
-	curl_easy_reset(c);  /* keeps the connection cache */
-	pthread_mutex_lock(&s->pool_lock);
-	if (s->npool < ED_POOL) {
-		s->pool[s->npool++] = c;
-		c = NULL;
-	}
-	pthread_mutex_unlock(&s->pool_lock);
-	if (c)
-		curl_easy_cleanup(c);
-}
+/* ---- One attempt: one POST to one endpoint ---- */
 
 /* How one attempt ended. */
 enum ed_outcome {
@@ -293,7 +129,8 @@ static enum ed_outcome classify_error(long http, json_t *resp, struct ed_attempt
 		a->rc = -EINVAL;
 	else if (strstr(msg, "database space exceeded") || code == 8)
 		a->rc = -ENOSPC;
-	else if (code == 7 || strstr(msg, "permission denied"))
+	else if (code == 7 || strstr(msg, "permission denied") ||
+		 strstr(msg, "authentication failed"))
 		a->rc = -EACCES;
 	else if (code == 14 || code == 4 || http >= 500)
 		return ED_RETRY;  /* no leader, leader changed, request timed out */
@@ -301,72 +138,58 @@ static enum ed_outcome classify_error(long http, json_t *resp, struct ed_attempt
 }
 
 static enum ed_outcome attempt(struct ed_store *s, size_t ep, const char *path, const char *body,
-			       const char *token, int timeout_ms, json_t **resp,
+			       const char *token, int64_t deadline, bool bulk, json_t **resp,
 			       struct ed_attempt *a)
 {
-	char url[512];
-	struct ed_buf out = {0};
-	struct curl_slist *hdr = NULL;
-	CURL *c = handle_get(s);
-	CURLcode cc;
-	long http = 0;
+	const char *lines[] = {"Content-Type: application/json", "Expect:", token};
+	struct curl_slist *hdr = NULL, *l = NULL;
+	struct kv_http_resp r;
+	char *url = NULL;
 	enum ed_outcome o;
+	int rc;
 
 	*resp = NULL;
 	a->sent = false;
-	if (!c) {
+	for (size_t i = 0; i < 3 && (hdr || !i); i++) {
+		l = lines[i] ? curl_slist_append(hdr, lines[i]) : hdr;
+		if (!l)
+			curl_slist_free_all(hdr);
+		hdr = l;
+	}
+	if (!hdr || asprintf(&url, "%s%s", s->eps[ep], path) < 0) {
+		curl_slist_free_all(hdr);
 		a->rc = -ENOMEM;
 		snprintf(a->why, sizeof(a->why), "out of memory");
 		return ED_REFUSED;
 	}
-	snprintf(url, sizeof(url), "%s%s", s->eps[ep], path);
-	hdr = curl_slist_append(hdr, "Content-Type: application/json");
-	if (token)
-		hdr = curl_slist_append(hdr, token);
-	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
-	curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-	curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
-	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)timeout_ms);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
-	curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
-	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-	if (s->cacert)
-		curl_easy_setopt(c, CURLOPT_CAINFO, s->cacert);
-	if (s->cert)
-		curl_easy_setopt(c, CURLOPT_SSLCERT, s->cert);
-	if (s->key)
-		curl_easy_setopt(c, CURLOPT_SSLKEY, s->key);
-	cc = curl_easy_perform(c);
-	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &http);
-	if (cc != CURLE_OK) {
-		long connected = 0;
-		curl_easy_getinfo(c, CURLINFO_CONNECT_TIME_T, &connected);
-		a->sent = connected > 0 || cc == CURLE_OPERATION_TIMEDOUT;
-		snprintf(a->why, sizeof(a->why), "%s", curl_easy_strerror(cc));
-		o = ED_DOWN;
-	} else {
-		json_error_t je;
-		a->sent = true;
-		*resp = json_loadb(out.p ? out.p : "", out.len, 0, &je);
-		if (http == 200 && *resp) {
-			o = ED_OK;
-		} else if (*resp) {
-			o = classify_error(http, *resp, a);
-			json_decref(*resp);
-			*resp = NULL;
-		} else {
-			snprintf(a->why, sizeof(a->why), "HTTP %ld with no JSON answer", http);
-			a->rc = -EIO;
-			o = http >= 500 ? ED_RETRY : ED_REFUSED;
-		}
-	}
+	rc = kv_http_request(&s->http, &(struct kv_http_req){
+		.method = "POST", .url = url, .body = body, .blen = strlen(body), .headers = hdr,
+		.deadline = deadline, .bulk = bulk, .once = true, .quiet = true}, &r);
 	curl_slist_free_all(hdr);
-	free(out.p);
-	handle_put(s, c);
+	free(url);
+	a->sent = r.sent;
+	if (rc == -ENOMEM) {
+		a->rc = rc;
+		snprintf(a->why, sizeof(a->why), "out of memory");
+		return ED_REFUSED;
+	}
+	if (rc) {
+		snprintf(a->why, sizeof(a->why), "%s", r.why);
+		return ED_DOWN;
+	}
+	*resp = kv_http_json(&r);
+	if (r.status == 200 && json_is_object(*resp)) {
+		o = ED_OK;
+	} else if (*resp) {
+		o = classify_error(r.status, *resp, a);
+		json_decref(*resp);
+		*resp = NULL;
+	} else {
+		snprintf(a->why, sizeof(a->why), "HTTP %ld with no JSON answer", r.status);
+		a->rc = -EIO;
+		o = r.status >= 500 ? ED_RETRY : ED_REFUSED;
+	}
+	kv_buf_free(&r.body);
 	return o;
 }
 
@@ -388,42 +211,38 @@ static char *token_get(struct ed_store *s, unsigned *gen)
 static int authenticate(struct ed_store *s, size_t ep, unsigned gen, struct ed_attempt *a)
 {
 	json_t *req = json_pack("{s:s, s:s}", "name", s->user, "password", s->password);
-	char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
+	char *body = req ? json_dumps(req, JSON_COMPACT) : NULL, *line = NULL;
 	json_t *resp = NULL;
 	enum ed_outcome o;
-	int rc = -EIO;
+	const char *t;
 
 	json_decref(req);
 	if (!body)
 		return -ENOMEM;
-	o = attempt(s, ep, "/v3/auth/authenticate", body, NULL, s->timeout_ms, &resp, a);
-	memset(body, 0, strlen(body));  /* it held the password */
+	o = attempt(s, ep, "/v3/auth/authenticate", body, NULL, kv_deadline(s->http.timeout_ms),
+		    false, &resp, a);
+	explicit_bzero(body, strlen(body));  /* it held the password */
 	free(body);
-	if (o == ED_OK) {
-		const char *t = json_string_value(json_object_get(resp, "token"));
-		char *line = t ? malloc(strlen(t) + 16) : NULL;
-		if (line) {
-			sprintf(line, "Authorization: %s", t);
-			pthread_mutex_lock(&s->tok_lock);
-			if (s->tok_gen == gen) {
-				free(s->token);
-				s->token = line;
-				s->tok_gen++;
-				line = NULL;
-			}
-			pthread_mutex_unlock(&s->tok_lock);
-			free(line);
-			rc = 0;
-		}
-		json_decref(resp);
-	} else if (o == ED_REFUSED && strstr(a->why, "authentication is not enabled")) {
-		rc = 0;  /* a cluster without auth: calls go without a token */
-	} else if (o == ED_REFUSED || o == ED_AUTH) {
-		rc = -EACCES;
-	} else {
-		rc = o == ED_DOWN ? -ETIMEDOUT : -EIO;  /* let the caller try elsewhere */
+	if (o == ED_REFUSED && strstr(a->why, "authentication is not enabled"))
+		return 0;  /* a cluster without auth: calls go without a token */
+	if (o != ED_OK)
+		return o == ED_REFUSED || o == ED_AUTH ? -EACCES : o == ED_DOWN ? -ETIMEDOUT : -EIO;
+	t = json_string_value(json_object_get(resp, "token"));
+	if (t && asprintf(&line, "Authorization: %s", t) < 0)
+		line = NULL;
+	json_decref(resp);
+	if (!line)
+		return t ? -ENOMEM : -EIO;
+	pthread_mutex_lock(&s->tok_lock);
+	if (s->tok_gen == gen) {
+		free(s->token);
+		s->token = line;
+		s->tok_gen++;
+		line = NULL;
 	}
-	return rc;
+	pthread_mutex_unlock(&s->tok_lock);
+	free(line);
+	return 0;
 }
 
 /* ---- One call, over the endpoints ---- */
@@ -433,37 +252,70 @@ static bool ep_down(struct ed_store *s, size_t i, int64_t now)
 	return __atomic_load_n(&s->down_until[i], __ATOMIC_RELAXED) > now;
 }
 
+/* A call's options and what it tells besides the answer. */
+struct ed_call {
+	bool bulk;         /* the answer may hold values: bound waiting, not transfer */
+	bool quiet;        /* the caller reports failures itself (health) */
+	bool ambiguous;    /* out: an earlier attempt may have been applied */
+	size_t answered;   /* out: the endpoint that answered */
+	char why[160];     /* out: the last failure */
+};
+
+/* The log line of a failed call. */
+static void call_failed(const char *path, int rc, bool refused, const char *why)
+{
+	if (!refused && rc == -EIO)
+		kv_log(KV_LOG_ERR, "etcd: %s: no endpoint answered (last: %s)", path,
+		       why[0] ? why : "timed out");
+	else if (rc == -EFBIG)
+		kv_log(KV_LOG_WARN, "etcd: %s refused: %s (see --max-request-bytes and "
+		       "--max-txn-ops of the cluster, and -o max_request_bytes)", path, why);
+	else if (rc == -EIO)
+		kv_log(KV_LOG_ERR, "etcd: %s: %s", path, why);
+	else if (rc && rc != -EINVAL)
+		kv_log(KV_LOG_WARN, "etcd: %s refused: %s", path, why);
+}
+
 /*
- * POST body to path, failing over between endpoints as the top of this
+ * POST req to path, failing over between endpoints as the top of this
  * file describes.  0 and the JSON answer in *resp (the caller frees it), or
- * a negative errno.  *ambiguous (if not NULL) tells whether an earlier
- * attempt may have been applied by the store before it failed.
+ * a negative errno.
  */
 static int call(struct ed_store *s, const char *path, json_t *req, json_t **resp,
-		bool *ambiguous, size_t *answered)
+		struct ed_call *o)
 {
 	char *body = json_dumps(req, JSON_COMPACT);
-	int64_t start = now_ms(), deadline = start + (int64_t)s->timeout_ms * (int64_t)s->neps;
+	int64_t start = kv_now_ms(), again_until = start + s->http.timeout_ms;
+	int64_t deadline = start + (int64_t)s->http.timeout_ms * (int64_t)s->neps;
 	unsigned failed = 0, every = (1u << s->neps) - 1;  /* endpoints down in this call */
 	struct ed_attempt a = {.rc = -EIO};
+	struct ed_call none = {0};
 	bool all_down = true, reauthed = false, refused = false;
 	size_t tries = 0, skipped = 0, ep = __atomic_load_n(&s->cur, __ATOMIC_RELAXED) % s->neps;
-	int rc = -EIO;
+	int rc = -EIO, round = 0;
 
-	if (ambiguous)
-		*ambiguous = false;
+	o = o ? o : &none;
+	o->ambiguous = false;
+	*resp = NULL;
 	if (!body)
 		return -ENOMEM;
 	for (size_t i = 0; i < s->neps; i++)
 		all_down = all_down && ep_down(s, i, start);
 	for (;;) {
-		int64_t now = now_ms();
-		int left = (int)(deadline - now);
+		int64_t now = kv_now_ms();
 		unsigned gen;
 		char *token;
-		enum ed_outcome o;
+		enum ed_outcome out;
 
-		if (left <= 0 || failed == every || (all_down && tries >= 1) || tries >= 200)
+		if (failed == every || (all_down && tries >= 1)) {
+			/* Every endpoint failed: start over while the call timeout lasts. */
+			if (!kv_backoff(round++, again_until < deadline ? again_until : deadline))
+				break;
+			failed = 0;
+			all_down = false;
+			continue;
+		}
+		if (now >= deadline || tries >= 200)
 			break;
 		if ((failed & 1u << ep) ||
 		    (!all_down && ep_down(s, ep, now) && skipped++ < s->neps)) {
@@ -471,26 +323,25 @@ static int call(struct ed_store *s, const char *path, json_t *req, json_t **resp
 			continue;
 		}
 		token = token_get(s, &gen);
-		o = attempt(s, ep, path, body, token, left < s->timeout_ms ? left : s->timeout_ms,
-			    resp, &a);
+		out = attempt(s, ep, path, body, token, now + s->http.timeout_ms < deadline ?
+			      now + s->http.timeout_ms : deadline, o->bulk, resp, &a);
 		free(token);
 		tries++;
-		if (a.sent && o != ED_OK && ambiguous)
-			*ambiguous = true;
-		if (o == ED_OK) {
+		if (a.sent && out != ED_OK)
+			o->ambiguous = true;
+		if (out == ED_OK) {
 			__atomic_store_n(&s->cur, (unsigned)ep, __ATOMIC_RELAXED);
 			__atomic_store_n(&s->down_until[ep], 0, __ATOMIC_RELAXED);
-			if (answered)
-				*answered = ep;
+			o->answered = ep;
 			rc = 0;
 			break;
 		}
-		if (o == ED_REFUSED) {
-			rc = a.rc;
+		if (out == ED_REFUSED || (out == ED_AUTH && (!s->user || reauthed))) {
+			rc = out == ED_AUTH ? -EACCES : a.rc;
 			refused = true;
 			break;
 		}
-		if (o == ED_AUTH && s->user && !reauthed) {
+		if (out == ED_AUTH) {
 			reauthed = true;
 			rc = authenticate(s, ep, gen, &a);
 			if (rc == 0)
@@ -499,47 +350,30 @@ static int call(struct ed_store *s, const char *path, json_t *req, json_t **resp
 				refused = true;
 				break;
 			}
-			o = ED_DOWN;
-		} else if (o == ED_AUTH) {
-			rc = -EACCES;
-			refused = true;
-			break;
+			out = ED_DOWN;
 		}
-		if (o == ED_DOWN) {
-			int hold = s->timeout_ms > 1000 ? s->timeout_ms : 1000;
-			__atomic_store_n(&s->down_until[ep], now_ms() + hold, __ATOMIC_RELAXED);
+		if (out == ED_DOWN) {
+			int hold = s->http.timeout_ms > 1000 ? s->http.timeout_ms : 1000;
+			__atomic_store_n(&s->down_until[ep], kv_now_ms() + hold, __ATOMIC_RELAXED);
 			failed |= 1u << ep;
-			if (failed != every && !all_down)
+			if (failed != every && !all_down && !o->quiet)
 				kv_log(KV_LOG_WARN, "etcd: %s: %s; trying the next endpoint",
 				       s->eps[ep], a.why);
-		} else {
-			sleep_ms(50);  /* "no leader": give the election a moment */
+		} else if (!kv_backoff(round++, deadline)) {  /* "no leader": an election */
+			break;
 		}
 		ep = (ep + 1) % s->neps;
 		__atomic_store_n(&s->cur, (unsigned)ep, __ATOMIC_RELAXED);
 		rc = -EIO;
 	}
 	free(body);
-	if (!refused && rc == -EIO)
-		kv_log(KV_LOG_ERR, "etcd: %s: no endpoint answered (last: %s)", path,
-		       a.why[0] ? a.why : "timed out");
-	else if (rc == -EFBIG)
-		kv_log(KV_LOG_WARN, "etcd: %s refused: %s (see --max-request-bytes and "
-		       "--max-txn-ops of the cluster, and -o max_request_bytes)", path, a.why);
-	else if (rc == -EIO)
-		kv_log(KV_LOG_ERR, "etcd: %s: %s", path, a.why);
-	else if (rc && rc != -EINVAL)
-		kv_log(KV_LOG_WARN, "etcd: %s refused: %s", path, a.why);
+	snprintf(o->why, sizeof(o->why), "%s", a.why[0] ? a.why : "timed out");
+	if (!o->quiet)
+		call_failed(path, rc, refused, a.why);
 	return rc;
 }
 
 /* ---- Single-key operations ---- */
-
-/* The first kv of a range answer, or NULL. */
-static json_t *first_kv(json_t *resp)
-{
-	return json_array_get(json_object_get(resp, "kvs"), 0);
-}
 
 static int ed_get(struct kv_store *st, const char *key, size_t klen, char **val, size_t *len,
 		  uint64_t *version)
@@ -553,15 +387,15 @@ static int ed_get(struct kv_store *st, const char *key, size_t klen, char **val,
 	req = json_pack("{s:o}", "key", key_json(s, key, klen));
 	if (!req)
 		return -ENOMEM;
-	rc = call(s, "/v3/kv/range", req, &resp, NULL, NULL);
+	rc = call(s, "/v3/kv/range", req, &resp, &(struct ed_call){.bulk = true});
 	json_decref(req);
 	if (rc)
 		return rc == -EINVAL ? -EIO : rc;
-	kv = first_kv(resp);
+	kv = json_array_get(json_object_get(resp, "kvs"), 0);
 	if (!kv) {
 		rc = -ENOENT;
 	} else {
-		rc = b64_decode(json_string_value(json_object_get(kv, "value")), val, len);
+		rc = kv_json_unbase64(json_object_get(kv, "value"), val, len);
 		if (version)
 			*version = json_u64(kv, "mod_revision");
 	}
@@ -573,33 +407,39 @@ static json_t *put_op(struct ed_store *s, const char *key, size_t klen, const ch
 		      size_t vlen)
 {
 	return json_pack("{s:{s:o, s:o}}", "request_put", "key", key_json(s, key, klen),
-			 "value", b64_json(val, vlen));
+			 "value", kv_json_base64(val, vlen));
+}
+
+/* Send req to path, and only tell how it went. */
+static int call_done(struct ed_store *s, const char *path, json_t *req)
+{
+	json_t *resp;
+	int rc;
+
+	if (!req)
+		return -ENOMEM;
+	rc = call(s, path, req, &resp, NULL);
+	json_decref(req);
+	json_decref(resp);
+	return rc;
 }
 
 static int ed_set(struct kv_store *st, const char *key, size_t klen, const char *val,
 		  size_t vlen)
 {
 	struct ed_store *s = kv_store_cast(struct ed_store, st);
-	json_t *req, *resp;
-	int rc;
 
 	if (s->nslen + klen == 0)
 		return -EINVAL;
-	req = json_pack("{s:o, s:o}", "key", key_json(s, key, klen), "value", b64_json(val, vlen));
-	if (!req)
-		return -ENOMEM;
-	rc = call(s, "/v3/kv/put", req, &resp, NULL, NULL);
-	json_decref(req);
-	if (!rc)
-		json_decref(resp);
-	return rc;
+	return call_done(s, "/v3/kv/put", json_pack("{s:o, s:o}", "key", key_json(s, key, klen),
+						    "value", kv_json_base64(val, vlen)));
 }
 
 static int ed_del(struct kv_store *st, const char *key, size_t klen)
 {
 	struct ed_store *s = kv_store_cast(struct ed_store, st);
+	struct ed_call o = {0};
 	json_t *req, *resp;
-	bool ambiguous;
 	int rc;
 
 	if (s->nslen + klen == 0)
@@ -607,12 +447,12 @@ static int ed_del(struct kv_store *st, const char *key, size_t klen)
 	req = json_pack("{s:o}", "key", key_json(s, key, klen));
 	if (!req)
 		return -ENOMEM;
-	rc = call(s, "/v3/kv/deleterange", req, &resp, &ambiguous, NULL);
+	rc = call(s, "/v3/kv/deleterange", req, &resp, &o);
 	json_decref(req);
 	if (rc)
 		return rc == -EINVAL ? -EIO : rc;
 	/* After a lost answer the first attempt may be the one that deleted it. */
-	if (json_u64(resp, "deleted") == 0 && !ambiguous)
+	if (json_u64(resp, "deleted") == 0 && !o.ambiguous)
 		rc = -ENOENT;
 	json_decref(resp);
 	return rc;
@@ -622,8 +462,8 @@ static int ed_cas(struct kv_store *st, const char *key, size_t klen, uint64_t ve
 		  const char *val, size_t vlen)
 {
 	struct ed_store *s = kv_store_cast(struct ed_store, st);
+	struct ed_call o = {0};
 	json_t *cmp, *req, *resp;
-	bool ambiguous;
 	int rc;
 
 	if (s->nslen + klen == 0)
@@ -639,14 +479,14 @@ static int ed_cas(struct kv_store *st, const char *key, size_t klen, uint64_t ve
 	req = json_pack("{s:[o], s:[o]}", "compare", cmp, "success", put_op(s, key, klen, val, vlen));
 	if (!req)
 		return -ENOMEM;
-	rc = call(s, "/v3/kv/txn", req, &resp, &ambiguous, NULL);
+	rc = call(s, "/v3/kv/txn", req, &resp, &o);
 	json_decref(req);
 	if (rc)
 		return rc;
 	if (!json_is_true(json_object_get(resp, "succeeded")))
 		rc = -ECANCELED;
 	json_decref(resp);
-	if (rc == -ECANCELED && ambiguous) {
+	if (rc == -ECANCELED && o.ambiguous) {
 		/* Our lost first attempt may have won: then the key holds our value. */
 		char *cur;
 		size_t clen;
@@ -659,62 +499,25 @@ static int ed_cas(struct kv_store *st, const char *key, size_t klen, uint64_t ve
 	return rc;
 }
 
-/* Sort order for apply: by key, then by position, so the last op per key is found. */
-static int op_order(const void *x, const void *y, void *ctx)
-{
-	const struct kv_op *ops = ctx;
-	size_t i = *(const size_t *)x, j = *(const size_t *)y;
-	int c = kv_key_cmp(ops[i].key, ops[i].key_len, ops[j].key, ops[j].key_len);
-
-	return c ? c : (i > j) - (i < j);
-}
-
-/*
- * etcd refuses a txn that names one key twice, so only the last operation
- * on each key is sent: it alone decides the key's final state.  keep[i]
- * says whether ops[i] is one of those.
- */
-static int last_per_key(const struct kv_op *ops, size_t n, bool *keep)
-{
-	size_t *idx = malloc(n * sizeof(*idx));
-
-	if (!idx)
-		return -ENOMEM;
-	for (size_t i = 0; i < n; i++)
-		idx[i] = i;
-	qsort_r(idx, n, sizeof(*idx), op_order, (void *)ops);
-	for (size_t k = 0; k < n; k++) {
-		size_t i = idx[k];
-		keep[i] = k + 1 == n || kv_key_cmp(ops[i].key, ops[i].key_len, ops[idx[k + 1]].key,
-						  ops[idx[k + 1]].key_len) != 0;
-	}
-	free(idx);
-	return 0;
-}
-
 static int ed_apply(struct kv_store *st, const struct kv_op *ops, size_t n)
 {
 	struct ed_store *s = kv_store_cast(struct ed_store, st);
-	json_t *list, *req, *resp;
-	bool *keep;
-	int rc;
+	json_t *list = json_array();
 
-	if (n == 0)
-		return 0;
 	for (size_t i = 0; i < n; i++)
 		if (ops[i].type == KV_OP_SET && s->nslen + ops[i].key_len == 0)
 			return -EINVAL;
-	keep = calloc(n, sizeof(*keep));
-	list = json_array();
-	if (!keep || !list || last_per_key(ops, n, keep)) {
-		free(keep);
-		json_decref(list);
+	if (!list)
 		return -ENOMEM;
-	}
 	for (size_t i = 0; i < n; i++) {
 		const struct kv_op *op = &ops[i];
+		bool last = true;
 		json_t *o;
-		if (!keep[i] || (op->type == KV_OP_DEL && s->nslen + op->key_len == 0))
+		/* etcd refuses a txn that names a key twice: the last operation on
+		 * a key alone decides its final state */
+		for (size_t j = i + 1; j < n && last; j++)
+			last = kv_key_cmp(op->key, op->key_len, ops[j].key, ops[j].key_len) != 0;
+		if (!last || (op->type == KV_OP_DEL && s->nslen + op->key_len == 0))
 			continue;
 		if (op->type == KV_OP_SET)
 			o = put_op(s, op->key, op->key_len, op->val, op->val_len);
@@ -722,353 +525,142 @@ static int ed_apply(struct kv_store *st, const struct kv_op *ops, size_t n)
 			o = json_pack("{s:{s:o}}", "request_delete_range", "key",
 				      key_json(s, op->key, op->key_len));
 		if (!o || json_array_append_new(list, o)) {
-			free(keep);
 			json_decref(list);
 			return -ENOMEM;
 		}
 	}
-	free(keep);
-	req = json_pack("{s:o}", "success", list);
-	if (!req)
-		return -ENOMEM;
-	rc = call(s, "/v3/kv/txn", req, &resp, NULL, NULL);
-	json_decref(req);
-	if (!rc)
-		json_decref(resp);
-	return rc;
-}
-
-/* ---- list ---- */
-
-/* One item of a page: a key or a group, its text in the page's buffer. */
-struct ed_item {
-	size_t off, len;   /* full etcd key (namespace included) */
-	uint64_t size;
-	bool is_prefix;
-	bool found;        /* plain key: its value was read */
-	size_t run;        /* plain key: which run of adjacent plain keys */
-};
-
-struct ed_page {
-	struct ed_buf text;
-	struct ed_item *items;
-	size_t n, cap;
-	size_t nruns;
-};
-
-static int page_add(struct ed_page *pg, const char *k, size_t klen, bool is_prefix, size_t run)
-{
-	if (pg->n == pg->cap) {
-		size_t cap = pg->cap ? pg->cap * 2 : 64;
-		struct ed_item *it = realloc(pg->items, cap * sizeof(*it));
-		if (!it)
-			return -ENOMEM;
-		pg->items = it;
-		pg->cap = cap;
+	if (!json_array_size(list)) {
+		json_decref(list);
+		return 0;
 	}
-	pg->items[pg->n++] = (struct ed_item){.off = pg->text.len, .len = klen,
-					      .is_prefix = is_prefix, .run = run};
-	return buf_add(&pg->text, k, klen);
+	return call_done(s, "/v3/kv/txn", json_pack("{s:o}", "success", list));
 }
 
-/* The range [lo, hi) of keys, keys only, at most limit of them. */
-static int range_keys(struct ed_store *s, const struct ed_buf *lo, const struct ed_buf *hi,
-		      size_t limit, json_t **resp)
-{
-	json_t *req = json_pack("{s:o, s:o, s:I, s:b}",
-				"key", lo->len ? b64_json(lo->p, lo->len) : b64_json("", 1),
-				"range_end", hi->len ? b64_json(hi->p, hi->len) : b64_json("", 1),
-				"limit", (json_int_t)limit, "keys_only", 1);
-	int rc;
+/* ---- scan ---- */
 
-	if (!req)
-		return -ENOMEM;
-	rc = call(s, "/v3/kv/range", req, resp, NULL, NULL);
-	json_decref(req);
-	return rc == -EINVAL ? -EIO : rc;
-}
-
-/* Record in pg the sizes of the runs [r0, r1) from one txn answer. */
-static int sizes_from(struct ed_page *pg, size_t r0, json_t *resp)
-{
-	json_t *responses = json_object_get(resp, "responses");
-	size_t i = 0;
-
-	while (i < pg->n && (pg->items[i].is_prefix || pg->items[i].run < r0))
-		i++;
-	for (size_t r = 0; r < json_array_size(responses); r++) {
-		json_t *kvs = json_object_get(json_object_get(json_array_get(responses, r),
-							      "response_range"), "kvs");
-		for (size_t k = 0; k < json_array_size(kvs); k++) {
-			json_t *kv = json_array_get(kvs, k);
-			char *key, *val;
-			size_t klen, vlen;
-			int c = 1;
-
-			if (b64_decode(json_string_value(json_object_get(kv, "key")), &key, &klen))
-				return -EIO;
-			/* Both sorted: skip items gone since the keys_only read, and new keys. */
-			while (i < pg->n && (pg->items[i].is_prefix ||
-			       (c = kv_key_cmp(pg->text.p + pg->items[i].off, pg->items[i].len,
-					      key, klen)) < 0))
-				i++;
-			free(key);
-			if (i < pg->n && c == 0) {
-				if (b64_decode(json_string_value(json_object_get(kv, "value")), &val,
-					       &vlen))
-					return -EIO;
-				free(val);
-				pg->items[i].size = vlen;
-				pg->items[i].found = true;
-				i++;
-			}
-		}
-	}
-	return 0;
-}
-
-/* Read the values of pg's plain keys (one range per run) to learn their sizes. */
-static int page_sizes(struct ed_store *s, struct ed_page *pg)
-{
-	size_t i = 0, r0 = 0;
-
-	while (r0 < pg->nruns) {
-		json_t *ops = json_array(), *req, *resp;
-		size_t r = r0, keys = 0;
-		int rc;
-
-		if (!ops)
-			return -ENOMEM;
-		/* Runs until ED_TXN_READS ranges or ED_SIZE_KEYS values (a run has at most that). */
-		for (; r < pg->nruns && r - r0 < ED_TXN_READS; r++) {
-			size_t first, last, j;
-			char *end;
-			while (pg->items[i].is_prefix || pg->items[i].run != r)
-				i++;
-			for (j = i; j < pg->n && !pg->items[j].is_prefix && pg->items[j].run == r; j++)
-				;
-			if (r > r0 && keys + (j - i) > ED_SIZE_KEYS)
-				break;
-			keys += j - i;
-			first = i;
-			last = j - 1;
-			i = j;
-			/* [first key, last key + "\0"): exactly the run's keys */
-			end = malloc(pg->items[last].len + 1);
-			if (!end) {
-				json_decref(ops);
-				return -ENOMEM;
-			}
-			memcpy(end, pg->text.p + pg->items[last].off, pg->items[last].len);
-			end[pg->items[last].len] = '\0';
-			json_array_append_new(ops, json_pack("{s:{s:o, s:o}}", "request_range",
-				"key", b64_json(pg->text.p + pg->items[first].off, pg->items[first].len),
-				"range_end", b64_json(end, pg->items[last].len + 1)));
-			free(end);
-		}
-		req = json_pack("{s:o}", "success", ops);
-		if (!req)
-			return -ENOMEM;
-		rc = call(s, "/v3/kv/txn", req, &resp, NULL, NULL);
-		json_decref(req);
-		if (rc)
-			return rc == -EINVAL ? -EIO : rc;
-		rc = sizes_from(pg, r0, resp);
-		json_decref(resp);
-		if (rc)
-			return rc;
-		r0 = r;
-	}
-	return 0;
-}
-
-/* Move lo to key[0..klen) + "\0", the first key after it. */
-static int lo_after_key(struct ed_buf *lo, const char *key, size_t klen)
-{
-	lo->len = 0;
-	return buf_add(lo, key, klen) ? -ENOMEM : buf_add(lo, "", 1);
-}
-
-/* Move lo past every key of the group g[0..glen); *end if nothing can follow. */
-static int lo_after_group(struct ed_buf *lo, const char *g, size_t glen, bool *end)
-{
-	lo->len = 0;
-	if (buf_add(lo, g, glen))
-		return -ENOMEM;
-	successor(lo->p, &lo->len);
-	if (!lo->len)
-		*end = true;
-	return 0;
-}
-
-/*
- * Read one page of keys from lo: fill pg with at most want items and move lo
- * past what was read (past a whole group when the page ended inside one).
- * *end: nothing is left in [lo, hi).  *full: a further item was seen.
- */
-static int page_read(struct ed_store *s, const struct kv_list_req *req, struct ed_buf *lo,
-		     const struct ed_buf *hi, size_t want, struct ed_page *pg, bool *end,
-		     bool *full)
-{
-	size_t plen = s->nslen + req->prefix_len;
-	struct ed_buf grp = {0};  /* the group of the keys just seen, if any */
-	bool prev_plain = false;
-	size_t run_len = 0;
-	json_t *resp, *kvs;
-	int rc;
-
-	pg->n = pg->nruns = 0;
-	pg->text.len = 0;
-	*end = *full = false;
-	rc = range_keys(s, lo, hi, want + 1 < ED_CHUNK ? want + 1 : ED_CHUNK, &resp);
-	if (rc)
-		return rc;
-	kvs = json_object_get(resp, "kvs");
-	*end = !json_is_true(json_object_get(resp, "more"));
-	for (size_t k = 0; k < json_array_size(kvs) && !rc && !*full; k++) {
-		const char *d = NULL;
-		char *key;
-		size_t klen;
-
-		rc = b64_decode(json_string_value(json_object_get(json_array_get(kvs, k), "key")),
-				&key, &klen);
-		if (rc)
-			break;
-		if (req->delim && klen > plen)
-			d = memchr(key + plen, req->delim, klen - plen);
-		if (d) {
-			size_t gl = (size_t)(d - key) + 1;
-			/* Below start, a group was listed by an earlier page. */
-			bool below = req->start && kv_key_cmp(key + s->nslen, gl - s->nslen,
-							     req->start, req->start_len) < 0;
-			prev_plain = false;
-			if (grp.len == gl && memcmp(grp.p, key, gl) == 0)
-				;  /* more of the group just listed */
-			else if (!below && pg->n == want)
-				*full = true;
-			else {
-				if (!below)
-					rc = page_add(pg, key, gl, true, 0);
-				grp.len = 0;
-				rc = rc ? rc : buf_add(&grp, key, gl);
-				rc = rc ? rc : lo_after_group(lo, key, gl, end);
-			}
-		} else if (pg->n == want) {
-			*full = true;
-		} else {
-			grp.len = 0;
-			if (!prev_plain || ++run_len == ED_SIZE_KEYS) {
-				pg->nruns++;
-				run_len = 0;
-			}
-			prev_plain = true;
-			rc = page_add(pg, key, klen, false, pg->nruns - 1);
-			rc = rc ? rc : lo_after_key(lo, key, klen);
-		}
-		free(key);
-	}
-	free(grp.p);
-	json_decref(resp);
-	if (!rc && pg->nruns)
-		rc = page_sizes(s, pg);
-	return rc;
-}
-
-static int ed_list(struct kv_store *st, const struct kv_list_req *req, kv_list_cb *cb,
-		   void *ctx, bool *more)
+static int ed_scan(struct kv_store *st, const char *from, size_t flen, const char *to,
+		   size_t tlen, size_t max, kv_key_cb *cb, void *ctx)
 {
 	struct ed_store *s = kv_store_cast(struct ed_store, st);
-	size_t limit = req->limit ? req->limit : ED_PAGE, done = 0;
-	struct ed_buf lo = {0}, hi = {0};
-	struct ed_page pg = {0};
-	bool end = false, full = false;
-	int rc = 0;
+	struct kv_buf lo = {0}, hi = {0};
+	bool more = true;
+	size_t done = 0;
+	int rc = kv_buf_add(&lo, s->ns, s->nslen) || kv_buf_add(&lo, from, flen) ||
+		 kv_buf_add(&hi, s->ns, s->nslen) || (to && kv_buf_add(&hi, to, tlen)) ? -ENOMEM : 0;
 
-	*more = false;
-	/* [namespace + max(prefix, start), successor(namespace + prefix)) */
-	rc = buf_add(&hi, s->ns, s->nslen);
-	rc = rc ? rc : buf_add(&hi, req->prefix, req->prefix_len);
-	rc = rc ? rc : buf_add(&lo, s->ns, s->nslen);
-	if (!rc && req->start && kv_key_cmp(req->start, req->start_len, req->prefix,
-					   req->prefix_len) > 0)
-		rc = buf_add(&lo, req->start, req->start_len);
-	else if (!rc)
-		rc = buf_add(&lo, req->prefix, req->prefix_len);
-	if (!rc)
-		successor(hi.p, &hi.len);
-	if (!rc && hi.len && kv_key_cmp(lo.p, lo.len, hi.p, hi.len) >= 0)
-		end = true;  /* start lies beyond the prefix */
-	while (!rc && !end && done < limit) {
-		rc = page_read(s, req, &lo, &hi, limit - done, &pg, &end, &full);
-		for (size_t i = 0; !rc && i < pg.n; i++) {
-			struct ed_item *it = &pg.items[i];
-			struct kv_entry e = {.key = pg.text.p + it->off + s->nslen,
-					     .key_len = it->len - s->nslen, .size = it->size,
-					     .is_prefix = it->is_prefix};
-			int stop;
-			if (!it->is_prefix && !it->found)
-				continue;  /* deleted since its name was read */
-			stop = cb(ctx, &e);
-			done++;
-			if (stop) {
-				*more = true;
-				rc = stop < 0 ? stop : 0;
-				goto out;
-			}
-		}
-		if (full)
+	/* [ns + from, ns + to), or to the end of the namespace ("\0": to the end) */
+	if (!rc && !to && !kv_key_successor(hi.p, &hi.len))
+		hi.len = 0;
+	while (!rc && more && done < max) {
+		json_t *req, *resp, *kvs, *kv;
+		size_t want = max - done < ED_SCAN_KEYS ? max - done : ED_SCAN_KEYS, i;
+
+		req = json_pack("{s:o, s:o, s:I}", "key", lo.len ? kv_json_base64(lo.p, lo.len) :
+				kv_json_base64("", 1), "range_end", hi.len ?
+				kv_json_base64(hi.p, hi.len) : kv_json_base64("", 1),
+				"limit", (json_int_t)want);
+		rc = req ? call(s, "/v3/kv/range", req, &resp, &(struct ed_call){.bulk = true})
+			 : -ENOMEM;
+		json_decref(req);
+		if (rc)
 			break;
+		kvs = json_object_get(resp, "kvs");
+		more = json_is_true(json_object_get(resp, "more")) && json_array_size(kvs);
+		json_array_foreach(kvs, i, kv) {
+			char *key;
+			size_t klen;
+			if ((rc = kv_json_unbase64(json_object_get(kv, "key"), &key, &klen)))
+				break;
+			if (klen >= s->nslen)
+				rc = cb(ctx, key + s->nslen, klen - s->nslen,
+					kv_json_base64_size(json_object_get(kv, "value")));
+			done++;
+			/* the next range starts just after this key */
+			lo.len = 0;
+			if (!rc && (kv_buf_add(&lo, key, klen) || kv_buf_add(&lo, "", 1)))
+				rc = -ENOMEM;
+			free(key);
+			if (rc)
+				break;
+		}
+		json_decref(resp);
 	}
-	*more = !rc && (full || (!end && done >= limit));
-out:
-	free(lo.p);
-	free(hi.p);
-	free(pg.text.p);
-	free(pg.items);
-	return rc;
+	kv_buf_free(&lo);
+	kv_buf_free(&hi);
+	return rc == -EINVAL ? -EIO : rc < 0 ? rc : 0;
 }
 
 /* ---- health ---- */
 
+/*
+ * The credentials, for the probe: log in if there is a user and no token
+ * yet, then read one key (keys only), which a cluster with auth on refuses
+ * to a client without a good token.  0, -EACCES or -EIO, with h->detail.
+ */
+static int check_access(struct ed_store *s, size_t ep, struct kv_health *h)
+{
+	struct ed_attempt a = {0};
+	struct ed_call o = {.quiet = true};
+	unsigned gen;
+	char *token = token_get(s, &gen);
+	json_t *req, *resp = NULL;
+	int rc = 0;
+
+	if (s->user && !token && (rc = authenticate(s, ep, gen, &a))) {
+		snprintf(h->detail, sizeof(h->detail), "etcd: authentication as %s failed: %s",
+			 s->user, a.why);
+		return rc == -EACCES || rc == -ENOMEM ? rc : -EIO;
+	}
+	free(token);
+	req = json_pack("{s:o, s:b}", "key", key_json(s, "", 0), "keys_only", 1);
+	rc = req ? call(s, "/v3/kv/range", req, &resp, &o) : -ENOMEM;
+	json_decref(req);
+	json_decref(resp);
+	if (rc)
+		snprintf(h->detail, sizeof(h->detail), "etcd refused a read%s%s: %s",
+			 s->user ? " by user " : " without a user", s->user ? s->user : "", o.why);
+	return rc == -EACCES || rc == -ENOMEM || !rc ? rc : -EIO;
+}
+
 static int ed_health(struct kv_store *st, struct kv_health *h)
 {
 	struct ed_store *s = kv_store_cast(struct ed_store, st);
+	struct ed_call o = {.quiet = true};
 	json_t *req = json_object(), *resp;
-	size_t ep = 0;
 	uint64_t leader, self;
 	const char *version;
 	int rc;
 
 	if (!req)
 		return -ENOMEM;
-	rc = call(s, "/v3/maintenance/status", req, &resp, NULL, &ep);
+	rc = call(s, "/v3/maintenance/status", req, &resp, &o);
 	json_decref(req);
 	if (rc) {
-		snprintf(h->detail, sizeof(h->detail), "etcd: no endpoint answered (%s)", strerror(-rc));
+		snprintf(h->detail, sizeof(h->detail), "etcd: no endpoint answered (%s)", o.why);
 		return -EIO;
 	}
 	leader = json_u64(resp, "leader");
 	self = json_u64(json_object_get(resp, "header"), "member_id");
 	version = json_string_value(json_object_get(resp, "version"));
-	kv_health_fact(h, "answered_by", "%s", s->eps[ep]);
+	kv_health_fact(h, "answered_by", "%s", s->eps[o.answered]);
 	kv_health_fact(h, "version", "%s", version ? version : "?");
 	kv_health_fact(h, "leader", "%016llx%s", (unsigned long long)leader,
-	     leader && leader == self ? " (this member)" : "");
+		       leader && leader == self ? " (this member)" : "");
 	kv_health_fact(h, "raft_index", "%llu", (unsigned long long)json_u64(resp, "raftIndex"));
 	kv_health_fact(h, "raft_term", "%llu", (unsigned long long)json_u64(resp, "raftTerm"));
 	kv_health_fact(h, "db_size", "%llu", (unsigned long long)json_u64(resp, "dbSize"));
 	kv_health_fact(h, "revision", "%llu",
-	     (unsigned long long)json_u64(json_object_get(resp, "header"), "revision"));
+		       (unsigned long long)json_u64(json_object_get(resp, "header"), "revision"));
 	kv_health_fact(h, "endpoints", "%zu", s->neps);
 	if (!leader) {
 		snprintf(h->detail, sizeof(h->detail), "etcd %s at %s: no leader (no quorum)",
-			 version ? version : "?", s->eps[ep]);
+			 version ? version : "?", s->eps[o.answered]);
 		rc = -EIO;
-	} else {
+	} else if (!(rc = check_access(s, o.answered, h))) {
 		json_t *errs = json_object_get(resp, "errors");
 		snprintf(h->detail, sizeof(h->detail), "etcd %s, %zu endpoint%s, answered by %s%s%s",
-			 version ? version : "?", s->neps, s->neps == 1 ? "" : "s", s->eps[ep],
-			 json_array_size(errs) ? ": " : "",
+			 version ? version : "?", s->neps, s->neps == 1 ? "" : "s",
+			 s->eps[o.answered], json_array_size(errs) ? ": " : "",
 			 json_array_size(errs) ? json_string_value(json_array_get(errs, 0)) : "");
 	}
 	json_decref(resp);
@@ -1085,269 +677,122 @@ static void ed_store_limits(struct kv_store *st, struct kv_limits *out)
 
 /* ---- open and close ---- */
 
-static void ed_free(struct ed_store *s)
+static void ed_close(struct kv_store *st)
 {
+	struct ed_store *s = kv_store_cast(struct ed_store, st);
+
+	if (s->http.name)
+		kv_http_destroy(&s->http);
 	for (size_t i = 0; i < s->neps; i++)
 		free(s->eps[i]);
-	while (s->npool)
-		curl_easy_cleanup(s->pool[--s->npool]);
-	if (s->password) {
-		memset(s->password, 0, strlen(s->password));
-		free(s->password);
-	}
-	if (s->token) {
-		memset(s->token, 0, strlen(s->token));
-		free(s->token);
-	}
+	if (s->password)
+		explicit_bzero(s->password, strlen(s->password));
+	if (s->token)
+		explicit_bzero(s->token, strlen(s->token));
+	free(s->password);
+	free(s->token);
 	free(s->user);
 	free(s->ns);
 	free(s->query_text);
-	free(s->cacert);
-	free(s->cert);
-	free(s->key);
 	pthread_mutex_destroy(&s->tok_lock);
-	pthread_mutex_destroy(&s->pool_lock);
 	free(s);
 }
 
-static void ed_close(struct kv_store *st)
-{
-	ed_free(kv_store_cast(struct ed_store, st));
-}
-
-/* Add one endpoint, "host[:port]" or "http(s)://host[:port]". */
-static int add_endpoint(struct ed_store *s, const char *p, size_t n, bool tls, char *err,
-			size_t errlen)
-{
-	const char *scheme = tls ? "https://" : "http://";
-	bool port = false;
-	char *ep;
-
-	if (n > 7 && strncmp(p, "http://", 7) == 0) {
-		scheme = "http://";
-		p += 7, n -= 7;
-	} else if (n > 8 && strncmp(p, "https://", 8) == 0) {
-		scheme = "https://";
-		p += 8, n -= 8;
-	}
-	while (n && p[n - 1] == '/')
-		n--;
-	for (size_t i = 0; i < n; i++) {
-		if (p[i] == ':' && !memchr(p + i + 1, ']', n - i - 1))
-			port = true;
-		if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]_",
-			    p[i]) || !p[i]) {
-			snprintf(err, errlen, "etcd: bad endpoint '%.*s': expected host:port", (int)n, p);
-			return -EINVAL;
-		}
-	}
-	if (n == 0 || n > 255) {
-		snprintf(err, errlen, "etcd: empty or overlong endpoint in the URL");
-		return -EINVAL;
-	}
-	if (s->neps == ED_MAX_ENDPOINTS) {
-		snprintf(err, errlen, "etcd: more than %d endpoints", ED_MAX_ENDPOINTS);
-		return -EINVAL;
-	}
-	ep = malloc(strlen(scheme) + n + 8);
-	if (!ep)
-		return -ENOMEM;
-	sprintf(ep, "%s%.*s%s", scheme, (int)n, p, port ? "" : ":2379");
-	s->eps[s->neps++] = ep;
-	return 0;
-}
-
+/* Add the endpoints of a list "host[:port],http(s)://host[:port],...". */
 static int add_endpoints(struct ed_store *s, const char *list, size_t n, bool tls, char *err,
 			 size_t errlen)
 {
-	const char *p = list, *e = list + n;
-	int rc = 0;
+	char *copy = strndup(list, n), *save = NULL, *one;
+	int rc = copy ? 0 : -ENOMEM;
 
-	while (!rc && p < e) {
-		const char *c = memchr(p, ',', (size_t)(e - p));
-		size_t len = c ? (size_t)(c - p) : (size_t)(e - p);
-		if (len)
-			rc = add_endpoint(s, p, len, tls, err, errlen);
-		p += len + 1;
+	for (one = copy ? strtok_r(copy, ",", &save) : NULL; one && !rc;
+	     one = strtok_r(NULL, ",", &save)) {
+		if (s->neps == ED_MAX_ENDPOINTS) {
+			snprintf(err, errlen, "etcd: more than %d endpoints", ED_MAX_ENDPOINTS);
+			rc = -EINVAL;
+		} else if (!(s->eps[s->neps] = kv_http_base_url("etcd", one, tls, 2379, err, errlen))) {
+			rc = err[0] ? -EINVAL : -ENOMEM;
+		} else {
+			s->neps++;
+		}
 	}
+	free(copy);
 	return rc;
 }
 
-static int hexval(char c)
+/* A setting from -o, else from the URL's query, else from the environment. */
+static const char *setting(struct ed_store *s, const struct kv_open_args *a, const char *name,
+			   const char *env)
 {
-	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 :
-	       c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+	return kv_http_setting(a, s->query, s->nquery, name, env);
 }
 
-/* %-decode p[0..n) in place; its new length, or SIZE_MAX on a bad escape. */
-static size_t pct_decode(char *p, size_t n)
-{
-	size_t o = 0;
-
-	for (size_t i = 0; i < n; i++) {
-		int hi, lo;
-		if (p[i] != '%') {
-			p[o++] = p[i];
-			continue;
-		}
-		if (i + 2 >= n)
-			return SIZE_MAX;
-		hi = hexval(p[i + 1]);
-		lo = hi >= 0 ? hexval(p[i + 2]) : -1;
-		if (lo < 0)
-			return SIZE_MAX;
-		p[o++] = (char)(hi << 4 | lo);
-		i += 2;
-	}
-	p[o] = '\0';
-	return o;
-}
-
-/* The URL path, %-decoded, as the namespace: "app" and "app/" both mean "app/". */
-static int set_namespace(struct ed_store *s, const char *path, size_t max, char *err,
-			 size_t errlen)
-{
-	size_t n = strnlen(path, max);
-
-	s->ns = malloc(n + 2);
-	if (!s->ns)
-		return -ENOMEM;
-	memcpy(s->ns, path, n);
-	n = pct_decode(s->ns, n);
-	if (n == SIZE_MAX) {
-		snprintf(err, errlen, "etcd: bad %%-escape in the URL path");
-		return -EINVAL;
-	}
-	if (n && s->ns[n - 1] != '/')
-		s->ns[n++] = '/';
-	s->ns[n] = '\0';
-	s->nslen = n;
-	if (s->nslen >= ED_MAX_KEY / 2) {
-		snprintf(err, errlen, "etcd: the URL's key prefix is too long");
-		return -EINVAL;
-	}
-	return 0;
-}
-
-/* "?name=value&..." after the path: the same settings as -o (not secrets). */
-static int parse_query(struct ed_store *s, const char *q, char *err, size_t errlen)
-{
-	char *save = NULL, *tok;
-
-	s->query_text = strdup(q);
-	if (!s->query_text)
-		return -ENOMEM;
-	for (tok = strtok_r(s->query_text, "&", &save); tok; tok = strtok_r(NULL, "&", &save)) {
-		char *eq = strchr(tok, '=');
-		bool known = false;
-		if (!eq || s->nquery == sizeof(s->query) / sizeof(s->query[0])) {
-			snprintf(err, errlen, "etcd: bad URL query: expected name=value&...");
-			return -EINVAL;
-		}
-		*eq = '\0';
-		for (const char *const *o = kv_backend_etcd.options; *o && !known; o++)
-			known = strcmp(*o, tok) == 0;
-		if (!known || pct_decode(eq + 1, strlen(eq + 1)) == SIZE_MAX) {
-			snprintf(err, errlen, "etcd: unknown or bad URL query setting '%s'", tok);
-			return -EINVAL;
-		}
-		s->query[s->nquery++] = (struct kv_option){.name = tok, .value = eq + 1};
-	}
-	return 0;
-}
-
-/* A setting from -o, else from the URL's query. */
-static const char *setting(struct ed_store *s, const struct kv_open_args *a, const char *name)
-{
-	const char *v = kv_option_get(a, name);
-
-	for (size_t i = 0; !v && i < s->nquery; i++)
-		if (strcmp(s->query[i].name, name) == 0)
-			v = s->query[i].value;
-	return v;
-}
-
-/* "//[user@]h1:p1,h2:p2/prefix" (or "" / "///prefix": $ETCDCTL_ENDPOINTS). */
+/*
+ * "//[user@]h1:p1,h2:p2/prefix?query" (or "" / "///prefix": the endpoints
+ * from $ETCDCTL_ENDPOINTS).  curl_url() parses the URL with its first host;
+ * the others are endpoints of their own.
+ */
 static int parse_location(struct ed_store *s, const struct kv_open_args *a, char *err,
 			  size_t errlen)
 {
-	const char *loc = a->location ? a->location : "";
+	const char *loc = a->location ? a->location : "", *env = getenv("ETCDCTL_ENDPOINTS");
 	bool tls = strncasecmp(a->url, "etcd+https:", 11) == 0;
-	const char *hosts, *slash, *at, *env;
-	size_t hlen;
-	int rc;
-	const char *q = strchr(loc, '?');
+	bool hosts = loc[0] == '/' && loc[1] == '/';
+	size_t hlen = hosts ? strcspn(loc + 2, "/?") : 0, first = hosts ? strcspn(loc + 2, ",/?") : 0;
+	struct kv_http_url u = {0};
+	char *in = NULL;
+	int rc = 0;
 
-	if (q) {
-		rc = parse_query(s, q + 1, err, errlen);
-		if (rc)
-			return rc;
-	}
-	if (strncmp(loc, "//", 2) != 0) {
-		if (*loc) {
-			snprintf(err, errlen, "etcd: expected etcd://host:port[,host:port...]/[prefix]");
-			return -EINVAL;
-		}
-		loc = "//";
-	}
-	hosts = loc + 2;
-	hlen = q ? (size_t)(q - hosts) : strlen(hosts);
-	slash = memchr(hosts, '/', hlen);
-	if (slash)
-		hlen = (size_t)(slash - hosts);
-	at = memchr(hosts, '@', hlen);
-	if (at) {
-		if (memchr(hosts, ':', (size_t)(at - hosts))) {
-			snprintf(err, errlen, "etcd: no password in the URL: put it in a file "
-				 "(-o password_file=PATH) or in $ETCDCTL_PASSWORD");
-			return -EINVAL;
-		}
-		s->user = strndup(hosts, (size_t)(at - hosts));
-		if (!s->user)
-			return -ENOMEM;
-		hlen -= (size_t)(at + 1 - hosts);
-		hosts = at + 1;
-	}
-	rc = add_endpoints(s, hosts, hlen, tls, err, errlen);
-	if (!rc && s->neps == 0 && (env = getenv("ETCDCTL_ENDPOINTS")) && *env)
-		rc = add_endpoints(s, env, strlen(env), tls, err, errlen);
-	if (!rc && s->neps == 0)
-		rc = add_endpoint(s, ED_DEFAULT_ENDPOINT, strlen(ED_DEFAULT_ENDPOINT), tls, err,
-				  errlen);
+	if (*loc && !hosts)
+		rc = -EINVAL;
+	else if (asprintf(&in, "http://%.*s%s", hlen ? (int)first : 9, hlen ? loc + 2 : "localhost",
+			  hosts ? loc + 2 + hlen : "") < 0)
+		rc = -ENOMEM;
 	if (!rc)
-		rc = set_namespace(s, slash ? slash + 1 : "", q ? (size_t)(q - slash - 1) : SIZE_MAX,
-				   err, errlen);
-	return rc;
-}
-
-/* The first line of a file (a password), or NULL with err set. */
-static char *read_secret(const char *path, char *err, size_t errlen)
-{
-	FILE *f = fopen(path, "re");
-	char line[1024];
-	char *nl;
-
-	if (!f) {
-		snprintf(err, errlen, "etcd: cannot read password_file %s: %s", path, strerror(errno));
-		return NULL;
+		rc = kv_http_parse(in, 2379, &u);
+	if (rc == -EINVAL)
+		snprintf(err, errlen, "etcd: expected etcd://host:port[,host:port...]/[prefix]");
+	if (!rc && u.password) {
+		snprintf(err, errlen, "etcd: no password in the URL: put it in a file "
+			 "(-o password_file=PATH) or in $ETCDCTL_PASSWORD");
+		rc = -EINVAL;
 	}
-	if (!fgets(line, sizeof(line), f))
-		line[0] = '\0';
-	fclose(f);
-	if ((nl = strpbrk(line, "\r\n")))
-		*nl = '\0';
-	nl = strdup(line);
-	memset(line, 0, sizeof(line));
-	return nl;
+	s->user = u.user;
+	s->ns = u.prefix;
+	s->nslen = u.prefix_len;
+	u.user = u.prefix = NULL;
+	if (!rc && u.query)   /* the same settings as -o (not secrets) */
+		rc = kv_http_query("etcd", u.query, kv_backend_etcd.options, s->query,
+				   sizeof(s->query) / sizeof(s->query[0]), &s->nquery,
+				   &s->query_text, err, errlen);
+	/* The endpoints: the URL's hosts (without user@), else $ETCDCTL_ENDPOINTS. */
+	if (!rc && hlen) {
+		const char *at = memchr(loc + 2, '@', hlen), *h = at ? at + 1 : loc + 2;
+		rc = add_endpoints(s, h, hlen - (size_t)(h - loc - 2), tls, err, errlen);
+	} else if (!rc) {
+		env = env && *env ? env : ED_DEFAULT_ENDPOINT;
+		rc = add_endpoints(s, env, strlen(env), tls, err, errlen);
+	}
+	if (!rc && !s->neps) {
+		snprintf(err, errlen, "etcd: no endpoint in the URL");
+		rc = -EINVAL;
+	}
+	if (!rc && s->nslen >= ED_MAX_KEY / 2) {
+		snprintf(err, errlen, "etcd: the URL's key prefix is too long");
+		rc = -EINVAL;
+	}
+	kv_http_url_free(&u);
+	free(in);
+	return rc;
 }
 
 /* -o user / password_file, $ETCDCTL_USER ("user" or "user:password"), $ETCDCTL_PASSWORD. */
 static int parse_credentials(struct ed_store *s, const struct kv_open_args *a, char *err,
 			     size_t errlen)
 {
-	const char *user = setting(s, a, "user"), *pwfile = setting(s, a, "password_file");
-	const char *env = getenv("ETCDCTL_USER");
-	const char *envpw = getenv("ETCDCTL_PASSWORD");
+	const char *user = setting(s, a, "user", NULL), *pwfile = setting(s, a, "password_file", NULL);
+	const char *env = getenv("ETCDCTL_USER"), *envpw = getenv("ETCDCTL_PASSWORD");
+	char why[200];
 
 	if (user) {
 		free(s->user);
@@ -1357,99 +802,55 @@ static int parse_credentials(struct ed_store *s, const struct kv_open_args *a, c
 	if (!s->user && env && *env) {
 		const char *c = strchr(env, ':');
 		s->user = c ? strndup(env, (size_t)(c - env)) : strdup(env);
-		if (!s->user)
-			return -ENOMEM;
-		if (c && !(s->password = strdup(c + 1)))
+		if (!s->user || (c && !(s->password = strdup(c + 1))))
 			return -ENOMEM;
 	}
 	if (pwfile) {
 		free(s->password);
-		if (!(s->password = read_secret(pwfile, err, errlen)))
-			return err[0] ? -EACCES : -ENOMEM;
-	} else if (!s->password && envpw) {
-		if (!(s->password = strdup(envpw)))
-			return -ENOMEM;
+		if (!(s->password = kv_read_secret(pwfile, "password_file", why, sizeof(why)))) {
+			snprintf(err, errlen, "etcd: %s", why);
+			return -EACCES;
+		}
+	} else if (!s->password && envpw && !(s->password = strdup(envpw))) {
+		return -ENOMEM;
 	}
-	if (s->password && !s->user) {
-		snprintf(err, errlen, "etcd: a password but no user: give -o user=NAME or $ETCDCTL_USER");
-		return -EINVAL;
-	}
-	if (s->user && !s->password) {
-		snprintf(err, errlen, "etcd: user %s needs a password: -o password_file=PATH, "
-			 "$ETCDCTL_USER=user:password or $ETCDCTL_PASSWORD", s->user);
-		return -EINVAL;
-	}
-	return 0;
-}
-
-static int parse_options(struct ed_store *s, const struct kv_open_args *a, char *err,
-			 size_t errlen)
-{
-	static const struct { const char *opt, *env; size_t off; } files[] = {
-		{"cacert", "ETCDCTL_CACERT", offsetof(struct ed_store, cacert)},
-		{"cert", "ETCDCTL_CERT", offsetof(struct ed_store, cert)},
-		{"key", "ETCDCTL_KEY", offsetof(struct ed_store, key)},
-	};
-	const char *v = setting(s, a, "max_request_bytes");
-	uint64_t req = ED_MAX_REQUEST;
-
-	if (v && (kv_parse_size(v, &req) || req < 4 * ED_REQUEST_SLACK || req > ED_MAX_REQUEST_OPT)) {
-		snprintf(err, errlen, "etcd: bad max_request_bytes '%s' (etcd's --max-request-bytes, "
-			 "64K to 128M)", v);
-		return -EINVAL;
-	}
-	s->max_value = (size_t)req - ED_REQUEST_SLACK;
-	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
-		const char *f = setting(s, a, files[i].opt);
-		char **slot = (char **)(void *)((char *)s + files[i].off);
-		if (!f)
-			f = getenv(files[i].env);
-		if (f && *f && !(*slot = strdup(f)))
-			return -ENOMEM;
-	}
-	return parse_credentials(s, a, err, errlen);
-}
-
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-
-static void curl_start(void)
-{
-	curl_global_init(CURL_GLOBAL_DEFAULT);
+	if (!s->password != !s->user)
+		snprintf(err, errlen, s->user ? "etcd: user %s needs a password: -o password_file="
+			 "PATH, $ETCDCTL_USER=user:password or $ETCDCTL_PASSWORD" : "etcd: a password "
+			 "but no user%s: give -o user=NAME or $ETCDCTL_USER", s->user ? s->user : "");
+	return !s->password != !s->user ? -EINVAL : 0;
 }
 
 static int ed_open(const struct kv_open_args *args, struct kv_store **out, char *err,
 		   size_t errlen)
 {
 	struct ed_store *s = calloc(1, sizeof(*s));
-	struct ed_attempt a = {0};
+	uint64_t req = ED_MAX_REQUEST;
+	const char *v;
 	int rc;
 
 	if (!s)
 		return -ENOMEM;
-	pthread_once(&curl_once, curl_start);
 	pthread_mutex_init(&s->tok_lock, NULL);
-	pthread_mutex_init(&s->pool_lock, NULL);
-	s->timeout_ms = args->timeout_ms > 0 ? args->timeout_ms : 5000;
 	rc = parse_location(s, args, err, errlen);
-	if (!rc)
-		rc = parse_options(s, args, err, errlen);
-	/* Log in now, so that a wrong password is an error at mount time. */
-	for (size_t i = 0; !rc && s->user && i < s->neps; i++) {
-		rc = authenticate(s, i, 0, &a);
-		if (rc == -ETIMEDOUT || rc == -EIO)
-			rc = i + 1 < s->neps ? 0 : -EIO;
-		else
-			break;
+	v = rc ? NULL : setting(s, args, "max_request_bytes", NULL);
+	if (v && (kv_parse_size(v, &req) || req < 4 * ED_REQUEST_SLACK || req > ED_MAX_REQUEST_OPT)) {
+		snprintf(err, errlen, "etcd: bad max_request_bytes '%s' (etcd's --max-request-bytes, "
+			 "64K to 128M)", v);
+		rc = -EINVAL;
 	}
-	if (rc == -EACCES && !err[0])
-		snprintf(err, errlen, "etcd: authentication as %s failed: %s", s->user, a.why);
-	else if (rc == -EIO && !err[0])
-		snprintf(err, errlen, "etcd: cannot reach any endpoint to authenticate (%s)", a.why);
+	s->max_value = (size_t)req - ED_REQUEST_SLACK;
+	if (!rc)
+		rc = parse_credentials(s, args, err, errlen);
+	if (!rc)
+		rc = kv_http_init(&s->http, "etcd", args->timeout_ms, &(struct kv_http_tls){
+			.cacert = setting(s, args, "cacert", "ETCDCTL_CACERT"),
+			.cert = setting(s, args, "cert", "ETCDCTL_CERT"),
+			.key = setting(s, args, "key", "ETCDCTL_KEY")}, err, errlen);
 	if (rc) {
-		ed_free(s);
+		ed_close(&s->base);
 		return rc;
 	}
-	s->base.be = &kv_backend_etcd;
 	*out = &s->base;
 	return 0;
 }
@@ -1464,17 +865,21 @@ static const char *const ed_options[] = {
 	"user", "password_file", "cacert", "cert", "key", "max_request_bytes", NULL,
 };
 
-/*
- * Every write is committed to a quorum's fsynced log before etcd answers,
- * so KV_CAP_SYNC holds with no sync of our own.
- */
+/* Every write is committed to a quorum's fsynced log before etcd answers:
+ * nothing is left for a sync to do. */
+static int ed_sync(struct kv_store *st)
+{
+	(void)st;
+	return 0;
+}
+
 const struct kv_backend kv_backend_etcd = {
 	.scheme = "etcd",
 	.aliases = (const char *const[]){"etcd+https", NULL},
 	.summary = "etcd v3 cluster through its JSON gateway, with failover between members",
 	.usage = "etcd://host:2379[,host:2379...]/[prefix]",
 	.options = ed_options,
-	.caps = KV_CAP_ORDERED | KV_CAP_CAS | KV_CAP_TXN | KV_CAP_SYNC | KV_CAP_PERSIST,
+	.persistent = true,
 	/* the widest a store may be; each store narrows it (ed_store_limits) */
 	.limits = {.max_key = ED_MAX_KEY, .max_value = ED_MAX_REQUEST_OPT - ED_REQUEST_SLACK},
 	.open = ed_open,
@@ -1482,9 +887,10 @@ const struct kv_backend kv_backend_etcd = {
 	.get = ed_get,
 	.set = ed_set,
 	.del = ed_del,
-	.list = ed_list,
+	.scan = ed_scan,
 	.health = ed_health,
 	.cas = ed_cas,
 	.apply = ed_apply,
+	.sync = ed_sync,
 	.store_limits = ed_store_limits,
 };

@@ -5,9 +5,11 @@ every request, and the key spelling for bytes JSON cannot carry.
 
 Each test runs its own test server (tests/servers/consul_server.py).
 """
+import base64
 import errno
 import json
 import os
+import urllib.error
 import urllib.request
 
 import pytest
@@ -58,6 +60,7 @@ def raw_keys(srv, token=None):
 def test_token_file_reaches_server_and_never_shows(acl_server, workdir):
     tf = os.path.join(workdir, "token")
     write_file(tf, b"  " + TOKEN.encode() + b"\n")
+    os.chmod(tf, 0o600)
     m = mount(acl_server.url, env={"CONSUL_HTTP_TOKEN_FILE": tf})
     write_file(m.p("f"), b"with token")
     assert read_file(m.p("f")) == b"with token"
@@ -74,16 +77,73 @@ def test_token_file_reaches_server_and_never_shows(acl_server, workdir):
     assert TOKEN not in m.log_text()
 
 
-def test_token_from_env_and_missing_token_is_eacces(acl_server):
+def mount_fails(url, opts=(), env=None):
+    """Run kvfs on url; it must refuse to mount with one line and exit 1.
+    That line."""
+    mnt = util.new_temp_dir()
+    base = {"CONSUL_HTTP_TOKEN": None, "CONSUL_HTTP_TOKEN_FILE": None, "CONSUL_HTTP_ADDR": None}
+    base.update(env or {})
+    e = dict(os.environ)
+    for k, v in base.items():
+        if v is None:
+            e.pop(k, None)
+        else:
+            e[k] = v
+    r = util.run([util.KVFS_BIN, "-f"] + (["-o", ",".join(opts)] if opts else []) + [url, mnt],
+                 timeout=60, env=e)
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 1 and not util.is_mounted(mnt), (r.returncode, err)
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_token_from_env_and_missing_or_wrong_token_fails_the_mount(acl_server):
     m = mount(acl_server.url, env={"CONSUL_HTTP_TOKEN": TOKEN})
     write_file(m.p("g"), b"env token")
     m.unmount()
-    m = mount(acl_server.url)
+    err = mount_fails(acl_server.url)
+    assert "refused the credentials" in err and "without a token" in err, err
+    err = mount_fails(acl_server.url, env={"CONSUL_HTTP_TOKEN": "not-" + TOKEN})
+    assert "refused the credentials" in err and "CONSUL_HTTP_TOKEN" in err, err
+    assert TOKEN not in err
+
+
+def test_lazy_mount_without_token_is_eacces(acl_server):
+    m = mount(acl_server.url, opts=["lazy"])
     m.allow_log(r"kvfs: WARN:.*403")
-    assert util.errno_of(read_file, m.p("g")) in (errno.EACCES, errno.ENOENT)
+    assert m.health()["status"] == "down"
+    assert util.errno_of(read_file, m.p("g")) == errno.EACCES
     assert util.errno_of(write_file, m.p("h"), b"x") == errno.EACCES
+    assert util.errno_of(os.listdir, m.path) == errno.EACCES
     m.unmount()
     assert TOKEN not in m.log_text()
+
+
+def test_token_file_readable_by_others_is_refused(acl_server, workdir):
+    tf = os.path.join(workdir, "token")
+    write_file(tf, TOKEN.encode() + b"\n")
+    os.chmod(tf, 0o644)
+    err = mount_fails(acl_server.url, env={"CONSUL_HTTP_TOKEN_FILE": tf})
+    assert "chmod 600" in err and TOKEN not in err, err
+
+
+def test_unreachable_agent_fails_the_mount_and_lazy_mounts(workdir):
+    url = "consul://127.0.0.1:%d" % servers.free_port()     # nothing listens there
+    err = mount_fails(url, opts=["timeout=1s"])
+    assert "cannot reach the store" in err and "-o lazy" in err, err
+    m = mount(url, opts=["lazy", "timeout=1s"])
+    m.allow_log(r"kvfs: WARN: consul: ")
+    assert m.health()["status"] == "down"
+    assert util.errno_of(read_file, m.p("f")) == errno.EIO
+
+
+def test_missing_tls_file_fails_the_mount(server):
+    for opt in ("cacert", "cert", "key"):
+        err = mount_fails(server.url.replace("consul:", "consul+https:"),
+                          opts=["%s=/nonexistent/ca.pem" % opt])
+        assert opt in err and "/nonexistent/ca.pem" in err, err
+    err = mount_fails(server.url, env={"CONSUL_CACERT": "/nonexistent/ca.pem"})
+    assert "cacert" in err, err
 
 
 @pytest.mark.parametrize("key", [b"a/../b", b"a/./b", b"a//b", b"/lead", b"a/.."])
@@ -133,7 +193,9 @@ def test_dc_reaches_requests(server):
     write_file(m.p("f"), b"in dc1")
     assert m.health()["status"] == "ok"
     m.unmount()
-    m = mount(server.url + "/?dc=elsewhere", opts=["timeout=2s"])
+    err = mount_fails(server.url + "/?dc=elsewhere", opts=["timeout=2s"])
+    assert "No path to datacenter" in err, err
+    m = mount(server.url + "/?dc=elsewhere", opts=["timeout=2s", "lazy"])
     m.allow_log(r"kvfs: WARN:.*No path to datacenter")
     assert util.errno_of(read_file, m.p("f")) == errno.EIO
     assert m.health()["status"] != "ok"
@@ -178,3 +240,58 @@ def test_value_limit_is_512k_and_refusal_keeps_old_value(server):
     os.rename(m.p("big"), m.p("moved"))
     assert read_file(m.p("moved")) == big
     assert consul.Raw(server.url).items() == {b"moved": big}
+
+
+def test_value_too_large_for_a_transaction_body_is_efbig_not_a_crash(server):
+    # "a/%/b" is the key "a//b": its empty segment keeps it off the URL
+    # path, so it travels in a /v1/txn body, and 400 KiB of base64 does not
+    # fit in one (512 KiB).  The daemon once crashed here, reading an
+    # uninitialised pointer; -o debug leaves a stack on which that is likely.
+    m = util.Mount(server.url, opts=["debug"]).start()
+    src = os.path.join(m.path + "-src")
+    write_file(src, os.urandom(400 * 1024))
+    os.makedirs(m.p("a", "%"))
+    for name in "bcdef":        # the garbage differs from call to call
+        r = util.run(["cp", src, m.p("a", "%", name)])
+        assert m.proc.poll() is None, "the daemon died"
+        assert r.returncode != 0 and b"too large" in r.stderr, r.stderr
+    assert m.health()["status"] == "ok"
+    write_file(m.p("a", "%", "b"), b"small")
+    assert consul.Raw(server.url).get(b"a//b") == b"small"
+
+
+def test_no_transactions_claimed_and_large_renames_apply_in_chunks(server):
+    # Consul refuses transactions of more than 64 operations: kvfs says so in
+    # .health and hands the backend chunks it can apply atomically.
+    m = mount(server.url)
+    h = m.health()
+    caps = h["capabilities"]
+    assert "transactions" not in caps and "cas" in caps and "ordered" in caps, h
+    os.mkdir(m.p("d"))
+    for i in range(100):                       # a rename of 200 operations
+        write_file(m.p("d", "f%03d" % i), b"%d" % i)
+    os.rename(m.p("d"), m.p("e"))
+    raw = consul.Raw(server.url)
+    assert sorted(k for k in raw.items() if not k.endswith(b"/")) == \
+        sorted(b"e/f%03d" % i for i in range(100))
+    assert raw.get(b"e/f042") == b"42"
+
+
+def test_test_server_enforces_consuls_transaction_limits(server):
+    """The limits kvfs relies on are Consul's (agent/txn_endpoint.go): 64
+    operations (maxTxnOps) and a 512 KiB body (txn_max_req_len)."""
+    def txn(ops):
+        body = json.dumps([{"KV": {"Verb": "set", "Key": "t/%d" % i,
+                                   "Value": base64.b64encode(v).decode()}}
+                           for i, v in enumerate(ops)]).encode()
+        req = urllib.request.Request("http://127.0.0.1:%d/v1/txn" % server.port, data=body,
+                                     method="PUT")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+    assert txn([b"x"] * 64) == 200
+    assert txn([b"x"] * 65) == 413
+    assert txn([os.urandom(380 * 1024)]) == 200
+    assert txn([os.urandom(390 * 1024)]) == 413      # 520 KiB of base64

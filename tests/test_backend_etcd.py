@@ -15,6 +15,7 @@ import uuid
 
 import pytest
 
+import servers
 import util
 from servers import etcd
 
@@ -220,15 +221,71 @@ def test_credentials_from_etcdctl_user(auth_cluster):
     assert util.read_file(m.p("k")) == b"v"
 
 
+def mount_fails(url, opts=(), env=None):
+    """kvfs must refuse to mount url with one line and exit 1; that line."""
+    e = dict(os.environ, **(env or {}))
+    for k in ("ETCDCTL_USER", "ETCDCTL_PASSWORD", "ETCDCTL_ENDPOINTS"):
+        if not env or k not in env:
+            e.pop(k, None)
+    mnt = util.new_temp_dir()
+    r = util.run([util.KVFS_BIN, "-f"] + (["-o", ",".join(opts)] if opts else []) + [url, mnt],
+                 timeout=60, env=e)
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 1 and not util.is_mounted(mnt), (r.returncode, err)
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
 def test_wrong_password_or_none_fails_at_mount(auth_cluster, workdir):
     pw = os.path.join(workdir, "pw")
     util.write_file(pw, b"wrong\n")
-    r = util.run([util.KVFS_BIN, "-f", "-o", "user=root,password_file=" + pw,
-                  auth_cluster.url, util.new_temp_dir()], timeout=60)
-    err = r.stderr.decode(errors="replace")
-    assert r.returncode != 0 and "authentication" in err, err
+    os.chmod(pw, 0o600)
+    err = mount_fails(auth_cluster.url, ["user=root", "password_file=" + pw])
+    assert "refused the credentials" in err and "authentication" in err, err
     assert "wrong" not in err
-    m = util.Mount(auth_cluster.url, opts=["root=" + fresh_root()])
-    m.allow_log(r".")
+    err = mount_fails(auth_cluster.url)
+    assert "refused the credentials" in err and "without a user" in err, err
+
+
+def test_lazy_mount_without_credentials_is_eacces(auth_cluster):
+    m = util.Mount(auth_cluster.url, opts=["root=" + fresh_root(), "lazy"])
+    m.allow_log(r"kvfs: WARN: etcd: .*refused")
     m.start()
-    assert util.errno_of(util.write_file, m.p("k"), b"v") in (errno.EACCES, errno.EIO)
+    assert m.health()["status"] == "down"
+    assert util.errno_of(util.write_file, m.p("k"), b"v") == errno.EACCES
+    assert util.errno_of(util.read_file, m.p("k")) == errno.EACCES
+
+
+def test_password_file_readable_by_others_is_refused(auth_cluster, workdir):
+    pw = os.path.join(workdir, "pw")
+    util.write_file(pw, b"S3cr3t-pw\n")
+    os.chmod(pw, 0o644)
+    err = mount_fails(auth_cluster.url, ["user=root", "password_file=" + pw])
+    assert "chmod 600" in err and "S3cr3t-pw" not in err, err
+
+
+def compiled():
+    if "etcd" not in util.compiled_backends():
+        pytest.skip("etcd is not compiled in")
+
+
+def test_unreachable_cluster_fails_the_mount_and_lazy_mounts():
+    compiled()
+    url = "etcd://127.0.0.1:%d,127.0.0.1:%d" % (servers.free_port(), servers.free_port())
+    err = mount_fails(url, ["timeout=1s"])
+    assert "cannot reach the store" in err and "-o lazy" in err, err
+    m = util.Mount(url, opts=["lazy", "timeout=1s"])
+    m.allow_log(r"kvfs: (ERROR|WARN): etcd: ")
+    m.start()
+    assert m.health()["status"] == "down"
+    assert util.errno_of(util.read_file, m.p("f")) == errno.EIO
+
+
+def test_missing_tls_file_fails_the_mount():
+    compiled()
+    url = "etcd+https://127.0.0.1:%d" % servers.free_port()
+    for opt in ("cacert", "cert", "key"):
+        err = mount_fails(url, ["%s=/nonexistent/ca.pem" % opt])
+        assert opt in err and "/nonexistent/ca.pem" in err, err
+    err = mount_fails(url, env={"ETCDCTL_CACERT": "/nonexistent/ca.pem"})
+    assert "cacert" in err, err

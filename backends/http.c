@@ -1,0 +1,566 @@
+/*
+ * http.c - the HTTP stores' shared machinery (http.h).
+ */
+#include "kv.h"
+#include "http.h"
+
+#include <errno.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A request body larger than this is a bulk transfer (see kv_http_req). */
+#define HTTP_BULK_BODY ((size_t)64 << 10)
+
+/* curl_global_init is not thread-safe: once per process, whichever store opens first. */
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_rc;
+
+static void curl_init_once(void)
+{
+	curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+/* ---- the pool: CURL handles; a handle keeps its connections between calls ---- */
+
+static int handle_new(void *ctx, int64_t deadline, void **conn)
+{
+	(void)ctx;
+	(void)deadline;
+	*conn = curl_easy_init();
+	return *conn ? 0 : -ENOMEM;
+}
+
+static bool handle_usable(void *ctx, void *conn)
+{
+	(void)ctx;
+	(void)conn;
+	return true;  /* curl replaces a dead connection itself */
+}
+
+static void handle_close(void *ctx, void *conn)
+{
+	(void)ctx;
+	curl_easy_cleanup(conn);
+}
+
+static const struct kv_pool_ops handle_ops = {
+	.connect = handle_new,
+	.usable = handle_usable,
+	.close = handle_close,
+};
+
+static int keep_file(const char *path, const char *what, char **slot, char *err, size_t errlen)
+{
+	int rc;
+
+	if (!path || !*path)
+		return 0;
+	rc = kv_check_file(path, what, err, errlen);
+	if (rc)
+		return rc;
+	*slot = strdup(path);
+	return *slot ? 0 : -ENOMEM;
+}
+
+int kv_http_init(struct kv_http *h, const char *name, int timeout_ms,
+		 const struct kv_http_tls *tls, char *err, size_t errlen)
+{
+	char line[200];
+	int rc = 0;
+
+	*h = (struct kv_http){.name = name, .timeout_ms = timeout_ms > 0 ? timeout_ms : 5000};
+	pthread_mutex_init(&h->lock, NULL);
+	kv_pool_init(&h->pool, name, &handle_ops, h, KV_POOL_MAX);
+	pthread_once(&curl_once, curl_init_once);
+	if (curl_init_rc != CURLE_OK) {
+		snprintf(err, errlen, "%s: libcurl: %s", name, curl_easy_strerror(curl_init_rc));
+		return -EIO;
+	}
+	line[0] = '\0';
+	if (tls && !rc)
+		rc = keep_file(tls->cacert, "cacert", &h->cacert, line, sizeof(line));
+	if (tls && !rc)
+		rc = keep_file(tls->cert, "cert", &h->cert, line, sizeof(line));
+	if (tls && !rc)
+		rc = keep_file(tls->key, "key", &h->key, line, sizeof(line));
+	if (tls && !rc && tls->capath && !(h->capath = strdup(tls->capath)))
+		rc = -ENOMEM;
+	if (rc && line[0])
+		snprintf(err, errlen, "%s: %s", name, line);
+	return rc;
+}
+
+void kv_http_destroy(struct kv_http *h)
+{
+	kv_pool_destroy(&h->pool);
+	pthread_mutex_destroy(&h->lock);
+	free(h->cacert);
+	free(h->capath);
+	free(h->cert);
+	free(h->key);
+}
+
+/* ---- one request ---- */
+
+static size_t on_data(char *p, size_t size, size_t n, void *ctx)
+{
+	return kv_buf_add(ctx, p, size * n) ? 0 : size * n;
+}
+
+/* A bulk transfer ends when no byte has moved either way for a whole timeout. */
+struct xfer {
+	int stall_ms;
+	int64_t last;
+	curl_off_t moved;
+	bool stalled;
+};
+
+static int on_progress(void *ctx, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+		       curl_off_t ulnow)
+{
+	struct xfer *x = ctx;
+	int64_t now = kv_now_ms();
+
+	(void)dltotal;
+	(void)ultotal;
+	if (dlnow + ulnow != x->moved) {
+		x->moved = dlnow + ulnow;
+		x->last = now;
+	}
+	x->stalled = now - x->last > x->stall_ms;
+	return x->stalled;
+}
+
+static void set_options(struct kv_http *h, CURL *c, const struct kv_http_req *rq,
+			struct kv_http_resp *r, struct xfer *x)
+{
+	long left = kv_ms_left(rq->deadline);
+
+	curl_easy_setopt(c, CURLOPT_URL, rq->url);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(c, CURLOPT_PATH_AS_IS, 1L);
+	curl_easy_setopt(c, CURLOPT_PROXY, "");  /* never hand a token to an env proxy */
+	curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
+	curl_easy_setopt(c, CURLOPT_USERAGENT, "kvfs/" KVFS_VERSION);
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, rq->headers);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, &r->body);
+	curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+	if (h->cacert)
+		curl_easy_setopt(c, CURLOPT_CAINFO, h->cacert);
+	if (h->capath)
+		curl_easy_setopt(c, CURLOPT_CAPATH, h->capath);
+	if (h->cert)
+		curl_easy_setopt(c, CURLOPT_SSLCERT, h->cert);
+	if (h->key)
+		curl_easy_setopt(c, CURLOPT_SSLKEY, h->key);
+	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, left > 0 ? left : 1L);
+	if (rq->bulk || rq->blen > HTTP_BULK_BODY) {
+		/* Bound the waiting, not the transfer of a large value. */
+		*x = (struct xfer){.stall_ms = h->timeout_ms, .last = kv_now_ms()};
+		curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+		curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+		curl_easy_setopt(c, CURLOPT_XFERINFODATA, x);
+	} else {
+		curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, left > 0 ? left : 1L);
+	}
+	if (rq->body) {
+		curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)rq->blen);
+		curl_easy_setopt(c, CURLOPT_POSTFIELDS, rq->blen ? rq->body : "");
+		if (strcmp(rq->method, "POST") != 0)
+			curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, rq->method);
+	} else if (strcmp(rq->method, "GET") != 0) {
+		curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, rq->method);
+	}
+}
+
+/* One exchange on one handle: the curl result, the answer in r. */
+static CURLcode exchange(struct kv_http *h, CURL *c, const struct kv_http_req *rq,
+			 struct kv_http_resp *r)
+{
+	struct xfer x = {0};
+	curl_off_t sent = 0;
+	CURLcode cc;
+
+	curl_easy_reset(c);  /* keeps the connections */
+	r->status = 0;
+	r->body.len = 0;
+	set_options(h, c, rq, r, &x);
+	cc = curl_easy_perform(c);
+	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
+	curl_easy_getinfo(c, CURLINFO_SIZE_UPLOAD_T, &sent);
+	r->sent = cc == CURLE_OK || sent > 0 || cc == CURLE_OPERATION_TIMEDOUT || x.stalled ||
+		  cc == CURLE_GOT_NOTHING || cc == CURLE_RECV_ERROR;
+	if (cc == CURLE_OPERATION_TIMEDOUT || x.stalled)
+		snprintf(r->why, sizeof(r->why), "%s for %d ms (-o timeout raises it)",
+			 x.stalled ? "the transfer stalled" : "no answer", h->timeout_ms);
+	else if (cc != CURLE_OK)
+		snprintf(r->why, sizeof(r->why), "%s", curl_easy_strerror(cc));
+	return cc;
+}
+
+static bool transient_503(long status, const struct kv_buf *body)
+{
+	(void)body;
+	return status == 503;
+}
+
+/* Log transport trouble at most once a second: a dead store under a busy
+ * mount would flood the log. */
+static void warn_limited(struct kv_http *h, const struct kv_http_req *rq, const char *why)
+{
+	int64_t now = kv_now_ms();
+	bool say;
+
+	pthread_mutex_lock(&h->lock);
+	say = now - h->last_warn >= 1000;
+	if (say)
+		h->last_warn = now;
+	pthread_mutex_unlock(&h->lock);
+	if (say)
+		kv_log(KV_LOG_WARN, "%s: %s %s: %s", h->name, rq->method, rq->url, why);
+}
+
+int kv_http_request(struct kv_http *h, const struct kv_http_req *rq, struct kv_http_resp *r)
+{
+	bool (*transient)(long, const struct kv_buf *) = rq->transient ? rq->transient
+								       : transient_503;
+	bool reused;
+	void *c;
+	int rc;
+
+	*r = (struct kv_http_resp){0};
+	for (int attempt = 0;; attempt++) {
+		CURLcode cc;
+		bool again;
+
+		rc = kv_pool_get(&h->pool, rq->deadline, &c, &reused);
+		if (rc) {
+			snprintf(r->why, sizeof(r->why), "no free connection (-o timeout raises it)");
+			break;
+		}
+		cc = exchange(h, c, rq, r);
+		kv_pool_put(&h->pool, c, false);
+		if (cc == CURLE_OUT_OF_MEMORY || cc == CURLE_WRITE_ERROR) {
+			rc = -ENOMEM;
+			break;
+		}
+		rc = cc == CURLE_OK ? 0 : -EIO;
+		if (cc == CURLE_OK)
+			again = transient(r->status, &r->body);
+		else
+			again = cc == CURLE_COULDNT_CONNECT ||
+				(rq->idempotent && (cc == CURLE_SEND_ERROR || cc == CURLE_RECV_ERROR ||
+						    cc == CURLE_GOT_NOTHING));
+		if (rq->once || !again || !kv_backoff(attempt, rq->deadline))
+			break;
+	}
+	if (rc == -EIO && !rq->quiet)
+		warn_limited(h, rq, r->why);
+	if (rc)
+		kv_buf_free(&r->body);
+	return rc;
+}
+
+json_t *kv_http_json(const struct kv_http_resp *r)
+{
+	return json_loadb(r->body.p ? r->body.p : "", r->body.len,
+			  JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+}
+
+/* ---- URLs ---- */
+
+char *kv_http_origin(CURLU *u, unsigned default_port)
+{
+	char *scheme = NULL, *host = NULL, *port = NULL, *out = NULL;
+
+	if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+	    curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK && *host &&
+	    (strcmp(scheme, "http") == 0 || strcmp(scheme, "https") == 0)) {
+		if (curl_url_get(u, CURLUPART_PORT, &port, 0) == CURLUE_OK) {
+			if (asprintf(&out, "%s://%s:%s", scheme, host, port) < 0)
+				out = NULL;
+		} else if (asprintf(&out, "%s://%s:%u", scheme, host, default_port) < 0) {
+			out = NULL;
+		}
+	}
+	curl_free(scheme);
+	curl_free(host);
+	curl_free(port);
+	return out;
+}
+
+int kv_http_parse(const char *url, unsigned default_port, struct kv_http_url *out)
+{
+	CURLU *u = curl_url();
+	char *part = NULL, *path = NULL;
+	int rc = u ? 0 : -ENOMEM, n = 0;
+
+	*out = (struct kv_http_url){0};
+	if (!rc && (curl_url_set(u, CURLUPART_URL, url, CURLU_PATH_AS_IS) != CURLUE_OK ||
+		    !(out->origin = kv_http_origin(u, default_port))))
+		rc = -EINVAL;
+	if (!rc && curl_url_get(u, CURLUPART_USER, &part, CURLU_URLDECODE) == CURLUE_OK &&
+	    !(out->user = strdup(part)))
+		rc = -ENOMEM;
+	curl_free(part);
+	part = NULL;
+	out->password = !rc && curl_url_get(u, CURLUPART_PASSWORD, &part, 0) == CURLUE_OK;
+	curl_free(part);
+	part = NULL;
+	if (!rc && curl_url_get(u, CURLUPART_QUERY, &part, 0) == CURLUE_OK &&
+	    !(out->query = strdup(part)))
+		rc = -ENOMEM;
+	curl_free(part);
+	part = NULL;
+	if (!rc && curl_url_get(u, CURLUPART_PATH, &part, 0) == CURLUE_OK &&
+	    !(path = curl_easy_unescape(NULL, part + strspn(part, "/"), 0, &n)))
+		rc = -ENOMEM;
+	if (!rc && !(out->prefix = malloc((size_t)n + 2)))
+		rc = -ENOMEM;
+	if (!rc) {
+		memcpy(out->prefix, path ? path : "", (size_t)n);
+		out->prefix_len = (size_t)n;
+		if (n && path[n - 1] != '/')
+			out->prefix[out->prefix_len++] = '/';
+		out->prefix[out->prefix_len] = '\0';
+	}
+	curl_free(part);
+	curl_free(path);
+	curl_url_cleanup(u);
+	if (rc)
+		kv_http_url_free(out);
+	return rc;
+}
+
+void kv_http_url_free(struct kv_http_url *u)
+{
+	free(u->origin);
+	free(u->user);
+	free(u->query);
+	free(u->prefix);
+	*u = (struct kv_http_url){0};
+}
+
+int kv_http_query(const char *scheme, const char *q, const char *const *allowed,
+		  struct kv_option *opts, size_t max, size_t *n, char **text, char *err,
+		  size_t errlen)
+{
+	char *save = NULL, *tok;
+
+	*n = 0;
+	if (!(*text = strdup(q)))
+		return -ENOMEM;
+	for (tok = strtok_r(*text, "&", &save); tok; tok = strtok_r(NULL, "&", &save)) {
+		char *eq = strchr(tok, '='), *v = NULL;
+		bool known = false;
+		int len = 0;
+
+		if (eq)
+			*eq = '\0';
+		for (const char *const *o = allowed; *o && !known; o++)
+			known = strcmp(*o, tok) == 0;
+		if (known && eq && *n < max)
+			v = curl_easy_unescape(NULL, eq + 1, 0, &len);
+		if (!v || !len || memchr(v, 0, (size_t)len)) {
+			curl_free(v);
+			snprintf(err, errlen, "%s: unknown or bad URL parameter '%.40s'", scheme, tok);
+			return -EINVAL;
+		}
+		memcpy(eq + 1, v, (size_t)len + 1);  /* never longer than the escaped text */
+		curl_free(v);
+		opts[(*n)++] = (struct kv_option){.name = tok, .value = eq + 1};
+	}
+	return 0;
+}
+
+const char *kv_http_setting(const struct kv_open_args *a, const struct kv_option *query,
+			    size_t nquery, const char *name, const char *env)
+{
+	const char *v = kv_option_get(a, name);
+
+	for (size_t i = 0; !v && i < nquery; i++)
+		if (strcmp(query[i].name, name) == 0)
+			v = query[i].value;
+	return v ? v : env ? getenv(env) : NULL;
+}
+
+char *kv_http_base_url(const char *name, const char *hostport, bool tls, unsigned default_port,
+		       char *err, size_t errlen)
+{
+	struct kv_http_url u;
+	char *in, *out = NULL;
+	int rc;
+
+	if (asprintf(&in, "%s%s", strstr(hostport, "://") ? "" : tls ? "https://" : "http://",
+		     hostport) < 0)
+		return NULL;
+	rc = kv_http_parse(in, default_port, &u);
+	if (rc == -EINVAL)
+		snprintf(err, errlen, "%s: bad address '%.80s': expected host:port, http:// or "
+			 "https://", name, hostport);
+	else if (!rc && (u.user || u.password))
+		snprintf(err, errlen, "%s: no credentials in the address '%.80s'", name, hostport);
+	else if (!rc && (u.query || u.prefix_len))
+		snprintf(err, errlen, "%s: the address '%.80s' has a path or query", name,
+			 hostport);
+	else if (!rc)
+		out = u.origin;
+	if (out)
+		u.origin = NULL;
+	kv_http_url_free(&u);
+	free(in);
+	return out;
+}
+
+/* ---- binary keys as text ---- */
+
+static const char HEX[] = "0123456789ABCDEF";
+
+static bool is_uhex(char c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'F');
+}
+
+static int hexval(char c)
+{
+	return c <= '9' ? c - '0' : c - 'A' + 10;
+}
+
+/* Length of the valid UTF-8 sequence at p (1 for ASCII), 0 if invalid. */
+static size_t utf8_len(const unsigned char *p, size_t n)
+{
+	unsigned char c = p[0], lo = 0x80, hi = 0xBF;
+	size_t len;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xC2 && c <= 0xDF)
+		len = 2;
+	else if (c >= 0xE0 && c <= 0xEF)
+		len = 3;
+	else if (c >= 0xF0 && c <= 0xF4)
+		len = 4;
+	else
+		return 0;
+	if (c == 0xE0)
+		lo = 0xA0;
+	else if (c == 0xED)
+		hi = 0x9F;  /* no surrogates */
+	else if (c == 0xF0)
+		lo = 0x90;
+	else if (c == 0xF4)
+		hi = 0x8F;
+	if (n < len || p[1] < lo || p[1] > hi)
+		return 0;
+	for (size_t i = 2; i < len; i++)
+		if (p[i] < 0x80 || p[i] > 0xBF)
+			return 0;
+	return len;
+}
+
+int kv_key_to_text(struct kv_buf *out, const char *key, size_t n)
+{
+	const unsigned char *k = (const unsigned char *)key;
+	int rc = 0;
+
+	for (size_t i = 0; i < n && !rc; i++) {
+		size_t len = 1;
+		char esc[3] = {'%', HEX[k[i] >> 4], HEX[k[i] & 15]};
+
+		if ((k[i] == '%' && i + 2 < n && is_uhex(key[i + 1]) && is_uhex(key[i + 2])) ||
+		    k[i] == 0 || (k[i] >= 0x80 && !(len = utf8_len(k + i, n - i)))) {
+			rc = kv_buf_add(out, esc, 3);
+		} else {
+			rc = kv_buf_add(out, key + i, len);
+			i += len - 1;
+		}
+	}
+	return rc;
+}
+
+int kv_key_from_text(struct kv_buf *out, const char *s, size_t n)
+{
+	int rc = 0;
+
+	for (size_t i = 0; i < n && !rc; i++) {
+		if (s[i] == '%' && i + 2 < n && is_uhex(s[i + 1]) && is_uhex(s[i + 2])) {
+			char c = (char)(hexval(s[i + 1]) << 4 | hexval(s[i + 2]));
+			rc = kv_buf_add(out, &c, 1);
+			i += 2;
+		} else {
+			rc = kv_buf_add(out, s + i, 1);
+		}
+	}
+	return rc;
+}
+
+size_t kv_key_text_prefix(const char *p, size_t n)
+{
+	size_t before;
+
+	do {
+		before = n;
+		while (n && (unsigned char)p[n - 1] >= 0x80)
+			n--;
+		if (n >= 1 && p[n - 1] == '%')
+			n--;
+		else if (n >= 2 && p[n - 2] == '%' && is_uhex(p[n - 1]))
+			n -= 2;
+	} while (n != before);
+	return n;
+}
+
+/* ---- base64 ---- */
+
+json_t *kv_json_base64(const void *p, size_t n)
+{
+	char *out = malloc((n + 2) / 3 * 4 + 1);
+	json_t *j;
+	int len;
+
+	if (!out)
+		return NULL;
+	len = EVP_EncodeBlock((unsigned char *)out, (const unsigned char *)p, (int)n);
+	j = json_stringn_nocheck(out, (size_t)len);
+	free(out);
+	return j;
+}
+
+int kv_json_unbase64(const json_t *s, char **out, size_t *len)
+{
+	const char *t = json_string_value(s);
+	size_t n = t ? json_string_length(s) : 0, pad = 0;
+	char *d = malloc(n / 4 * 3 + 4);
+	int got;
+
+	if (!d)
+		return -ENOMEM;
+	got = n ? EVP_DecodeBlock((unsigned char *)d, (const unsigned char *)t, (int)n) : 0;
+	if (got < 0 || n % 4) {
+		free(d);
+		return -EIO;
+	}
+	while (pad < 2 && n > pad && t[n - 1 - pad] == '=')
+		pad++;
+	*len = (size_t)got - pad;
+	d[*len] = '\0';
+	*out = d;
+	return 0;
+}
+
+uint64_t kv_json_base64_size(const json_t *s)
+{
+	const char *t = json_string_value(s);
+	size_t n = t ? json_string_length(s) : 0, pad = 0;
+
+	while (pad < 2 && n > pad && t[n - 1 - pad] == '=')
+		pad++;
+	return (uint64_t)n / 4 * 3 - pad;
+}
