@@ -218,15 +218,22 @@ def test_a_call_while_the_server_restarts_waits_for_it(server):
 
 
 def test_a_server_loading_its_data_is_waited_for(workdir):
-    # 2000 keys loaded 1 ms apiece: the server answers LOADING for 2 s
+    # 2000 keys loaded 1 ms apiece from the RDB part: LOADING for 2 s
     srv = rd.start(workdir, config="key-load-delay 1000\n"
                    "loading-process-events-interval-bytes 1024\n")
     try:
         rd.Raw(srv.url).put_many({b"k%d" % i: b"v%d" % i for i in range(2000)})
+        c = resp(srv.url)      # into the RDB part, loaded with events in between
+        c.call(b"BGREWRITEAOF")
+        while b"aof_rewrite_in_progress:1" in c.call(b"INFO", b"persistence") or \
+                b"aof_rewrite_scheduled:1" in c.call(b"INFO", b"persistence"):
+            time.sleep(0.05)
         m = mount(srv.url, opts=["timeout=30s"])
         srv.restart()      # back when its port accepts: loading
+        t0 = time.monotonic()
         assert resp(srv.url).pipeline([[b"GET", b"k1"]])[0].args[0].startswith("LOADING")
         assert util.read_file(m.p("k1999")) == b"v1999"
+        assert time.monotonic() - t0 > 0.5     # it waited for the loading
         assert util.read_file(m.p("k1")) == b"v1"
         util.write_file(m.p("new"), b"n")
     finally:
