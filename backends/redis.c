@@ -2,34 +2,12 @@
  * redis.c - a Redis database as the store, through hiredis:
  * "redis://[user@]host[:port][/db]" or "redis+unix:///path/to/sock[?db=N]".
  *
- * Every key is a Redis string key holding the value, byte for byte, so
- * redis-cli and every other client see and write exactly the keys kvfs
- * shows.  A key of another type (a hash, a list) written by some other
- * client is listed like any key; reading it is -EACCES, and a write
- * through kvfs replaces it, as SET does.
- *
- * Redis has no order: keys() walks the keyspace with SCAN ... MATCH
- * <prefix>*, the prefix's glob characters escaped, in a Lua script that
- * also sizes each key it found (STRLEN), so one round trip gives a step's
- * keys with exact sizes.  The server still visits every key of the
- * database, so a listing costs O(keys in the database).  An index of our
- * own would hide every key another client writes without updating it.
- *
- * Redis keeps no version per key, so a value's version is the first 64
- * bits of its SHA-1, computed by the server (redis.sha1hex) in the Lua
- * script that reads it and in the one that compares and sets atomically.
- * apply() is one MULTI/EXEC (see rd_apply for why it is all or nothing).
- *
- * hiredis contexts are not thread-safe: each call borrows one from the
- * toolkit's pool (connect, AUTH, SELECT on demand).  A call is bounded by
- * -o timeout, except that the wait for the answer to a large write grows
- * with the bytes sent (RD_COMMIT_RATE): the server writes them to its
- * append-only file before it answers.  "Not now" answers (LOADING, BUSY,
- * a failover's READONLY or MASTERDOWN) and lost connections are retried
- * with backoff within the timeout.
- *
- * The password never comes from the URL: -o password_file=FILE, else
- * REDISCLI_AUTH (redis-cli's own variable).
+ * Every key is a Redis string key holding the value byte for byte, as
+ * other clients see it (a key of another type is listed; reading it is
+ * -EACCES).  Redis has no order: keys() walks the database with SCAN in a
+ * Lua script that also sizes what each step finds.  Each call borrows a
+ * hiredis context (not thread-safe) from the toolkit's pool.  The
+ * password comes from -o password_file or REDISCLI_AUTH, never the URL.
  */
 #include <curl/curl.h>
 #include <errno.h>
@@ -45,48 +23,39 @@
 #include "kv.h"
 #include "toolkit.h"
 
+/* Bytes a second the server is granted, on top of the timeout, to take a
+ * written value into its append-only file before it answers (100 MB: 10 s
+ * more).  The transfer is not timed as a whole: each read and write of
+ * the socket is, so only a transfer that stops moving fails. */
+#define RD_COMMIT_RATE ((size_t)10 << 20)
 #define RD_DEFAULT_PORT 6379
 #define RD_PASSWORD_ENV "REDISCLI_AUTH"
-/* Redis's own bound on one argument (proto-max-bulk-len, 512 MB by
- * default); a smaller setting of the server narrows it when we connect. */
+/* Redis's bound on an argument (proto-max-bulk-len), unless the server's is less. */
 #define RD_MAX_VALUE ((size_t)512 << 20)
-/* Redis takes keys as long as values, but a key stands for a path, and a
- * path reaches the kernel whole (PATH_MAX 4096, mount point included):
- * 3 KiB leaves a kilobyte for where the store is mounted. */
+/* A key is a path, and a path reaches the kernel whole (PATH_MAX 4096,
+ * mount point included): 3 KiB leaves a kilobyte for the mount point. */
 #define RD_MAX_KEY ((size_t)3 << 10)
 #define RD_POOL 16            /* connections at most; more than FUSE's threads */
 #define RD_SCAN_COUNT 1000    /* keys the server visits per SCAN call (-o scan_count) */
-/* A database this small is walked with one KEYS (about 0.5 us a key on
- * Redis 7.0, so a stall of 10 ms at most) instead of SCAN steps. */
+/* A database this small is walked with one KEYS (a stall of 10 ms at most). */
 #define RD_KEYS_MAX "20000"
-/* Bytes a second the server is granted to take a written value into its
- * append-only file before it answers, on top of the timeout: a 100 MB
- * value may take 10 s more.  The transfer itself is not timed as a whole:
- * every read and write of the socket is bounded by the timeout, so a
- * transfer fails only when it stops moving. */
-#define RD_COMMIT_RATE ((size_t)10 << 20)
 #define RD_MAX_ARGS 7
 
 struct rd_store {
 	struct kv_store base;
-	char *host;           /* NULL for a unix socket */
-	int port;
-	char *sock;           /* unix socket path, or NULL */
-	int db;
-	char *user;           /* NULL: AUTH with the password alone */
-	char *password;       /* NULL: no AUTH */
+	char *host, *sock;    /* a host name and port, or a unix socket */
+	int port, db;
+	char *user, *password;  /* NULL: AUTH without a user; no AUTH */
 	char where[128];      /* host:port or the socket, for messages */
 	struct timeval tv;
 	int timeout_ms;
 	char scan_count[16];  /* SCAN's COUNT, as text */
-	size_t max_value;     /* narrowed by the server's proto-max-bulk-len (atomic) */
-	size_t max_key;
+	size_t max_value, max_key;  /* narrowed by the server's bound (atomic) */
 	bool down;            /* atomic: the last call could not connect; log once */
 	struct kv_pool pool;
 };
 
-/* Why the last call on this thread failed, for health()'s detail line. */
-static __thread char rd_why[400];
+static __thread char rd_why[400];  /* why this thread's last call failed */
 
 /* One command of a pipeline: up to RD_MAX_ARGS binary-safe arguments. */
 struct rd_cmd {
@@ -118,70 +87,54 @@ static void rd_free_replies(redisReply **replies, size_t n)
 		freeReplyObject(replies[i]);
 }
 
-/* ---- errors ---- */
+/* The error replies that mean something here (by their first word): the
+ * call's errno and how loud to log it.  transient: "not now", the command
+ * did not run and may work in a moment (a server loading its data or busy
+ * in a script, a failover); READONLY too, because behind an address that
+ * moved in a failover an old connection may still reach the old master. */
+static const struct rd_error {
+	const char *code;
+	int err;
+	enum kv_log_level lvl;
+	bool transient;
+} rd_errors[] = {
+	{ "OOM", -ENOSPC, KV_LOG_WARN, false }, { "READONLY", -EROFS, KV_LOG_WARN, true },
+	{ "WRONGTYPE", -EACCES, KV_LOG_INFO, false }, { "NOAUTH", -EACCES, KV_LOG_ERR, false },
+	{ "WRONGPASS", -EACCES, KV_LOG_ERR, false }, { "NOPERM", -EACCES, KV_LOG_ERR, false },
+	{ "LOADING", -EIO, KV_LOG_ERR, true }, { "BUSY", -EIO, KV_LOG_ERR, true },
+	{ "MASTERDOWN", -EIO, KV_LOG_ERR, true }, { "TRYAGAIN", -EIO, KV_LOG_ERR, true },
+	{ NULL, -EIO, KV_LOG_ERR, false },  /* any other */
+};
 
-static bool rd_error_is(const redisReply *r, const char *code)
+/* The entry for an error reply; NULL for a reply that is no error. */
+static const struct rd_error *rd_error_of(const redisReply *r)
 {
-	size_t n = strlen(code);
+	const struct rd_error *e = rd_errors;
 
-	return r->type == REDIS_REPLY_ERROR && r->len >= n && strncmp(r->str, code, n) == 0 &&
-	       (r->len == n || r->str[n] == ' ');
-}
-
-/* An answer that means "not now": the command did not run, and the same
- * command may succeed in a moment (a server loading its data set or busy
- * with a script, a replica during a failover).  READONLY is here because
- * behind an address that moved in a failover the connection may still
- * reach the demoted master; a new connection reaches the new one. */
-static bool rd_transient(const redisReply *r)
-{
-	return rd_error_is(r, "LOADING") || rd_error_is(r, "BUSY") ||
-	       rd_error_is(r, "MASTERDOWN") || rd_error_is(r, "TRYAGAIN") ||
-	       rd_error_is(r, "READONLY");
-}
-
-static bool rd_auth_error(const redisReply *r)
-{
-	return rd_error_is(r, "NOAUTH") || rd_error_is(r, "WRONGPASS") || rd_error_is(r, "NOPERM");
-}
-
-/*
- * The one place a server's error reply becomes a kv errno value.  The
- * reply text names the condition (OOM, READONLY, ...), never a secret.
- */
-static int rd_reply_errno(const redisReply *r, const char *op, const char *key, size_t klen)
-{
-	int e = -EIO;
-	enum kv_log_level lvl = KV_LOG_ERR;
-
-	if (rd_error_is(r, "OOM")) {
-		e = -ENOSPC;
-		lvl = KV_LOG_WARN;
-	} else if (rd_error_is(r, "READONLY")) {
-		e = -EROFS;
-		lvl = KV_LOG_WARN;
-	} else if (rd_error_is(r, "WRONGTYPE")) {
-		e = -EACCES;
-		lvl = KV_LOG_INFO;
-	} else if (rd_auth_error(r)) {
-		e = -EACCES;
-	}
-	kv_log(lvl, "redis: %s %s: %.*s", op, key ? kv_printable(key, klen) : "",
-	       (int)(r->len < 300 ? r->len : 300), r->str);
+	if (r->type != REDIS_REPLY_ERROR)
+		return NULL;
+	for (size_t n; e->code; e++)
+		if (r->len >= (n = strlen(e->code)) && strncmp(r->str, e->code, n) == 0 &&
+		    (r->len == n || r->str[n] == ' '))
+			break;
 	return e;
 }
 
-/* A reply of an unexpected shape: a protocol mismatch, not the key's fault. */
-static int rd_unexpected(const redisReply *r, const char *op, const char *key, size_t klen)
+/* The one place a reply the call cannot use becomes a kv errno value: an
+ * error (its text names the condition, never a secret), or a reply of an
+ * unexpected shape (a protocol mismatch, not the key's fault). */
+static int rd_reply_errno(const redisReply *r, const char *op, const char *key, size_t klen)
 {
-	if (r->type == REDIS_REPLY_ERROR)
-		return rd_reply_errno(r, op, key, klen);
-	kv_log(KV_LOG_ERR, "redis: %s %s: unexpected reply type %d", op,
-	       key ? kv_printable(key, klen) : "", r->type);
-	return -EIO;
-}
+	const struct rd_error *e = rd_error_of(r);
+	const char *k = key ? kv_printable(key, klen) : "";
 
-/* ---- one round trip ---- */
+	if (!e) {
+		kv_log(KV_LOG_ERR, "redis: %s %s: unexpected reply type %d", op, k, r->type);
+		return -EIO;
+	}
+	kv_log(e->lvl, "redis: %s %s: %.*s", op, k, (int)(r->len < 300 ? r->len : 300), r->str);
+	return e->err;
+}
 
 static struct timeval rd_tv(int64_t ms)
 {
@@ -189,19 +142,18 @@ static struct timeval rd_tv(int64_t ms)
 }
 
 /*
- * Send cmds, then read their replies into replies[] (error replies
- * included).  The socket's timeouts bound every read and write, so a
- * transfer that keeps moving is never cut; the wait for the first reply
- * is the timeout (tv) plus the time the server is granted to commit what
- * was sent (*waited gets the sum, in ms).  0, or -EIO (connection lost)
- * or -ETIMEDOUT (no answer in time), after which c is unusable.
+ * Send cmds, then read their replies (error replies included).  The
+ * socket's timeouts (tv) bound each read and write, so a transfer that
+ * keeps moving is never cut; the wait for the first reply is tv plus the
+ * time the server is granted to commit what was sent (*waited: the sum,
+ * in ms).  0, -EIO (connection lost) or -ETIMEDOUT; c is unusable after.
  */
 static int rd_pipeline(redisContext *c, const struct rd_cmd *cmds, size_t n, redisReply **replies,
 		       struct timeval tv, int64_t *waited)
 {
 	int64_t ms = (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
 	size_t sent = 0, got = 0;
-	int done = 0, e = 0;
+	int done = 0, e;
 
 	for (size_t i = 0; i < n; i++) {
 		if (redisAppendCommandArgv(c, cmds[i].argc, (const char **)cmds[i].argv,
@@ -210,19 +162,15 @@ static int rd_pipeline(redisContext *c, const struct rd_cmd *cmds, size_t n, red
 		for (int a = 0; a < cmds[i].argc; a++)
 			sent += cmds[i].len[a];
 	}
-	do {
+	while (!done)
 		if (redisBufferWrite(c, &done) != REDIS_OK)
 			goto fail;
-	} while (!done);
 	ms += (int64_t)(sent / (RD_COMMIT_RATE / 1000));
 	if (sent >= RD_COMMIT_RATE / 10 && redisSetTimeout(c, rd_tv(ms)) != REDIS_OK)
 		goto fail;
 	for (; got < n; got++) {
-		void *r = NULL;
-
-		if (redisGetReply(c, &r) != REDIS_OK || !r)
+		if (redisGetReply(c, (void **)&replies[got]) != REDIS_OK || !replies[got])
 			goto fail;
-		replies[got] = r;
 		if (got == 0 && sent >= RD_COMMIT_RATE / 10 && redisSetTimeout(c, tv) != REDIS_OK)
 			goto fail;
 	}
@@ -238,88 +186,75 @@ fail:
 
 /* ---- connections (the toolkit's pool) ---- */
 
-/* The server's proto-max-bulk-len narrows our limits (CONFIG may be
- * disabled, renamed or refused to this user: then Redis's default stands). */
-static void rd_learn_limits(struct rd_store *s, const redisReply *r)
-{
-	unsigned long long v;
-
-	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-	    r->element[1]->type != REDIS_REPLY_STRING)
-		return;
-	v = strtoull(r->element[1]->str, NULL, 10);
-	if (v && v < RD_MAX_VALUE)
-		__atomic_store_n(&s->max_value, (size_t)v, __ATOMIC_RELAXED);
-	if (v && v < RD_MAX_KEY)
-		__atomic_store_n(&s->max_key, (size_t)v, __ATOMIC_RELAXED);
-}
-
 /*
- * A new connection: connect, AUTH, SELECT and ask the server's bulk limit,
- * in one round trip, all before deadline.  -EIO (refused, reset, no
- * answer, loading: worth a retry), -EACCES (the password is refused),
- * -EINVAL (no such database); rd_why says which.
+ * A new connection: connect, then AUTH, SELECT and CONFIG GET
+ * proto-max-bulk-len (the server's bound narrows ours; CONFIG may be
+ * disabled or refused, then Redis's default stands) in one round trip,
+ * before deadline.  -EIO (refused, reset, no answer, loading: worth a
+ * retry), -EACCES (the password is refused) or -EINVAL (no such
+ * database); rd_why says which.
  */
 static int rd_connect(void *ctx, int64_t deadline, void **out)
 {
 	struct rd_store *s = ctx;
 	struct timeval tv = rd_tv(kv_ms_left(deadline) + 1);
 	struct rd_cmd cmds[3];
-	redisReply *r[3];
-	char dbtext[16];
-	size_t n = 0, auth = SIZE_MAX, sel = SIZE_MAX;
+	redisReply *r[3], *lim;
+	char db[16];
+	size_t n = 0, auth = s->password ? 0 : SIZE_MAX, sel = s->db ? !!s->password : SIZE_MAX;
+	redisContext *c = s->sock ? redisConnectUnixWithTimeout(s->sock, tv)
+				  : redisConnectWithTimeout(s->host, s->port, tv);
 	int64_t waited;
-	redisContext *c;
 	int rc = 0;
 
-	c = s->sock ? redisConnectUnixWithTimeout(s->sock, tv)
-		    : redisConnectWithTimeout(s->host, s->port, tv);
 	if (!c)
 		return -ENOMEM;
-	if (c->err || redisSetTimeout(c, tv) != REDIS_OK) {
-		snprintf(rd_why, sizeof(rd_why), "cannot connect to %s: %s", s->where, c->errstr);
-		redisFree(c);
-		return -EIO;
-	}
+	if (c->err || redisSetTimeout(c, tv) != REDIS_OK)
+		goto io;
 	if (!s->sock)
 		redisEnableKeepAlive(c);
-	if (s->password) {
-		auth = n;
-		if (s->user)
-			rd_cmd_init(&cmds[n++], 3, RD_ARG("AUTH"), RD_ARG(s->user), RD_ARG(s->password));
-		else
-			rd_cmd_init(&cmds[n++], 2, RD_ARG("AUTH"), RD_ARG(s->password));
-	}
-	if (s->db) {
-		snprintf(dbtext, sizeof(dbtext), "%d", s->db);
-		sel = n;
-		rd_cmd_init(&cmds[n++], 2, RD_ARG("SELECT"), RD_ARG(dbtext));
-	}
+	if (s->password && s->user)
+		rd_cmd_init(&cmds[n++], 3, RD_ARG("AUTH"), RD_ARG(s->user), RD_ARG(s->password));
+	else if (s->password)
+		rd_cmd_init(&cmds[n++], 2, RD_ARG("AUTH"), RD_ARG(s->password));
+	snprintf(db, sizeof(db), "%d", s->db);
+	if (s->db)
+		rd_cmd_init(&cmds[n++], 2, RD_ARG("SELECT"), RD_ARG(db));
 	rd_cmd_init(&cmds[n++], 3, RD_ARG("CONFIG"), RD_ARG("GET"), RD_ARG("proto-max-bulk-len"));
-	if (rd_pipeline(c, cmds, n, r, tv, &waited)) {
-		snprintf(rd_why, sizeof(rd_why), "%s does not answer: %s", s->where,
-			 c->errstr[0] ? c->errstr : "connection closed");
-		redisFree(c);
-		return -EIO;
-	}
-	for (size_t i = 0; i < n && !rc; i++) {
-		if (r[i]->type != REDIS_REPLY_ERROR || (i != auth && i != sel))
+	if (rd_pipeline(c, cmds, n, r, tv, &waited))
+		goto io;
+	for (size_t i = 0; i < n - 1 && !rc; i++) {
+		if (!rd_error_of(r[i]))
 			continue;
-		rc = rd_transient(r[i]) ? -EIO : i == auth ? -EACCES : -EINVAL;
+		rc = rd_error_of(r[i])->transient ? -EIO : i == auth ? -EACCES : -EINVAL;
 		snprintf(rd_why, sizeof(rd_why), "%s %s%s: %.*s", s->where,
 			 rc == -EIO ? "is not ready" : i == auth ? "refuses the password" :
-			 "has no database ", i == sel ? dbtext : i == auth && s->user ? " for that user" : "",
+			 "has no database ", i == sel ? db : s->user ? " for that user" : "",
 			 (int)(r[i]->len < 120 ? r[i]->len : 120), r[i]->str);
 	}
-	if (!rc)
-		rd_learn_limits(s, r[n - 1]);
-	rd_free_replies(r, n);
-	if (rc || redisSetTimeout(c, s->tv) != REDIS_OK) {
-		redisFree(c);
-		return rc ? rc : -EIO;
+	lim = r[n - 1];
+	if (!rc && lim->type == REDIS_REPLY_ARRAY && lim->elements == 2 &&
+	    lim->element[1]->type == REDIS_REPLY_STRING) {
+		unsigned long long v = strtoull(lim->element[1]->str, NULL, 10);
+
+		if (v && v < RD_MAX_VALUE)
+			__atomic_store_n(&s->max_value, (size_t)v, __ATOMIC_RELAXED);
+		if (v && v < RD_MAX_KEY)
+			__atomic_store_n(&s->max_key, (size_t)v, __ATOMIC_RELAXED);
 	}
-	*out = c;
-	return 0;
+	rd_free_replies(r, n);
+	if (!rc && redisSetTimeout(c, s->tv) != REDIS_OK)
+		rc = -EIO;
+	if (rc)
+		redisFree(c);
+	else
+		*out = c;
+	return rc;
+io:
+	snprintf(rd_why, sizeof(rd_why), "cannot reach %s: %s", s->where,
+		 c->errstr[0] ? c->errstr : "no answer");
+	redisFree(c);
+	return -EIO;
 }
 
 /* An idle connection the server has closed (restart, idle timeout) shows
@@ -328,8 +263,7 @@ static bool rd_usable(void *ctx, void *conn)
 {
 	struct pollfd p = { .fd = ((redisContext *)conn)->fd, .events = POLLIN };
 
-	(void)ctx;
-	return poll(&p, 1, 0) == 0;
+	return ctx && poll(&p, 1, 0) == 0;
 }
 
 static void rd_disconnect(void *ctx, void *conn)
@@ -342,99 +276,68 @@ static const struct kv_pool_ops rd_pool_ops = {
 	.connect = rd_connect, .usable = rd_usable, .close = rd_disconnect,
 };
 
-/* During an outage every call fails: say so once, then quietly. */
+/* During an outage every call fails: say so once, and when it is over. */
 static void rd_outage(struct rd_store *s, bool down)
 {
-	if (__atomic_exchange_n(&s->down, down, __ATOMIC_RELAXED) == down)
-		kv_log(KV_LOG_DEBUG, "redis: %s", down ? rd_why : "connected");
-	else if (down)
-		kv_log(KV_LOG_ERR, "redis: %s", rd_why);
-	else
-		kv_log(KV_LOG_INFO, "redis: connected to %s again", s->where);
+	if (__atomic_exchange_n(&s->down, down, __ATOMIC_RELAXED) != down)
+		kv_log(down ? KV_LOG_ERR : KV_LOG_INFO, "redis: %s", down ? rd_why : "connected again");
 }
 
 enum { RD_ONCE = 1, RD_QUIET = 2 };
 
-/* One attempt on a pooled connection: 0, -EAGAIN or -EROFS ("not now"),
- * -EIO (connection lost) or -ETIMEDOUT; rd_why says why. */
-static int rd_attempt(struct rd_store *s, void *conn, const struct rd_cmd *cmds, size_t n,
-		      redisReply **r)
-{
-	redisContext *c = conn;
-	int64_t waited;
-	int rc = rd_pipeline(c, cmds, n, r, s->tv, &waited);
-
-	if (rc == -ETIMEDOUT)
-		snprintf(rd_why, sizeof(rd_why), "%s did not answer within %" PRId64 " ms",
-			 s->where, waited);
-	else if (rc)
-		snprintf(rd_why, sizeof(rd_why), "%s: %s", s->where,
-			 c->errstr[0] ? c->errstr : "connection lost");
-	for (size_t i = 0; !rc && i < n; i++) {
-		if (!rd_transient(r[i]))
-			continue;
-		snprintf(rd_why, sizeof(rd_why), "%s: %.*s", s->where,
-			 (int)(r[i]->len < 120 ? r[i]->len : 120), r[i]->str);
-		rc = rd_error_is(r[i], "READONLY") ? -EROFS : -EAGAIN;
-		rd_free_replies(r, n);
-	}
-	kv_pool_put(&s->pool, c, rc && rc != -EAGAIN);
-	return rc;
-}
-
 /*
  * Run cmds in one round trip on a pooled connection; the replies are the
  * caller's.  Connecting, lost connections and "not now" answers are
- * retried with backoff until the timeout.  A call that is not idempotent
- * (RD_ONCE: del, cas) is not sent again once it may have run, and a
- * server that does not answer in time is not asked again.  0, -EIO,
- * -EROFS or -EACCES (the password is refused).  RD_QUIET: no log lines
- * (health: its detail line is the report).
+ * retried with backoff within the timeout, but a call that may have run is
+ * not sent again unless idempotent (RD_ONCE: del, cas are not), nor one
+ * the server did not answer in time.  0, -EIO, -EROFS or -EACCES (the
+ * password is refused); rd_why says why.  RD_QUIET: no log lines.
  */
 static int rd_run(struct rd_store *s, const char *op, const char *key, size_t klen,
 		  unsigned flags, const struct rd_cmd *cmds, size_t n, redisReply **r)
 {
-	int64_t deadline = kv_deadline(s->timeout_ms);
-	enum kv_log_level lvl = KV_LOG_ERR;
-	void *conn;
+	int64_t deadline = kv_deadline(s->timeout_ms), waited;
+	redisContext *c;
 	bool reused;
 	int rc;
 
-	rd_why[0] = '\0';
+	snprintf(rd_why, sizeof(rd_why), "all connections stayed busy");
 	for (int attempt = 0;; attempt++) {
-		rc = kv_pool_get(&s->pool, deadline, &conn, &reused);
-		if (rc) {
-			if (!rd_why[0])
-				snprintf(rd_why, sizeof(rd_why), "all connections stayed busy");
+		if ((rc = kv_pool_get(&s->pool, deadline, (void **)&c, &reused))) {
 			if (!(flags & RD_QUIET))
 				rd_outage(s, true);
 			return rc == -EACCES ? -EACCES : -EIO;
 		}
-		rc = rd_attempt(s, conn, cmds, n, r);
-		if (!rc) {
-			if (!(flags & RD_QUIET) && __atomic_load_n(&s->down, __ATOMIC_RELAXED))
-				rd_outage(s, false);
-			return 0;
+		rc = rd_pipeline(c, cmds, n, r, s->tv, &waited);
+		if (rc == -ETIMEDOUT)
+			snprintf(rd_why, sizeof(rd_why), "%s did not answer within %" PRId64 " ms "
+				 "(-o timeout=T raises the limit)", s->where, waited);
+		else if (rc)
+			snprintf(rd_why, sizeof(rd_why), "%s: %s", s->where,
+				 c->errstr[0] ? c->errstr : "connection lost");
+		for (size_t i = 0; !rc && i < n; i++) {
+			if (!rd_error_of(r[i]) || !rd_error_of(r[i])->transient)
+				continue;
+			snprintf(rd_why, sizeof(rd_why), "%s: %.*s", s->where,
+				 (int)(r[i]->len < 120 ? r[i]->len : 120), r[i]->str);
+			rc = rd_error_of(r[i])->err == -EROFS ? -EROFS : -EAGAIN;
+			rd_free_replies(r, n);
 		}
-		if (rc == -ETIMEDOUT || (rc == -EIO && (flags & RD_ONCE)) ||
+		kv_pool_put(&s->pool, c, rc && rc != -EAGAIN);
+		if (!rc && !(flags & RD_QUIET) && __atomic_load_n(&s->down, __ATOMIC_RELAXED))
+			rd_outage(s, false);
+		if (!rc || rc == -ETIMEDOUT || (rc == -EIO && (flags & RD_ONCE)) ||
 		    !kv_backoff(attempt, deadline))
 			break;
 	}
-	if (rc == -EROFS)
-		lvl = KV_LOG_WARN;
-	if (!(flags & RD_QUIET))
-		kv_log(lvl, "redis: %s %s: %s%s", op, key ? kv_printable(key, klen) : "", rd_why,
-		       rc == -ETIMEDOUT ? " (-o timeout=T raises the limit)" : "");
-	return rc == -EROFS ? -EROFS : -EIO;
+	if (rc && !(flags & RD_QUIET))
+		kv_log(rc == -EROFS ? KV_LOG_WARN : KV_LOG_ERR, "redis: %s %s: %s", op,
+		       key ? kv_printable(key, klen) : "", rd_why);
+	return rc == -EROFS || !rc ? rc : -EIO;
 }
 
-/* ---- versions ---- */
-
-/*
- * The version of a value is the first 16 hex digits of its SHA-1 (never
- * 0, which cas() reads as "no such key").  Both scripts compute it on the
- * server, so the value never travels just to be hashed.
- */
+/* A value's version: the first 16 hex digits of its SHA-1, never 0 (cas()
+ * reads 0 as "no such key"), computed on the server. */
 #define RD_VERSION_LUA \
 	"local v = redis.call('GET', KEYS[1])\n" \
 	"if not v then return false end\n" \
@@ -442,13 +345,10 @@ static int rd_run(struct rd_store *s, const char *op, const char *key, size_t kl
 	"if h == '0000000000000000' then h = '0000000000000001' end\n"
 
 static const char rd_getv_script[] = RD_VERSION_LUA "return {v, h}\n";
-
 static const char rd_cas_script[] = RD_VERSION_LUA
 	"if h ~= ARGV[1] then return false end\n"
 	"redis.call('SET', KEYS[1], ARGV[2])\n"
 	"return 1\n";
-
-/* ---- get, stat, set, del, cas, apply ---- */
 
 static int rd_get_value(struct kv_store *st, const char *key, size_t klen, char **val, size_t *len,
 			uint64_t *version)
@@ -462,24 +362,16 @@ static int rd_get_value(struct kv_store *st, const char *key, size_t klen, char 
 		rd_cmd_init(&cmd, 4, RD_ARG("EVAL"), RD_ARG(rd_getv_script), RD_ARG("1"), key, klen);
 	else
 		rd_cmd_init(&cmd, 2, RD_ARG("GET"), key, klen);
-	rc = rd_run(s, "get", key, klen, 0, &cmd, 1, &r);
-	if (rc)
+	if ((rc = rd_run(s, "get", key, klen, 0, &cmd, 1, &r)))
 		return rc;
-	v = r;
-	if (r->type == REDIS_REPLY_NIL) {
+	v = version && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+	    r->element[1]->type == REDIS_REPLY_STRING ? r->element[0] : r;
+	if (r->type == REDIS_REPLY_NIL)
 		rc = -ENOENT;
-	} else if (version) {
-		if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-		    r->element[0]->type != REDIS_REPLY_STRING ||
-		    r->element[1]->type != REDIS_REPLY_STRING) {
-			rc = rd_unexpected(r, "get", key, klen);
-		} else {
-			v = r->element[0];
-			*version = strtoull(r->element[1]->str, NULL, 16);
-		}
-	} else if (r->type != REDIS_REPLY_STRING) {
-		rc = rd_unexpected(r, "get", key, klen);
-	}
+	else if (v->type != REDIS_REPLY_STRING)
+		rc = rd_reply_errno(r, "get", key, klen);
+	else if (version)
+		*version = strtoull(r->element[1]->str, NULL, 16);
 	if (!rc) {
 		*len = v->len;
 		*val = v->str;  /* hiredis keeps a NUL after it; the buffer is ours now */
@@ -499,41 +391,34 @@ static int rd_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *
 
 	rd_cmd_init(&cmds[0], 2, RD_ARG("EXISTS"), key, klen);
 	rd_cmd_init(&cmds[1], 2, RD_ARG("STRLEN"), key, klen);
-	rc = rd_run(s, "stat", key, klen, 0, cmds, 2, r);
-	if (rc)
+	if ((rc = rd_run(s, "stat", key, klen, 0, cmds, 2, r)))
 		return rc;
 	if (r[0]->type != REDIS_REPLY_INTEGER)
-		rc = rd_unexpected(r[0], "stat", key, klen);
+		rc = rd_reply_errno(r[0], "stat", key, klen);
 	else if (r[0]->integer == 0)
 		rc = -ENOENT;
-	else if (rd_auth_error(r[1]))
-		rc = rd_reply_errno(r[1], "stat", key, klen);
-	else  /* an error here: not a string, size 0 */
+	else  /* STRLEN says WRONGTYPE for a key that is not a string: size 0 */
 		*size = r[1]->type == REDIS_REPLY_INTEGER ? (uint64_t)r[1]->integer : 0;
 	rd_free_replies(r, 2);
 	return rc;
 }
 
-/* A write's reply: OK (or 1 from a script), or the server's reason. */
-static int rd_write_result(const redisReply *r, const char *op, const char *key, size_t klen)
-{
-	if (r->type == REDIS_REPLY_STATUS || r->type == REDIS_REPLY_INTEGER)
-		return 0;
-	if (r->type == REDIS_REPLY_NIL)
-		return -ECANCELED;  /* SET NX or the cas script: the version moved */
-	return rd_unexpected(r, op, key, klen);
-}
-
-/* One write command and its result. */
-static int rd_write(struct rd_store *s, const char *op, const char *key, size_t klen,
-		    unsigned flags, const struct rd_cmd *cmd)
+/* One write command: 0 (*n: DEL's count), -ECANCELED for a nil (SET NX or
+ * the cas script: the version moved), or the server's reason. */
+static int rd_write(struct kv_store *st, const char *op, const char *key, size_t klen,
+		    unsigned flags, const struct rd_cmd *cmd, long long *n)
 {
 	redisReply *r;
-	int rc = rd_run(s, op, key, klen, flags, cmd, 1, &r);
+	int rc = rd_run(kv_store_cast(struct rd_store, st), op, key, klen, flags, cmd, 1, &r);
 
 	if (rc)
 		return rc;
-	rc = rd_write_result(r, op, key, klen);
+	if (r->type == REDIS_REPLY_INTEGER && n)
+		*n = r->integer;
+	if (r->type == REDIS_REPLY_NIL)
+		rc = -ECANCELED;
+	else if (r->type != REDIS_REPLY_STATUS && r->type != REDIS_REPLY_INTEGER)
+		rc = rd_reply_errno(r, op, key, klen);
 	freeReplyObject(r);
 	return rc;
 }
@@ -543,27 +428,18 @@ static int rd_set(struct kv_store *st, const char *key, size_t klen, const char 
 	struct rd_cmd cmd;
 
 	rd_cmd_init(&cmd, 3, RD_ARG("SET"), key, klen, val, vlen);
-	return rd_write(kv_store_cast(struct rd_store, st), "set", key, klen, 0, &cmd);
+	return rd_write(st, "set", key, klen, 0, &cmd, NULL);
 }
 
-/* DEL answers how many keys it removed: 0 is -ENOENT. */
 static int rd_del(struct kv_store *st, const char *key, size_t klen)
 {
-	struct rd_store *s = kv_store_cast(struct rd_store, st);
 	struct rd_cmd cmd;
-	redisReply *r;
+	long long n = 0;
 	int rc;
 
 	rd_cmd_init(&cmd, 2, RD_ARG("DEL"), key, klen);
-	rc = rd_run(s, "del", key, klen, RD_ONCE, &cmd, 1, &r);
-	if (rc)
-		return rc;
-	if (r->type != REDIS_REPLY_INTEGER)
-		rc = rd_unexpected(r, "del", key, klen);
-	else if (r->integer == 0)
-		rc = -ENOENT;
-	freeReplyObject(r);
-	return rc;
+	rc = rd_write(st, "del", key, klen, RD_ONCE, &cmd, &n);
+	return rc ? rc : n ? 0 : -ENOENT;
 }
 
 static int rd_cas(struct kv_store *st, const char *key, size_t klen, uint64_t version,
@@ -579,24 +455,22 @@ static int rd_cas(struct kv_store *st, const char *key, size_t klen, uint64_t ve
 		rd_cmd_init(&cmd, 6, RD_ARG("EVAL"), RD_ARG(rd_cas_script), RD_ARG("1"), key, klen,
 			    RD_ARG(hex), val, vlen);
 	}
-	return rd_write(kv_store_cast(struct rd_store, st), "cas", key, klen, RD_ONCE, &cmd);
+	return rd_write(st, "cas", key, klen, RD_ONCE, &cmd, NULL);
 }
 
 /*
- * MULTI, the sets and deletes, EXEC, in one round trip.  Redis does not
- * roll back a command that fails while EXEC runs, but SET key value and
- * DEL key have no such failure: memory (maxmemory), a read-only replica
- * and a failed disk (MISCONF) are checked when a command is queued and
- * again for EXEC as a whole, never between the commands of a running
- * EXEC, so a transaction may take Redis past maxmemory but never stops
- * halfway.  A refused command aborts the whole transaction (EXECABORT),
- * and its own error says why.  The append-only file holds the transaction
- * whole or, cut short by a crash, Redis drops it when it loads the file.
- * Sending it again after a lost connection is harmless: same values.
+ * MULTI, the sets and deletes, EXEC, in one round trip: all or nothing.
+ * Redis does not roll back a command that fails while EXEC runs, but SET
+ * key value and DEL key cannot fail there: memory (maxmemory), a replica
+ * and a failed disk (MISCONF) are checked as each command is queued and
+ * for EXEC as a whole, never between the commands of a running EXEC (so a
+ * transaction may take Redis past maxmemory rather than stop halfway).  A
+ * refused command aborts it all (EXECABORT), its own error says why.  The
+ * append-only file holds it whole; cut short by a crash, Redis drops it
+ * when it loads.  Sent again after a lost connection: the same result.
  */
 static int rd_apply(struct kv_store *st, const struct kv_op *ops, size_t n)
 {
-	struct rd_store *s = kv_store_cast(struct rd_store, st);
 	struct rd_cmd *cmds = calloc(n + 2, sizeof(*cmds));
 	redisReply **r = calloc(n + 2, sizeof(*r)), *exec;
 	int rc = -ENOMEM;
@@ -612,27 +486,20 @@ static int rd_apply(struct kv_store *st, const struct kv_op *ops, size_t n)
 			rd_cmd_init(&cmds[i + 1], 2, RD_ARG("DEL"), ops[i].key, ops[i].key_len);
 	}
 	rd_cmd_init(&cmds[n + 1], 1, RD_ARG("EXEC"));
-	rc = rd_run(s, "apply", NULL, 0, 0, cmds, n + 2, r);
-	if (rc)
+	if ((rc = rd_run(kv_store_cast(struct rd_store, st), "apply", NULL, 0, 0, cmds, n + 2, r)))
 		goto out;
 	exec = r[n + 1];
-	if (exec->type == REDIS_REPLY_ERROR) {
-		/* The queued command's own error names the cause; EXEC's only "aborted". */
-		for (size_t i = 0; i <= n && !rc; i++)
-			if (r[i]->type == REDIS_REPLY_ERROR)
-				rc = rd_reply_errno(r[i], "apply", i ? ops[i - 1].key : NULL,
-						    i ? ops[i - 1].key_len : 0);
-		if (!rc)
-			rc = rd_reply_errno(exec, "apply", NULL, 0);
-	} else if (exec->type != REDIS_REPLY_ARRAY || exec->elements != n) {
-		rc = rd_unexpected(exec, "apply", NULL, 0);
-	}
-	for (size_t i = 0; !rc && i < n; i++)
-		if (exec->element[i]->type == REDIS_REPLY_ERROR) {  /* cannot happen: see above */
-			kv_log(KV_LOG_ERR, "redis: apply: applied in part, the server failed "
-			       "operation %zu of %zu", i + 1, n);
-			rc = rd_reply_errno(exec->element[i], "apply", ops[i].key, ops[i].key_len);
-		}
+	/* The queued command's own error names the cause; EXEC's only "aborted". */
+	for (size_t i = 0; i <= n && !rc && rd_error_of(exec); i++)
+		if (rd_error_of(r[i]))
+			rc = rd_reply_errno(r[i], "apply", i ? ops[i - 1].key : NULL,
+					    i ? ops[i - 1].key_len : 0);
+	if (!rc && (exec->type != REDIS_REPLY_ARRAY || exec->elements != n))
+		rc = rd_reply_errno(exec, "apply", NULL, 0);
+	for (size_t i = 0; !rc && i < n; i++)  /* cannot fail (see above), or we would say so */
+		if (rd_error_of(exec->element[i]))
+			rc = rd_reply_errno(exec->element[i], "apply, applied in part,", ops[i].key,
+					    ops[i].key_len);
 	rd_free_replies(r, n + 2);
 out:
 	free(cmds);
@@ -644,9 +511,9 @@ out:
 
 /*
  * One step of the walk: all of it with KEYS when the database is small,
- * else one SCAN step from the cursor ARGV[1]; the keys found, with their
- * sizes (-1: gone, as a key that expired in the meantime; 0 for a key of
- * another type).  A script runs alone, so the sizes are of those keys.
+ * else one SCAN step from the cursor ARGV[1].  The next cursor, then each
+ * key with its size (-1: gone, as a key that expired meanwhile; 0: a key
+ * of another type).  A script runs alone: the sizes are of those keys.
  */
 static const char rd_keys_script[] =
 	"local r\n"
@@ -655,15 +522,15 @@ static const char rd_keys_script[] =
 	"else\n"
 	"  r = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])\n"
 	"end\n"
-	"local sizes = {}\n"
-	"for i, k in ipairs(r[2]) do\n"
+	"local out = {r[1]}\n"
+	"for _, k in ipairs(r[2]) do\n"
 	"  local n = redis.pcall('STRLEN', k)\n"
 	"  if type(n) ~= 'number' then n = 0\n"
 	"  elseif n == 0 and redis.call('EXISTS', k) == 0 then n = -1 end\n"
-	"  sizes[i] = n\n"
+	"  out[#out + 1] = k\n"
+	"  out[#out + 1] = n\n"
 	"end\n"
-	"r[3] = sizes\n"
-	"return r\n";
+	"return out\n";
 
 /* The MATCH pattern of every key starting with prefix: the prefix with
  * Redis's glob characters escaped, then '*'. */
@@ -693,26 +560,19 @@ static int rd_keys(struct kv_store *st, const char *prefix, size_t plen, kv_key_
 
 	while (!rc && !stop) {
 		struct rd_cmd cmd;
-		redisReply *r, *keys, *sizes;
+		redisReply *r;
 
 		rd_cmd_init(&cmd, 7, RD_ARG("EVAL"), RD_ARG(rd_keys_script), RD_ARG("0"),
 			    RD_ARG(cursor), pat.p, pat.len, RD_ARG(s->scan_count), RD_ARG(RD_KEYS_MAX));
-		rc = rd_run(s, "list", prefix, plen, 0, &cmd, 1, &r);
-		if (rc)
+		if ((rc = rd_run(s, "list", prefix, plen, 0, &cmd, 1, &r)))
 			break;
-		if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
-		    r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->len >= sizeof(cursor) ||
-		    r->element[1]->type != REDIS_REPLY_ARRAY || r->element[2]->type != REDIS_REPLY_ARRAY ||
-		    r->element[1]->elements != r->element[2]->elements) {
-			rc = rd_unexpected(r, "list", prefix, plen);
-			freeReplyObject(r);
-			break;
-		}
-		memcpy(cursor, r->element[0]->str, r->element[0]->len + 1);
-		keys = r->element[1];
-		sizes = r->element[2];
-		for (size_t i = 0; i < keys->elements && !stop; i++) {
-			const redisReply *k = keys->element[i], *z = sizes->element[i];
+		if (r->type != REDIS_REPLY_ARRAY || r->elements % 2 == 0 ||
+		    r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->len >= sizeof(cursor))
+			rc = rd_reply_errno(r, "list", prefix, plen);
+		else
+			memcpy(cursor, r->element[0]->str, r->element[0]->len + 1);
+		for (size_t i = 1; !rc && !stop && i + 1 < r->elements; i += 2) {
+			const redisReply *k = r->element[i], *z = r->element[i + 1];
 
 			/* the server's glob said yes; trust only bytes */
 			if (k->type == REDIS_REPLY_STRING && k->len >= plen &&
@@ -730,121 +590,106 @@ static int rd_keys(struct kv_store *st, const char *prefix, size_t plen, kv_key_
 
 /* ---- health, statfs ---- */
 
-/* The value of "name:" in an INFO reply, or "" if absent. */
+/* The value of "name:" in an INFO reply, or "unknown". */
 static const char *rd_info_field(const redisReply *r, const char *name, char *out, size_t outlen)
 {
-	size_t n = strlen(name);
+	char pat[64];
 	const char *p;
 
-	out[0] = '\0';
-	if (!r || r->type != REDIS_REPLY_STRING)
-		return out;
-	for (p = r->str; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
-		if (strncmp(p, name, n) == 0 && p[n] == ':') {
-			snprintf(out, outlen, "%.*s", (int)strcspn(p + n + 1, "\r\n"), p + n + 1);
-			break;
-		}
-	}
+	snprintf(pat, sizeof(pat), "\n%s:", name);
+	p = r->type == REDIS_REPLY_STRING ? strstr(r->str, pat) : NULL;
+	snprintf(out, outlen, "%.*s", p ? (int)strcspn(p + strlen(pat), "\r\n") : 7,
+		 p ? p + strlen(pat) : "unknown");
 	return out;
 }
 
-enum { RD_H_PING, RD_H_SERVER, RD_H_REPL, RD_H_MEMORY, RD_H_PERSIST, RD_H_FSYNC, RD_H_DBSIZE, RD_H_N };
+/* The facts .health shows, from INFO fields ("aof_enabled" becomes yes/no). */
+static const char *const rd_facts[][2] = {
+	{ "redis_version", "redis_version" }, { "role", "role" },
+	{ "used_memory", "used_memory" }, { "maxmemory", "maxmemory" },
+	{ "maxmemory_policy", "maxmemory_policy" }, { "appendonly", "aof_enabled" },
+};
+enum { RD_F_VERSION, RD_F_ROLE, RD_F_USED, RD_F_MAX, RD_F_POLICY, RD_F_AOF, RD_F_N };
 
-/*
- * PING, four INFO sections, CONFIG GET appendfsync and DBSIZE in one round
- * trip; all reads.  INFO gives the persistence and eviction settings even
- * where CONFIG is disabled or renamed; only appendfsync needs CONFIG, and
- * reads "unknown" without it.  It is also kv_open's probe, so it logs
- * nothing itself: its detail line is the report.
- */
+/* The server's state: PING, INFO, CONFIG GET appendfsync and DBSIZE in one
+ * round trip, all reads.  INFO gives the settings even where CONFIG is
+ * disabled or renamed; only appendfsync then reads "unknown". */
+struct rd_state {
+	char v[RD_F_N][64], loading[8], fsync[32], keys[32];
+};
+
+static int rd_state(struct rd_store *s, unsigned flags, struct rd_state *o, char *why, size_t len)
+{
+	struct rd_cmd cmds[4];
+	redisReply *r[4];
+	int rc;
+
+	rd_cmd_init(&cmds[0], 1, RD_ARG("PING"));
+	rd_cmd_init(&cmds[1], 1, RD_ARG("INFO"));
+	rd_cmd_init(&cmds[2], 3, RD_ARG("CONFIG"), RD_ARG("GET"), RD_ARG("appendfsync"));
+	rd_cmd_init(&cmds[3], 1, RD_ARG("DBSIZE"));
+	if ((rc = rd_run(s, "statfs", NULL, 0, flags, cmds, 4, r))) {
+		snprintf(why, len, "redis: %.240s", rd_why);
+		return rc;
+	}
+	if (rd_error_of(r[0])) {
+		rc = rd_error_of(r[0])->err == -EACCES ? -EACCES : -EIO;
+		snprintf(why, len, "redis at %.60s: %.*s%s", s->where,
+			 (int)(r[0]->len < 120 ? r[0]->len : 120), r[0]->str,
+			 rc == -EACCES && !s->password ? " (no password given: put it in "
+			 RD_PASSWORD_ENV " or -o password_file=FILE)" : "");
+	}
+	for (size_t i = 0; i < RD_F_N; i++)
+		rd_info_field(r[1], rd_facts[i][1], o->v[i], sizeof(o->v[i]));
+	rd_info_field(r[1], "loading", o->loading, sizeof(o->loading));
+	snprintf(o->fsync, sizeof(o->fsync), "%s", r[2]->type == REDIS_REPLY_ARRAY &&
+		 r[2]->elements == 2 ? r[2]->element[1]->str : "unknown");
+	snprintf(o->keys, sizeof(o->keys), r[3]->type == REDIS_REPLY_INTEGER ? "%lld" : "?",
+		 r[3]->integer);
+	rd_free_replies(r, 4);
+	if (strcmp(o->v[RD_F_AOF], "unknown") != 0)
+		snprintf(o->v[RD_F_AOF], sizeof(o->v[0]), strcmp(o->v[RD_F_AOF], "1") ? "no" : "yes");
+	return rc;
+}
+
+/* As kv_open's probe health() logs nothing: its detail line is the report. */
 static int rd_health(struct kv_store *st, struct kv_health *h)
 {
 	struct rd_store *s = kv_store_cast(struct rd_store, st);
-	struct rd_cmd cmds[RD_H_N];
-	redisReply *r[RD_H_N];
-	char ver[32], role[32], mem[32], maxmem[32], policy[64], aof[8], loading[8], fsync[32] = "unknown";
-	char keys[32] = "?";
+	struct rd_state o;
 	const char *warn = "";
-	int rc;
+	int rc = rd_state(s, RD_QUIET, &o, h->detail, sizeof(h->detail));
 
-	rd_cmd_init(&cmds[RD_H_PING], 1, RD_ARG("PING"));
-	rd_cmd_init(&cmds[RD_H_SERVER], 2, RD_ARG("INFO"), RD_ARG("server"));
-	rd_cmd_init(&cmds[RD_H_REPL], 2, RD_ARG("INFO"), RD_ARG("replication"));
-	rd_cmd_init(&cmds[RD_H_MEMORY], 2, RD_ARG("INFO"), RD_ARG("memory"));
-	rd_cmd_init(&cmds[RD_H_PERSIST], 2, RD_ARG("INFO"), RD_ARG("persistence"));
-	rd_cmd_init(&cmds[RD_H_FSYNC], 3, RD_ARG("CONFIG"), RD_ARG("GET"), RD_ARG("appendfsync"));
-	rd_cmd_init(&cmds[RD_H_DBSIZE], 1, RD_ARG("DBSIZE"));
-	rc = rd_run(s, NULL, NULL, 0, RD_QUIET, cmds, RD_H_N, r);
-	if (rc) {
-		snprintf(h->detail, sizeof(h->detail), "redis: %.240s", rd_why);
+	if (rc)
 		return rc;
-	}
-	if (r[RD_H_PING]->type == REDIS_REPLY_ERROR) {
-		rc = rd_auth_error(r[RD_H_PING]) ? -EACCES : -EIO;
-		snprintf(h->detail, sizeof(h->detail), "redis at %s: %.*s%s", s->where,
-			 (int)(r[RD_H_PING]->len < 120 ? r[RD_H_PING]->len : 120), r[RD_H_PING]->str,
-			 rc == -EACCES && !s->password ? " (no password given: put it in "
-			 RD_PASSWORD_ENV " or -o password_file=FILE)" : "");
-		rd_free_replies(r, RD_H_N);
-		return rc;
-	}
-	rd_info_field(r[RD_H_SERVER], "redis_version", ver, sizeof(ver));
-	rd_info_field(r[RD_H_REPL], "role", role, sizeof(role));
-	rd_info_field(r[RD_H_MEMORY], "used_memory", mem, sizeof(mem));
-	rd_info_field(r[RD_H_MEMORY], "maxmemory", maxmem, sizeof(maxmem));
-	rd_info_field(r[RD_H_MEMORY], "maxmemory_policy", policy, sizeof(policy));
-	rd_info_field(r[RD_H_PERSIST], "aof_enabled", aof, sizeof(aof));
-	rd_info_field(r[RD_H_PERSIST], "loading", loading, sizeof(loading));
-	if (r[RD_H_FSYNC]->type == REDIS_REPLY_ARRAY && r[RD_H_FSYNC]->elements == 2 &&
-	    r[RD_H_FSYNC]->element[1]->type == REDIS_REPLY_STRING)
-		snprintf(fsync, sizeof(fsync), "%s", r[RD_H_FSYNC]->element[1]->str);
-	if (r[RD_H_DBSIZE]->type == REDIS_REPLY_INTEGER)
-		snprintf(keys, sizeof(keys), "%lld", r[RD_H_DBSIZE]->integer);
-	rd_free_replies(r, RD_H_N);
-
-	if (strcmp(aof, "1") != 0)
+	if (strcmp(o.v[RD_F_AOF], "yes") != 0)
 		warn = "; appendonly is off: writes since the last snapshot die with the server";
-	else if (policy[0] && strcmp(policy, "noeviction") != 0)
+	else if (strcmp(o.v[RD_F_POLICY], "noeviction") && strcmp(o.v[RD_F_POLICY], "unknown"))
 		warn = "; maxmemory-policy evicts: keys may vanish under memory pressure";
-	snprintf(h->detail, sizeof(h->detail), "redis %s %s, db %d, %s keys%s%s",
-		 ver[0] ? ver : "(version unknown)", role[0] ? role : "(role unknown)", s->db, keys,
-		 strcmp(loading, "1") == 0 ? ", loading" : "", warn);
-	kv_health_fact(h, "redis_version", "%s", ver[0] ? ver : "unknown");
-	kv_health_fact(h, "role", "%s", role[0] ? role : "unknown");
-	kv_health_fact(h, "used_memory", "%s", mem[0] ? mem : "unknown");
-	kv_health_fact(h, "maxmemory", "%s", maxmem[0] ? maxmem : "unknown");
-	kv_health_fact(h, "maxmemory_policy", "%s", policy[0] ? policy : "unknown");
-	kv_health_fact(h, "appendonly", "%s", !aof[0] ? "unknown" : strcmp(aof, "1") == 0 ? "yes" : "no");
-	kv_health_fact(h, "appendfsync", "%s", fsync);
-	kv_health_fact(h, "keys", "%s", keys);
+	snprintf(h->detail, sizeof(h->detail), "redis %.20s %.20s, db %d, %s keys%s%s", o.v[RD_F_VERSION],
+		 o.v[RD_F_ROLE], s->db, o.keys, strcmp(o.loading, "1") == 0 ? ", loading" : "", warn);
+	for (size_t i = 0; i < RD_F_N; i++)
+		kv_health_fact(h, rd_facts[i][0], "%s", o.v[i]);
+	kv_health_fact(h, "appendfsync", "%s", o.fsync);
+	kv_health_fact(h, "keys", "%s", o.keys);
 	return 0;
 }
 
+/* maxmemory as the size, maxmemory - used_memory as free (0: no limit). */
 static int rd_statfs(struct kv_store *st, struct kv_statfs *out)
 {
-	struct rd_store *s = kv_store_cast(struct rd_store, st);
-	struct rd_cmd cmds[2];
-	redisReply *r[2];
-	char used[32], max[32];
+	struct rd_state o;
+	char why[256];
+	int rc = rd_state(kv_store_cast(struct rd_store, st), 0, &o, why, sizeof(why));
 	uint64_t u, m;
-	int rc;
 
-	rd_cmd_init(&cmds[0], 2, RD_ARG("INFO"), RD_ARG("memory"));
-	rd_cmd_init(&cmds[1], 1, RD_ARG("DBSIZE"));
-	rc = rd_run(s, "statfs", NULL, 0, 0, cmds, 2, r);
 	if (rc)
 		return rc;
-	rd_info_field(r[0], "used_memory", used, sizeof(used));
-	rd_info_field(r[0], "maxmemory", max, sizeof(max));
-	if (r[1]->type == REDIS_REPLY_INTEGER && r[1]->integer > 0)
-		out->keys = (uint64_t)r[1]->integer;
-	rd_free_replies(r, 2);
-	u = strtoull(used, NULL, 10);
-	m = strtoull(max, NULL, 10);
-	if (m) {  /* maxmemory 0: no limit, nothing to report */
-		out->total_bytes = m;
-		out->free_bytes = u < m ? m - u : 0;
-	}
+	u = strtoull(o.v[RD_F_USED], NULL, 10);
+	m = strtoull(o.v[RD_F_MAX], NULL, 10);
+	out->keys = strtoull(o.keys, NULL, 10);
+	out->total_bytes = m;
+	out->free_bytes = u < m ? m - u : 0;
 	return 0;
 }
 
@@ -863,10 +708,9 @@ static void rd_close(struct kv_store *st)
 	struct rd_store *s = kv_store_cast(struct rd_store, st);
 
 	kv_pool_destroy(&s->pool);
-	if (s->password) {
+	if (s->password)
 		explicit_bzero(s->password, strlen(s->password));
-		free(s->password);
-	}
+	free(s->password);
 	free(s->host);
 	free(s->sock);
 	free(s->user);
@@ -874,187 +718,131 @@ static void rd_close(struct kv_store *st)
 }
 
 /* A database number: 0 to 999999999 (the server knows how many it has). */
-static int rd_parse_db(const char *text, int *db)
+static bool rd_db(const char *text, int *db)
 {
 	size_t n = strlen(text);
 
 	if (n == 0 || n > 9 || strspn(text, "0123456789") != n)
-		return -EINVAL;
+		return false;
 	*db = atoi(text);
-	return 0;
+	return true;
 }
 
 #define RD_NO_PASSWORD_IN_URL \
 	"redis: a password in the URL is refused (it would show in ps and logs): " \
 	"put it in " RD_PASSWORD_ENV " or a file named by -o password_file=FILE"
 
-/* The query of a URL: "db=N" only, for a unix socket.  A password there
- * is refused like one before the '@'. */
-static int rd_parse_query(struct rd_store *s, char *q, char *err, size_t errlen)
+/* The query of a URL: "db=N" of a unix socket; a password is refused. */
+static const char *rd_query(struct rd_store *s, char *q)
 {
 	char *save = NULL;
 
 	for (char *p = strtok_r(q, "&", &save); p; p = strtok_r(NULL, "&", &save)) {
-		if (strncasecmp(p, "password=", 9) == 0 || strncasecmp(p, "pass=", 5) == 0) {
-			snprintf(err, errlen, RD_NO_PASSWORD_IN_URL);
-			return -EINVAL;
-		} else if (!s->sock) {
-			snprintf(err, errlen, "redis: a redis:// URL takes no parameters (the database "
-				 "is its path: redis://host/2)");
-			return -EINVAL;
-		} else if (strncmp(p, "db=", 3) != 0) {
-			snprintf(err, errlen, "redis: unknown URL parameter '%.*s' (only db=N)",
-				 (int)strcspn(p, "="), p);
-			return -EINVAL;
-		} else if (rd_parse_db(p + 3, &s->db)) {
-			snprintf(err, errlen, "redis: bad db '%.20s' in the URL (a number)", p + 3);
-			return -EINVAL;
-		}
+		if (strncasecmp(p, "password=", 9) == 0 || strncasecmp(p, "pass=", 5) == 0)
+			return RD_NO_PASSWORD_IN_URL;
+		if (!s->sock)
+			return "redis: a redis:// URL takes no parameters (the database is its path: "
+			       "redis://host/2)";
+		if (strncmp(p, "db=", 3) != 0)
+			return "redis: unknown URL parameter (only db=N)";
+		if (!rd_db(p + 3, &s->db))
+			return "redis: bad db in the URL (a number)";
 	}
-	return 0;
+	return NULL;
 }
 
-/* Host, port, socket, database and user from the URL's parts. */
-static int rd_url_parts(struct rd_store *s, CURLU *u, bool unix_sock, char *err, size_t errlen)
-{
-	char *pw = NULL, *user = NULL, *host = NULL, *port = NULL, *path = NULL, *query = NULL;
-	int rc = -EINVAL;
+enum { RD_U_PASSWORD, RD_U_USER, RD_U_HOST, RD_U_PORT, RD_U_PATH, RD_U_QUERY, RD_U_N };
+static const CURLUPart rd_url_part[RD_U_N] = {
+	CURLUPART_PASSWORD, CURLUPART_USER, CURLUPART_HOST, CURLUPART_PORT, CURLUPART_PATH,
+	CURLUPART_QUERY,
+};
 
-	if (curl_url_get(u, CURLUPART_PASSWORD, &pw, 0) == CURLUE_OK) {
-		snprintf(err, errlen, RD_NO_PASSWORD_IN_URL);
-		goto out;
-	}
-	curl_url_get(u, CURLUPART_USER, &user, CURLU_URLDECODE);
-	curl_url_get(u, CURLUPART_PORT, &port, 0);
-	curl_url_get(u, CURLUPART_QUERY, &query, 0);
-	if (curl_url_get(u, CURLUPART_HOST, &host, CURLU_URLDECODE) ||
-	    curl_url_get(u, CURLUPART_PATH, &path, CURLU_URLDECODE)) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	s->port = port ? atoi(port) : RD_DEFAULT_PORT;
-	if (s->port < 1 || s->port > 65535) {
-		snprintf(err, errlen, "redis: bad port '%s' in the URL (1 to 65535)", port);
-		goto out;
-	}
-	if (unix_sock && host[0] && strcmp(host, "localhost") != 0) {
-		snprintf(err, errlen, "redis: a unix socket is local: use redis+unix:///path/to/socket");
-		goto out;
-	}
-	if (unix_sock && (!path[0] || strcmp(path, "/") == 0)) {
-		snprintf(err, errlen, "redis: no socket path: use redis+unix:///path/to/socket[?db=N]");
-		goto out;
-	}
-	if (!unix_sock && path[0] && strcmp(path, "/") != 0 && rd_parse_db(path + 1, &s->db)) {
-		snprintf(err, errlen, "redis: the path of a redis:// URL is a database number, "
-			 "not '%.40s'; for a unix socket use redis+unix:///path/to/socket", path + 1);
-		goto out;
-	}
+/* Host, port, socket, database and user from the URL's parts (u[i] of
+ * rd_url_part[i], NULL if absent); NULL, or what is wrong. */
+static const char *rd_url_parts(struct rd_store *s, char **u, bool unix_sock)
+{
+	const char *host = u[RD_U_HOST] ? u[RD_U_HOST] : "", *path = u[RD_U_PATH] ? u[RD_U_PATH] : "";
+
+	s->port = u[RD_U_PORT] ? atoi(u[RD_U_PORT]) : RD_DEFAULT_PORT;
+	if (u[RD_U_PASSWORD])
+		return RD_NO_PASSWORD_IN_URL;
+	if (s->port < 1 || s->port > 65535)
+		return "redis: bad port in the URL (1 to 65535)";
+	if (unix_sock && host[0] && strcmp(host, "localhost") != 0)
+		return "redis: a unix socket is local: use redis+unix:///path/to/socket";
+	if (unix_sock && strlen(path) < 2)
+		return "redis: no socket path: use redis+unix:///path/to/socket[?db=N]";
+	if (!unix_sock && strlen(path) > 1 && !rd_db(path + 1, &s->db))
+		return "redis: the path of a redis:// URL is a database number; for a unix "
+		       "socket use redis+unix:///path/to/socket";
 	if (unix_sock)
 		s->sock = strdup(path);
 	else if (host[0] == '[')  /* [v6 address] */
 		s->host = strndup(host + 1, strlen(host) - 2);
 	else
 		s->host = strdup(host[0] ? host : "127.0.0.1");
-	if ((user && user[0] && !(s->user = strdup(user))) || (!s->sock && !s->host)) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	rc = query ? rd_parse_query(s, query, err, errlen) : 0;
-	if (s->sock)
-		snprintf(s->where, sizeof(s->where), "%s", s->sock);
-	else
-		snprintf(s->where, sizeof(s->where), strchr(s->host, ':') ? "[%s]:%d" : "%s:%d",
-			 s->host, s->port);
-out:
-	curl_free(pw);
-	curl_free(user);
-	curl_free(host);
-	curl_free(port);
-	curl_free(path);
-	curl_free(query);
-	return rc;
+	if ((!s->sock && !s->host) ||
+	    (u[RD_U_USER] && u[RD_U_USER][0] && !(s->user = strdup(u[RD_U_USER]))))
+		return "redis: out of memory";
+	snprintf(s->where, sizeof(s->where), s->sock ? "%s" : strchr(s->host, ':') ? "[%s]:%d"
+		 : "%s:%d", s->sock ? s->sock : s->host, s->port);
+	return u[RD_U_QUERY] ? rd_query(s, u[RD_U_QUERY]) : NULL;
 }
 
 /* The URL, parsed by libcurl.  A unix socket's URL gets the host name
- * "localhost" when it has none: curl would read "x:///run/s" as the host
- * "run". */
+ * "localhost" when it has none: curl reads "x:///run/s" as the host "run". */
 static int rd_parse_url(struct rd_store *s, const char *url, char *err, size_t errlen)
 {
-	const char *loc = strchr(url, ':') + 1;
+	const char *loc = strchr(url, ':') + 1, *why = NULL;
 	bool unix_sock = loc - url == 11 && strncasecmp(url, "redis+unix:", 11) == 0;
 	bool authority = strncmp(loc, "//", 2) == 0 && loc[2] != '/';
-	CURLU *u = curl_url();
-	char *fixed = NULL;
+	char *fixed = NULL, *u[RD_U_N] = { 0 };
+	CURLU *h = curl_url();
 	CURLUcode uc;
-	int rc;
 
-	if (!u)
-		return -ENOMEM;
-	if (!unix_sock && !authority) {
-		snprintf(err, errlen, "redis: expected redis://[user@]host[:port][/db] "
-			 "or redis+unix:///path/to/socket[?db=N]");
-		curl_url_cleanup(u);
-		return -EINVAL;
-	}
-	if (unix_sock && !authority &&
-	    asprintf(&fixed, "redis+unix://localhost%s", loc + (loc[0] == '/' && loc[1] == '/' ? 2 : 0)) < 0) {
-		curl_url_cleanup(u);
-		return -ENOMEM;
-	}
-	uc = curl_url_set(u, CURLUPART_URL, fixed ? fixed : url,
-			  CURLU_NON_SUPPORT_SCHEME | CURLU_NO_AUTHORITY);
+	if (!unix_sock && !authority)
+		why = "redis: expected redis://[user@]host[:port][/db] or "
+		      "redis+unix:///path/to/socket[?db=N]";
+	else if (!h || (unix_sock && !authority && asprintf(&fixed, "redis+unix://localhost%s",
+							  loc + 2 * (strncmp(loc, "//", 2) == 0)) < 0))
+		why = "redis: out of memory";
+	else if ((uc = curl_url_set(h, CURLUPART_URL, fixed ? fixed : url,
+				    CURLU_NON_SUPPORT_SCHEME | CURLU_NO_AUTHORITY)))
+		why = uc == CURLUE_BAD_PORT_NUMBER ? "redis: bad port in the URL (1 to 65535)"
+						   : curl_url_strerror(uc);
+	for (size_t i = 0; !why && i < RD_U_N; i++)
+		curl_url_get(h, rd_url_part[i], &u[i],
+			     i == RD_U_USER || i == RD_U_PATH ? CURLU_URLDECODE : 0);
+	if (!why)
+		why = rd_url_parts(s, u, unix_sock);
+	if (why)
+		snprintf(err, errlen, "%s%s", strncmp(why, "redis: ", 7) ? "redis: bad URL: " : "", why);
+	for (size_t i = 0; i < RD_U_N; i++)
+		curl_free(u[i]);
 	free(fixed);
-	if (uc == CURLUE_OUT_OF_MEMORY) {
-		rc = -ENOMEM;
-	} else if (uc) {
-		snprintf(err, errlen, uc == CURLUE_BAD_PORT_NUMBER ? "redis: bad port in the URL (%s)"
-			 : "redis: bad URL: %s", curl_url_strerror(uc));
-		rc = -EINVAL;
-	} else {
-		rc = rd_url_parts(s, u, unix_sock, err, errlen);
-	}
-	curl_url_cleanup(u);
-	return rc;
+	curl_url_cleanup(h);
+	return !why ? 0 : strstr(why, "out of memory") ? -ENOMEM : -EINVAL;
 }
 
-/* -o password_file=FILE (its first line), else $REDISCLI_AUTH, else none. */
-static int rd_password(struct rd_store *s, const struct kv_open_args *a, char *err, size_t errlen)
+/* -o password_file=FILE (its first line), else $REDISCLI_AUTH, else none;
+ * -o scan_count=N.  NULL, or what is wrong. */
+static const char *rd_options_of(struct rd_store *s, const struct kv_open_args *a, char *why,
+				 size_t len)
 {
-	const char *file = kv_option_get(a, "password_file");
-	const char *env = getenv(RD_PASSWORD_ENV);
-	char why[300];
-
-	if (file) {
-		s->password = kv_read_secret(file, "password_file", why, sizeof(why));
-		if (!s->password) {
-			snprintf(err, errlen, "redis: %s", why);
-			return -EINVAL;
-		}
-	} else if (env && env[0]) {
-		if (!(s->password = strdup(env)))
-			return -ENOMEM;
-	} else if (s->user) {
-		snprintf(err, errlen, "redis: user '%s' given but no password: set " RD_PASSWORD_ENV
-			 " or -o password_file=FILE", s->user);
-		return -EINVAL;
-	}
-	return 0;
-}
-
-/* -o scan_count=N: how many keys the server visits per SCAN call. */
-static int rd_scan_count(struct rd_store *s, const struct kv_open_args *a, char *err,
-			 size_t errlen)
-{
-	const char *v = kv_option_get(a, "scan_count");
+	const char *file = kv_option_get(a, "password_file"), *env = getenv(RD_PASSWORD_ENV);
+	const char *count = kv_option_get(a, "scan_count");
 	uint64_t n = RD_SCAN_COUNT;
 
-	if (v && (kv_parse_size(v, &n) || n < 10 || n > 1000000)) {
-		snprintf(err, errlen, "redis: bad scan_count '%s' (10 to 1000000)", v);
-		return -EINVAL;
-	}
+	if (count && (kv_parse_size(count, &n) || n < 10 || n > 1000000))
+		return "bad scan_count (10 to 1000000)";
 	snprintf(s->scan_count, sizeof(s->scan_count), "%" PRIu64, n);
-	return 0;
+	if (file)
+		s->password = kv_read_secret(file, "password_file", why, len);
+	else if (env && env[0])
+		s->password = strdup(env);
+	else if (s->user)
+		return "a user but no password: set " RD_PASSWORD_ENV " or -o password_file=FILE";
+	return (file || (env && env[0])) && !s->password ? why : NULL;
 }
 
 /* Parse and check only: the first call connects (kv_open's probe, unless
@@ -1062,38 +850,31 @@ static int rd_scan_count(struct rd_store *s, const struct kv_open_args *a, char 
 static int rd_open(const struct kv_open_args *a, struct kv_store **out, char *err, size_t errlen)
 {
 	struct rd_store *s = calloc(1, sizeof(*s));
+	char why[300] = "out of memory";
+	const char *bad;
 	int rc;
 
-	if (!s) {
-		snprintf(err, errlen, "redis: out of memory");
-		return -ENOMEM;
-	}
+	if (!s)
+		return -ENOMEM;  /* kv_open says so */
 	s->max_value = RD_MAX_VALUE;
 	s->max_key = RD_MAX_KEY;
 	s->timeout_ms = a->timeout_ms;
 	s->tv = rd_tv(a->timeout_ms);
 	kv_pool_init(&s->pool, "redis", &rd_pool_ops, s, RD_POOL);
 	rc = rd_parse_url(s, a->url, err, errlen);
-	if (!rc)
-		rc = rd_scan_count(s, a, err, errlen);
-	if (!rc)
-		rc = rd_password(s, a, err, errlen);
-	if (rc) {
-		if (rc == -ENOMEM)
-			snprintf(err, errlen, "redis: out of memory");
-		rd_close(&s->base);
-		return rc;
+	if (!rc && (bad = rd_options_of(s, a, why, sizeof(why)))) {
+		snprintf(err, errlen, "redis: %s", bad);
+		rc = -EINVAL;
 	}
-	*out = &s->base;
-	return 0;
+	if (rc)
+		rd_close(&s->base);
+	else
+		*out = &s->base;
+	return rc;
 }
 
-/*
- * -o options.  password_file: a file whose first line is the password
- * (else $REDISCLI_AUTH).  scan_count: keys the server visits per SCAN
- * call when listing (default 1000): larger means fewer round trips but
- * longer stalls of the server for its other clients.
- */
+/* scan_count: larger means fewer round trips for a listing, but longer
+ * stalls of the server for its other clients. */
 static const char *const rd_options[] = { "password_file", "scan_count", NULL };
 
 const struct kv_backend kv_backend_redis = {
