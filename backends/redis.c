@@ -221,7 +221,7 @@ static int rd_connect(void *ctx, int64_t deadline, void **out)
 	if (s->db)
 		rd_cmd_init(&cmds[n++], 2, RD_ARG("SELECT"), RD_ARG(db));
 	rd_cmd_init(&cmds[n++], 3, RD_ARG("CONFIG"), RD_ARG("GET"), RD_ARG("proto-max-bulk-len"));
-	if (rd_pipeline(c, cmds, n, r, tv, &waited))
+	if ((rc = rd_pipeline(c, cmds, n, r, tv, &waited)))
 		goto io;
 	for (size_t i = 0; i < n - 1 && !rc; i++) {
 		if (!rd_error_of(r[i]))
@@ -251,8 +251,8 @@ static int rd_connect(void *ctx, int64_t deadline, void **out)
 		*out = c;
 	return rc;
 io:
-	snprintf(rd_why, sizeof(rd_why), "cannot reach %s: %s", s->where,
-		 c->errstr[0] ? c->errstr : "no answer");
+	snprintf(rd_why, sizeof(rd_why), rc == -ETIMEDOUT ? "%s did not answer in time%.0s "
+		 "(-o timeout=T raises the limit)" : "cannot reach %s: %s", s->where, c->errstr);
 	redisFree(c);
 	return -EIO;
 }
