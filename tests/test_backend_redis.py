@@ -6,7 +6,12 @@ Each test runs a redis-server of its own (tests/servers/redis.py), so they
 skip unless kvfs was built with the redis backend.
 """
 import errno
+import hashlib
 import os
+import socket
+import struct
+import subprocess
+import threading
 import time
 
 import pytest
@@ -113,6 +118,7 @@ def test_password_from_rediscli_auth_reaches_the_server(auth_server):
 def test_password_file_reaches_the_server(auth_server, workdir):
     pwfile = os.path.join(workdir, "pw")
     util.write_file(pwfile, SECRET.encode() + b"\n")
+    os.chmod(pwfile, 0o600)
     m = mount(auth_server.url, opts=["password_file=" + pwfile], env={"REDISCLI_AUTH": None})
     util.write_file(m.p("g"), b"from file")
     assert resp(auth_server.url, SECRET).call(b"GET", b"g") == b"from file"
@@ -132,9 +138,244 @@ def test_acl_user_authenticates_with_its_own_password(auth_server):
 def test_wrong_password_fails_the_mount_with_a_clear_line(auth_server):
     r = run_kvfs(auth_server.url, env={"REDISCLI_AUTH": "not-" + SECRET})
     err = r.stderr.decode()
-    assert r.returncode != 0
-    assert "refuses the password" in err, err
+    assert r.returncode == 1 and len(err.strip().splitlines()) == 1, err
+    assert "refused the credentials" in err and "refuses the password" in err, err
     assert SECRET not in err
+
+
+def test_missing_password_fails_the_mount_with_a_clear_line(auth_server):
+    r = run_kvfs(auth_server.url)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and len(err.strip().splitlines()) == 1, err
+    assert "refused the credentials" in err and "NOAUTH" in err, err
+    assert "REDISCLI_AUTH" in err and "-o lazy" in err, err
+
+
+@pytest.mark.parametrize("password", [None, "not-" + SECRET])
+def test_lazy_mount_refused_credentials_are_eacces_everywhere(auth_server, password):
+    resp(auth_server.url, SECRET).call(b"SET", b"f", b"v")
+    m = mount(auth_server.url, opts=["lazy"], env={"REDISCLI_AUTH": password})
+    m.allow_log(r"NOAUTH|refuses the password")
+    assert util.errno_of(util.read_file, m.p("f")) == errno.EACCES
+    assert util.errno_of(util.write_file, m.p("g"), b"x") == errno.EACCES
+    assert util.errno_of(os.listdir, m.path) == errno.EACCES
+    assert util.errno_of(os.unlink, m.p("f")) == errno.EACCES
+    assert m.health()["status"] != "ok"
+    assert resp(auth_server.url, SECRET).call(b"GET", b"f") == b"v"
+
+
+# ---- the mount contract: open parses, the probe connects ----
+
+def test_unreachable_server_fails_the_mount_with_one_line(server):
+    server.stop()
+    r = run_kvfs(server.url)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and len(err.strip().splitlines()) == 1, err
+    assert "cannot reach the store" in err and "-o lazy" in err, err
+
+
+def test_lazy_mount_of_a_stopped_server_works_when_it_starts(server):
+    server.stop()
+    m = mount(server.url, opts=["lazy", "timeout=1s"])
+    m.allow_log(r"kvfs: ERROR: redis")
+    assert util.errno_of(util.write_file, m.p("f"), b"x") == errno.EIO
+    assert m.health()["status"] != "ok"
+    server.start()
+    util.write_file(m.p("f"), b"up")
+    assert resp(server.url).call(b"GET", b"f") == b"up"
+    assert m.health()["status"] == "ok"
+
+
+# ---- transient failures cost a delay, not an error ----
+
+def in_thread(fn, *args):
+    """Start fn(*args) in a thread; a function giving its errno (None: it
+    worked) once it is done."""
+    out = {}
+
+    def run():
+        out["errno"] = util.errno_of(fn, *args)
+    t = threading.Thread(target=run)
+    t.start()
+
+    def result():
+        t.join(60)
+        assert not t.is_alive()
+        return out["errno"]
+    return result
+
+
+def test_a_call_while_the_server_restarts_waits_for_it(server):
+    m = mount(server.url, opts=["timeout=15s"])
+    util.write_file(m.p("f"), b"old")
+    m.allow_log(r"kvfs: (ERROR|INFO): redis")
+    server.stop()
+    done = in_thread(util.write_file, m.p("f"), b"new")   # connection refused, for now
+    time.sleep(1.5)
+    server.start()
+    assert done() is None
+    assert resp(server.url).call(b"GET", b"f") == b"new"
+
+
+def test_a_server_loading_its_data_is_waited_for(workdir):
+    # 2000 keys loaded 1 ms apiece from the RDB part: LOADING for 2 s
+    srv = rd.start(workdir, config="key-load-delay 1000\n"
+                   "loading-process-events-interval-bytes 1024\n")
+    try:
+        rd.Raw(srv.url).put_many({b"k%d" % i: b"v%d" % i for i in range(2000)})
+        c = resp(srv.url)      # into the RDB part, loaded with events in between
+        c.call(b"BGREWRITEAOF")
+        while b"aof_rewrite_in_progress:1" in c.call(b"INFO", b"persistence") or \
+                b"aof_rewrite_scheduled:1" in c.call(b"INFO", b"persistence"):
+            time.sleep(0.05)
+        m = mount(srv.url, opts=["timeout=30s"])
+        srv.restart()      # back when its port accepts: loading
+        t0 = time.monotonic()
+        assert resp(srv.url).pipeline([[b"GET", b"k1"]])[0].args[0].startswith("LOADING")
+        assert util.read_file(m.p("k1999")) == b"v1999"
+        assert time.monotonic() - t0 > 0.5     # it waited for the loading
+        assert util.read_file(m.p("k1")) == b"v1"
+        util.write_file(m.p("new"), b"n")
+    finally:
+        srv.stop()
+
+
+class Proxy:
+    """One address in front of a Redis, as a virtual IP or a load balancer
+    is: hold() stops passing requests on (calls in flight wait), switch()
+    points it at another server and drops every connection it carries, as
+    a failover does."""
+
+    def __init__(self, port):
+        self.target = port
+        self.held = False
+        self.pairs = []
+        self.lock = threading.Lock()
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.lsock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+                u = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                return
+            with self.lock:
+                self.pairs.append((c, u))
+            threading.Thread(target=self._pump, args=(c, u, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(u, c, False), daemon=True).start()
+
+    def _pump(self, src, dst, request):
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                while request and self.held:
+                    time.sleep(0.01)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def hold(self):
+        self.held = True
+
+    def switch(self, port):
+        self.target = port
+        with self.lock:
+            pairs, self.pairs = self.pairs, []
+        for c, u in pairs:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            for s in (c, u):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        self.held = False
+
+    def close(self):
+        self.lsock.close()
+        self.switch(self.target)
+
+
+def test_a_failover_behind_one_address_costs_a_delay_not_an_error():
+    a = rd.start(util.new_temp_dir())
+    b = rd.start(util.new_temp_dir())
+    px = Proxy(a.port)
+    try:
+        resp(b.url).call(b"REPLICAOF", b"127.0.0.1", str(a.port))
+        m = mount("redis://127.0.0.1:%d" % px.port, opts=["timeout=15s"])
+        m.allow_log(r"kvfs: (ERROR|WARN|INFO): redis")
+        util.write_file(m.p("before"), b"1")
+        deadline = time.monotonic() + 20
+        while resp(b.url).call(b"GET", b"before") != b"1":
+            assert time.monotonic() < deadline, "the replica never caught up"
+            time.sleep(0.05)
+        px.hold()          # a write is on its way when the master goes
+        done = in_thread(util.write_file, m.p("during"), b"2")
+        time.sleep(0.5)
+        resp(b.url).call(b"REPLICAOF", b"NO", b"ONE")
+        resp(a.url).call(b"REPLICAOF", b"127.0.0.1", str(b.port))
+        px.switch(b.port)  # its connection is reset; the new one reaches b
+        assert done() is None
+        assert resp(b.url).call(b"GET", b"during") == b"2"
+        assert util.read_file(m.p("before")) == b"1"
+        util.write_file(m.p("after"), b"3")
+        assert resp(b.url).call(b"GET", b"after") == b"3"
+    finally:
+        px.close()
+        a.stop()
+        b.stop()
+
+
+# ---- timeouts bound waiting for the server, not a transfer ----
+
+def test_a_100mb_copy_closes_without_error_and_is_whole(server, workdir):
+    # appendfsync always: Redis writes and fsyncs 100 MB before it answers,
+    # which takes longer than the 1 s timeout; the transfer is not timed
+    resp(server.url).call(b"CONFIG", b"SET", b"appendfsync", b"always")
+    src = os.path.join(workdir, "big")
+    with open(src, "wb") as f:
+        for i in range(100):
+            f.write(hashlib.sha256(b"%d" % i).digest() * 32768)
+    m = mount(server.url, opts=["timeout=1s"])
+    r = subprocess.run(["cp", src, m.p("big")], capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    c = resp(server.url)
+    assert c.call(b"STRLEN", b"big") == 100 << 20
+    with open(src, "rb") as f:
+        assert hashlib.sha256(c.call(b"GET", b"big")).digest() == \
+            hashlib.sha256(f.read()).digest()
+
+
+def test_a_timeout_says_what_timed_out_and_which_option_raises_it(server):
+    m = mount(server.url, opts=["timeout=1s"])
+    util.write_file(m.p("f"), b"x")
+    m.allow_log(r"kvfs: ERROR: redis")
+    server.pause()
+    try:
+        assert util.errno_of(util.read_file, m.p("f")) == errno.EIO
+    finally:
+        server.resume()
+    log = m.log_text()
+    assert "did not answer within 1000 ms" in log and "-o timeout" in log, log
+
+
+def test_password_file_others_may_read_is_refused(workdir):
+    pwfile = os.path.join(workdir, "pw")
+    util.write_file(pwfile, SECRET.encode() + b"\n")
+    os.chmod(pwfile, 0o644)
+    r = run_kvfs("redis://127.0.0.1:1", "password_file=" + pwfile)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and len(err.strip().splitlines()) == 1, err
+    assert "may be read by others" in err and SECRET not in err
 
 
 def test_missing_password_file_is_a_clear_error(workdir):
