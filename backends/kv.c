@@ -21,6 +21,9 @@
 
 static enum kv_log_level log_level = KV_LOG_WARN;
 static bool log_syslog;
+/* The mount probe's failure is one line of its own: the backend's log
+ * lines about it would repeat it (debug lines still show). */
+static __thread bool log_quiet;
 
 void kv_log_to_syslog(void)
 {
@@ -39,7 +42,7 @@ void kv_log(enum kv_log_level lvl, const char *fmt, ...)
 	char line[1024];
 	va_list ap;
 
-	if (lvl > log_level)
+	if (lvl > log_level || (log_quiet && lvl < KV_LOG_DEBUG))
 		return;
 	va_start(ap, fmt);
 	vsnprintf(line, sizeof(line), fmt, ap);
@@ -225,7 +228,11 @@ static char *endpoint_of(const char *url)
 static int probe(struct kv_store *s, const char *url, char *err, size_t errlen)
 {
 	struct kv_health h;
-	int rc = kv_health(s, &h);
+	int rc;
+
+	log_quiet = true;
+	rc = kv_health(s, &h);
+	log_quiet = false;
 
 	if (rc == 0)
 		return 0;
