@@ -373,8 +373,9 @@ int kv_pool_run(struct kv_pool *p, int64_t deadline, bool idempotent, kv_pool_fn
 	}
 	if (rc == -EACCES)
 		kv_log(KV_LOG_ERR, "%s: the store refused the credentials: %s", p->name, why);
-	else if (rc != -ENOMEM && why[0])
-		kv_log(KV_LOG_ERR, "%s: %s%s", p->name, why, strstr(why, "-o timeout") ? ""
+	else if (rc != -ENOMEM && why[0])  /* only -EIO and -EAGAIN were tried again */
+		kv_log(KV_LOG_ERR, "%s: %s%s", p->name, why,
+		       (rc != -EIO && rc != -EAGAIN) || strstr(why, "-o timeout") ? ""
 		       : " (tried again until the timeout: -o timeout raises it)");
 	return rc == -EACCES || rc == -ENOMEM ? rc : -EIO;
 }
