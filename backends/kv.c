@@ -22,6 +22,8 @@
 
 static enum kv_log_level log_level = KV_LOG_WARN;
 static bool log_syslog;
+/* The mount probe's failure is one line of its own: the backend's log
+ * lines about it would repeat it (debug lines still show). */
 
 void kv_log_to_syslog(void)
 {
@@ -295,6 +297,8 @@ static int probe(struct kv_store *s, char *err, size_t errlen)
 		rc = -EIO;
 	if (!h.detail[0])
 		snprintf(h.detail, sizeof(h.detail), "%s", strerror(-rc));
+	if (strstr(h.detail, logged))
+		logged[0] = '\0';  /* said already */
 	snprintf(err, errlen, "%s: %s at %s: %s%s%s%s (-o lazy mounts anyway)", s->be->scheme,
 		 rc == -EACCES ? "the store refused the credentials" : "cannot reach the store",
 		 s->endpoint, h.detail, logged[0] ? " (" : "", logged, logged[0] ? ")" : "");

@@ -1,68 +1,59 @@
 /*
  * mysql.c - a table in MariaDB or MySQL through MariaDB Connector/C:
- * "mysql://[user@]host[:port]/database" (or mariadb://).
+ * "mysql://[user@]host[:port]/database" (or mariadb://), parsed by libcurl.
  *
  * The password is never taken from the URL, which would put it on the
  * command line: it comes where the mysql client finds it, from MYSQL_PWD
- * or an option file: the default ones (~/.my.cnf, /etc/mysql/my.cnf; the
- * groups [client], [client-server], [client-mariadb] and [kvfs]) or the
- * file given with -o option_file=PATH.
+ * or an option file (~/.my.cnf, /etc/mysql/my.cnf: the groups [client],
+ * [client-server], [client-mariadb] and [kvfs]; or -o option_file=PATH).
  *
  * Every key is one row of an InnoDB table (default "kv", -o table=NAME),
- * created when missing:
- *
- *     k VARBINARY(3072) PRIMARY KEY, v LONGBLOB NOT NULL, ver BIGINT NOT NULL,
- *     sz BIGINT AS (LENGTH(v)) STORED
- *
- * VARBINARY compares bytewise, so the primary key is the keys' byte order
- * and a prefix is a key range: listing asks for "k >= ? AND k < ? ORDER BY
- * k LIMIT ?" through binary prepared statements, never a LIKE pattern, and
- * skips a group found in the rows by starting the next range at the
- * group's successor, so a directory listing never reads its subtree.  sz
- * is kept by the server so a listing does not read every value off-page
- * (a table without it works too, with LENGTH(v)).  ver is a random 63-bit
+ * created when missing: k VARBINARY(3072) PRIMARY KEY, v LONGBLOB, ver
+ * BIGINT, sz BIGINT AS (LENGTH(v)) STORED.  VARBINARY compares bytewise,
+ * so scan() is one range query "k >= ? AND k < ? ORDER BY k LIMIT ?" on
+ * the primary key through binary prepared statements.  sz spares a scan
+ * reading values off-page (without it, LENGTH(v)).  ver is a random 63-bit
  * number written with each value; cas is one statement that updates only
  * the row still carrying the expected ver.
  *
- * Connector/C bounds every socket read and write by the read and write
- * timeouts (whole seconds, rounded up from the timeout); a connection that
- * failed is closed, never reused.  Automatic reconnection is off: the pool
- * opens a new connection itself, and notices before use that the server
- * closed an idle one (a restart).  A server that does not answer at mount
- * time does not stop the mount: the table is checked, and the limits
- * learned (the value limit from the server's max_allowed_packet), on the
- * first connection that succeeds.
+ * Connector/C bounds every socket read and write by the timeout (whole
+ * seconds), so a silent server fails the call while a large value that
+ * keeps moving may take longer.  Its automatic reconnection is off:
+ * connections come from the toolkit's pool, which replaces one the server
+ * closed while idle, and a failure that passes (server gone, connection
+ * lost, a deadlock) is tried again until the timeout.  open() only checks
+ * the URL and files; the first connection checks the table and learns the
+ * limits (the value limit from the server's max_allowed_packet).
  */
+#include <curl/curl.h>
 #include <errno.h>
 #include <mysql.h>
 #include <errmsg.h>
-#include <poll.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
-#include <time.h>
 
 #include "kv.h"
+#include "toolkit.h"
 
 extern const struct kv_backend kv_backend_mysql;  /* defined at the bottom */
 
 /* InnoDB's longest index key (DYNAMIC rows, 16 kB pages) is 3072 bytes. */
 #define MY_MAX_KEY 3072
 /* LONGBLOB goes to 4 GB, but a row must fit the server's max_allowed_packet
- * (learned at open) and fs/ holds a whole value in memory. */
+ * (learned on the first connection) and fs/ holds a whole value in memory. */
 #define MY_MAX_VALUE ((size_t)128 << 20)
 #define MY_PACKET_SLACK (MY_MAX_KEY + 1024)  /* header, key and ver around a value */
 #define MY_POOL 8            /* connections at most, shared by the FUSE threads */
-#define MY_PAGE 1000         /* list items when the caller sets no limit */
-#define MY_CHUNK 128         /* rows fetched per list query */
-#define MY_TRIES 3           /* attempts of an apply that lost a deadlock */
 #define MY_DEFAULT_TABLE "kv"
-#define MY_OPEN_WAIT_MS 5000 /* at most this for the server at mount; then mount anyway */
 
-enum my_sql { MY_GET, MY_STAT, MY_SET, MY_DEL, MY_CAS_NEW, MY_CAS_UPD, MY_LIST, MY_LIST_HI,
+enum my_sql { MY_GET, MY_STAT, MY_SET, MY_DEL, MY_CAS_NEW, MY_CAS_UPD, MY_SCAN, MY_SCAN_TO,
 	      MY_NSQL };
+
+/* Files Connector/C reads for TLS (-o options), checked at open. */
+enum { MY_SSL_CA, MY_SSL_CERT, MY_SSL_KEY, MY_NSSL };
+static const char *const my_ssl_names[MY_NSSL] = { "ssl_ca", "ssl_cert", "ssl_key" };
+static const int my_ssl_opts[MY_NSSL] = { MYSQL_OPT_SSL_CA, MYSQL_OPT_SSL_CERT, MYSQL_OPT_SSL_KEY };
 
 /* One connection with its prepared statements, made on first use. */
 struct my_conn {
@@ -73,74 +64,24 @@ struct my_conn {
 
 struct my_store {
 	struct kv_store base;
-	char *host, *user, *db, *option_file;
+	char *host, *user, *db, *option_file, *ssl[MY_NSSL];
 	unsigned port;
 	char *table_name;
 	int timeout_ms;
-	size_t max_key, max_value;  /* atomic: learned when ready */
+	size_t max_key, max_value;  /* atomic: learned on the first connection */
 	char *sql[MY_NSQL];
-
-	/* The table is checked (created if missing), the limits learned and
-	 * the SQL built on the first connection that succeeds. */
-	pthread_mutex_t ready_lock;
-	bool ready;               /* atomic */
-
-	pthread_mutex_t lock;
-	pthread_cond_t freed;
-	struct my_conn *idle[MY_POOL];
-	size_t nidle, nopen;
+	struct kv_once ready;       /* the table checked, the limits learned, the SQL built */
+	struct kv_pool pool;        /* of struct my_conn */
 };
 
 /* ---- Small helpers ---- */
 
-static int64_t my_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* A new version: random, nonzero, positive as a BIGINT. */
 static long long my_new_version(void)
 {
-	static __thread uint64_t x;
-	uint64_t v;
+	uint64_t v = kv_random64() & INT64_MAX;
 
-	if (!x && (getrandom(&x, sizeof x, 0) != sizeof x || !x))
-		x = (uint64_t)my_now_ms() * 0x9e3779b97f4a7c15u | 1;
-	x ^= x << 13;  /* xorshift64 */
-	x ^= x >> 7;
-	x ^= x << 17;
-	v = x & INT64_MAX;
 	return v ? (long long)v : 1;
-}
-
-struct my_buf {
-	char *p;
-	size_t len, cap;
-};
-
-static int my_buf_set(struct my_buf *b, const void *p, size_t len, size_t extra)
-{
-	if (len + extra > b->cap) {
-		char *q = realloc(b->p, len + extra);
-
-		if (!q)
-			return -ENOMEM;
-		b->p = q;
-		b->cap = len + extra;
-	}
-	if (len)
-		memcpy(b->p, p, len);
-	b->len = len;
-	return 0;
-}
-
-/* The smallest key above every key that starts with b; false if none is. */
-static bool my_successor(struct my_buf *b)
-{
-	return kv_key_successor(b->p, &b->len);
 }
 
 /* A binary string parameter (an empty one must not be a NULL pointer). */
@@ -156,13 +97,7 @@ static MYSQL_BIND my_int(long long *v)
 	return (MYSQL_BIND){ .buffer_type = MYSQL_TYPE_LONGLONG, .buffer = v };
 }
 
-/* Client errors (CR_*) mean the connection is gone or unusable. */
-static bool my_client_error(unsigned e)
-{
-	return e >= CR_MIN_ERROR && e <= CR_MAX_ERROR;
-}
-
-/* The errno of a server error; client errors are -EIO. */
+/* The errno of a server error. */
 static int my_errno(unsigned e)
 {
 	switch (e) {
@@ -173,6 +108,7 @@ static int my_errno(unsigned e)
 	case 1045:  /* ER_ACCESS_DENIED_ERROR */
 	case 1142:  /* ER_TABLEACCESS_DENIED_ERROR */
 	case 1227:  /* ER_SPECIFIC_ACCESS_DENIED_ERROR */
+	case 1698:  /* ER_ACCESS_DENIED_NO_PASSWORD_ERROR */
 		return -EACCES;
 	case 1290:  /* ER_OPTION_PREVENTS_STATEMENT (--read-only) */
 	case 1792:  /* ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION */
@@ -187,7 +123,42 @@ static int my_errno(unsigned e)
 	}
 }
 
-/* ---- Connections and the pool ---- */
+/* Failures that pass: the connection or the server went away, or a
+ * transaction lost a deadlock and was rolled back. */
+static bool my_passing(unsigned e)
+{
+	return e == CR_CONNECTION_ERROR || e == CR_CONN_HOST_ERROR || e == CR_SERVER_GONE_ERROR ||
+	       e == CR_SERVER_LOST || e == 2055 /* CR_SERVER_LOST_EXTENDED */ ||
+	       e == 1053 /* ER_SERVER_SHUTDOWN */ || e == 1927 /* ER_CONNECTION_KILLED */ ||
+	       e == 4031 /* MySQL's idle disconnect */ || e == 1213 /* ER_LOCK_DEADLOCK */;
+}
+
+/* What a read may say: a failure that passes, or is ours (memory,
+ * credentials); anything else went wrong with the store. */
+static int my_read_errno(int e)
+{
+	return e == -EAGAIN || e == -ENOMEM || e == -EACCES || e == -ENOENT || e >= 0 ? e : -EIO;
+}
+
+/*
+ * The errno of a failed call: -EAGAIN for a failure that passes (its
+ * reason in kv_why), otherwise logged.  A client error (CR_*) means the
+ * connection is gone or unusable.
+ */
+static int my_fail(struct my_conn *c, unsigned code, const char *msg, const char *what,
+		   const char *key, size_t klen)
+{
+	if (code >= CR_MIN_ERROR && code <= CR_MAX_ERROR)
+		c->broken = true;
+	if (my_passing(code)) {
+		kv_why_set("%s: %s", what, msg);
+		return -EAGAIN;
+	}
+	kv_log(KV_LOG_ERR, "mysql: %s %s: %s", what, key ? kv_printable(key, klen) : "", msg);
+	return my_errno(code);
+}
+
+/* ---- Connections ---- */
 
 static void my_conn_free(struct my_conn *c)
 {
@@ -201,27 +172,36 @@ static void my_conn_free(struct my_conn *c)
 	free(c);
 }
 
-/* Connect with the timeouts; the password comes from MYSQL_PWD or an option file. */
-static struct my_conn *my_connect(struct my_store *s, int timeout_ms, char *err, size_t errlen,
-				  unsigned *code)
+/* The first connection checks the table (my_prepare_table). */
+struct my_ready {
+	struct my_store *s;
+	struct my_conn *c;
+};
+
+static int my_prepare_table(void *arg);
+
+/* The pool's connect; the password comes from MYSQL_PWD or an option file. */
+static int my_connect(void *ctx, int64_t deadline, void **out)
 {
+	struct my_store *s = ctx;
 	unsigned secs = (unsigned)((s->timeout_ms + 999) / 1000);
-	unsigned csecs = (unsigned)((timeout_ms + 999) / 1000);
+	unsigned csecs = (unsigned)((kv_ms_left(deadline) + 999) / 1000);
 	unsigned long packet = 1UL << 30;
-	my_bool off = 0;
+	my_bool off = 0, on = 1;
 	char init[200];
+	unsigned code;
+	int rc;
 	struct my_conn *c = calloc(1, sizeof(*c));
 
-	*code = 0;
 	if (!c || !(c->db = mysql_init(NULL))) {
 		free(c);
-		snprintf(err, errlen, "mysql: out of memory");
-		return NULL;
+		return -ENOMEM;
 	}
 	/* The server gives up on what the client stopped waiting for;
 	 * max_statement_time is MariaDB's (10.1+), a comment to MySQL. */
 	snprintf(init, sizeof init, "SET SESSION innodb_lock_wait_timeout = %u"
 		 " /*M!100100 , max_statement_time = %u */", secs, secs);
+	csecs = csecs ? csecs : 1;
 	mysql_optionsv(c->db, MYSQL_OPT_CONNECT_TIMEOUT, &csecs);
 	mysql_optionsv(c->db, MYSQL_OPT_READ_TIMEOUT, &secs);
 	mysql_optionsv(c->db, MYSQL_OPT_WRITE_TIMEOUT, &secs);
@@ -231,263 +211,185 @@ static struct my_conn *my_connect(struct my_store *s, int timeout_ms, char *err,
 	mysql_optionsv(c->db, MYSQL_READ_DEFAULT_GROUP, "kvfs");
 	if (s->option_file)
 		mysql_optionsv(c->db, MYSQL_READ_DEFAULT_FILE, s->option_file);
+	for (int i = 0; i < MY_NSSL; i++)
+		if (s->ssl[i])
+			mysql_optionsv(c->db, my_ssl_opts[i], s->ssl[i]);
+	if (s->ssl[MY_SSL_CA])  /* a CA given: TLS, and the server proves who it is */
+		mysql_optionsv(c->db, MYSQL_OPT_SSL_VERIFY_SERVER_CERT, &on);
 	if (!mysql_real_connect(c->db, s->host, s->user, NULL, s->db, s->port, NULL, 0)) {
-		*code = mysql_errno(c->db);
-		snprintf(err, errlen, "mysql: cannot connect to %s: %s",
-			 s->base.endpoint ? s->base.endpoint : s->host, mysql_error(c->db));
+		code = mysql_errno(c->db);
+		kv_why_set("%s", mysql_error(c->db));
+		kv_log(KV_LOG_DEBUG, "mysql: cannot connect: %s", kv_why());
 		my_conn_free(c);
-		return NULL;
+		/* A refusal stays; the server down, starting or full passes. */
+		return my_errno(code) == -EACCES ? -EACCES : code == 1049 ? -ENOENT : -EIO;
 	}
-	return c;
+	if ((rc = kv_once(&s->ready, my_prepare_table, &(struct my_ready){ s, c }))) {
+		my_conn_free(c);
+		return rc;
+	}
+	kv_why_set("%s", "");
+	*out = c;
+	return 0;
 }
 
 /* An idle connection is still good if the server has not said anything:
  * a shutdown or restart closes it, and the socket turns readable. */
-static bool my_idle_ok(struct my_conn *c)
+static bool my_usable(void *ctx, void *conn)
 {
-	struct pollfd pfd = { .fd = (int)mysql_get_socket(c->db), .events = POLLIN };
+	struct my_conn *c = conn;
 
-	return !c->broken && pfd.fd >= 0 && poll(&pfd, 1, 0) == 0;
+	(void)ctx;
+	return !c->broken && kv_socket_idle((int)mysql_get_socket(c->db));
 }
 
-static int my_ready(struct my_store *s, struct my_conn *c, char *err, size_t errlen);
-
-/* A connection for one call (see postgresql.c's pg_acquire).  0 or -EIO. */
-static int my_acquire(struct my_store *s, struct my_conn **out, bool *reused)
+static void my_disconnect(void *ctx, void *conn)
 {
-	struct timespec until;
-	struct my_conn *c;
-	char err[300];
-	unsigned code;
-
-	clock_gettime(CLOCK_MONOTONIC, &until);
-	until.tv_sec += s->timeout_ms / 1000;
-	until.tv_nsec += (long)(s->timeout_ms % 1000) * 1000000L;
-	if (until.tv_nsec >= 1000000000L) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000L;
-	}
-	pthread_mutex_lock(&s->lock);
-	for (;;) {
-		while (s->nidle) {
-			c = s->idle[--s->nidle];
-			if (my_idle_ok(c)) {
-				pthread_mutex_unlock(&s->lock);
-				*out = c;
-				*reused = true;
-				return 0;
-			}
-			my_conn_free(c);
-			s->nopen--;
-		}
-		if (s->nopen < MY_POOL)
-			break;
-		if (pthread_cond_timedwait(&s->freed, &s->lock, &until) == ETIMEDOUT) {
-			pthread_mutex_unlock(&s->lock);
-			kv_log(KV_LOG_ERR, "mysql: no connection free within the timeout");
-			return -EIO;
-		}
-	}
-	s->nopen++;
-	pthread_mutex_unlock(&s->lock);
-	c = my_connect(s, s->timeout_ms, err, sizeof err, &code);
-	if (c && my_ready(s, c, err, sizeof err)) {
-		my_conn_free(c);
-		c = NULL;
-	}
-	if (!c) {
-		kv_log(KV_LOG_ERR, "%s", err);
-		pthread_mutex_lock(&s->lock);
-		s->nopen--;
-		pthread_cond_signal(&s->freed);
-		pthread_mutex_unlock(&s->lock);
-		return -EIO;
-	}
-	*out = c;
-	*reused = false;
-	return 0;
+	(void)ctx;
+	my_conn_free(conn);
 }
 
-static void my_release(struct my_store *s, struct my_conn *c)
-{
-	if (c->broken) {
-		my_conn_free(c);
-		c = NULL;
-	}
-	pthread_mutex_lock(&s->lock);
-	if (c)
-		s->idle[s->nidle++] = c;
-	else
-		s->nopen--;
-	pthread_cond_signal(&s->freed);
-	pthread_mutex_unlock(&s->lock);
-}
+static const struct kv_pool_ops my_pool_ops = {
+	.connect = my_connect, .usable = my_usable, .close = my_disconnect,
+};
 
 /* ---- Statements ---- */
 
+static const char *const my_sql_names[MY_NSQL] = {
+	[MY_GET] = "get", [MY_STAT] = "stat", [MY_SET] = "set", [MY_DEL] = "del",
+	[MY_CAS_NEW] = "cas", [MY_CAS_UPD] = "cas", [MY_SCAN] = "scan", [MY_SCAN_TO] = "scan",
+};
+
 /*
  * Execute statement id with params on c (preparing it on first use).
- * Returns the statement, or NULL with *e set to its errno; a client error
- * marks the connection broken.
+ * Returns the statement, or NULL with *e set to its errno (my_fail).
  */
 static MYSQL_STMT *my_execute(struct my_store *s, struct my_conn *c, enum my_sql id,
-			      MYSQL_BIND *params, const char *what, const char *key, size_t klen,
-			      int *e)
+			      MYSQL_BIND *params, const char *key, size_t klen, int *e)
 {
 	MYSQL_STMT *st = c->st[id];
-	unsigned code;
 
 	if (!st) {
-		st = mysql_stmt_init(c->db);
-		if (!st) {
+		if (!(st = mysql_stmt_init(c->db))) {
 			*e = -ENOMEM;
 			return NULL;
 		}
 		if (mysql_stmt_prepare(st, s->sql[id], strlen(s->sql[id]))) {
-			code = mysql_stmt_errno(st);
-			kv_log(KV_LOG_ERR, "mysql: %s: preparing: %s", what, mysql_stmt_error(st));
+			*e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), my_sql_names[id],
+				     NULL, 0);
 			mysql_stmt_close(st);
-			c->broken = c->broken || my_client_error(code);
-			*e = my_errno(code);
 			return NULL;
 		}
 		c->st[id] = st;
 	}
 	if (mysql_stmt_bind_param(st, params) || mysql_stmt_execute(st)) {
-		code = mysql_stmt_errno(st);
-		c->broken = c->broken || my_client_error(code);
-		*e = my_errno(code);
-		if (code == 1213)  /* ER_LOCK_DEADLOCK: the caller may try again */
-			*e = -EAGAIN;
-		else
-			kv_log(KV_LOG_ERR, "mysql: %s %s: %s", what, key ? kv_printable(key, klen) : "",
-			       mysql_stmt_error(st));
+		*e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), my_sql_names[id], key,
+			     klen);
 		mysql_stmt_reset(st);
 		return NULL;
 	}
 	return st;
 }
 
-/* Affected rows of a write, or -errno. */
-static long long my_write(struct my_store *s, struct my_conn *c, enum my_sql id,
-			  MYSQL_BIND *params, const char *what, const char *key, size_t klen)
+/* One text statement (transactions, health): 0 or -errno. */
+static int my_query(struct my_conn *c, const char *sql)
 {
-	MYSQL_STMT *st;
-	int e;
-
-	st = my_execute(s, c, id, params, what, key, klen, &e);
-	return st ? (long long)mysql_stmt_affected_rows(st) : e;
+	if (mysql_real_query(c->db, sql, strlen(sql)))
+		return my_fail(c, mysql_errno(c->db), mysql_error(c->db), sql, NULL, 0);
+	return 0;
 }
 
 /*
- * Run fn on a pooled connection; a failure of a reused connection that
- * broke it is retried once on a new one when `retry` allows (all but cas).
+ * Run fn on a pooled connection, again while it fails for a passing
+ * reason, within the timeout (kv_pool_run); not after a lost connection
+ * when the call is not idempotent (cas).
  */
-typedef long long my_call_fn(struct my_store *s, struct my_conn *c, void *arg);
+typedef int my_call_fn(struct my_store *s, struct my_conn *c, void *arg);
 
-static long long my_call(struct my_store *s, my_call_fn *fn, void *arg, bool retry)
+struct my_call {
+	struct my_store *s;
+	my_call_fn *fn;
+	void *arg;
+};
+
+static int my_call_on(void *conn, void *arg, bool *broken)
 {
-	struct my_conn *c;
-	bool reused, broken;
-	long long rc;
+	struct my_call *m = arg;
+	struct my_conn *c = conn;
+	int rc = m->fn(m->s, c, m->arg);
 
-	for (int attempt = 0;; attempt++) {
-		if (my_acquire(s, &c, &reused))
-			return -EIO;
-		rc = fn(s, c, arg);
-		broken = c->broken;
-		my_release(s, c);
-		if (rc >= 0 || !broken || !reused || !retry || attempt > 0)
-			return rc;
-	}
+	*broken = c->broken;
+	return rc;
+}
+
+static int my_call(struct my_store *s, my_call_fn *fn, void *arg, bool idempotent)
+{
+	struct my_call m = { .s = s, .fn = fn, .arg = arg };
+
+	return kv_pool_run(&s->pool, kv_deadline(s->timeout_ms), idempotent, my_call_on, &m);
 }
 
 /* ---- get, stat, set, del, cas ---- */
 
-struct my_get_arg {
-	const char *key;
-	size_t klen;
-	char *val;
-	size_t len;
-	uint64_t version;
-	bool size_only;
+/* One statement about one key, and what it found. */
+struct my_key_arg {
+	enum my_sql id;
+	const char *key, *val;
+	size_t klen, vlen;
+	uint64_t version;     /* cas: the one expected; get: the one found */
+	char *out;            /* get: the value */
+	size_t len;           /* get: its length; stat: the size */
 };
 
-static long long my_get_on(struct my_store *s, struct my_conn *c, void *arg)
+static int my_get_on(struct my_store *s, struct my_conn *c, void *arg)
 {
-	struct my_get_arg *a = arg;
+	struct my_key_arg *a = arg;
 	unsigned long klen, vlen = 0;
 	long long ver = 0, size = 0;
 	MYSQL_BIND p[1] = { my_blob(a->key, a->klen, &klen) };
-	MYSQL_BIND r[2] = {
-		{ .buffer_type = MYSQL_TYPE_BLOB, .length = &vlen },
-		my_int(&ver),
-	};
+	MYSQL_BIND r[2] = { { .buffer_type = MYSQL_TYPE_BLOB, .length = &vlen }, my_int(&ver) };
 	MYSQL_STMT *st;
 	int e = 0, rc;
 
-	st = my_execute(s, c, a->size_only ? MY_STAT : MY_GET, p, "get", a->key, a->klen, &e);
-	if (!st)
-		return e == -ENOMEM ? e : -EIO;
-	if (a->size_only)
+	if (!(st = my_execute(s, c, a->id, p, a->key, a->klen, &e)))
+		return my_read_errno(e);
+	if (a->id == MY_STAT)
 		r[0] = my_int(&size);
-	if (mysql_stmt_bind_result(st, r)) {
-		e = -EIO;
-		goto out;
-	}
-	rc = mysql_stmt_fetch(st);
-	if (rc == MYSQL_NO_DATA) {
+	if (mysql_stmt_bind_result(st, r) || (rc = mysql_stmt_fetch(st)) == 1) {
+		e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), "get", a->key, a->klen);
+	} else if (rc == MYSQL_NO_DATA) {
 		e = -ENOENT;
-		goto out;
-	}
-	if (rc == 1) {
-		c->broken = c->broken || my_client_error(mysql_stmt_errno(st));
-		kv_log(KV_LOG_ERR, "mysql: get %s: %s", kv_printable(a->key, a->klen),
-		       mysql_stmt_error(st));
-		e = -EIO;
-		goto out;
-	}
-	if (a->size_only) {
+	} else if (a->id == MY_STAT) {
 		a->len = (size_t)size;
-		goto out;
-	}
-	a->val = malloc(vlen + 1);
-	if (!a->val) {
+	} else if (!(a->out = malloc(vlen + 1))) {
 		e = -ENOMEM;
-		goto out;
-	}
-	if (vlen) {
-		r[0].buffer = a->val;
+	} else {
+		r[0].buffer = a->out;
 		r[0].buffer_length = vlen;
-		if (mysql_stmt_fetch_column(st, &r[0], 0, 0)) {
-			c->broken = c->broken || my_client_error(mysql_stmt_errno(st));
-			free(a->val);
-			a->val = NULL;
-			e = -EIO;
-			goto out;
+		if (vlen && mysql_stmt_fetch_column(st, &r[0], 0, 0)) {
+			e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), "get", a->key,
+				    a->klen);
+			free(a->out);
+			a->out = NULL;
+		} else {
+			a->out[vlen] = '\0';
+			a->len = vlen;
+			a->version = (uint64_t)ver;
 		}
 	}
-	a->val[vlen] = '\0';
-	a->len = vlen;
-	a->version = (uint64_t)ver;
-out:
 	mysql_stmt_free_result(st);
-	return e;
+	return my_read_errno(e);
 }
 
 static int my_get(struct kv_store *st, const char *key, size_t klen, char **val, size_t *len,
 		  uint64_t *version)
 {
-	struct my_store *s = kv_store_cast(struct my_store, st);
-	struct my_get_arg a = { .key = key, .klen = klen };
-	int rc;
+	struct my_key_arg a = { .id = MY_GET, .key = key, .klen = klen };
+	int rc = my_call(kv_store_cast(struct my_store, st), my_get_on, &a, true);
 
-	if (klen > s->max_key)
-		return -ENOENT;
-	rc = (int)my_call(s, my_get_on, &a, true);
 	if (rc)
 		return rc;
-	*val = a.val;
+	*val = a.out;
 	*len = a.len;
 	if (version)
 		*version = a.version;
@@ -496,118 +398,64 @@ static int my_get(struct kv_store *st, const char *key, size_t klen, char **val,
 
 static int my_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *size)
 {
-	struct my_store *s = kv_store_cast(struct my_store, st);
-	struct my_get_arg a = { .key = key, .klen = klen, .size_only = true };
-	int rc;
+	struct my_key_arg a = { .id = MY_STAT, .key = key, .klen = klen };
+	int rc = my_call(kv_store_cast(struct my_store, st), my_get_on, &a, true);
 
-	if (klen > s->max_key)
-		return -ENOENT;
-	rc = (int)my_call(s, my_get_on, &a, true);
 	if (!rc)
 		*size = a.len;
 	return rc;
 }
 
-struct my_write_arg {
-	const struct kv_op *op;
-	uint64_t version;     /* cas */
-};
-
-static long long my_set_on(struct my_store *s, struct my_conn *c, void *arg)
+/*
+ * A set, a delete or a cas: 0, or -ENOENT (a delete found no row), or
+ * -ECANCELED (a cas found no row to change: someone else won).  A cas of
+ * version 0 inserts unless the key exists ("ON DUPLICATE KEY UPDATE k = k"
+ * changes nothing and so reports 0 rows); otherwise it updates only the
+ * row that still carries the version.
+ */
+static int my_write_on(struct my_store *s, struct my_conn *c, void *arg)
 {
-	const struct kv_op *op = ((struct my_write_arg *)arg)->op;
+	struct my_key_arg *a = arg;
 	unsigned long kl, vl;
-	long long ver = my_new_version();
-	MYSQL_BIND p[3] = { my_blob(op->key, op->key_len, &kl), my_blob(op->val, op->val_len, &vl),
-			    my_int(&ver) };
-	long long rc = my_write(s, c, MY_SET, p, "set", op->key, op->key_len);
+	long long ver = my_new_version(), old = (long long)a->version;
+	MYSQL_BIND p[4] = { my_blob(a->key, a->klen, &kl), my_blob(a->val, a->vlen, &vl),
+			    my_int(&ver), my_int(&old) };
+	MYSQL_BIND q[4] = { p[1], p[2], p[0], p[3] };  /* UPDATE ... SET v, ver WHERE k, ver */
+	int e;
+	MYSQL_STMT *st = my_execute(s, c, a->id, a->id == MY_CAS_UPD ? q : p,
+				    a->key, a->klen, &e);
 
-	return rc < 0 ? rc : 0;
-}
-
-static long long my_del_on(struct my_store *s, struct my_conn *c, void *arg)
-{
-	const struct kv_op *op = ((struct my_write_arg *)arg)->op;
-	unsigned long kl;
-	MYSQL_BIND p[1] = { my_blob(op->key, op->key_len, &kl) };
-	long long rc = my_write(s, c, MY_DEL, p, "del", op->key, op->key_len);
-
-	return rc < 0 ? rc : rc == 0 ? -ENOENT : 0;
-}
-
-/* Refusals that need no round trip. */
-static int my_check_set(const struct my_store *s, size_t klen, size_t vlen)
-{
-	if (klen > s->max_key)
-		return -ENAMETOOLONG;
-	if (vlen > s->max_value)
-		return -EFBIG;
-	return 0;
+	if (!st)
+		return e;
+	if (a->id == MY_SET || mysql_stmt_affected_rows(st))
+		return 0;
+	return a->id == MY_DEL ? -ENOENT : -ECANCELED;
 }
 
 static int my_set(struct kv_store *st, const char *key, size_t klen, const char *val, size_t vlen)
 {
-	struct my_store *s = kv_store_cast(struct my_store, st);
-	struct kv_op op = { .type = KV_OP_SET, .key = key, .key_len = klen, .val = val,
-			    .val_len = vlen };
-	struct my_write_arg a = { .op = &op };
-	int rc = my_check_set(s, klen, vlen);
+	struct my_key_arg a = { .id = MY_SET, .key = key, .klen = klen, .val = val, .vlen = vlen };
 
-	if (!rc)
-		rc = (int)my_call(s, my_set_on, &a, true);
-	return rc == -EAGAIN ? -EIO : rc;
+	return my_call(kv_store_cast(struct my_store, st), my_write_on, &a, true);
 }
 
 static int my_del(struct kv_store *st, const char *key, size_t klen)
 {
-	struct my_store *s = kv_store_cast(struct my_store, st);
-	struct kv_op op = { .type = KV_OP_DEL, .key = key, .key_len = klen };
-	struct my_write_arg a = { .op = &op };
-	int rc;
+	struct my_key_arg a = { .id = MY_DEL, .key = key, .klen = klen };
+	int rc = my_call(kv_store_cast(struct my_store, st), my_write_on, &a, true);
 
-	if (klen > s->max_key)
-		return -ENOENT;
-	rc = (int)my_call(s, my_del_on, &a, true);
-	return rc == 0 || rc == -ENOENT ? rc : -EIO;
-}
-
-/*
- * Version 0: insert unless the key exists ("ON DUPLICATE KEY UPDATE k = k"
- * changes nothing and so reports 0 rows); otherwise update only the row
- * that still carries the version.  No row touched: someone else won.
- */
-static long long my_cas_on(struct my_store *s, struct my_conn *c, void *arg)
-{
-	struct my_write_arg *a = arg;
-	const struct kv_op *op = a->op;
-	unsigned long kl, vl;
-	long long ver = my_new_version(), old = (long long)a->version, rc;
-	MYSQL_BIND p[4] = { my_blob(op->key, op->key_len, &kl), my_blob(op->val, op->val_len, &vl),
-			    my_int(&ver), my_int(&old) };
-	MYSQL_BIND q[4] = { p[1], p[2], p[0], p[3] };  /* UPDATE ... SET v, ver WHERE k, ver */
-
-	if (a->version == 0)
-		rc = my_write(s, c, MY_CAS_NEW, p, "cas", op->key, op->key_len);
-	else
-		rc = my_write(s, c, MY_CAS_UPD, q, "cas", op->key, op->key_len);
-	return rc < 0 ? rc : rc == 0 ? -ECANCELED : 0;
+	return rc == 0 || rc == -ENOENT || rc == -EACCES ? rc : -EIO;
 }
 
 static int my_cas(struct kv_store *st, const char *key, size_t klen, uint64_t version,
 		  const char *val, size_t vlen)
 {
-	struct my_store *s = kv_store_cast(struct my_store, st);
-	struct kv_op op = { .type = KV_OP_SET, .key = key, .key_len = klen, .val = val,
-			    .val_len = vlen };
-	struct my_write_arg a = { .op = &op, .version = version };
-	int rc = my_check_set(s, klen, vlen);
+	struct my_key_arg a = { .id = version ? MY_CAS_UPD : MY_CAS_NEW, .key = key, .klen = klen,
+				.val = val, .vlen = vlen, .version = version };
 
-	if (rc)
-		return rc;
 	if (version > INT64_MAX)
 		return -ECANCELED;  /* not a version this backend hands out */
-	rc = (int)my_call(s, my_cas_on, &a, false);
-	return rc == -EAGAIN ? -EIO : rc;
+	return my_call(kv_store_cast(struct my_store, st), my_write_on, &a, false);
 }
 
 /* ---- apply: one transaction ---- */
@@ -617,31 +465,17 @@ struct my_apply_arg {
 	size_t n;
 };
 
-static long long my_query(struct my_conn *c, const char *sql)
-{
-	if (mysql_real_query(c->db, sql, strlen(sql))) {
-		unsigned code = mysql_errno(c->db);
-
-		c->broken = c->broken || my_client_error(code);
-		kv_log(KV_LOG_ERR, "mysql: %s: %s", sql, mysql_error(c->db));
-		return code == 1213 ? -EAGAIN : my_errno(code);
-	}
-	return 0;
-}
-
-static long long my_apply_on(struct my_store *s, struct my_conn *c, void *arg)
+static int my_apply_on(struct my_store *s, struct my_conn *c, void *arg)
 {
 	struct my_apply_arg *a = arg;
-	struct my_write_arg w;
-	long long rc;
-	size_t i;
+	int rc = my_query(c, "START TRANSACTION");
 
-	rc = my_query(c, "START TRANSACTION");
-	for (i = 0; i < a->n && !rc; i++) {
-		w = (struct my_write_arg){ .op = &a->ops[i] };
-		if (a->ops[i].type == KV_OP_SET)
-			rc = my_set_on(s, c, &w);
-		else if (a->ops[i].key_len <= s->max_key && (rc = my_del_on(s, c, &w)) == -ENOENT)
+	for (size_t i = 0; i < a->n && !rc; i++) {
+		const struct kv_op *op = &a->ops[i];
+		struct my_key_arg w = { .id = op->type == KV_OP_SET ? MY_SET : MY_DEL, .key = op->key,
+					.klen = op->key_len, .val = op->val, .vlen = op->val_len };
+
+		if ((rc = my_write_on(s, c, &w)) == -ENOENT)
 			rc = 0;
 	}
 	if (c->broken)
@@ -656,249 +490,83 @@ static long long my_apply_on(struct my_store *s, struct my_conn *c, void *arg)
 
 static int my_apply(struct kv_store *st, const struct kv_op *ops, size_t n)
 {
-	struct my_store *s = kv_store_cast(struct my_store, st);
 	struct my_apply_arg a = { .ops = ops, .n = n };
-	long long rc = -EAGAIN;
-	size_t i;
 
-	for (i = 0; i < n; i++) {
-		if (ops[i].type != KV_OP_SET)
-			continue;
-		rc = my_check_set(s, ops[i].key_len, ops[i].val_len);
-		if (rc)
-			return (int)rc;
-	}
-	if (!n)
-		return 0;
-	rc = -EAGAIN;
-	for (int tries = 0; rc == -EAGAIN && tries < MY_TRIES; tries++)
-		rc = my_call(s, my_apply_on, &a, true);
-	if (rc == -EAGAIN) {
-		kv_log(KV_LOG_ERR, "mysql: apply of %zu operations kept deadlocking", n);
-		rc = -EIO;
-	}
-	return (int)rc;
+	/* Sets are upserts and a missing key's delete is no error here:
+	 * running it all again after a lost connection is harmless. */
+	return n ? my_call(kv_store_cast(struct my_store, st), my_apply_on, &a, true) : 0;
 }
 
-/* ---- list ---- */
+/* ---- scan ---- */
 
-/* Rows of one list query (at most MY_CHUNK), copied out of the statement. */
-struct my_chunk {
-	struct my_buf text;
-	size_t off[MY_CHUNK], len[MY_CHUNK];
-	uint64_t size[MY_CHUNK];
-	size_t n;
+struct my_scan_arg {
+	const char *from, *to;
+	size_t flen, tlen, max;
+	kv_key_cb *cb;
+	void *ctx;
 };
 
-/*
- * A walk over the keys of one listing (see pg_walk in postgresql.c): rows
- * of a group already reported are skipped; when a chunk ends inside a
- * group, the next query starts at the group's successor.
- */
-struct my_walk {
-	struct my_store *s;
-	const struct kv_list_req *req;
-	struct my_conn *c;
-	struct my_chunk ch;
-	size_t row;
-	bool exhausted;
-	struct my_buf lo, hi, group;
-	bool has_hi, in_group;
-	long long chunk;
-};
-
-/* Room for one more row of len key bytes in ch; *dst is where they go. */
-static int my_chunk_add(struct my_chunk *ch, size_t len, uint64_t size, char **dst)
+static int my_scan_on(struct my_store *s, struct my_conn *c, void *arg)
 {
-	size_t need = ch->text.len + len;
-
-	if (ch->n == MY_CHUNK)
-		return -EIO;  /* the server ignored LIMIT */
-	if (need > ch->text.cap) {
-		char *p = realloc(ch->text.p, need * 2 + 64);
-
-		if (!p)
-			return -ENOMEM;
-		ch->text.p = p;
-		ch->text.cap = need * 2 + 64;
-	}
-	ch->off[ch->n] = ch->text.len;
-	ch->len[ch->n] = len;
-	ch->size[ch->n] = size;
-	*dst = ch->text.p + ch->text.len;
-	ch->text.len = need;
-	ch->n++;
-	return 0;
-}
-
-static int my_walk_query(struct my_walk *w)
-{
+	struct my_scan_arg *a = arg;
 	char kbuf[MY_MAX_KEY + 1];
-	unsigned long lol, hil, klen = 0;
-	long long lim = w->chunk, size = 0;
-	MYSQL_BIND p[3] = { my_blob(w->lo.p, w->lo.len, &lol), my_blob(w->hi.p, w->hi.len, &hil),
+	unsigned long fl, tl, klen = 0;
+	long long lim = (long long)a->max, size = 0;
+	MYSQL_BIND p[3] = { my_blob(a->from, a->flen, &fl), my_blob(a->to, a->tlen, &tl),
 			    my_int(&lim) };
 	MYSQL_BIND q[2] = { p[0], p[2] };
-	MYSQL_BIND r[2] = {
-		{ .buffer_type = MYSQL_TYPE_BLOB, .buffer = kbuf, .buffer_length = sizeof kbuf,
-		  .length = &klen },
-		my_int(&size),
-	};
+	MYSQL_BIND r[2] = { { .buffer_type = MYSQL_TYPE_BLOB, .buffer = kbuf,
+			      .buffer_length = sizeof kbuf, .length = &klen }, my_int(&size) };
+	struct kv_buf big = { 0 };
 	MYSQL_STMT *st;
-	char *dst;
 	int e = 0, rc;
 
-	w->ch.n = 0;
-	w->ch.text.len = 0;
-	w->row = 0;
-	st = my_execute(w->s, w->c, w->has_hi ? MY_LIST_HI : MY_LIST, w->has_hi ? p : q, "list",
-			w->req->prefix, w->req->prefix_len, &e);
-	if (!st)
-		return e == -ENOMEM ? e : -EIO;
+	if (!(st = my_execute(s, c, a->to ? MY_SCAN_TO : MY_SCAN, a->to ? p : q, a->from, a->flen, &e)))
+		return my_read_errno(e);
+	/* All rows to the client first: a failure after that is not worth a
+	 * retry, which would hand the callback the same keys twice. */
 	if (mysql_stmt_bind_result(st, r) || mysql_stmt_store_result(st)) {
-		w->c->broken = w->c->broken || my_client_error(mysql_stmt_errno(st));
-		kv_log(KV_LOG_ERR, "mysql: list: %s", mysql_stmt_error(st));
+		e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), "scan", a->from, a->flen);
 		mysql_stmt_free_result(st);
-		return -EIO;
+		return e == -EAGAIN ? e : -EIO;
 	}
-	while ((rc = mysql_stmt_fetch(st)) == 0 || rc == MYSQL_DATA_TRUNCATED) {
-		if ((e = my_chunk_add(&w->ch, klen, (uint64_t)size, &dst)))
-			break;
+	while (!e && ((rc = mysql_stmt_fetch(st)) == 0 || rc == MYSQL_DATA_TRUNCATED)) {
 		if (klen <= sizeof kbuf) {
-			memcpy(dst, kbuf, klen);
-		} else {
-			/* A key longer than ours, from another client's wider column. */
-			MYSQL_BIND b = { .buffer_type = MYSQL_TYPE_BLOB, .buffer = dst,
-					 .buffer_length = klen };
-
-			if (mysql_stmt_fetch_column(st, &b, 0, 0)) {
-				e = -EIO;
-				break;
-			}
+			e = a->cb(a->ctx, kbuf, klen, (uint64_t)size);
+			continue;
 		}
+		/* A key longer than ours, from another client's wider column. */
+		MYSQL_BIND b = { .buffer_type = MYSQL_TYPE_BLOB, .buffer_length = klen };
+
+		if ((e = kv_buf_set(&big, NULL, 0)) || (e = kv_buf_reserve(&big, klen)))
+			break;
+		b.buffer = big.p;
+		if (mysql_stmt_fetch_column(st, &b, 0, 0))
+			e = -EIO;
+		else
+			e = a->cb(a->ctx, big.p, klen, (uint64_t)size);
 	}
 	if (!e && rc == 1) {
-		w->c->broken = w->c->broken || my_client_error(mysql_stmt_errno(st));
-		kv_log(KV_LOG_ERR, "mysql: list: %s", mysql_stmt_error(st));
+		kv_log(KV_LOG_ERR, "mysql: scan: %s", mysql_stmt_error(st));
 		e = -EIO;
 	}
 	mysql_stmt_free_result(st);
-	w->exhausted = (long long)w->ch.n < w->chunk;
-	return e;
+	kv_buf_free(&big);
+	return e < 0 ? e : 0;
 }
 
-static int my_walk_next(struct my_walk *w, struct kv_entry *e)
+static int my_scan(struct kv_store *st, const char *from, size_t flen, const char *to,
+		   size_t tlen, size_t max, kv_key_cb *cb, void *ctx)
 {
-	const struct kv_list_req *r = w->req;
-	const char *k, *d;
-	size_t klen;
-	int rc;
+	struct my_scan_arg a = { .from = from, .flen = flen, .to = to, .tlen = tlen, .max = max,
+				 .cb = cb, .ctx = ctx };
 
-	for (;;) {
-		if (w->row == w->ch.n) {
-			if (w->exhausted)
-				return 1;
-			if (w->in_group) {
-				if ((rc = my_buf_set(&w->lo, w->group.p, w->group.len, 1)))
-					return rc;
-				if (!my_successor(&w->lo))
-					return 1;
-			} else {
-				k = w->ch.text.p + w->ch.off[w->ch.n - 1];
-				if ((rc = my_buf_set(&w->lo, k, w->ch.len[w->ch.n - 1], 1)))
-					return rc;
-				w->lo.p[w->lo.len++] = '\0';  /* the smallest key after it */
-			}
-			if ((rc = my_walk_query(w)))
-				return rc;
-			continue;
-		}
-		k = w->ch.text.p + w->ch.off[w->row];
-		klen = w->ch.len[w->row];
-		if (w->in_group && klen >= w->group.len && memcmp(k, w->group.p, w->group.len) == 0) {
-			w->row++;
-			continue;
-		}
-		w->in_group = false;
-		*e = (struct kv_entry){ .key = k, .key_len = klen, .size = w->ch.size[w->row] };
-		w->row++;
-		d = r->delim && klen > r->prefix_len
-		    ? memchr(k + r->prefix_len, r->delim, klen - r->prefix_len) : NULL;
-		if (d) {
-			if ((rc = my_buf_set(&w->group, k, (size_t)(d - k) + 1, 0)))
-				return rc;
-			w->in_group = true;
-			*e = (struct kv_entry){ .key = w->group.p, .key_len = w->group.len,
-						.is_prefix = true };
-		}
-		if (r->start && kv_key_cmp(e->key, e->key_len, r->start, r->start_len) < 0)
-			continue;
-		return 0;
-	}
-}
-
-static int my_list(struct kv_store *st, const struct kv_list_req *req, kv_list_cb *cb, void *ctx,
-		   bool *more)
-{
-	struct my_store *s = kv_store_cast(struct my_store, st);
-	struct my_walk w = { .s = s, .req = req };
-	size_t limit = req->limit ? req->limit : MY_PAGE, done = 0;
-	struct kv_entry e;
-	bool reused;
-	int rc, stop;
-
-	*more = false;
-	w.chunk = limit + 1 < MY_CHUNK ? (limit + 1 < 8 ? 8 : (long long)limit + 1) : MY_CHUNK;
-	if (req->start && kv_key_cmp(req->start, req->start_len, req->prefix, req->prefix_len) > 0)
-		rc = my_buf_set(&w.lo, req->start, req->start_len, 1);
-	else
-		rc = my_buf_set(&w.lo, req->prefix, req->prefix_len, 1);
-	if (!rc)
-		rc = my_buf_set(&w.hi, req->prefix, req->prefix_len, 0);
-	if (rc)
-		goto out_free;
-	w.has_hi = my_successor(&w.hi);
-	if ((rc = my_acquire(s, &w.c, &reused)))
-		goto out_free;
-	rc = my_walk_query(&w);
-	if (rc && w.c->broken && reused) {  /* a stale pooled connection: once more */
-		my_release(s, w.c);
-		if ((rc = my_acquire(s, &w.c, &reused)))
-			goto out_free;
-		rc = my_walk_query(&w);
-	}
-	while (!rc && done < limit && !(rc = my_walk_next(&w, &e))) {
-		done++;
-		stop = cb(ctx, &e);
-		if (stop) {
-			*more = true;
-			rc = stop < 0 ? stop : 0;
-			goto out;
-		}
-	}
-	if (rc == 0 && done == limit) {
-		rc = my_walk_next(&w, &e);
-		*more = rc == 0;
-	}
-	if (rc == 1)
-		rc = 0;
-out:
-	my_release(s, w.c);
-out_free:
-	free(w.lo.p);
-	free(w.hi.p);
-	free(w.group.p);
-	free(w.ch.text.p);
-	return rc;
+	return my_call(kv_store_cast(struct my_store, st), my_scan_on, &a, true);
 }
 
 /* ---- health ---- */
 
-static const char my_health_sql[] =
-	"SELECT VERSION(), DATABASE(), CURRENT_USER(), @@max_allowed_packet,"
-	" @@innodb_flush_log_at_trx_commit, @@read_only";
-
-static long long my_health_on(struct my_store *s, struct my_conn *c, void *arg)
+static int my_health_on(struct my_store *s, struct my_conn *c, void *arg)
 {
 	static const char *const names[] = {
 		"server_version", "database", "user", "max_allowed_packet",
@@ -907,18 +575,16 @@ static long long my_health_on(struct my_store *s, struct my_conn *c, void *arg)
 	struct kv_health *h = arg;
 	MYSQL_RES *res;
 	MYSQL_ROW row;
-	long long rc;
+	int rc = my_query(c, "SELECT VERSION(), DATABASE(), CURRENT_USER(), @@max_allowed_packet,"
+			  " @@innodb_flush_log_at_trx_commit, @@read_only");
 
-	(void)s;
-	rc = my_query(c, my_health_sql);
 	if (rc)
 		return rc;
 	res = mysql_store_result(c->db);
-	row = res ? mysql_fetch_row(res) : NULL;
-	if (!row || mysql_num_fields(res) != 6) {
-		c->broken = c->broken || my_client_error(mysql_errno(c->db));
+	if (!(row = res ? mysql_fetch_row(res) : NULL) || mysql_num_fields(res) != 6) {
+		rc = my_fail(c, mysql_errno(c->db), mysql_error(c->db), "health", NULL, 0);
 		mysql_free_result(res);
-		return -EIO;
+		return rc;
 	}
 	h->nfacts = 0;
 	snprintf(h->detail, sizeof h->detail, "%s, table %s", row[0] ? row[0] : "?",
@@ -932,16 +598,13 @@ static long long my_health_on(struct my_store *s, struct my_conn *c, void *arg)
 static int my_health(struct kv_store *st, struct kv_health *h)
 {
 	struct my_store *s = kv_store_cast(struct my_store, st);
-	size_t inuse;
+	int rc = my_call(s, my_health_on, h, true);
 
-	if (my_call(s, my_health_on, h, true)) {
-		snprintf(h->detail, sizeof h->detail, "mysql: the server does not answer");
-		return -EIO;
+	if (rc) {
+		snprintf(h->detail, sizeof h->detail, "%s", kv_why()[0] ? kv_why() : strerror(-rc));
+		return rc;
 	}
-	pthread_mutex_lock(&s->lock);
-	inuse = s->nopen - s->nidle;
-	pthread_mutex_unlock(&s->lock);
-	kv_health_fact(h, "connections", "%zu in use of %d", inuse, MY_POOL);
+	kv_health_fact(h, "connections", "%zu in use of %d", kv_pool_busy(&s->pool), MY_POOL);
 	kv_health_fact(h, "max_value", "%zu", s->max_value);
 	return 0;
 }
@@ -954,17 +617,117 @@ static void my_store_limits(struct kv_store *st, struct kv_limits *out)
 	out->max_value = __atomic_load_n(&s->max_value, __ATOMIC_RELAXED);
 }
 
+/* ---- The table, once per store on its first connection ---- */
+
+/* The statements, for the table (%1$s) and its size column or expression (%2$s). */
+static const char *const my_sql_formats[MY_NSQL] = {
+	[MY_GET] = "SELECT v, ver FROM `%1$s` WHERE k = ?",
+	[MY_STAT] = "SELECT %2$s FROM `%1$s` WHERE k = ?",
+	[MY_SET] = "INSERT INTO `%1$s` (k, v, ver) VALUES (?, ?, ?) "
+		   "ON DUPLICATE KEY UPDATE v = VALUES(v), ver = VALUES(ver)",
+	[MY_DEL] = "DELETE FROM `%1$s` WHERE k = ?",
+	[MY_CAS_NEW] = "INSERT INTO `%1$s` (k, v, ver) VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE k = k",
+	[MY_CAS_UPD] = "UPDATE `%1$s` SET v = ?, ver = ? WHERE k = ? AND ver = ?",
+	[MY_SCAN] = "SELECT k, %2$s FROM `%1$s` WHERE k >= ? ORDER BY k LIMIT ?",
+	[MY_SCAN_TO] = "SELECT k, %2$s FROM `%1$s` WHERE k >= ? AND k < ? ORDER BY k LIMIT ?",
+};
+
+static int my_build_sql(struct my_store *s, bool has_sz)
+{
+	char buf[300];
+
+	for (int i = 0; i < MY_NSQL; i++) {
+		snprintf(buf, sizeof buf, my_sql_formats[i], s->table_name, has_sz ? "sz" : "LENGTH(v)");
+		free(s->sql[i]);
+		if (!(s->sql[i] = strdup(buf)))
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+/* One text statement on the first connection: the server's error number,
+ * or 0 (its result read and dropped). */
+static unsigned my_setup_query(struct my_conn *c, const char *sql)
+{
+	if (mysql_real_query(c->db, sql, strlen(sql)))
+		return mysql_errno(c->db);
+	mysql_free_result(mysql_store_result(c->db));
+	return 0;
+}
+
+/* One number from a one-row query, or -1. */
+static long long my_setup_number(struct my_conn *c, const char *sql)
+{
+	MYSQL_RES *res;
+	MYSQL_ROW row;
+	long long n = -1;
+
+	if (mysql_real_query(c->db, sql, strlen(sql)))
+		return -1;
+	res = mysql_store_result(c->db);
+	if ((row = res ? mysql_fetch_row(res) : NULL) && row[0])
+		n = strtoll(row[0], NULL, 10);
+	mysql_free_result(res);
+	return n;
+}
+
+/*
+ * Make sure the table is there (create it if missing), learn whether it has
+ * sz, the width of k and max_allowed_packet, and build the SQL.
+ */
+static int my_prepare_table(void *arg)
+{
+	struct my_ready *a = arg;
+	struct my_store *s = a->s;
+	struct my_conn *c = a->c;
+	char sql[400];
+	unsigned code;
+	long long n;
+	bool has_sz;
+
+	snprintf(sql, sizeof sql, "SELECT k, v, ver FROM `%s` LIMIT 0", s->table_name);
+	code = my_setup_query(c, sql);
+	if (code == 1146) {  /* ER_NO_SUCH_TABLE */
+		snprintf(sql, sizeof sql,
+			 "CREATE TABLE IF NOT EXISTS `%s` (k VARBINARY(%d) NOT NULL PRIMARY KEY, "
+			 "v LONGBLOB NOT NULL, ver BIGINT NOT NULL DEFAULT (FLOOR(RAND() * 9e18) + 1), "
+			 "sz BIGINT AS (LENGTH(v)) STORED) ENGINE=InnoDB", s->table_name, MY_MAX_KEY);
+		if (!(code = my_setup_query(c, sql)))
+			kv_log(KV_LOG_INFO, "mysql: created table %s", s->table_name);
+	}
+	if (code) {
+		kv_why_set("table %s: %s", s->table_name,
+			   code == 1054 ? "exists but lacks the columns k VARBINARY, v LONGBLOB, ver BIGINT"
+			   : code == 1046 ? "no database: name one in the URL (mysql://host/database) "
+					    "or as database= in an option file"
+			   : mysql_error(c->db));
+		return code >= CR_MIN_ERROR && code <= CR_MAX_ERROR ? -EIO
+		       : my_errno(code) == -EACCES ? -EACCES : -EINVAL;
+	}
+	snprintf(sql, sizeof sql, "SELECT sz FROM `%s` LIMIT 0", s->table_name);
+	has_sz = my_setup_query(c, sql) == 0;
+	snprintf(sql, sizeof sql, "SELECT CHARACTER_OCTET_LENGTH FROM information_schema.COLUMNS "
+		 "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '%s' AND COLUMN_NAME = 'k'",
+		 s->table_name);
+	n = my_setup_number(c, sql);
+	__atomic_store_n(&s->max_key, n > 0 && n < MY_MAX_KEY ? (size_t)n : MY_MAX_KEY,
+			 __ATOMIC_RELAXED);
+	n = my_setup_number(c, "SELECT @@max_allowed_packet");
+	if (n > MY_PACKET_SLACK && (size_t)(n - MY_PACKET_SLACK) < MY_MAX_VALUE)
+		__atomic_store_n(&s->max_value, (size_t)(n - MY_PACKET_SLACK), __ATOMIC_RELAXED);
+	return my_build_sql(s, has_sz);
+}
+
 /* ---- open and close ---- */
 
 static void my_free(struct my_store *s)
 {
-	while (s->nidle)
-		my_conn_free(s->idle[--s->nidle]);
+	kv_pool_destroy(&s->pool);
+	kv_once_destroy(&s->ready);
 	for (int i = 0; i < MY_NSQL; i++)
 		free(s->sql[i]);
-	pthread_mutex_destroy(&s->lock);
-	pthread_mutex_destroy(&s->ready_lock);
-	pthread_cond_destroy(&s->freed);
+	for (int i = 0; i < MY_NSSL; i++)
+		free(s->ssl[i]);
 	free(s->host);
 	free(s->user);
 	free(s->db);
@@ -978,318 +741,118 @@ static void my_close(struct kv_store *st)
 	my_free(kv_store_cast(struct my_store, st));
 }
 
-static bool my_valid_identifier(const char *t)
-{
-	size_t n = strlen(t);
-
-	if (n == 0 || n > 64 || !((*t >= 'a' && *t <= 'z') || (*t >= 'A' && *t <= 'Z') || *t == '_'))
-		return false;
-	return strspn(t, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") == n;
-}
-
-/* %XX escapes of a URL part, in place; false on a bad escape. */
-static bool my_unescape(char *p)
-{
-	char *o = p;
-	unsigned x;
-
-	for (; *p; p++) {
-		if (*p != '%') {
-			*o++ = *p;
-			continue;
-		}
-		if (sscanf(p + 1, "%2x", &x) != 1 || !p[1] || !p[2] || x == 0)
-			return false;
-		*o++ = (char)x;
-		p += 2;
-	}
-	*o = '\0';
-	return true;
-}
-
-/* "//[user@]host[:port]/database": no password, no query. */
+/*
+ * "//[user@]host[:port][/database]": no password, no query.  libcurl
+ * parses it (and percent-decodes the parts); the messages never repeat
+ * the URL, which may hold a password.
+ */
 static int my_parse_url(struct my_store *s, const struct kv_open_args *a, char *err, size_t errlen)
 {
-	const char *loc = a->location ? a->location : "";
-	const char *auth, *slash, *at, *colon, *hostend;
-	char *end;
-	unsigned long port;
+	enum { PW, QUERY, FRAG, HOST, USER, PORT, PATH, NPARTS };
+	static const CURLUPart parts[NPARTS] = {
+		CURLUPART_PASSWORD, CURLUPART_QUERY, CURLUPART_FRAGMENT, CURLUPART_HOST,
+		CURLUPART_USER, CURLUPART_PORT, CURLUPART_PATH,
+	};
+	char *v[NPARTS] = { NULL };
+	CURLU *u = curl_url();
+	CURLUcode cu = u ? curl_url_set(u, CURLUPART_URL, a->url, CURLU_NON_SUPPORT_SCHEME)
+			 : CURLUE_OUT_OF_MEMORY;
+	int rc = -EINVAL;
 
-	if (strncmp(loc, "//", 2) != 0)
-		goto bad;
-	auth = loc + 2;
-	slash = strchr(auth, '/');
-	if (!slash)
-		slash = auth + strlen(auth);  /* no database: an option file's, if any */
-	if (*slash && strpbrk(slash + 1, "?/#")) {
-		snprintf(err, errlen, "mysql: the URL takes no parameters: use -o options "
-			 "(table, option_file) and option files for the rest");
-		return -EINVAL;
+	if (strncmp(a->location ? a->location : "", "//", 2) != 0)
+		cu = CURLUE_MALFORMED_INPUT;
+	for (int i = 0; i < NPARTS && !cu; i++) {
+		cu = curl_url_get(u, parts[i], &v[i], CURLU_URLDECODE);
+		if (cu != CURLUE_OUT_OF_MEMORY && cu != CURLUE_URLDECODE)
+			cu = CURLUE_OK;  /* CURLUE_NO_*: a part that is not there */
 	}
-	at = memchr(auth, '@', (size_t)(slash - auth));
-	if (at && memchr(auth, ':', (size_t)(at - auth))) {
+	if (cu == CURLUE_OUT_OF_MEMORY)
+		rc = -ENOMEM;
+	else if (cu)
+		snprintf(err, errlen, "mysql: expected mysql://[user@]host[:port][/database]: %s",
+			 curl_url_strerror(cu));
+	else if (v[PW])
 		snprintf(err, errlen, "mysql: a password in the URL would show in ps: remove it "
 			 "and put it in MYSQL_PWD or an option file (~/.my.cnf, -o option_file=)");
-		return -EINVAL;
+	else if (v[QUERY] || v[FRAG] || (v[PATH] && strchr(v[PATH] + 1, '/')))
+		snprintf(err, errlen, "mysql: the URL takes nothing after the database: use -o options "
+			 "(table, option_file, ssl_ca, ...) and option files for the rest");
+	else if (!v[HOST] || !v[HOST][0])
+		snprintf(err, errlen, "mysql: expected mysql://[user@]host[:port][/database]");
+	else
+		rc = 0;
+	if (!rc) {
+		/* [ipv6]: Connector/C takes it bare */
+		s->host = v[HOST][0] == '[' ? strndup(v[HOST] + 1, strcspn(v[HOST] + 1, "]"))
+					    : strdup(v[HOST]);
+		s->user = v[USER] ? strdup(v[USER]) : NULL;
+		s->db = v[PATH] && v[PATH][1] ? strdup(v[PATH] + 1) : NULL;
+		s->port = v[PORT] ? (unsigned)strtoul(v[PORT], NULL, 10) : 0;  /* libcurl checked it */
+		if (!s->host || (v[USER] && !s->user) || (v[PATH] && v[PATH][1] && !s->db))
+			rc = -ENOMEM;
 	}
-	if (at) {
-		s->user = strndup(auth, (size_t)(at - auth));
-		if (!s->user || !my_unescape(s->user))
-			goto bad;
-		auth = at + 1;
-	}
-	hostend = slash;
-	if (*auth == '[') {  /* [ipv6] */
-		const char *rb = memchr(auth, ']', (size_t)(slash - auth));
-
-		if (!rb)
-			goto bad;
-		s->host = strndup(auth + 1, (size_t)(rb - auth - 1));
-		colon = rb + 1 < slash && rb[1] == ':' ? rb + 1 : NULL;
-		if (!colon && rb + 1 != slash)
-			goto bad;
-	} else {
-		colon = memchr(auth, ':', (size_t)(slash - auth));
-		s->host = strndup(auth, (size_t)((colon ? colon : hostend) - auth));
-	}
-	if (!s->host || !*s->host)
-		goto bad;
-	if (colon) {
-		port = strtoul(colon + 1, &end, 10);
-		if (end != slash || colon + 1 == slash || port == 0 || port > 65535)
-			goto bad;
-		s->port = (unsigned)port;
-	}
-	if (*slash && slash[1]) {
-		s->db = strdup(slash + 1);
-		if (!s->db || !my_unescape(s->db))
-			goto bad;
-	}
-	return 0;
-bad:
-	snprintf(err, errlen, "mysql: expected mysql://[user@]host[:port][/database], got '%s'",
-		 a->url);
-	return -EINVAL;
+	for (int i = 0; i < NPARTS; i++)
+		curl_free(v[i]);
+	curl_url_cleanup(u);
+	return rc;
 }
 
-static int my_build_sql(struct my_store *s, bool has_sz)
+/* The options: the table name, and files that must be there. */
+static int my_parse_options(struct my_store *s, const struct kv_open_args *a, char *err,
+			    size_t errlen)
 {
-	const char *t = s->table_name, *sz = has_sz ? "sz" : "LENGTH(v)";
-	char buf[300];
+	const char *table = kv_option_get(a, "table"), *file;
+	char why[300];
+	int rc;
 
-	for (int i = 0; i < MY_NSQL; i++) {
-		switch ((enum my_sql)i) {
-		case MY_GET:
-			snprintf(buf, sizeof buf, "SELECT v, ver FROM `%s` WHERE k = ?", t);
-			break;
-		case MY_STAT:
-			snprintf(buf, sizeof buf, "SELECT %s FROM `%s` WHERE k = ?", sz, t);
-			break;
-		case MY_SET:
-			snprintf(buf, sizeof buf, "INSERT INTO `%s` (k, v, ver) VALUES (?, ?, ?) "
-				 "ON DUPLICATE KEY UPDATE v = VALUES(v), ver = VALUES(ver)", t);
-			break;
-		case MY_DEL:
-			snprintf(buf, sizeof buf, "DELETE FROM `%s` WHERE k = ?", t);
-			break;
-		case MY_CAS_NEW:
-			snprintf(buf, sizeof buf, "INSERT INTO `%s` (k, v, ver) VALUES (?, ?, ?) "
-				 "ON DUPLICATE KEY UPDATE k = k", t);
-			break;
-		case MY_CAS_UPD:
-			snprintf(buf, sizeof buf, "UPDATE `%s` SET v = ?, ver = ? WHERE k = ? AND ver = ?",
-				 t);
-			break;
-		case MY_LIST:
-			snprintf(buf, sizeof buf,
-				 "SELECT k, %s FROM `%s` WHERE k >= ? ORDER BY k LIMIT ?", sz, t);
-			break;
-		case MY_LIST_HI:
-			snprintf(buf, sizeof buf,
-				 "SELECT k, %s FROM `%s` WHERE k >= ? AND k < ? ORDER BY k LIMIT ?", sz, t);
-			break;
-		case MY_NSQL:
-			break;
+	if (!table)
+		table = MY_DEFAULT_TABLE;
+	if (!kv_is_identifier(table, 64)) {
+		snprintf(err, errlen, "mysql: bad table name '%s' (letters, digits and _, "
+			 "not starting with a digit, at most 64)", table);
+		return -EINVAL;
+	}
+	if (!(s->table_name = strdup(table)))
+		return -ENOMEM;
+	for (int i = -1; i < MY_NSSL; i++) {
+		const char *name = i < 0 ? "option_file" : my_ssl_names[i];
+		char **dst = i < 0 ? &s->option_file : &s->ssl[i];
+
+		if (!(file = kv_option_get(a, name)))
+			continue;
+		if ((rc = kv_check_file(file, name, why, sizeof why))) {
+			snprintf(err, errlen, "mysql: %s", why);
+			return rc;
 		}
-		if (!(s->sql[i] = strdup(buf)))
+		if (!(*dst = strdup(file)))
 			return -ENOMEM;
 	}
 	return 0;
 }
 
-/* One text statement at open; the server's error number, 0, or -1 on no answer. */
-static long my_open_query(struct my_conn *c, const char *sql, char *err, size_t errlen)
-{
-	if (mysql_real_query(c->db, sql, strlen(sql)) == 0)
-		return 0;
-	snprintf(err, errlen, "%s", mysql_error(c->db));
-	return (long)mysql_errno(c->db);
-}
-
-/* One number from a one-row query, or -1. */
-static long long my_open_number(struct my_conn *c, const char *sql)
-{
-	char err[8];
-	MYSQL_RES *res;
-	MYSQL_ROW row;
-	long long n = -1;
-
-	if (my_open_query(c, sql, err, sizeof err))
-		return -1;
-	res = mysql_store_result(c->db);
-	row = res ? mysql_fetch_row(res) : NULL;
-	if (row && row[0])
-		n = strtoll(row[0], NULL, 10);
-	mysql_free_result(res);
-	return n;
-}
-
-/*
- * Make sure the table is there (create it if missing), learn whether it has
- * sz, the width of k and max_allowed_packet.
- */
-static int my_prepare_table(struct my_store *s, struct my_conn *c, char *err, size_t errlen)
-{
-	char sql[400], why[200];
-	long code;
-	long long n;
-	bool has_sz = true;
-
-	snprintf(sql, sizeof sql, "SELECT k, v, ver FROM `%s` LIMIT 0", s->table_name);
-	code = my_open_query(c, sql, why, sizeof why);
-	if (code == 1146) {  /* ER_NO_SUCH_TABLE */
-		snprintf(sql, sizeof sql,
-			 "CREATE TABLE IF NOT EXISTS `%s` (k VARBINARY(%d) NOT NULL PRIMARY KEY, "
-			 "v LONGBLOB NOT NULL, ver BIGINT NOT NULL DEFAULT (FLOOR(RAND() * 9e18) + 1), "
-			 "sz BIGINT AS (LENGTH(v)) STORED) ENGINE=InnoDB", s->table_name, MY_MAX_KEY);
-		code = my_open_query(c, sql, why, sizeof why);
-		if (!code)
-			kv_log(KV_LOG_INFO, "mysql: created table %s", s->table_name);
-	} else if (!code) {
-		mysql_free_result(mysql_store_result(c->db));
-	}
-	if (code) {
-		snprintf(err, errlen, "mysql: table %s: %s", s->table_name,
-			 code == 1054 ? "exists but lacks the columns k VARBINARY, v LONGBLOB, ver BIGINT"
-			 : code == 1046 ? "no database: name one in the URL (mysql://host/database) "
-					  "or as database= in an option file"
-			 : why);
-		return my_client_error((unsigned)code) ? -EIO
-		       : my_errno((unsigned)code) == -EACCES ? -EACCES : -EINVAL;
-	}
-	snprintf(sql, sizeof sql, "SELECT sz FROM `%s` LIMIT 0", s->table_name);
-	if (my_open_query(c, sql, why, sizeof why))
-		has_sz = false;
-	else
-		mysql_free_result(mysql_store_result(c->db));
-	snprintf(sql, sizeof sql, "SELECT CHARACTER_OCTET_LENGTH FROM information_schema.COLUMNS "
-		 "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '%s' AND COLUMN_NAME = 'k'",
-		 s->table_name);
-	n = my_open_number(c, sql);
-	__atomic_store_n(&s->max_key, n > 0 && n < MY_MAX_KEY ? (size_t)n : MY_MAX_KEY,
-			 __ATOMIC_RELAXED);
-	n = my_open_number(c, "SELECT @@max_allowed_packet");
-	if (n > MY_PACKET_SLACK && (size_t)(n - MY_PACKET_SLACK) < MY_MAX_VALUE)
-		__atomic_store_n(&s->max_value, (size_t)(n - MY_PACKET_SLACK), __ATOMIC_RELAXED);
-	if (my_build_sql(s, has_sz)) {
-		snprintf(err, errlen, "mysql: out of memory");
-		return -ENOMEM;
-	}
-	return 0;
-}
-
-/* Once per store, on the first connection: check or create the table and
- * learn the limits.  0, or -errno with the reason in err. */
-static int my_ready(struct my_store *s, struct my_conn *c, char *err, size_t errlen)
-{
-	int rc = 0;
-
-	if (__atomic_load_n(&s->ready, __ATOMIC_ACQUIRE))
-		return 0;
-	pthread_mutex_lock(&s->ready_lock);
-	if (!s->ready) {
-		rc = my_prepare_table(s, c, err, errlen);
-		if (!rc)
-			__atomic_store_n(&s->ready, true, __ATOMIC_RELEASE);
-	}
-	pthread_mutex_unlock(&s->ready_lock);
-	return rc;
-}
-
-/* Connection failures that a later try may not meet: the server or the
- * network is down, as opposed to a refusal (password, database). */
-static bool my_unreachable(unsigned code)
-{
-	return code == CR_CONNECTION_ERROR || code == CR_CONN_HOST_ERROR ||
-	       code == CR_SERVER_GONE_ERROR || code == CR_SERVER_LOST;
-}
-
 static int my_open(const struct kv_open_args *args, struct kv_store **out, char *err,
 		   size_t errlen)
 {
-	const char *table = kv_option_get(args, "table");
-	const char *option_file = kv_option_get(args, "option_file");
-	pthread_condattr_t ca;
-	struct my_store *s;
-	struct my_conn *c;
-	unsigned code;
+	struct my_store *s = calloc(1, sizeof(*s));
 	int rc;
 
-	if (!table)
-		table = MY_DEFAULT_TABLE;
-	if (!my_valid_identifier(table)) {
-		snprintf(err, errlen, "mysql: bad table name '%s' (letters, digits and _, "
-			 "not starting with a digit, at most 64)", table);
-		return -EINVAL;
-	}
-	if (option_file && !*option_file) {
-		snprintf(err, errlen, "mysql: option_file needs a path");
-		return -EINVAL;
-	}
-	s = calloc(1, sizeof(*s));
 	if (!s) {
 		snprintf(err, errlen, "mysql: out of memory");
 		return -ENOMEM;
 	}
-	pthread_mutex_init(&s->lock, NULL);
-	pthread_mutex_init(&s->ready_lock, NULL);
+	kv_once_init(&s->ready);
+	kv_pool_init(&s->pool, "mysql", &my_pool_ops, s, MY_POOL);
 	s->max_key = MY_MAX_KEY;
 	s->max_value = MY_MAX_VALUE;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&s->freed, &ca);
-	pthread_condattr_destroy(&ca);
 	s->timeout_ms = args->timeout_ms;
-	s->table_name = strdup(table);
-	s->option_file = option_file ? strdup(option_file) : NULL;
-	if (!s->table_name || (option_file && !s->option_file)) {
-		my_free(s);
-		snprintf(err, errlen, "mysql: out of memory");
-		return -ENOMEM;
-	}
-	rc = my_parse_url(s, args, err, errlen);
-	if (rc) {
+	err[0] = '\0';
+	if ((rc = my_parse_options(s, args, err, errlen)) || (rc = my_parse_url(s, args, err, errlen))) {
+		if (!err[0])
+			snprintf(err, errlen, "mysql: out of memory");
 		my_free(s);
 		return rc;
 	}
 	mysql_library_init(0, NULL, NULL);  /* once, before the FUSE threads */
-	/* A server that does not answer now may later: mount anyway. */
-	c = my_connect(s, s->timeout_ms < MY_OPEN_WAIT_MS ? s->timeout_ms : MY_OPEN_WAIT_MS,
-		       err, errlen, &code);
-	if (!c && my_unreachable(code)) {
-		kv_log(KV_LOG_WARN, "%s; mounting anyway, calls fail until it answers", err);
-		err[0] = '\0';
-	} else if (!c) {
-		my_free(s);
-		return code == 1045 || code == 1044 ? -EACCES : code == 1049 ? -ENOENT : -EIO;
-	} else if ((rc = my_ready(s, c, err, errlen))) {
-		my_conn_free(c);
-		my_free(s);
-		return rc;
-	} else {
-		s->idle[s->nidle++] = c;
-		s->nopen = 1;
-	}
 	s->base.be = &kv_backend_mysql;
 	*out = &s->base;
 	return 0;
@@ -1298,9 +861,12 @@ static int my_open(const struct kv_open_args *args, struct kv_store **out, char 
 /*
  * table: the table of keys in the URL's database (default kv), created if
  * missing.  option_file: an option file read before the default ones' [client]
- * groups, e.g. for the password (MYSQL_READ_DEFAULT_FILE).
+ * groups, e.g. for the password (MYSQL_READ_DEFAULT_FILE).  ssl_ca,
+ * ssl_cert, ssl_key: TLS files (a CA also makes the server's certificate
+ * checked).
  */
-static const char *const my_options[] = { "table", "option_file", NULL };
+static const char *const my_options[] = { "table", "option_file", "ssl_ca", "ssl_cert", "ssl_key",
+					  NULL };
 static const char *const my_aliases[] = { "mariadb", NULL };
 
 const struct kv_backend kv_backend_mysql = {
@@ -1309,14 +875,14 @@ const struct kv_backend kv_backend_mysql = {
 	.summary = "a table in MariaDB/MySQL (Connector/C; password from MYSQL_PWD or ~/.my.cnf)",
 	.usage = "mysql://[user@]host[:port]/database",
 	.options = my_options,
-	.caps = KV_CAP_ORDERED | KV_CAP_CAS | KV_CAP_TXN | KV_CAP_PERSIST,
+	.persistent = true,
 	.limits = { .max_key = MY_MAX_KEY, .max_value = MY_MAX_VALUE },
 	.open = my_open,
 	.close = my_close,
 	.get = my_get,
 	.set = my_set,
 	.del = my_del,
-	.list = my_list,
+	.scan = my_scan,
 	.health = my_health,
 	.stat = my_stat,
 	.cas = my_cas,

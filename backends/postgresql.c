@@ -13,35 +13,31 @@
  *     k bytea PRIMARY KEY, v bytea NOT NULL, ver bigint NOT NULL
  *
  * bytea compares bytewise (memcmp, then length), so the primary key's
- * btree is the keys' byte order and a prefix is a key range: listing asks
- * for "k >= lo AND k < hi ORDER BY k LIMIT n" with binary parameters, never
- * a LIKE pattern.  With a delimiter, a group found in the rows is skipped by
- * starting the next range at the group's successor, so a directory listing
- * never reads its subtree.  ver is a random 63-bit number written with each
- * value: cas compares it in the UPDATE's WHERE, which PostgreSQL re-checks
- * on the latest row version, so a single statement is an atomic cas.
+ * btree is the keys' byte order and scan() is one range query "k >= $1
+ * AND k < $2 ORDER BY k LIMIT $3" with binary parameters, never a LIKE
+ * pattern.  ver is a random 63-bit number written with each value: cas
+ * compares it in the UPDATE's WHERE, which PostgreSQL re-checks on the
+ * latest row version, so a single statement is an atomic cas.
  *
  * libpq is blocking, so every round trip runs in nonblocking mode and polls
- * the socket against a deadline (the timeout); a connection that misses it
- * is dropped, never reused, and the call is -EIO.  The server also gets a
- * statement_timeout, so it gives up on what the client gave up on.
- * Connections are pooled for the FUSE threads; one that the server closed
- * while idle (a restart) is noticed before use and replaced, so the mount
- * recovers by itself.  A server that does not answer at mount time does
- * not stop the mount either: the table is checked on the first connection
- * that succeeds.
+ * the socket: a wait for the server longer than the timeout drops the
+ * connection and fails the call, while a large value that keeps moving
+ * may take longer.  The server also gets a statement_timeout, so it gives
+ * up on what the client gave up on.  Connections come from the toolkit's
+ * pool; a failure that passes (a restart, "the database system is starting
+ * up", a deadlock) is tried again until the timeout.  open() only checks
+ * the URL and the files it names; the table is checked (created if
+ * missing) on the first connection.
  */
 #include <errno.h>
 #include <libpq-fe.h>
 #include <poll.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
-#include <time.h>
 
 #include "kv.h"
+#include "toolkit.h"
 
 extern const struct kv_backend kv_backend_postgresql;  /* defined at the bottom */
 
@@ -55,62 +51,48 @@ extern const struct kv_backend kv_backend_postgresql;  /* defined at the bottom 
  * server needs several copies of it; the same 128 MiB as lmdb. */
 #define PG_MAX_VALUE ((size_t)128 << 20)
 #define PG_POOL 8            /* connections at most, shared by the FUSE threads */
-#define PG_PAGE 1000         /* list items when the caller sets no limit */
-#define PG_CHUNK 128         /* rows fetched per list query */
-#define PG_TRIES 3           /* attempts of an apply that lost a deadlock */
 #define PG_DEFAULT_TABLE "kv"
-#define PG_OPEN_WAIT_MS 5000 /* at most this for the server at mount; then mount anyway */
+#define PG_NTLS 4            /* the TLS file options below */
 
 /* Type OIDs of the parameters (pg_type.h, stable since forever). */
 #define BYTEAOID 17
 #define INT8OID 20
 
-struct pg_store {
-	struct kv_store base;
-	char *url;
-	char *table;              /* quoted identifier, safe to paste into SQL; set when ready */
-	char *table_name;         /* as given, for messages and .health */
-	int timeout_ms;
-
-	/* The table is checked (created if missing) and the SQL built on the
-	 * first connection that succeeds: at open, or later if the server did
-	 * not answer then. */
-	pthread_mutex_t ready_lock;
-	bool ready;               /* atomic */
-
-	pthread_mutex_t lock;
-	pthread_cond_t freed;
-	PGconn *idle[PG_POOL];
-	size_t nidle, nopen;      /* nopen counts idle ones and those in use */
-
-	char sql_get[160], sql_stat[160], sql_set[256], sql_del[160];
-	char sql_cas_new[200], sql_cas_upd[200], sql_list[200], sql_list_hi[200];
+/* Files libpq reads for TLS: -o options, URL parameters or the environment.
+ * Checked at open, so a typo fails the mount instead of every call. */
+static const char *const pg_tls[PG_NTLS][2] = {
+	{ "sslrootcert", "PGSSLROOTCERT" }, { "sslcert", "PGSSLCERT" },
+	{ "sslkey", "PGSSLKEY" }, { "sslcrl", "PGSSLCRL" },
 };
 
-/* ---- Time, randomness, bytes ---- */
+struct pg_store {
+	struct kv_store base;
+	/* connection keywords: fallback_application_name, dbname (the URL,
+	 * expanded by libpq) and the TLS options given with -o */
+	const char *keys[3 + PG_NTLS];
+	char *vals[3 + PG_NTLS];
+	char *table_name;
+	int timeout_ms;
+	struct kv_once ready;     /* the table checked or created */
+	struct kv_pool pool;      /* of PGconn */
+	char sql_get[160], sql_stat[160], sql_set[256], sql_del[160], sql_cas_new[200];
+	char sql_cas_upd[200], sql_scan[200], sql_scan_to[200], sql_check[160], sql_create[300];
+};
 
-static int64_t pg_now_ms(void)
-{
-	struct timespec ts;
+/* One statement: up to four binary parameters. */
+struct pg_stmt {
+	const char *sql;
+	int n;
+	const Oid *types;
+	const char *vals[4];
+	int lens[4];
+	int format;               /* of the result: 1 binary, 0 text */
+};
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+static const Oid pg_key_types[] = { BYTEAOID, BYTEAOID, INT8OID, INT8OID };
+static const Oid pg_scan_types[] = { BYTEAOID, INT8OID, BYTEAOID };
 
-/* A new version: random, nonzero, positive as a bigint. */
-static uint64_t pg_new_version(void)
-{
-	static __thread uint64_t x;
-	uint64_t v;
-
-	if (!x && (getrandom(&x, sizeof x, 0) != sizeof x || !x))
-		x = (uint64_t)pg_now_ms() * 0x9e3779b97f4a7c15u | 1;
-	x ^= x << 13;  /* xorshift64 */
-	x ^= x >> 7;
-	x ^= x << 17;
-	v = x & INT64_MAX;
-	return v ? v : 1;
-}
+/* ---- Bytes ---- */
 
 static void pg_put64(char out[8], uint64_t v)
 {
@@ -127,59 +109,75 @@ static uint64_t pg_get_be(const char *p, int len)
 	return v;
 }
 
-/* A growable byte buffer. */
-struct pg_buf {
-	char *p;
-	size_t len, cap;
-};
-
-static int pg_buf_set(struct pg_buf *b, const void *p, size_t len, size_t extra)
+/* A new version: random, nonzero, positive as a bigint. */
+static void pg_new_version(char out[8])
 {
-	if (len + extra > b->cap) {
-		char *q = realloc(b->p, len + extra);
+	uint64_t v = kv_random64() & INT64_MAX;
 
-		if (!q)
-			return -ENOMEM;
-		b->p = q;
-		b->cap = len + extra;
-	}
-	if (len)
-		memcpy(b->p, p, len);
-	b->len = len;
-	return 0;
+	pg_put64(out, v ? v : 1);
 }
 
-/* The smallest key above every key that starts with b; false if none is. */
-static bool pg_successor(struct pg_buf *b)
+/* Where a verbose libpq message has its SQLSTATE (":  28P01: "), or NULL. */
+static const char *pg_msg_state(const char *m)
 {
-	return kv_key_successor(b->p, &b->len);
+	const char *st = m ? strstr(m, ":  ") : NULL;
+
+	if (st && strspn(st + 3, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") == 5 &&
+	    st[8] == ':' && st[9] == ' ')
+		return st;
+	return NULL;
 }
 
-/* The first line of a libpq message, for one-line logs. */
+/* The first line of a libpq message, without the SQLSTATE that verbose
+ * messages carry ("FATAL:  28P01: password ..."), for one-line logs. */
 static const char *pg_msg(const char *m, char *buf, size_t len)
 {
+	const char *st = pg_msg_state(m);
 	size_t n = m ? strcspn(m, "\n") : 0;
 
-	snprintf(buf, len, "%.*s", (int)n, m ? m : "");
+	if (st && st + 10 < m + n)
+		snprintf(buf, len, "%.*s%.*s", (int)(st + 3 - m), m, (int)(m + n - st - 10), st + 10);
+	else
+		snprintf(buf, len, "%.*s", (int)n, m ? m : "");
 	return buf;
 }
 
-/* ---- One round trip with a deadline ---- */
+static bool pg_is(const PGresult *res, const char *state)
+{
+	const char *s = PQresultErrorField(res, PG_DIAG_SQLSTATE);
 
-/* Wait until the socket is ready for ev, or the deadline passes. 0, or -EIO. */
+	return s && strcmp(s, state) == 0;
+}
+
+/* Failures that pass: the connection is going (class 08, shutdown 57P01,
+ * crash 57P02, still starting 57P03) or a transaction lost a deadlock or a
+ * serialization conflict and was rolled back. */
+static bool pg_passing(const char *state)
+{
+	return strncmp(state, "08", 2) == 0 || strcmp(state, "57P01") == 0 ||
+	       strcmp(state, "57P02") == 0 || strcmp(state, "57P03") == 0 ||
+	       strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0;
+}
+
+/* ---- One round trip ---- */
+
+/*
+ * Wait until the socket is ready for ev.  The wait for the server is
+ * bounded by *deadline; the caller moves it on whenever data moved, so the
+ * timeout bounds a silent server, not a large transfer.  0, -ETIMEDOUT or
+ * -EIO.
+ */
 static int pg_wait(PGconn *c, short ev, int64_t deadline)
 {
 	struct pollfd pfd = { .fd = PQsocket(c), .events = ev };
-	int64_t left;
-	int rc;
+	int left, rc;
 
 	if (pfd.fd < 0)
 		return -EIO;
 	for (;;) {
-		left = deadline - pg_now_ms();
-		if (left <= 0)
+		if (!(left = kv_ms_left(deadline)))
 			return -ETIMEDOUT;
-		rc = poll(&pfd, 1, left > 60000 ? 60000 : (int)left);
+		rc = poll(&pfd, 1, left);
 		if (rc > 0)
 			return 0;
 		if (rc < 0 && errno != EINTR)
@@ -188,37 +186,35 @@ static int pg_wait(PGconn *c, short ev, int64_t deadline)
 }
 
 /*
- * Send one statement (binary parameters of the given types) and collect
- * its result by the deadline.  Returns the result (which may be an error
- * result: see pg_failed) or NULL when the connection failed or the
- * deadline passed; then *broken is set and the connection must go.
+ * Send one statement and collect its result into *out (which may be an
+ * error result).  -ETIMEDOUT when the server was silent for timeout_ms,
+ * -EAGAIN when the connection failed; then *broken is set.
  */
-static PGresult *pg_run(PGconn *c, const char *sql, int n, const Oid *types,
-			const char *const *vals, const int *lens, int result_format,
-			int timeout_ms, bool *broken)
+static int pg_run(PGconn *c, const struct pg_stmt *q, int timeout_ms, PGresult **out, bool *broken)
 {
 	static const int binary[4] = { 1, 1, 1, 1 };
-	int64_t deadline = pg_now_ms() + timeout_ms;
+	int64_t deadline = kv_deadline(timeout_ms);
 	PGresult *res = NULL, *r;
 	char buf[200];
-	int rc;
+	int rc = 0;
 
-	*broken = true;
-	if (!PQsendQueryParams(c, sql, n, types, vals, lens, binary, result_format))
+	*out = NULL;
+	if (!PQsendQueryParams(c, q->sql, q->n, q->types, q->vals, q->lens, binary, q->format))
 		goto fail;
 	while ((rc = PQflush(c)) == 1) {
-		if (pg_wait(c, POLLOUT | POLLIN, deadline) || !PQconsumeInput(c))
+		if ((rc = pg_wait(c, POLLOUT | POLLIN, deadline)) || !PQconsumeInput(c))
 			goto fail;
+		deadline = kv_deadline(timeout_ms);  /* it moved */
 	}
 	if (rc < 0)
 		goto fail;
 	for (;;) {
 		while (PQisBusy(c)) {
-			if (pg_wait(c, POLLIN, deadline) || !PQconsumeInput(c))
+			if ((rc = pg_wait(c, POLLIN, deadline)) || !PQconsumeInput(c))
 				goto fail;
+			deadline = kv_deadline(timeout_ms);
 		}
-		r = PQgetResult(c);
-		if (!r)
+		if (!(r = PQgetResult(c)))
 			break;
 		if (res && PQresultStatus(res) == PGRES_FATAL_ERROR)
 			PQclear(r);  /* keep the first error */
@@ -227,221 +223,199 @@ static PGresult *pg_run(PGconn *c, const char *sql, int n, const Oid *types,
 			res = r;
 		}
 	}
-	if (res && PQstatus(c) == CONNECTION_OK)
-		*broken = false;
-	return res;
+	if (!res || PQstatus(c) != CONNECTION_OK)
+		goto fail;
+	*out = res;
+	return 0;
 fail:
-	kv_log(KV_LOG_WARN, "postgresql: %s", pg_now_ms() >= deadline
-	       ? "no answer within the timeout, dropping the connection"
-	       : pg_msg(PQerrorMessage(c), buf, sizeof buf));
 	PQclear(res);
-	return NULL;
+	*broken = true;
+	if (rc == -ETIMEDOUT) {
+		kv_why_set("no answer from the server for %d ms "
+			 "(-o timeout raises it)", timeout_ms);
+		return -ETIMEDOUT;
+	}
+	kv_why_set("%s", pg_msg(PQerrorMessage(c), buf, sizeof buf));
+	return -EAGAIN;
 }
 
 /* The errno of a failed statement (an error result), logged once. */
 static int pg_failed(const char *what, const char *key, size_t klen, PGresult *res)
 {
-	const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
 	char buf[200];
 	int e = -EIO;
 
-	if (!state)
-		state = "";
-	if (strcmp(state, "53100") == 0)        /* disk_full */
+	if (pg_is(res, "53100"))         /* disk_full */
 		e = -ENOSPC;
-	else if (strcmp(state, "25006") == 0)   /* read_only_sql_transaction */
+	else if (pg_is(res, "25006"))    /* read_only_sql_transaction */
 		e = -EROFS;
-	else if (strcmp(state, "42501") == 0)   /* insufficient_privilege */
+	else if (pg_is(res, "42501"))    /* insufficient_privilege */
 		e = -EACCES;
-	else if (strcmp(state, "54000") == 0)   /* program_limit_exceeded: index row size */
+	else if (pg_is(res, "54000"))    /* program_limit_exceeded: index row size */
 		e = -ENAMETOOLONG;
 	kv_log(KV_LOG_ERR, "postgresql: %s %s: %s", what, key ? kv_printable(key, klen) : "",
 	       pg_msg(PQresultErrorMessage(res), buf, sizeof buf));
 	return e;
 }
 
-/* A read has no use for write errors: whatever went wrong is -EIO. */
-static int pg_read_failed(const char *what, const char *key, size_t klen, PGresult *res)
+/* ---- Connections ---- */
+
+/* The errno of a connection that failed: the SQLSTATE of a server's
+ * refusal, from the verbose message, or libpq's own verdict. */
+static int pg_connect_errno(PGconn *c, bool before_network)
 {
-	pg_failed(what, key, klen, res);
-	return -EIO;
+	const char *st = pg_msg_state(PQerrorMessage(c));
+	char state[6] = "";
+
+	if (st)
+		snprintf(state, sizeof state, "%.5s", st + 3);
+	if (strcmp(state, "28P01") == 0 || strcmp(state, "28000") == 0 ||
+	    PQconnectionNeedsPassword(c))
+		return -EACCES;              /* wrong password, no pg_hba.conf entry */
+	if (strcmp(state, "3D000") == 0)
+		return -ENOENT;              /* no such database */
+	if (before_network && !state[0])
+		return -EINVAL;              /* the parameters, e.g. a port out of range */
+	return -EIO;                         /* refused, reset, starting up: try again */
 }
 
-static bool pg_is(PGresult *res, const char *state)
-{
-	const char *s = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-
-	return s && strcmp(s, state) == 0;
-}
-
-/* ---- Connections and the pool ---- */
-
-/* Connect by the deadline: libpq reads the URL, PGPASSWORD and ~/.pgpass. */
-static PGconn *pg_connect(struct pg_store *s, int timeout_ms, char *err, size_t errlen)
-{
-	static const char *const keys[] = { "fallback_application_name", "dbname", NULL };
-	const char *vals[] = { "kvfs", s->url, NULL };
-	int64_t deadline = pg_now_ms() + timeout_ms;
-	PostgresPollingStatusType st = PGRES_POLLING_WRITING;
-	char setting[64], buf[200];
-	const char *why = NULL;
-	PGresult *res;
+/* The first connection checks the table (pg_prepare_table). */
+struct pg_ready {
+	struct pg_store *s;
 	PGconn *c;
-	bool broken;
+};
 
-	/* expand_dbname: the URL in dbname is parsed as a whole connection string. */
-	c = PQconnectStartParams(keys, vals, 1);
-	if (!c) {
-		snprintf(err, errlen, "postgresql: out of memory");
-		return NULL;
+static int pg_prepare_table(void *arg);
+
+/* The pool's connect: libpq reads the URL, PGPASSWORD and ~/.pgpass. */
+static int pg_connect(void *ctx, int64_t deadline, void **out)
+{
+	struct pg_store *s = ctx;
+	PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+	struct pg_stmt q = { .sql = NULL };
+	struct pg_ready ready;
+	char setting[64], buf[200];
+	PGresult *res = NULL;
+	bool broken = false;
+	int rc = 0;
+	PGconn *c = PQconnectStartParams(s->keys, (const char *const *)s->vals, 1);
+
+	if (!c)
+		return -ENOMEM;
+	PQsetErrorVerbosity(c, PQERRORS_VERBOSE);  /* messages carry the SQLSTATE */
+	if (PQstatus(c) == CONNECTION_BAD)
+		rc = pg_connect_errno(c, true);
+	while (!rc && st != PGRES_POLLING_OK) {
+		if (st == PGRES_POLLING_FAILED || PQstatus(c) == CONNECTION_BAD) {
+			rc = pg_connect_errno(c, false);
+		} else if (pg_wait(c, st == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline)) {
+			if (!kv_why()[0])  /* else the last attempt's reason says more */
+				kv_why_set("no answer to the connection within the timeout "
+					   "(-o timeout raises it)");
+			PQfinish(c);
+			return -EIO;
+		} else
+			st = PQconnectPoll(c);
 	}
-	if (PQstatus(c) == CONNECTION_BAD) {  /* before any network: the parameters */
-		snprintf(err, errlen, "postgresql: bad connection parameters: %s",
-			 pg_msg(PQerrorMessage(c), buf, sizeof buf));
+	if (rc) {
+		kv_why_set("%s", pg_msg(PQerrorMessage(c), buf, sizeof buf));
+		kv_log(KV_LOG_DEBUG, "postgresql: %s", kv_why());
 		PQfinish(c);
-		return NULL;
+		return rc;
 	}
-	while (PQstatus(c) != CONNECTION_BAD && st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
-		if (pg_wait(c, st == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline)) {
-			why = "no answer within the timeout";
-			break;
-		}
-		st = PQconnectPoll(c);
+	PQsetErrorVerbosity(c, PQERRORS_DEFAULT);
+	if (PQsetnonblocking(c, 1) != 0) {
+		PQfinish(c);
+		return -EIO;
 	}
-	if (!why && (st != PGRES_POLLING_OK || PQstatus(c) != CONNECTION_OK))
-		why = pg_msg(PQerrorMessage(c), buf, sizeof buf);
-	if (!why && PQsetnonblocking(c, 1) != 0)
-		why = "cannot make the connection nonblocking";
-	if (!why) {
-		/* The server abandons what the client stopped waiting for. */
-		snprintf(setting, sizeof setting, "SET statement_timeout = %d", s->timeout_ms);
-		res = pg_run(c, setting, 0, NULL, NULL, NULL, 0, s->timeout_ms, &broken);
-		if (!res || PQresultStatus(res) != PGRES_COMMAND_OK)
-			why = res ? pg_msg(PQresultErrorMessage(res), buf, sizeof buf)
-				  : "no answer within the timeout";
+	/* The server abandons what the client stopped waiting for. */
+	snprintf(setting, sizeof setting, "SET statement_timeout = %d", s->timeout_ms);
+	q.sql = setting;
+	if ((rc = pg_run(c, &q, s->timeout_ms, &res, &broken)) ||
+	    PQresultStatus(res) != PGRES_COMMAND_OK) {
 		PQclear(res);
-	}
-	if (why) {
-		snprintf(err, errlen, "postgresql: cannot connect to %s: %s", s->base.endpoint
-			 ? s->base.endpoint : "the server", why);
 		PQfinish(c);
-		return NULL;
+		return -EIO;
 	}
-	return c;
+	PQclear(res);
+	ready = (struct pg_ready){ s, c };
+	if ((rc = kv_once(&s->ready, pg_prepare_table, &ready))) {
+		PQfinish(c);
+		return rc;
+	}
+	kv_why_set("%s", "");
+	*out = c;
+	return 0;
 }
 
 /* An idle connection is still good if the server has not said anything:
  * a restart or shutdown closes it, and the socket turns readable. */
-static bool pg_idle_ok(PGconn *c)
+static bool pg_usable(void *ctx, void *conn)
 {
-	struct pollfd pfd = { .fd = PQsocket(c), .events = POLLIN };
-
-	if (PQstatus(c) != CONNECTION_OK || pfd.fd < 0)
+	(void)ctx;
+	if (PQstatus(conn) != CONNECTION_OK || PQtransactionStatus(conn) != PQTRANS_IDLE)
 		return false;
-	if (poll(&pfd, 1, 0) == 0)
-		return true;
-	return PQconsumeInput(c) && PQstatus(c) == CONNECTION_OK && !PQisBusy(c);
+	/* Something to read may also be a notice: then the connection stays good. */
+	return kv_socket_idle(PQsocket(conn)) ||
+	       (PQconsumeInput(conn) && PQstatus(conn) == CONNECTION_OK && !PQisBusy(conn));
 }
 
-static int pg_ready(struct pg_store *s, PGconn *c, char *err, size_t errlen);
-
-/*
- * A connection for one call: an idle one that is still good, a new one if
- * the pool has room, or the next one freed within the timeout.  *reused
- * tells the caller a connection failure may be a stale connection worth
- * one retry.  0 or -EIO.
- */
-static int pg_acquire(struct pg_store *s, PGconn **out, bool *reused)
+static void pg_disconnect(void *ctx, void *conn)
 {
-	struct timespec until;
-	char err[300];
-	PGconn *c;
+	(void)ctx;
+	PQfinish(conn);
+}
 
-	clock_gettime(CLOCK_MONOTONIC, &until);
-	until.tv_sec += s->timeout_ms / 1000;
-	until.tv_nsec += (long)(s->timeout_ms % 1000) * 1000000L;
-	if (until.tv_nsec >= 1000000000L) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000L;
+static const struct kv_pool_ops pg_pool_ops = {
+	.connect = pg_connect, .usable = pg_usable, .close = pg_disconnect,
+};
+
+/* ---- Statements through the pool ---- */
+
+struct pg_call {
+	const struct pg_stmt *q;
+	int timeout_ms;
+	PGresult *res;
+};
+
+static int pg_call_on(void *conn, void *arg, bool *broken)
+{
+	struct pg_call *a = arg;
+	const char *state;
+	char buf[200];
+	int rc = pg_run(conn, a->q, a->timeout_ms, &a->res, broken);
+
+	if (rc)
+		return rc == -ETIMEDOUT ? -EIO : rc;
+	state = PQresultErrorField(a->res, PG_DIAG_SQLSTATE);
+	if (PQresultStatus(a->res) == PGRES_FATAL_ERROR && state && pg_passing(state)) {
+		kv_why_set("%s",
+			 pg_msg(PQresultErrorMessage(a->res), buf, sizeof buf));
+		*broken = PQstatus(conn) != CONNECTION_OK;
+		PQclear(a->res);
+		a->res = NULL;
+		return -EAGAIN;
 	}
-	pthread_mutex_lock(&s->lock);
-	for (;;) {
-		while (s->nidle) {
-			c = s->idle[--s->nidle];
-			if (pg_idle_ok(c)) {
-				pthread_mutex_unlock(&s->lock);
-				*out = c;
-				*reused = true;
-				return 0;
-			}
-			PQfinish(c);
-			s->nopen--;
-		}
-		if (s->nopen < PG_POOL)
-			break;
-		if (pthread_cond_timedwait(&s->freed, &s->lock, &until) == ETIMEDOUT) {
-			pthread_mutex_unlock(&s->lock);
-			kv_log(KV_LOG_ERR, "postgresql: no connection free within the timeout");
-			return -EIO;
-		}
-	}
-	s->nopen++;
-	pthread_mutex_unlock(&s->lock);
-	c = pg_connect(s, s->timeout_ms, err, sizeof err);
-	if (c && pg_ready(s, c, err, sizeof err)) {
-		PQfinish(c);
-		c = NULL;
-	}
-	if (!c) {
-		kv_log(KV_LOG_ERR, "%s", err);
-		pthread_mutex_lock(&s->lock);
-		s->nopen--;
-		pthread_cond_signal(&s->freed);
-		pthread_mutex_unlock(&s->lock);
-		return -EIO;
-	}
-	*out = c;
-	*reused = false;
 	return 0;
 }
 
-/* Give a connection back; a broken one is closed instead. */
-static void pg_release(struct pg_store *s, PGconn *c, bool broken)
+/* One statement; *res is a result to check (PQresultStatus) and clear. */
+static int pg_exec(struct pg_store *s, const struct pg_stmt *q, bool idempotent, PGresult **res)
 {
-	if (broken || PQstatus(c) != CONNECTION_OK ||
-	    PQtransactionStatus(c) != PQTRANS_IDLE) {
-		PQfinish(c);
-		c = NULL;
-	}
-	pthread_mutex_lock(&s->lock);
-	if (c)
-		s->idle[s->nidle++] = c;
-	else
-		s->nopen--;
-	pthread_cond_signal(&s->freed);
-	pthread_mutex_unlock(&s->lock);
+	struct pg_call a = { .q = q, .timeout_ms = s->timeout_ms };
+	int rc = kv_pool_run(&s->pool, kv_deadline(s->timeout_ms), idempotent, pg_call_on, &a);
+
+	*res = a.res;
+	return rc;
 }
 
-/*
- * One statement on a pooled connection.  A connection failure on a reused
- * connection is retried once on a new one when `retry` says the statement
- * may run twice (everything but cas).  NULL means -EIO.
- */
-static PGresult *pg_exec(struct pg_store *s, const char *sql, int n, const Oid *types,
-			 const char *const *vals, const int *lens, bool retry)
+/* A statement about one key: ($1 = key, $2 = value, $3 = new version, $4 = old). */
+static struct pg_stmt pg_key_stmt(const char *sql, int n, const char *key, size_t klen,
+				  const char *val, size_t vlen, const char ver[8], const char old[8])
 {
-	PGresult *res;
-	PGconn *c;
-	bool reused, broken;
-
-	for (int attempt = 0;; attempt++) {
-		if (pg_acquire(s, &c, &reused))
-			return NULL;
-		res = pg_run(c, sql, n, types, vals, lens, 1, s->timeout_ms, &broken);
-		pg_release(s, c, broken);
-		if (res || !reused || !retry || attempt > 0)
-			return res;
-	}
+	return (struct pg_stmt){ .sql = sql, .n = n, .types = pg_key_types, .format = 1,
+				 .vals = { klen ? key : "", vlen ? val : "", ver, old },
+				 .lens = { (int)klen, (int)vlen, 8, 8 } };
 }
 
 /* ---- get, stat, set, del, cas ---- */
@@ -450,29 +424,24 @@ static int pg_get(struct kv_store *st, const char *key, size_t klen, char **val,
 		  uint64_t *version)
 {
 	struct pg_store *s = kv_store_cast(struct pg_store, st);
-	static const Oid types[] = { BYTEAOID };
-	const char *vals[] = { klen ? key : "" };
-	int lens[] = { (int)klen };
-	PGresult *res = pg_exec(s, s->sql_get, 1, types, vals, lens, true);
+	struct pg_stmt q = pg_key_stmt(s->sql_get, 1, key, klen, NULL, 0, NULL, NULL);
+	PGresult *res;
 	size_t n;
-	char *buf;
-	int rc = 0;
+	int rc = pg_exec(s, &q, true, &res);
 
-	if (!res)
-		return -EIO;
+	if (rc)
+		return rc;
 	if (PQresultStatus(res) != PGRES_TUPLES_OK)
-		rc = pg_read_failed("get", key, klen, res);
+		rc = pg_failed("get", key, klen, res) == -EACCES ? -EACCES : -EIO;
 	else if (PQntuples(res) == 0)
 		rc = -ENOENT;
 	else {
 		n = (size_t)PQgetlength(res, 0, 0);
-		buf = malloc(n + 1);
-		if (!buf)
+		if (!(*val = malloc(n + 1)))
 			rc = -ENOMEM;
 		else {
-			memcpy(buf, PQgetvalue(res, 0, 0), n);
-			buf[n] = '\0';
-			*val = buf;
+			memcpy(*val, PQgetvalue(res, 0, 0), n);
+			(*val)[n] = '\0';
 			*len = n;
 			if (version)
 				*version = pg_get_be(PQgetvalue(res, 0, 1), 8);
@@ -485,16 +454,14 @@ static int pg_get(struct kv_store *st, const char *key, size_t klen, char **val,
 static int pg_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *size)
 {
 	struct pg_store *s = kv_store_cast(struct pg_store, st);
-	static const Oid types[] = { BYTEAOID };
-	const char *vals[] = { klen ? key : "" };
-	int lens[] = { (int)klen };
-	PGresult *res = pg_exec(s, s->sql_stat, 1, types, vals, lens, true);
-	int rc = 0;
+	struct pg_stmt q = pg_key_stmt(s->sql_stat, 1, key, klen, NULL, 0, NULL, NULL);
+	PGresult *res;
+	int rc = pg_exec(s, &q, true, &res);
 
-	if (!res)
-		return -EIO;
+	if (rc)
+		return rc;
 	if (PQresultStatus(res) != PGRES_TUPLES_OK)
-		rc = pg_read_failed("stat", key, klen, res);
+		rc = pg_failed("stat", key, klen, res) == -EACCES ? -EACCES : -EIO;
 	else if (PQntuples(res) == 0)
 		rc = -ENOENT;
 	else
@@ -503,55 +470,40 @@ static int pg_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *
 	return rc;
 }
 
-/* Check a set's outcome: 0, or the errno of its failure. */
-static int pg_write_result(const char *what, const char *key, size_t klen, PGresult *res)
+/* A write's outcome: 0, -ENOENT when it touched no row, or the errno. */
+static int pg_write(struct pg_store *s, const struct pg_stmt *q, bool idempotent,
+		    const char *what, const char *key, size_t klen)
 {
-	int rc;
+	PGresult *res;
+	int rc = pg_exec(s, q, idempotent, &res);
 
-	if (!res)
-		return -EIO;
-	rc = PQresultStatus(res) == PGRES_COMMAND_OK ? 0 : pg_failed(what, key, klen, res);
+	if (rc)
+		return rc;
+	if (PQresultStatus(res) != PGRES_COMMAND_OK)
+		rc = pg_failed(what, key, klen, res);
+	else if (strcmp(PQcmdTuples(res), "0") == 0)
+		rc = -ENOENT;
+	PQclear(res);
 	return rc;
 }
 
 static int pg_set(struct kv_store *st, const char *key, size_t klen, const char *val, size_t vlen)
 {
 	struct pg_store *s = kv_store_cast(struct pg_store, st);
-	static const Oid types[] = { BYTEAOID, BYTEAOID, INT8OID };
 	char ver[8];
-	const char *vals[] = { klen ? key : "", vlen ? val : "", ver };
-	int lens[] = { (int)klen, (int)vlen, 8 };
-	PGresult *res;
-	int rc;
+	struct pg_stmt q = pg_key_stmt(s->sql_set, 3, key, klen, val, vlen, ver, NULL);
 
-	if (klen > PG_MAX_KEY)
-		return -ENAMETOOLONG;
-	if (vlen > PG_MAX_VALUE)
-		return -EFBIG;
-	pg_put64(ver, pg_new_version());
-	res = pg_exec(s, s->sql_set, 3, types, vals, lens, true);
-	rc = pg_write_result("set", key, klen, res);
-	PQclear(res);
-	return rc;
+	pg_new_version(ver);
+	return pg_write(s, &q, true, "set", key, klen);
 }
 
 static int pg_del(struct kv_store *st, const char *key, size_t klen)
 {
 	struct pg_store *s = kv_store_cast(struct pg_store, st);
-	static const Oid types[] = { BYTEAOID };
-	const char *vals[] = { klen ? key : "" };
-	int lens[] = { (int)klen };
-	PGresult *res;
-	int rc;
+	struct pg_stmt q = pg_key_stmt(s->sql_del, 1, key, klen, NULL, 0, NULL, NULL);
+	int rc = pg_write(s, &q, true, "del", key, klen);
 
-	if (klen > PG_MAX_KEY)
-		return -ENOENT;
-	res = pg_exec(s, s->sql_del, 1, types, vals, lens, true);
-	rc = pg_write_result("del", key, klen, res);
-	if (!rc && strcmp(PQcmdTuples(res), "0") == 0)
-		rc = -ENOENT;
-	PQclear(res);
-	return rc == -ENOENT || rc == 0 ? rc : -EIO;
+	return rc == -ENOENT || rc == 0 || rc == -EACCES ? rc : -EIO;
 }
 
 /*
@@ -563,266 +515,107 @@ static int pg_cas(struct kv_store *st, const char *key, size_t klen, uint64_t ve
 		  const char *val, size_t vlen)
 {
 	struct pg_store *s = kv_store_cast(struct pg_store, st);
-	static const Oid types[] = { BYTEAOID, BYTEAOID, INT8OID, INT8OID };
 	char ver[8], old[8];
-	const char *vals[] = { klen ? key : "", vlen ? val : "", ver, old };
-	int lens[] = { (int)klen, (int)vlen, 8, 8 };
-	PGresult *res;
+	struct pg_stmt q = pg_key_stmt(version ? s->sql_cas_upd : s->sql_cas_new, version ? 4 : 3,
+				       key, klen, val, vlen, ver, old);
 	int rc;
 
-	if (klen > PG_MAX_KEY)
-		return -ENAMETOOLONG;
-	if (vlen > PG_MAX_VALUE)
-		return -EFBIG;
 	if (version > INT64_MAX)
 		return -ECANCELED;  /* not a version this backend hands out */
-	pg_put64(ver, pg_new_version());
+	pg_new_version(ver);
 	pg_put64(old, version);
-	if (version == 0)
-		res = pg_exec(s, s->sql_cas_new, 3, types, vals, lens, false);
-	else
-		res = pg_exec(s, s->sql_cas_upd, 4, types, vals, lens, false);
-	rc = pg_write_result("cas", key, klen, res);
-	if (!rc && strcmp(PQcmdTuples(res), "0") == 0)
-		rc = -ECANCELED;
-	PQclear(res);
-	return rc;
+	rc = pg_write(s, &q, false, "cas", key, klen);
+	return rc == -ENOENT ? -ECANCELED : rc;
 }
 
 /* ---- apply: one transaction ---- */
 
-static PGresult *pg_op(struct pg_store *s, PGconn *c, const struct kv_op *op, bool *broken)
-{
-	static const Oid types[] = { BYTEAOID, BYTEAOID, INT8OID };
-	char ver[8];
-	const char *vals[] = { op->key_len ? op->key : "", op->val_len ? op->val : "", ver };
-	int lens[] = { (int)op->key_len, (int)op->val_len, 8 };
+struct pg_apply_arg {
+	struct pg_store *s;
+	const struct kv_op *ops;
+	size_t n;
+};
 
-	if (op->type == KV_OP_DEL)
-		return pg_run(c, s->sql_del, 1, types, vals, lens, 1, s->timeout_ms, broken);
-	pg_put64(ver, pg_new_version());
-	return pg_run(c, s->sql_set, 3, types, vals, lens, 1, s->timeout_ms, broken);
+/* One step of the transaction: 0, -EAGAIN to run it all again, or -errno. */
+static int pg_step(PGconn *c, const struct pg_stmt *q, int timeout_ms, bool *broken,
+		   const char *key, size_t klen)
+{
+	struct pg_call a = { .q = q, .timeout_ms = timeout_ms };
+	int rc = pg_call_on(c, &a, broken);
+
+	if (!rc && PQresultStatus(a.res) != PGRES_COMMAND_OK)
+		rc = pg_failed("apply", key, klen, a.res);
+	PQclear(a.res);
+	return rc;
 }
 
-/* Run ops in one transaction on c: 0, 1 to try again (deadlock), or -errno. */
-static int pg_apply_once(struct pg_store *s, PGconn *c, const struct kv_op *ops, size_t n,
-			 bool *broken)
+static int pg_apply_on(void *conn, void *arg, bool *broken)
 {
-	PGresult *res;
-	size_t i;
-	int rc = 0;
+	struct pg_apply_arg *a = arg;
+	int tmo = a->s->timeout_ms, rc;
+	struct pg_stmt q = { .sql = "BEGIN", .format = 1 };
+	char ver[8];
 
-	res = pg_run(c, "BEGIN", 0, NULL, NULL, NULL, 1, s->timeout_ms, broken);
-	if (!res)
-		return -EIO;
-	PQclear(res);
-	for (i = 0; i < n && !rc; i++) {
-		if (ops[i].type == KV_OP_DEL && ops[i].key_len > PG_MAX_KEY)
-			continue;  /* cannot exist */
-		res = pg_op(s, c, &ops[i], broken);
-		if (!res)
-			return -EIO;
-		if (PQresultStatus(res) != PGRES_COMMAND_OK)
-			rc = pg_is(res, "40P01") || pg_is(res, "40001") ? 1
-			     : pg_failed("apply", ops[i].key, ops[i].key_len, res);
-		PQclear(res);
+	rc = pg_step(conn, &q, tmo, broken, NULL, 0);
+	for (size_t i = 0; i < a->n && !rc; i++) {
+		const struct kv_op *op = &a->ops[i];
+
+		if (op->type == KV_OP_DEL)
+			q = pg_key_stmt(a->s->sql_del, 1, op->key, op->key_len, NULL, 0, NULL, NULL);
+		else
+			q = pg_key_stmt(a->s->sql_set, 3, op->key, op->key_len, op->val,
+					op->val_len, ver, NULL);
+		pg_new_version(ver);
+		rc = pg_step(conn, &q, tmo, broken, op->key, op->key_len);
 	}
-	res = pg_run(c, rc ? "ROLLBACK" : "COMMIT", 0, NULL, NULL, NULL, 1, s->timeout_ms, broken);
-	if (!res)
-		return -EIO;
-	if (!rc && PQresultStatus(res) != PGRES_COMMAND_OK)
-		rc = pg_is(res, "40001") ? 1 : pg_failed("apply commit", NULL, 0, res);
-	PQclear(res);
-	return rc;
+	if (*broken)
+		return rc;
+	q = (struct pg_stmt){ .sql = rc ? "ROLLBACK" : "COMMIT", .format = 1 };
+	if (rc) {
+		pg_step(conn, &q, tmo, broken, NULL, 0);
+		return rc;
+	}
+	return pg_step(conn, &q, tmo, broken, NULL, 0);
 }
 
 static int pg_apply(struct kv_store *st, const struct kv_op *ops, size_t n)
 {
 	struct pg_store *s = kv_store_cast(struct pg_store, st);
-	bool reused, broken;
-	PGconn *c;
-	size_t i;
-	int rc = 1, tries;
+	struct pg_apply_arg a = { .s = s, .ops = ops, .n = n };
 
-	for (i = 0; i < n; i++) {
-		if (ops[i].type != KV_OP_SET)
-			continue;
-		if (ops[i].key_len > PG_MAX_KEY)
-			return -ENAMETOOLONG;
-		if (ops[i].val_len > PG_MAX_VALUE)
-			return -EFBIG;
-	}
-	if (!n)
-		return 0;
-	for (tries = 0; rc > 0 && tries < PG_TRIES + 1; tries++) {
-		if (pg_acquire(s, &c, &reused))
-			return -EIO;
-		rc = pg_apply_once(s, c, ops, n, &broken);
-		pg_release(s, c, broken);
-		/* A stale pooled connection failed before anything was committed. */
-		if (rc == -EIO && broken && reused && tries == 0)
-			rc = 1;
-	}
-	if (rc > 0) {
-		kv_log(KV_LOG_ERR, "postgresql: apply of %zu operations kept deadlocking", n);
-		rc = -EIO;
-	}
-	return rc;
+	/* Sets are upserts and a missing key's delete is no error here:
+	 * running it all again after a lost connection is harmless. */
+	return n ? kv_pool_run(&s->pool, kv_deadline(s->timeout_ms), true, pg_apply_on, &a) : 0;
 }
 
-/* ---- list ---- */
+/* ---- scan ---- */
 
-/*
- * A walk over the keys of one listing, a chunk of rows at a time.  Rows of
- * a group already reported are skipped in the chunk; when a chunk ends
- * inside a group, the next query starts at the group's successor.
- */
-struct pg_walk {
-	struct pg_store *s;
-	const struct kv_list_req *req;
-	PGconn *c;
-	bool broken;
-	PGresult *res;
-	int row, nrows;
-	bool exhausted;           /* no rows after this chunk */
-	struct pg_buf lo, hi;     /* next query: k >= lo (and k < hi if has_hi) */
-	bool has_hi;
-	struct pg_buf group;      /* the last group reported */
-	bool in_group;
-	size_t chunk;
-};
-
-static int pg_walk_query(struct pg_walk *w)
-{
-	static const Oid types[] = { BYTEAOID, INT8OID, BYTEAOID };
-	char lim[8];
-	const char *vals[] = { w->lo.len ? w->lo.p : "", lim, w->hi.len ? w->hi.p : "" };
-	int lens[] = { (int)w->lo.len, 8, (int)w->hi.len };
-
-	PQclear(w->res);
-	pg_put64(lim, w->chunk);
-	w->res = pg_run(w->c, w->has_hi ? w->s->sql_list_hi : w->s->sql_list, w->has_hi ? 3 : 2,
-			types, vals, lens, 1, w->s->timeout_ms, &w->broken);
-	if (!w->res)
-		return -EIO;
-	if (PQresultStatus(w->res) != PGRES_TUPLES_OK)
-		return pg_read_failed("list", w->req->prefix, w->req->prefix_len, w->res);
-	w->row = 0;
-	w->nrows = PQntuples(w->res);
-	w->exhausted = (size_t)w->nrows < w->chunk;
-	return 0;
-}
-
-/* The next item into *e (valid until the next call): 0, 1 at the end, or -errno. */
-static int pg_walk_next(struct pg_walk *w, struct kv_entry *e)
-{
-	const struct kv_list_req *r = w->req;
-	const char *k, *d;
-	size_t klen;
-	int rc;
-
-	for (;;) {
-		if (w->row == w->nrows) {
-			if (w->exhausted)
-				return 1;
-			/* Go on after the last row, or past the group it was in. */
-			if (w->in_group) {
-				if ((rc = pg_buf_set(&w->lo, w->group.p, w->group.len, 1)))
-					return rc;
-				if (!pg_successor(&w->lo))
-					return 1;
-			} else {
-				k = PQgetvalue(w->res, w->nrows - 1, 0);
-				klen = (size_t)PQgetlength(w->res, w->nrows - 1, 0);
-				if ((rc = pg_buf_set(&w->lo, k, klen, 1)))
-					return rc;
-				w->lo.p[w->lo.len++] = '\0';  /* the smallest key after it */
-			}
-			if ((rc = pg_walk_query(w)))
-				return rc;
-			continue;
-		}
-		k = PQgetvalue(w->res, w->row, 0);
-		klen = (size_t)PQgetlength(w->res, w->row, 0);
-		if (w->in_group && klen >= w->group.len && memcmp(k, w->group.p, w->group.len) == 0) {
-			w->row++;
-			continue;
-		}
-		w->in_group = false;
-		*e = (struct kv_entry){ .key = k, .key_len = klen,
-					.size = pg_get_be(PQgetvalue(w->res, w->row, 1),
-							  PQgetlength(w->res, w->row, 1)) };
-		w->row++;
-		d = r->delim && klen > r->prefix_len
-		    ? memchr(k + r->prefix_len, r->delim, klen - r->prefix_len) : NULL;
-		if (d) {
-			if ((rc = pg_buf_set(&w->group, k, (size_t)(d - k) + 1, 0)))
-				return rc;
-			w->in_group = true;
-			*e = (struct kv_entry){ .key = w->group.p, .key_len = w->group.len,
-						.is_prefix = true };
-		}
-		if (r->start && kv_key_cmp(e->key, e->key_len, r->start, r->start_len) < 0)
-			continue;
-		return 0;
-	}
-}
-
-static int pg_list(struct kv_store *st, const struct kv_list_req *req, kv_list_cb *cb, void *ctx,
-		   bool *more)
+static int pg_scan(struct kv_store *st, const char *from, size_t flen, const char *to,
+		   size_t tlen, size_t max, kv_key_cb *cb, void *ctx)
 {
 	struct pg_store *s = kv_store_cast(struct pg_store, st);
-	struct pg_walk w = { .s = s, .req = req };
-	size_t limit = req->limit ? req->limit : PG_PAGE, done = 0;
-	struct kv_entry e;
-	bool reused;
-	int rc, stop;
+	char lim[8];
+	struct pg_stmt q = { .sql = to ? s->sql_scan_to : s->sql_scan, .n = to ? 3 : 2,
+			     .types = pg_scan_types, .format = 1,
+			     .vals = { flen ? from : "", lim, to && tlen ? to : "" },
+			     .lens = { (int)flen, 8, (int)tlen } };
+	PGresult *res;
+	int rc, n;
 
-	*more = false;
-	w.chunk = limit + 1 < PG_CHUNK ? (limit + 1 < 8 ? 8 : limit + 1) : PG_CHUNK;
-	/* From the greater of prefix and start, below the prefix's successor. */
-	if (req->start && kv_key_cmp(req->start, req->start_len, req->prefix, req->prefix_len) > 0)
-		rc = pg_buf_set(&w.lo, req->start, req->start_len, 1);
-	else
-		rc = pg_buf_set(&w.lo, req->prefix, req->prefix_len, 1);
-	if (!rc)
-		rc = pg_buf_set(&w.hi, req->prefix, req->prefix_len, 0);
-	if (rc)
-		goto out_free;
-	w.has_hi = pg_successor(&w.hi);
-	if ((rc = pg_acquire(s, &w.c, &reused)))
-		goto out_free;
-	rc = pg_walk_query(&w);
-	if (rc && w.broken && reused) {  /* a stale pooled connection: once more */
-		pg_release(s, w.c, true);
-		if ((rc = pg_acquire(s, &w.c, &reused)))
-			goto out_free;
-		rc = pg_walk_query(&w);
+	pg_put64(lim, max);
+	if ((rc = pg_exec(s, &q, true, &res)))
+		return rc;
+	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+		rc = pg_failed("scan", from, flen, res) == -EACCES ? -EACCES : -EIO;
+		PQclear(res);
+		return rc;
 	}
-	while (!rc && done < limit && !(rc = pg_walk_next(&w, &e))) {
-		done++;
-		stop = cb(ctx, &e);
-		if (stop) {
-			/* The caller stopped: whether more follows is only a guess. */
-			*more = true;
-			rc = stop < 0 ? stop : 0;
-			goto out;
-		}
-	}
-	if (rc == 0 && done == limit) {
-		rc = pg_walk_next(&w, &e);
-		*more = rc == 0;
-	}
-	if (rc == 1)
-		rc = 0;
-out:
-	PQclear(w.res);
-	pg_release(s, w.c, w.broken);
-out_free:
-	free(w.lo.p);
-	free(w.hi.p);
-	free(w.group.p);
-	return rc;
+	n = PQntuples(res);
+	for (int i = 0; i < n && !rc; i++)
+		rc = cb(ctx, PQgetvalue(res, i, 0), (size_t)PQgetlength(res, i, 0),
+			pg_get_be(PQgetvalue(res, i, 1), PQgetlength(res, i, 1)));
+	PQclear(res);
+	return rc < 0 ? rc : 0;
 }
 
 /* ---- health ---- */
@@ -830,36 +623,24 @@ out_free:
 static int pg_health(struct kv_store *st, struct kv_health *h)
 {
 	struct pg_store *s = kv_store_cast(struct pg_store, st);
-	static const char sql[] =
+	static const struct pg_stmt q = { .sql =
 		"SELECT current_setting('server_version'), current_database(), current_user,"
 		" pg_is_in_recovery()::text, current_setting('synchronous_commit'),"
-		" current_setting('fsync')";
+		" current_setting('fsync')" };
 	static const char *const names[] = {
 		"server_version", "database", "user", "in_recovery", "synchronous_commit", "fsync",
 	};
 	char buf[200];
 	PGresult *res;
-	PGconn *c;
-	bool reused, broken;
-	size_t inuse;
+	int rc = pg_exec(s, &q, true, &res);
 
-	if (pg_acquire(s, &c, &reused)) {
-		snprintf(h->detail, sizeof h->detail, "postgresql: cannot reach the server");
-		return -EIO;
+	if (rc) {
+		snprintf(h->detail, sizeof h->detail, "%s", kv_why()[0] ? kv_why() : strerror(-rc));
+		return rc;
 	}
-	res = pg_run(c, sql, 0, NULL, NULL, NULL, 0, s->timeout_ms, &broken);
-	if (!res && reused) {
-		pg_release(s, c, true);
-		if (pg_acquire(s, &c, &reused)) {
-			snprintf(h->detail, sizeof h->detail, "postgresql: cannot reach the server");
-			return -EIO;
-		}
-		res = pg_run(c, sql, 0, NULL, NULL, NULL, 0, s->timeout_ms, &broken);
-	}
-	pg_release(s, c, broken);
-	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-		snprintf(h->detail, sizeof h->detail, "postgresql: %s",
-			 res ? pg_msg(PQresultErrorMessage(res), buf, sizeof buf) : "no answer");
+	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+		snprintf(h->detail, sizeof h->detail, "%s",
+			 pg_msg(PQresultErrorMessage(res), buf, sizeof buf));
 		PQclear(res);
 		return -EIO;
 	}
@@ -868,81 +649,59 @@ static int pg_health(struct kv_store *st, struct kv_health *h)
 	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
 		kv_health_fact(h, names[i], "%s", PQgetvalue(res, 0, (int)i));
 	PQclear(res);
-	pthread_mutex_lock(&s->lock);
-	inuse = s->nopen - s->nidle;
-	pthread_mutex_unlock(&s->lock);
-	kv_health_fact(h, "connections", "%zu in use of %d", inuse, PG_POOL);
+	kv_health_fact(h, "connections", "%zu in use of %d", kv_pool_busy(&s->pool), PG_POOL);
 	return 0;
 }
 
-/* ---- open and close ---- */
+/* ---- The table, once per store on its first connection ---- */
 
-static void pg_free(struct pg_store *s)
+static int pg_prepare_table(void *arg)
 {
-	while (s->nidle)
-		PQfinish(s->idle[--s->nidle]);
-	pthread_mutex_destroy(&s->lock);
-	pthread_mutex_destroy(&s->ready_lock);
-	pthread_cond_destroy(&s->freed);
-	free(s->url);
-	PQfreemem(s->table);
-	free(s->table_name);
-	free(s);
-}
+	struct pg_ready *a = arg;
+	struct pg_store *s = a->s;
+	struct pg_stmt check = { .sql = s->sql_check }, create = { .sql = s->sql_create };
+	char buf[200];
+	PGresult *res = NULL;
+	bool broken = false;
+	int rc;
 
-static void pg_close(struct kv_store *st)
-{
-	pg_free(kv_store_cast(struct pg_store, st));
-}
-
-/* A table name is an SQL identifier we never have to guess about. */
-static bool pg_valid_identifier(const char *t)
-{
-	size_t n = strlen(t);
-
-	if (n == 0 || n > 63 || !((*t >= 'a' && *t <= 'z') || (*t >= 'A' && *t <= 'Z') || *t == '_'))
-		return false;
-	return strspn(t, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") == n;
-}
-
-/*
- * Refuse what cannot work before connecting: no "//", or a password in
- * the URL (it would be on the command line and in `ps`).
- */
-static int pg_check_url(const struct kv_open_args *a, char *err, size_t errlen)
-{
-	PQconninfoOption *opts, *o;
-	char *msg = NULL, buf[200];
-	bool password = false;
-
-	if (strncmp(a->location ? a->location : "", "//", 2) != 0) {
-		snprintf(err, errlen,
-			 "postgresql: expected postgresql://[user@]host[:port]/dbname, got '%s'", a->url);
-		return -EINVAL;
+	for (int tries = 0; tries < 2; tries++) {
+		if ((rc = pg_run(a->c, &check, s->timeout_ms, &res, &broken)))
+			return -EIO;
+		if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+			PQclear(res);
+			return 0;
+		}
+		if (!pg_is(res, "42P01"))  /* undefined_table */
+			break;
+		PQclear(res);
+		if ((rc = pg_run(a->c, &create, s->timeout_ms, &res, &broken)))
+			return -EIO;
+		/* Two mounts creating it at once: one loses on the catalog; look again. */
+		if (PQresultStatus(res) != PGRES_COMMAND_OK && !pg_is(res, "23505") &&
+		    !pg_is(res, "42P07"))
+			break;
+		kv_log(KV_LOG_INFO, "postgresql: created table %s", s->table_name);
+		PQclear(res);
+		res = NULL;
 	}
-	opts = PQconninfoParse(a->url, &msg);
-	if (!opts) {
-		snprintf(err, errlen, "postgresql: bad URL: %s",
-			 msg ? pg_msg(msg, buf, sizeof buf) : "out of memory");
-		PQfreemem(msg);
-		return -EINVAL;
-	}
-	for (o = opts; o->keyword; o++)
-		if (strcmp(o->keyword, "password") == 0 && o->val && *o->val)
-			password = true;
-	PQconninfoFree(opts);
-	if (password) {
-		snprintf(err, errlen, "postgresql: a password in the URL would show in ps: "
-			 "remove it and put it in PGPASSWORD or ~/.pgpass (PGPASSFILE)");
-		return -EINVAL;
-	}
-	return 0;
+	if (pg_is(res, "42703"))
+		kv_why_set("table %s exists but lacks the columns "
+			 "k bytea, v bytea, ver bigint", s->table_name);
+	else
+		kv_why_set("table %s: %s", s->table_name,
+			 pg_msg(PQresultErrorMessage(res), buf, sizeof buf));
+	rc = pg_is(res, "42501") ? -EACCES : pg_is(res, "42703") ? -EINVAL : -EIO;
+	PQclear(res);
+	return rc;
 }
 
+/* The table is a plain identifier: double quotes make it one to SQL. */
 static void pg_build_sql(struct pg_store *s)
 {
-	const char *t = s->table;
+	char t[70];
 
+	snprintf(t, sizeof t, "\"%s\"", s->table_name);
 	snprintf(s->sql_get, sizeof s->sql_get, "SELECT v, ver FROM %s WHERE k = $1", t);
 	snprintf(s->sql_stat, sizeof s->sql_stat, "SELECT octet_length(v)::int8 FROM %s WHERE k = $1", t);
 	snprintf(s->sql_set, sizeof s->sql_set,
@@ -953,97 +712,75 @@ static void pg_build_sql(struct pg_store *s)
 		 "INSERT INTO %s (k, v, ver) VALUES ($1, $2, $3) ON CONFLICT (k) DO NOTHING", t);
 	snprintf(s->sql_cas_upd, sizeof s->sql_cas_upd,
 		 "UPDATE %s SET v = $2, ver = $3 WHERE k = $1 AND ver = $4", t);
-	snprintf(s->sql_list, sizeof s->sql_list,
+	snprintf(s->sql_scan, sizeof s->sql_scan,
 		 "SELECT k, octet_length(v)::int8 FROM %s WHERE k >= $1 ORDER BY k LIMIT $2", t);
-	snprintf(s->sql_list_hi, sizeof s->sql_list_hi,
+	snprintf(s->sql_scan_to, sizeof s->sql_scan_to,
 		 "SELECT k, octet_length(v)::int8 FROM %s WHERE k >= $1 AND k < $3 "
 		 "ORDER BY k LIMIT $2", t);
+	snprintf(s->sql_check, sizeof s->sql_check, "SELECT k, v, ver FROM %s LIMIT 0", t);
+	snprintf(s->sql_create, sizeof s->sql_create,
+		 "CREATE TABLE IF NOT EXISTS %s (k bytea PRIMARY KEY, v bytea NOT NULL, "
+		 "ver bigint NOT NULL DEFAULT (floor(random() * 9e18)::bigint + 1))", t);
 }
 
-/* Make sure the table is there with our columns; create it if missing. */
-static int pg_prepare_table(struct pg_store *s, PGconn *c, char *err, size_t errlen)
+/* ---- open and close ---- */
+
+static void pg_free(struct pg_store *s)
 {
-	char sql[300], buf[200];
-	PGresult *res;
-	bool broken;
+	kv_pool_destroy(&s->pool);
+	kv_once_destroy(&s->ready);
+	for (size_t i = 0; i < sizeof s->vals / sizeof s->vals[0]; i++)
+		free(s->vals[i]);
+	free(s->table_name);
+	free(s);
+}
+
+static void pg_close(struct kv_store *st)
+{
+	pg_free(kv_store_cast(struct pg_store, st));
+}
+
+/*
+ * What can be known without the server: libpq can parse the URL, it holds
+ * no password (that would be on the command line and in `ps`), and the
+ * TLS files it names (or -o options or the environment name) are there.
+ */
+static int pg_check_url(const struct kv_open_args *a, char *err, size_t errlen)
+{
+	PQconninfoOption *opts, *o;
+	const char *file;
+	char *msg = NULL, buf[200];
 	int rc = 0;
 
-	for (int tries = 0; tries < 2; tries++) {
-		snprintf(sql, sizeof sql, "SELECT k, v, ver FROM %s LIMIT 0", s->table);
-		res = pg_run(c, sql, 0, NULL, NULL, NULL, 0, s->timeout_ms, &broken);
-		if (res && PQresultStatus(res) == PGRES_TUPLES_OK) {
-			PQclear(res);
-			return 0;
-		}
-		if (!res || !pg_is(res, "42P01"))
-			break;  /* 42P01: undefined_table */
-		PQclear(res);
-		snprintf(sql, sizeof sql,
-			 "CREATE TABLE IF NOT EXISTS %s (k bytea PRIMARY KEY, v bytea NOT NULL, "
-			 "ver bigint NOT NULL DEFAULT (floor(random() * 9e18)::bigint + 1))", s->table);
-		res = pg_run(c, sql, 0, NULL, NULL, NULL, 0, s->timeout_ms, &broken);
-		if (!res)
-			break;
-		/* Two mounts creating it at once: one loses on the catalog; look again. */
-		if (PQresultStatus(res) != PGRES_COMMAND_OK && !pg_is(res, "23505") &&
-		    !pg_is(res, "42P07"))
-			break;
-		kv_log(KV_LOG_INFO, "postgresql: created table %s", s->table_name);
-		PQclear(res);
-		res = NULL;
-	}
-	if (!res)
-		snprintf(err, errlen, "postgresql: table %s: no answer within the timeout",
-			 s->table_name);
-	else if (pg_is(res, "42703"))
-		snprintf(err, errlen, "postgresql: table %s exists but lacks the columns "
-			 "k bytea, v bytea, ver bigint", s->table_name);
-	else
-		snprintf(err, errlen, "postgresql: table %s: %s", s->table_name,
-			 pg_msg(PQresultErrorMessage(res), buf, sizeof buf));
-	rc = res && pg_is(res, "42501") ? -EACCES : res && pg_is(res, "42703") ? -EINVAL : -EIO;
-	PQclear(res);
-	return rc;
-}
-
-/* Once per store, on the first connection: quote the name, build the SQL,
- * check or create the table.  0, or -errno with the reason in err. */
-static int pg_ready(struct pg_store *s, PGconn *c, char *err, size_t errlen)
-{
-	int rc = 0;
-
-	if (__atomic_load_n(&s->ready, __ATOMIC_ACQUIRE))
-		return 0;
-	pthread_mutex_lock(&s->ready_lock);
-	if (!s->ready) {
-		if (!s->table)
-			s->table = PQescapeIdentifier(c, s->table_name, strlen(s->table_name));
-		if (!s->table) {
-			snprintf(err, errlen, "postgresql: cannot quote the table name '%s'",
-				 s->table_name);
-			rc = -EINVAL;
-		} else {
-			pg_build_sql(s);
-			rc = pg_prepare_table(s, c, err, errlen);
-		}
-		if (!rc)
-			__atomic_store_n(&s->ready, true, __ATOMIC_RELEASE);
-	}
-	pthread_mutex_unlock(&s->ready_lock);
-	return rc;
-}
-
-/* libpq says why a connection failed only in words. */
-static int pg_connect_errno(const char *err)
-{
-	if (strstr(err, "bad connection parameters"))
+	if (strncmp(a->location ? a->location : "", "//", 2) != 0) {
+		snprintf(err, errlen,
+			 "postgresql: expected postgresql://[user@]host[:port]/dbname, got '%s'", a->url);
 		return -EINVAL;
-	if (strstr(err, "password authentication failed") || strstr(err, "no password supplied") ||
-	    strstr(err, "permission denied") || strstr(err, "no pg_hba.conf entry"))
-		return -EACCES;
-	if (strstr(err, "does not exist"))
-		return -ENOENT;
-	return -EIO;
+	}
+	if (!(opts = PQconninfoParse(a->url, &msg))) {
+		snprintf(err, errlen, "postgresql: bad URL: %s",
+			 msg ? pg_msg(msg, buf, sizeof buf) : "out of memory");
+		PQfreemem(msg);
+		return -EINVAL;
+	}
+	for (o = opts; o->keyword && !rc; o++) {
+		if (strcmp(o->keyword, "password") == 0 && o->val && *o->val) {
+			snprintf(err, errlen, "postgresql: a password in the URL would show in ps: "
+				 "remove it and put it in PGPASSWORD or ~/.pgpass (PGPASSFILE)");
+			rc = -EINVAL;
+		}
+		for (int i = 0; i < PG_NTLS && !rc; i++) {
+			if (strcmp(o->keyword, pg_tls[i][0]) != 0)
+				continue;
+			if (!(file = kv_option_get(a, pg_tls[i][0])) && !(file = o->val))
+				file = getenv(pg_tls[i][1]);
+			if (file && *file && strcmp(file, "system") != 0 &&
+			    (rc = kv_check_file(file, pg_tls[i][0], buf, sizeof buf)))
+				snprintf(err, errlen, "postgresql: %s", buf);
+		}
+	}
+	PQconninfoFree(opts);
+	return rc;
 }
 
 static int pg_open(const struct kv_open_args *args, struct kv_store **out, char *err,
@@ -1051,72 +788,59 @@ static int pg_open(const struct kv_open_args *args, struct kv_store **out, char 
 {
 	const char *table = kv_option_get(args, "table");
 	struct pg_store *s;
-	PGconn *c;
+	size_t n = 2;
 	int rc;
 
 	if (!table)
 		table = PG_DEFAULT_TABLE;
-	if (!pg_valid_identifier(table)) {
+	if (!kv_is_identifier(table, 63)) {
 		snprintf(err, errlen, "postgresql: bad table name '%s' (letters, digits and _, "
 			 "not starting with a digit, at most 63)", table);
 		return -EINVAL;
 	}
-	rc = pg_check_url(args, err, errlen);
-	if (rc)
+	if ((rc = pg_check_url(args, err, errlen)))
 		return rc;
-	s = calloc(1, sizeof(*s));
-	if (!s) {
+	if (!(s = calloc(1, sizeof(*s)))) {
 		snprintf(err, errlen, "postgresql: out of memory");
 		return -ENOMEM;
 	}
-	pthread_mutex_init(&s->lock, NULL);
-	pthread_mutex_init(&s->ready_lock, NULL);
-	{
-		pthread_condattr_t ca;
-
-		pthread_condattr_init(&ca);
-		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-		pthread_cond_init(&s->freed, &ca);
-		pthread_condattr_destroy(&ca);
-	}
+	kv_once_init(&s->ready);
+	kv_pool_init(&s->pool, "postgresql", &pg_pool_ops, s, PG_POOL);
 	s->timeout_ms = args->timeout_ms;
-	s->url = strdup(args->url);
 	s->table_name = strdup(table);
-	if (!s->url || !s->table_name) {
+	/* expand_dbname: the URL in dbname is parsed as a whole connection
+	 * string, and the keywords after it override what it says. */
+	s->keys[0] = "fallback_application_name";
+	s->vals[0] = strdup("kvfs");
+	s->keys[1] = "dbname";
+	s->vals[1] = strdup(args->url);
+	rc = !s->table_name || !s->vals[0] || !s->vals[1];
+	for (int i = 0; i < PG_NTLS && !rc; i++) {
+		const char *v = kv_option_get(args, pg_tls[i][0]);
+
+		if (!v)
+			continue;
+		s->keys[n] = pg_tls[i][0];
+		rc = !(s->vals[n++] = strdup(v));
+	}
+	if (rc) {
 		pg_free(s);
 		snprintf(err, errlen, "postgresql: out of memory");
 		return -ENOMEM;
 	}
-	/*
-	 * A server that does not answer now may later: mount anyway (calls
-	 * are EIO until then).  One that answers with a refusal (password,
-	 * database, table) is a mistake to report now.
-	 */
-	c = pg_connect(s, s->timeout_ms < PG_OPEN_WAIT_MS ? s->timeout_ms : PG_OPEN_WAIT_MS,
-		       err, errlen);
-	if (!c) {
-		rc = pg_connect_errno(err);
-		if (rc != -EIO) {
-			pg_free(s);
-			return rc;
-		}
-		kv_log(KV_LOG_WARN, "%s; mounting anyway, calls fail until it answers", err);
-		err[0] = '\0';
-	} else if ((rc = pg_ready(s, c, err, errlen))) {
-		PQfinish(c);
-		pg_free(s);
-		return rc;
-	} else {
-		s->idle[s->nidle++] = c;
-		s->nopen = 1;
-	}
+	pg_build_sql(s);
 	s->base.be = &kv_backend_postgresql;
 	*out = &s->base;
 	return 0;
 }
 
-/* table: the table of keys in the URL's database (default kv), created if missing. */
-static const char *const pg_options[] = { "table", NULL };
+/*
+ * table: the table of keys in the URL's database (default kv), created if
+ * missing.  sslrootcert, sslcert, sslkey, sslcrl: libpq's TLS files, as
+ * the URL parameters of the same names.
+ */
+static const char *const pg_options[] = { "table", "sslrootcert", "sslcert", "sslkey", "sslcrl",
+					  NULL };
 static const char *const pg_aliases[] = { "postgres", NULL };
 
 const struct kv_backend kv_backend_postgresql = {
@@ -1125,14 +849,14 @@ const struct kv_backend kv_backend_postgresql = {
 	.summary = "a table in PostgreSQL (libpq; password from PGPASSWORD or ~/.pgpass)",
 	.usage = "postgresql://[user@]host[:port]/dbname",
 	.options = pg_options,
-	.caps = KV_CAP_ORDERED | KV_CAP_CAS | KV_CAP_TXN | KV_CAP_PERSIST,
+	.persistent = true,
 	.limits = { .max_key = PG_MAX_KEY, .max_value = PG_MAX_VALUE },
 	.open = pg_open,
 	.close = pg_close,
 	.get = pg_get,
 	.set = pg_set,
 	.del = pg_del,
-	.list = pg_list,
+	.scan = pg_scan,
 	.health = pg_health,
 	.stat = pg_stat,
 	.cas = pg_cas,

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -304,7 +305,7 @@ int kv_pool_get(struct kv_pool *p, int64_t deadline, void **conn, bool *reused)
 	pthread_mutex_unlock(&p->lock);
 	for (int attempt = 0;; attempt++) {
 		rc = p->ops->connect(p->ctx, deadline, &c);
-		if (rc != -EIO || !kv_backoff(attempt, deadline))
+		if (rc != -EIO || !kv_backoff(attempt, deadline) || !kv_ms_left(deadline))
 			break;
 	}
 	if (rc) {
@@ -460,4 +461,107 @@ void kv_ticker_stop(struct kv_ticker *t)
 	pthread_cond_destroy(&t->cond);
 	pthread_mutex_destroy(&t->lock);
 	t->running = false;
+}
+
+/* ---- calls through the pool ---- */
+
+static __thread char why[256];
+
+void kv_why_set(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof why, fmt, ap);
+	va_end(ap);
+}
+
+const char *kv_why(void)
+{
+	return why;
+}
+
+int kv_pool_run(struct kv_pool *p, int64_t deadline, bool idempotent, kv_pool_fn *fn, void *arg)
+{
+	bool reused, broken;
+	void *c;
+	int rc;
+
+	why[0] = '\0';
+	for (int attempt = 0;; attempt++) {
+		if ((rc = kv_pool_get(p, deadline, &c, &reused)))
+			break;
+		broken = false;
+		rc = fn(c, arg, &broken);
+		kv_pool_put(p, c, broken);
+		if (rc != -EAGAIN)
+			return rc;
+		if (broken && !idempotent) {
+			kv_log(KV_LOG_ERR, "%s: %s, during a call that may have taken effect: "
+			       "not repeating it", p->name, why[0] ? why : "the connection failed");
+			return -EIO;
+		}
+		if (!kv_backoff(attempt, deadline) || !kv_ms_left(deadline))
+			break;
+		kv_log(KV_LOG_DEBUG, "%s: %s: trying again", p->name, why);
+	}
+	if (rc == -EACCES)
+		kv_log(KV_LOG_ERR, "%s: the store refused the credentials: %s", p->name, why);
+	else if (rc != -ENOMEM && why[0])  /* only -EIO and -EAGAIN were tried again */
+		kv_log(KV_LOG_ERR, "%s: %s%s", p->name, why,
+		       (rc != -EIO && rc != -EAGAIN) || strstr(why, "-o timeout") ? ""
+		       : " (tried again until the timeout: -o timeout raises it)");
+	return rc == -EACCES || rc == -ENOMEM ? rc : -EIO;
+}
+
+size_t kv_pool_busy(struct kv_pool *p)
+{
+	size_t n;
+
+	pthread_mutex_lock(&p->lock);
+	n = p->nopen - p->nidle;
+	pthread_mutex_unlock(&p->lock);
+	return n;
+}
+
+bool kv_socket_idle(int fd)
+{
+	struct pollfd pfd = {.fd = fd, .events = POLLIN};
+
+	return fd >= 0 && poll(&pfd, 1, 0) == 0;
+}
+
+/* ---- once ---- */
+
+void kv_once_init(struct kv_once *o)
+{
+	pthread_mutex_init(&o->lock, NULL);
+	o->done = false;
+}
+
+void kv_once_destroy(struct kv_once *o)
+{
+	pthread_mutex_destroy(&o->lock);
+}
+
+int kv_once(struct kv_once *o, int (*fn)(void *arg), void *arg)
+{
+	int rc = 0;
+
+	if (__atomic_load_n(&o->done, __ATOMIC_ACQUIRE))
+		return 0;
+	pthread_mutex_lock(&o->lock);
+	if (!o->done && !(rc = fn(arg)))
+		__atomic_store_n(&o->done, true, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&o->lock);
+	return rc;
+}
+
+bool kv_is_identifier(const char *name, size_t max)
+{
+	static const char alnum[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_0123456789";
+	size_t n = strlen(name);
+
+	return n && n <= max && strchr(alnum, name[0]) && !(name[0] >= '0' && name[0] <= '9') &&
+	       strspn(name, alnum) == n;
 }

@@ -164,4 +164,49 @@ void kv_queue_destroy(struct kv_queue *q);
 /* Queue w and return once it is committed (by this thread or another). */
 void kv_queue_submit(struct kv_queue *q, struct kv_queued *w);
 
+/*
+ * One call on conn: 0 or a negative errno.  -EAGAIN says it failed for a
+ * passing reason (the connection was lost, the server is shutting down or
+ * starting up, a deadlock) and is worth another try; *broken (false on
+ * entry) says conn must not be reused.
+ */
+typedef int kv_pool_fn(void *conn, void *arg, bool *broken);
+/*
+ * Run fn on a connection from the pool, again with backoff while it says
+ * -EAGAIN, until deadline.  A call that is not idempotent (a
+ * compare-and-swap) is not repeated once it broke its connection, since
+ * it may have taken effect.  Returns fn's result, or -EACCES (the store
+ * refused the credentials), -ENOMEM, or -EIO (the store could not be
+ * reached or kept failing): then one log line says why (kv_why), and
+ * that the timeout option bounds the wait.
+ */
+int kv_pool_run(struct kv_pool *p, int64_t deadline, bool idempotent, kv_pool_fn *fn, void *arg);
+/* Why the calling thread's last call failed, for the log and .health:
+ * set by a backend where it learns it (a refused connection, a lost one),
+ * cleared by kv_pool_run when a call starts.  A thread-local buffer. */
+void kv_why_set(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+const char *kv_why(void);
+/* Connections in use now (a .health fact). */
+size_t kv_pool_busy(struct kv_pool *p);
+/* Is an idle connection's socket still good?  A server that closed it (a
+ * restart, an idle timeout) made it readable; no round trip. */
+bool kv_socket_idle(int fd);
+
+/* ---- Once per store: setup that needs the store (a table), retried until it succeeds ---- */
+
+struct kv_once {
+	pthread_mutex_t lock;
+	bool done;               /* atomic */
+};
+
+void kv_once_init(struct kv_once *o);
+void kv_once_destroy(struct kv_once *o);
+/* fn(arg) unless it has succeeded before; callers wait for each other.
+ * 0 or fn's error. */
+int kv_once(struct kv_once *o, int (*fn)(void *arg), void *arg);
+
+/* A plain identifier (a table name): a letter or '_', then letters,
+ * digits and '_', at most max bytes, so it can be quoted without escapes. */
+bool kv_is_identifier(const char *name, size_t max);
+
 #endif

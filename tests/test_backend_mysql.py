@@ -9,6 +9,7 @@ really reached the server.
 """
 import errno
 import os
+import threading
 
 import pytest
 
@@ -93,11 +94,31 @@ def test_bad_table_name_is_one_clear_line():
 
 def test_bad_url_is_one_clear_line():
     for url in ("mysql:nohost", "mysql://", "mysql://127.0.0.1:99999/db",
-                "mysql://127.0.0.1/db?ssl=1", "mysql://127.0.0.1:x/db"):
+                "mysql://127.0.0.1/db?ssl=1", "mysql://127.0.0.1:x/db", "mysql://h/a/b"):
         r = run_kvfs(url)
         err = r.stderr.decode()
-        assert r.returncode != 0, url
+        assert r.returncode == 1, url
         assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("url", [
+    "mysql://kvfs_pw@x:s3cr3tpw@127.0.0.1:1/db",     # a second '@': not a user "kvfs_pw"
+    "mysql://kvfs_pw:s3cr3tpw@x@127.0.0.1:1/db",
+    "mysql://kvfs_pw@127.0.0.1:1/db%00s3cr3tpw",
+])
+def test_malformed_url_is_refused_without_repeating_it(url):
+    r = run_kvfs(url)
+    err = r.stderr.decode()
+    assert r.returncode == 1
+    assert len(err.strip().splitlines()) == 1, err
+    assert "s3cr3tpw" not in err + r.stdout.decode(), err
+
+
+def test_percent_encoded_user_and_database_reach_the_server(server, home):
+    url = "mysql://kvfs%%5Fpw@127.0.0.1:%d/kvfs%%5Ftest" % server.port
+    m = util.Mount(url, env={"MYSQL_PWD": my.PASSWORD, "HOME": home}).start()
+    util.write_file(m.p("pct"), b"x")
+    assert my.Raw(server.url).get(b"pct") == b"x"
 
 
 def test_password_from_mysql_pwd_reaches_the_server(server, home):
@@ -133,10 +154,32 @@ def test_wrong_or_missing_password_fails_to_mount_with_one_line(server, home):
     for env in ({"MYSQL_PWD": "wrong-pw", "HOME": home}, {"MYSQL_PWD": None, "HOME": home}):
         r = run_kvfs(pw_url(server), env=env)
         err = r.stderr.decode()
-        assert r.returncode != 0
+        assert r.returncode == 1
         assert len(err.strip().splitlines()) == 1, err
-        assert "Access denied" in err, err
+        assert "refused the credentials" in err and "Access denied" in err, err
         assert "wrong-pw" not in err
+
+
+def test_wrong_password_is_eacces_on_every_operation(server, home):
+    m = util.Mount(pw_url(server), opts=["lazy"] + NOCACHE,
+                   env={"MYSQL_PWD": "wrong-pw", "HOME": home}).start()
+    m.allow_log(r"kvfs: ERROR: mysql: the store refused the credentials")
+    util.assert_errno(errno.EACCES, util.read_file, m.p("f"))
+    util.assert_errno(errno.EACCES, util.write_file, m.p("f"), b"x")
+    util.assert_errno(errno.EACCES, os.listdir, m.path)
+    util.assert_errno(errno.EACCES, os.unlink, m.p("f"))
+    h = m.health()
+    assert h["status"] == "down" and "Access denied" in repr(h), h
+    assert "wrong-pw" not in repr(h)
+
+
+@pytest.mark.parametrize("option", ["ssl_ca", "ssl_cert", "ssl_key", "option_file"])
+def test_missing_file_option_fails_the_mount_with_one_line(server, option):
+    r = run_kvfs(server.url, "%s=/nonexistent/file.pem" % option)
+    err = r.stderr.decode()
+    assert r.returncode == 1
+    assert len(err.strip().splitlines()) == 1, err
+    assert option in err and "/nonexistent/file.pem" in err, err
 
 
 def test_keys_written_with_the_mariadb_client_show_up(server):
@@ -227,14 +270,24 @@ def test_health_reports_server_facts_and_writes_nothing(server):
     assert my.Raw(server.url).items() == before
 
 
-def test_server_down_at_mount_mounts_anyway_and_recovers(workdir):
-    # nothing listens on the port yet: the mount comes up, calls are EIO
+def test_server_down_at_mount_fails_the_mount_with_one_line():
+    import servers
+    r = run_kvfs("mysql://kvfs@127.0.0.1:%d/db" % servers.free_port(), "timeout=1s")
+    err = r.stderr.decode()
+    assert r.returncode == 1
+    assert len(err.strip().splitlines()) == 1, err
+    assert "cannot reach the store" in err and "-o lazy" in err, err
+
+
+def test_server_down_at_a_lazy_mount_mounts_and_health_says_down():
     import servers
     port = servers.free_port()
-    m = util.Mount("mysql://kvfs@127.0.0.1:%d/db" % port, opts=["timeout=1s", "health_timeout=1s"]).start()
-    m.allow_log(r"kvfs: (ERROR|WARN):")
+    m = util.Mount("mysql://kvfs@127.0.0.1:%d/db" % port,
+                   opts=["lazy", "timeout=1s", "health_timeout=3s"]).start()
+    m.allow_log(r"kvfs: ERROR: mysql: Can't connect")
     util.assert_errno(errno.EIO, util.read_file, m.p("f"))
-    assert m.health()["status"] in ("down", "unresponsive")
+    h = m.health()
+    assert h["status"] == "down" and "Can't connect" in repr(h), h
 
 
 def test_refusal_at_mount_is_one_clear_line(server):
@@ -255,3 +308,19 @@ def test_stale_connections_after_a_restart_are_replaced(server):
     with pytest.raises(OSError) as e:
         util.read_file(m.p("missing"))
     assert e.value.errno == errno.ENOENT
+
+
+def test_a_restart_during_a_call_costs_a_delay_not_an_error(server):
+    # The call meets a refused connection until the server is back.
+    m = util.Mount(server.url, opts=NOCACHE + ["root=restart2", "timeout=30s"]).start()
+    util.write_file(m.p("f"), b"kept")
+    server.stop()
+    t = threading.Timer(1.0, server.start, kwargs={"ready": False})
+    t.start()
+    try:
+        assert util.read_file(m.p("f")) == b"kept"
+    finally:
+        t.join()
+        server.wait_ready()
+    util.write_file(m.p("g"), b"new")
+    assert util.read_file(m.p("g")) == b"new"

@@ -867,6 +867,7 @@ def test_h2_health_unresponsive_when_store_hangs(backend, mounts):
     network_choice(backend)
     hole = Blackhole()
     try:
+        # lazy: the mount probe would wait for the hung store and fail
         m = mounts.mount(url=backend.backend.blackhole_url(hole.port),
                          opts=["lazy", "timeout=30s", "health_timeout=1s"])
         m.allow_log(r"kvfs: ERROR:")

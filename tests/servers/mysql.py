@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import servers
 from servers.cli_session import MARK, CliSession
@@ -29,6 +30,34 @@ DEFAULT_TABLE = "kv"
 CREATE = ("CREATE TABLE IF NOT EXISTS `%s` (k VARBINARY(3072) NOT NULL PRIMARY KEY, "
           "v LONGBLOB NOT NULL, ver BIGINT NOT NULL DEFAULT (FLOOR(RAND() * 9e18) + 1), "
           "sz BIGINT AS (LENGTH(v)) STORED) ENGINE=InnoDB")
+
+
+class MyServer(servers.Server):
+    """start() returns when a session runs a query, not when the port opens."""
+
+    def __init__(self, argv, port, url, log_path, sock):
+        self.sock = sock          # start(), run by the constructor, asks on it
+        super().__init__(argv, port, url, log_path)
+
+    def start(self, ready=True):
+        """ready=False: return when the port opens (a test of what kvfs does
+        meanwhile), then call wait_ready()."""
+        super().start()
+        if ready:
+            self.wait_ready()
+
+    def wait_ready(self):
+        deadline = time.monotonic() + 60
+        while True:
+            r = subprocess.run([MARIADB, "--no-defaults", "--batch", "--skip-column-names",
+                                "--socket=" + self.sock, "-uroot", "-e", "SELECT 1"],
+                               capture_output=True, stdin=subprocess.DEVNULL, timeout=30)
+            if r.returncode == 0 and r.stdout.strip() == b"1":
+                return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("mariadb on port %d never answered a query: %s"
+                                   % (self.port, r.stderr.decode(errors="replace")))
+            time.sleep(0.05)
 
 
 def start(workdir):
@@ -48,10 +77,9 @@ def start(workdir):
             "--max-connections=300", "--max-allowed-packet=64M",
             "--innodb-buffer-pool-size=128M", "--innodb-log-file-size=64M",
             "--innodb-flush-log-at-trx-commit=2", "--skip-log-bin"]
-    srv = servers.Server(argv, port, "mysql://%s@127.0.0.1:%d/%s" % (USER, port, DB),
-                         os.path.join(workdir, "mariadb.log"))
+    srv = MyServer(argv, port, "mysql://%s@127.0.0.1:%d/%s" % (USER, port, DB),
+                   os.path.join(workdir, "mariadb.log"), sock)
     srv.keeps_data = True
-    srv.sock = sock
     # Users and the password go in on stdin, not on a command line.
     client(["--socket=" + sock, "-uroot"],
            "CREATE DATABASE IF NOT EXISTS %s;\n"
