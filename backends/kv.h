@@ -171,9 +171,10 @@ typedef int kv_scan_fn(struct kv_store *s, const char *from, size_t flen,
 		       const char *to, size_t tlen, size_t max, kv_key_cb *cb, void *ctx);
 
 /*
- * keys (unordered stores, instead of scan): call cb once for every key
- * that starts with prefix, in any order, with its value size.  The
- * dispatch layer sorts them and serves the listing as from scan.
+ * keys (unordered stores, instead of scan): call cb for every key that
+ * starts with prefix, in any order, with its value size (a key met twice
+ * is listed once).  The dispatch layer sorts them and serves the listing
+ * as from scan.
  * Errors: -EIO, -ENOMEM, or what cb returned if negative.
  */
 typedef int kv_keys_fn(struct kv_store *s, const char *prefix, size_t plen,
