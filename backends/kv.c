@@ -559,12 +559,12 @@ static int chunk_fill_unordered(struct kv_store *s, const struct kv_list_req *re
 	if (rc)
 		return rc;
 	qsort_r(c->k, c->n, sizeof(*c->k), chunk_cmp, c);
-	for (size_t i = 1, n = 1; i <= c->n; i++) {  /* a key given twice counts once */
-		if (i == c->n)
-			c->n = n;
-		else if (chunk_cmp(&c->k[i], &c->k[n - 1], c))
-			c->k[n++] = c->k[i];
-	}
+	/* a store's walk may meet a key twice (memcached's crawl, Redis's SCAN) */
+	size_t o = 0;
+	for (size_t i = 0; i < c->n; i++)
+		if (!o || chunk_cmp(&c->k[o - 1], &c->k[i], c) != 0)
+			c->k[o++] = c->k[i];
+	c->n = o;
 	return 0;
 }
 

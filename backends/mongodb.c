@@ -4,27 +4,25 @@
  * "mongodb+srv://..."), with the collection named by -o collection=
  * (default "kv") and the database by the URL's path (default "kvfs").
  *
- * One document per key: {_id: K, v: BinData(0, value), ver: int64}.
- *
- * K is the key as a string, because MongoDB orders BinData by length
- * before bytes, which would scatter a prefix over the whole collection,
- * while strings (under the default "simple" collation) compare as their
- * UTF-8 bytes.  Each key byte becomes the code point of the same number
- * (Latin-1), so the string is valid UTF-8 and ASCII keys read as
- * themselves in mongosh; U+0000 (not allowed in BSON strings by every
- * client) is written U+0001 U+0001 and U+0001 as U+0001 U+0002.  That
- * code is prefix-free and keeps byte order, so key order is string order
- * and the keys under a prefix are exactly the strings in one _id range:
- * listing is a range query on the _id index, never a regex.
+ * One document per key: {_id: K, v: BinData(0, value), ver: int64}.  K is
+ * the key as a string (MongoDB orders BinData by length first, strings as
+ * their UTF-8 bytes): each key byte becomes the code point of the same
+ * number (Latin-1), U+0000 is written U+0001 U+0001 and U+0001 as U+0001
+ * U+0002.  That code is prefix-free and keeps byte order, so a scan is a
+ * range query on the _id index, never a regex.
  *
  * `ver` is a fresh random nonzero 62-bit number on every write: the
  * version get() reports and cas() filters on.  A counter would repeat
  * after a delete and re-create; a random number almost never does.
  *
  * MongoDB has multi-document transactions only on replica sets and
- * sharded clusters, and the capabilities of a backend are fixed, so
- * apply() is one ordered bulk write: in order, stopping at the first
- * error, not atomic (no KV_CAP_TXN).
+ * sharded clusters, while a backend's capabilities are fixed: there is no
+ * apply(), and kv.c runs a rename's operations one by one (not atomic).
+ *
+ * open() only parses: the URL (mongoc_uri), the password (environment or
+ * -o password_file, kv_read_secret) and the TLS files the URL names
+ * (kv_check_file).  kv_open's probe, health(), finds an unreachable server
+ * (-EIO) or refused credentials (-EACCES) unless -o lazy.
  */
 #include <errno.h>
 #include <mongoc/mongoc.h>
@@ -32,9 +30,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include "kv.h"
+#include "toolkit.h"
 
 #define MG_DEFAULT_DB "kvfs"
 #define MG_DEFAULT_COLL "kv"
@@ -43,7 +41,6 @@
 /* A document is at most 16 MiB (maxBsonObjectSize); leave room for the
  * _id, the field names and the update command around the value. */
 #define MG_MAX_VALUE (((size_t)16 << 20) - ((size_t)16 << 10))
-#define MG_PAGE 1000             /* list items when the caller sets no limit */
 #define MG_VER_NONE UINT64_MAX   /* a document without a numeric ver */
 #define MG_DUP_KEY 11000
 
@@ -52,6 +49,7 @@ struct mg_store {
 	mongoc_client_pool_t *pool;
 	mongoc_uri_t *uri;
 	char *db, *coll;
+	int timeout_ms;
 };
 
 /* ---- keys: bytes <-> _id strings ---- */
@@ -106,59 +104,39 @@ static bool mg_key(const char *id, size_t len, char *out, size_t *klen)
 	return true;
 }
 
-/*
- * The least string above every string that starts with id[0..len): id
- * with its last code point plus one (the code points here are at most
- * U+00FF, so U+0100 at most: still two bytes).  Rewrites id in place; the
- * buffer has room for one more byte.
- */
-static void mg_id_successor(char *id, size_t *len)
+/* Append {_id: <the key's _id>} to doc.  false: out of memory. */
+static bool mg_append_id(bson_t *doc, const char *key, size_t klen)
 {
-	size_t n = *len;
-	unsigned cp;
+	size_t idlen;
+	char *id = mg_id(key, klen, &idlen);
+	bool ok = id && bson_append_utf8(doc, "_id", 3, id, (int)idlen);
 
-	if ((unsigned char)id[n - 1] < 0x80) {
-		cp = (unsigned char)id[n - 1] + 1;
-		n -= 1;
-	} else {
-		cp = ((((unsigned char)id[n - 2]) & 0x1f) << 6 | ((unsigned char)id[n - 1] & 0x3f)) + 1;
-		n -= 2;
-	}
-	if (cp < 0x80) {
-		id[n++] = (char)cp;
-	} else {
-		id[n++] = (char)(0xc0 | (cp >> 6));
-		id[n++] = (char)(0x80 | (cp & 0x3f));
-	}
-	id[n] = '\0';
-	*len = n;
+	free(id);
+	return ok;
 }
 
 static int64_t mg_new_version(void)
 {
-	uint64_t r = 0;
-
-	if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r) {
-		/* never expected; a counter still differs per write */
-		static uint64_t x = 0x9e3779b97f4a7c15u;
-		r = __atomic_add_fetch(&x, 0x9e3779b97f4a7c15u, __ATOMIC_RELAXED) * 0xff51afd7ed558ccdu;
-	}
-	return (int64_t)((r >> 2) | 1);
+	return (int64_t)((kv_random64() >> 2) | 1);
 }
 
 /* ---- errors ---- */
 
+/* Did the server refuse the credentials (or want some)? */
+static bool mg_refused(const bson_error_t *e)
+{
+	return (e->domain == MONGOC_ERROR_CLIENT && e->code == MONGOC_ERROR_CLIENT_AUTHENTICATE) ||
+	       ((e->domain == MONGOC_ERROR_SERVER || e->domain == MONGOC_ERROR_QUERY) &&
+		(e->code == 13 || e->code == 18));  /* Unauthorized, AuthenticationFailed */
+}
+
 static int mg_errno(const bson_error_t *e, const char *op, const char *key, size_t klen)
 {
-	int rc = -EIO;
+	int rc = mg_refused(e) ? -EACCES : -EIO;
 
 	if (e->domain == MONGOC_ERROR_SERVER || e->domain == MONGOC_ERROR_COLLECTION ||
 	    e->domain == MONGOC_ERROR_QUERY) {
 		switch (e->code) {
-		case 13:     /* Unauthorized */
-		case 18:     /* AuthenticationFailed */
-			rc = -EACCES;
-			break;
 		case 10334:  /* BSONObjectTooLarge */
 			rc = -EFBIG;
 			break;
@@ -166,11 +144,11 @@ static int mg_errno(const bson_error_t *e, const char *op, const char *key, size
 			rc = -ENOSPC;
 			break;
 		}
-	} else if (e->domain == MONGOC_ERROR_CLIENT && e->code == MONGOC_ERROR_CLIENT_AUTHENTICATE) {
-		rc = -EACCES;
 	}
-	kv_log(KV_LOG_ERR, "mongodb: %s%s%s: %s", op, key ? " " : "",
-	       key ? kv_printable(key, klen) : "", e->message);
+	kv_log(KV_LOG_ERR, "mongodb: %s%s%s: %s%s", op, key ? " " : "",
+	       key ? kv_printable(key, klen) : "", e->message,
+	       e->domain == MONGOC_ERROR_STREAM || e->domain == MONGOC_ERROR_SERVER_SELECTION ?
+	       " (-o timeout raises the wait)" : "");
 	return rc;
 }
 
@@ -179,10 +157,30 @@ static int mg_errno(const bson_error_t *e, const char *op, const char *key, size
 struct mg_call {
 	mongoc_client_t *client;
 	mongoc_collection_t *coll;
+	int64_t deadline;
+	int attempt;
 };
+
+/*
+ * A passing failure (a dropped connection, a server restarting or not
+ * found yet, an election) is tried again with backoff until the call's
+ * deadline; the driver finds the server again meanwhile.
+ */
+static bool mg_again(struct mg_call *c, const bson_error_t *e)
+{
+	bool passing = e->domain == MONGOC_ERROR_STREAM ||
+		       e->domain == MONGOC_ERROR_SERVER_SELECTION ||
+		       (e->domain == MONGOC_ERROR_SERVER &&
+			(e->code == 91 || e->code == 189 || e->code == 10107 || e->code == 11600 ||
+			 e->code == 11602 || e->code == 13435));  /* shutdown, not primary */
+
+	return passing && kv_backoff(c->attempt++, c->deadline);
+}
 
 static int mg_begin(struct mg_store *s, struct mg_call *c)
 {
+	c->deadline = kv_deadline(s->timeout_ms);
+	c->attempt = 0;
 	c->client = mongoc_client_pool_pop(s->pool);
 	if (!c->client) {
 		kv_log(KV_LOG_ERR, "mongodb: no free connection within the timeout");
@@ -220,29 +218,29 @@ static int mg_find_one(struct mg_store *s, const char *op, const char *key, size
 	const bson_t *d;
 	bson_error_t e;
 	bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER;
-	size_t idlen;
-	char *id = mg_id(key, klen, &idlen);
 	int rc;
 
-	if (!id)
+	if (!mg_append_id(&filter, key, klen)) {
+		bson_destroy(&filter);
 		return -ENOMEM;
-	bson_append_utf8(&filter, "_id", 3, id, (int)idlen);
+	}
 	BSON_APPEND_INT64(&opts, "limit", 1);
 	BSON_APPEND_BOOL(&opts, "singleBatch", true);
 	BSON_APPEND_DOCUMENT(&opts, "projection", projection);
-	free(id);
-	rc = mg_begin(s, &c);
-	if (!rc) {
-		cur = mongoc_collection_find_with_opts(c.coll, &filter, &opts, NULL);
-		if (mongoc_cursor_next(cur, &d)) {
-			*doc = bson_copy(d);
-			rc = *doc ? 0 : -ENOMEM;
-		} else if (mongoc_cursor_error(cur, &e)) {
-			rc = mg_errno(&e, op, key, klen);
-		} else {
-			rc = -ENOENT;
-		}
-		mongoc_cursor_destroy(cur);
+	if ((rc = mg_begin(s, &c)) == 0) {
+		bool again = false;
+		do {
+			cur = mongoc_collection_find_with_opts(c.coll, &filter, &opts, NULL);
+			if (mongoc_cursor_next(cur, &d)) {
+				*doc = bson_copy(d);
+				rc = *doc ? 0 : -ENOMEM;
+			} else if (!mongoc_cursor_error(cur, &e)) {
+				rc = -ENOENT;
+			} else if (!(again = mg_again(&c, &e))) {
+				rc = mg_errno(&e, op, key, klen);
+			}
+			mongoc_cursor_destroy(cur);
+		} while (again);
 		mg_end(s, &c);
 	}
 	bson_destroy(&filter);
@@ -362,14 +360,12 @@ static int mg_update(struct mg_store *s, const char *op, const char *key, size_t
 	struct mg_call c;
 	bson_t filter = BSON_INITIALIZER, upd = BSON_INITIALIZER, opts = BSON_INITIALIZER, reply;
 	bson_error_t e;
-	size_t idlen;
-	char *id = mg_id(key, klen, &idlen);
 	int rc, tries = 0;
 
-	if (!id)
+	if (!mg_append_id(&filter, key, klen)) {
+		bson_destroy(&filter);
 		return -ENOMEM;
-	bson_append_utf8(&filter, "_id", 3, id, (int)idlen);
-	free(id);
+	}
 	if (extra)
 		bson_concat(&filter, extra);
 	mg_set_update(&upd, val, vlen);
@@ -380,7 +376,8 @@ static int mg_update(struct mg_store *s, const char *op, const char *key, size_t
 			if (mongoc_collection_update_one(c.coll, &filter, &upd, &opts, &reply, &e)) {
 				*matched = mg_reply_count(&reply, "matchedCount") > 0 ||
 					   mg_reply_count(&reply, "upsertedCount") > 0;
-			} else if (e.code == MG_DUP_KEY && upsert && tries++ == 0) {
+			} else if ((e.code == MG_DUP_KEY && upsert && tries++ == 0) ||
+				   mg_again(&c, &e)) {
 				/* Two upserts of one new key raced and this one
 				 * lost: the document exists now, the retry updates it. */
 				bson_destroy(&reply);
@@ -414,21 +411,24 @@ static int mg_insert_new(struct mg_store *s, const char *key, size_t klen, const
 	struct mg_call c;
 	bson_t doc = BSON_INITIALIZER;
 	bson_error_t e;
-	size_t idlen;
-	char *id = mg_id(key, klen, &idlen);
 	int rc;
 
-	if (!id)
+	if (!mg_append_id(&doc, key, klen)) {
+		bson_destroy(&doc);
 		return -ENOMEM;
-	bson_append_utf8(&doc, "_id", 3, id, (int)idlen);
-	free(id);
+	}
 	bson_append_binary(&doc, "v", 1, BSON_SUBTYPE_BINARY, (const uint8_t *)(vlen ? val : ""),
 			   (uint32_t)vlen);
 	BSON_APPEND_INT64(&doc, "ver", mg_new_version());
 	rc = mg_begin(s, &c);
 	if (!rc) {
-		if (!mongoc_collection_insert_one(c.coll, &doc, NULL, NULL, &e))
-			rc = e.code == MG_DUP_KEY ? -ECANCELED : mg_errno(&e, "cas", key, klen);
+		/* a retry that finds its own insert done says ECANCELED: as if raced */
+		while (!mongoc_collection_insert_one(c.coll, &doc, NULL, NULL, &e)) {
+			if (e.code == MG_DUP_KEY || !mg_again(&c, &e)) {
+				rc = e.code == MG_DUP_KEY ? -ECANCELED : mg_errno(&e, "cas", key, klen);
+				break;
+			}
+		}
 		mg_end(s, &c);
 	}
 	bson_destroy(&doc);
@@ -460,17 +460,19 @@ static int mg_del(struct kv_store *st, const char *key, size_t klen)
 	struct mg_call c;
 	bson_t filter = BSON_INITIALIZER, reply;
 	bson_error_t e;
-	size_t idlen;
-	char *id = mg_id(key, klen, &idlen);
 	int rc;
 
-	if (!id)
+	if (!mg_append_id(&filter, key, klen)) {
+		bson_destroy(&filter);
 		return -ENOMEM;
-	bson_append_utf8(&filter, "_id", 3, id, (int)idlen);
-	free(id);
+	}
 	rc = mg_begin(s, &c);
 	if (!rc) {
-		if (!mongoc_collection_delete_one(c.coll, &filter, NULL, &reply, &e))
+		bool ok;
+		while (!(ok = mongoc_collection_delete_one(c.coll, &filter, NULL, &reply, &e)) &&
+		       mg_again(&c, &e))
+			bson_destroy(&reply);
+		if (!ok)
 			rc = mg_errno(&e, "del", key, klen);
 		else if (mg_reply_count(&reply, "deletedCount") == 0)
 			rc = -ENOENT;
@@ -481,235 +483,100 @@ static int mg_del(struct kv_store *st, const char *key, size_t klen)
 	return rc;
 }
 
-/* One ordered bulk write: in order, stopping at the first error. */
-static int mg_apply(struct kv_store *st, const struct kv_op *ops, size_t n)
-{
-	struct mg_store *s = kv_store_cast(struct mg_store, st);
-	mongoc_bulk_operation_t *bulk;
-	struct mg_call c;
-	bson_t opts = BSON_INITIALIZER, upsert = BSON_INITIALIZER, reply;
-	bson_error_t e;
-	int rc = 0;
-
-	if (n == 0)
-		return 0;
-	rc = mg_begin(s, &c);
-	if (rc)
-		return rc;
-	BSON_APPEND_BOOL(&opts, "ordered", true);
-	BSON_APPEND_BOOL(&upsert, "upsert", true);
-	bulk = mongoc_collection_create_bulk_operation_with_opts(c.coll, &opts);
-	for (size_t i = 0; i < n && !rc; i++) {
-		bson_t filter = BSON_INITIALIZER, upd = BSON_INITIALIZER;
-		size_t idlen;
-		char *id = mg_id(ops[i].key, ops[i].key_len, &idlen);
-		bool ok;
-
-		if (!id) {
-			rc = -ENOMEM;
-			break;
-		}
-		bson_append_utf8(&filter, "_id", 3, id, (int)idlen);
-		free(id);
-		if (ops[i].type == KV_OP_SET) {
-			mg_set_update(&upd, ops[i].val, ops[i].val_len);
-			ok = mongoc_bulk_operation_update_one_with_opts(bulk, &filter, &upd, &upsert, &e);
-		} else {
-			ok = mongoc_bulk_operation_remove_one_with_opts(bulk, &filter, NULL, &e);
-		}
-		if (!ok)
-			rc = mg_errno(&e, "apply", ops[i].key, ops[i].key_len);
-		bson_destroy(&filter);
-		bson_destroy(&upd);
-	}
-	if (!rc) {
-		if (!mongoc_bulk_operation_execute(bulk, &reply, &e))
-			rc = mg_errno(&e, "apply", NULL, 0);
-		bson_destroy(&reply);
-	}
-	mongoc_bulk_operation_destroy(bulk);
-	mg_end(s, &c);
-	bson_destroy(&opts);
-	bson_destroy(&upsert);
-	return rc;
-}
-
-/* ---- list ---- */
+/* ---- scan ---- */
 
 /*
- * One find: _id in [lo, hi) (lo exclusive when after_lo), sorted, at most
- * limit documents, _id and the value's size only.
+ * The keys in [from, to) in byte order, at most max of them: one find on
+ * the _id index (the _id order is the keys' byte order), sorted, values'
+ * sizes only.  Documents kvfs could not have written are skipped (the
+ * cursor then simply reads on).
  */
-static mongoc_cursor_t *mg_range(mongoc_collection_t *coll, const char *lo, size_t lolen,
-				 bool after_lo, const char *hi, size_t hilen, int64_t limit)
+static int mg_scan(struct kv_store *st, const char *from, size_t flen, const char *to,
+		   size_t tlen, size_t max, kv_key_cb *cb, void *ctx)
 {
+	struct mg_store *s = kv_store_cast(struct mg_store, st);
 	bson_t filter = BSON_INITIALIZER, range, opts = BSON_INITIALIZER, sort, proj;
-	mongoc_cursor_t *cur;
+	size_t lolen, hilen = 0, klen, n = 0;
+	char *lo = mg_id(from, flen, &lolen), *hi = to ? mg_id(to, tlen, &hilen) : NULL;
+	struct kv_buf key = {0};
+	struct mg_call c;
+	bson_error_t e;
+	int rc = !lo || (to && !hi) ? -ENOMEM : 0;
 
 	BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &range);
-	bson_append_utf8(&range, after_lo ? "$gt" : "$gte", -1, lo, (int)lolen);
+	bson_append_utf8(&range, "$gte", -1, lo ? lo : "", (int)(lo ? lolen : 0));
 	if (hi)
 		bson_append_utf8(&range, "$lt", -1, hi, (int)hilen);
 	bson_append_document_end(&filter, &range);
 	BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
 	BSON_APPEND_INT32(&sort, "_id", 1);
 	bson_append_document_end(&opts, &sort);
-	BSON_APPEND_INT64(&opts, "limit", limit);
+	BSON_APPEND_INT64(&opts, "batchSize", (int64_t)(max < 1000 ? max + 1 : 1000));
 	BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
 	BSON_APPEND_INT32(&proj, "_id", 1);
 	mg_size_projection(&proj);
 	bson_append_document_end(&opts, &proj);
-	cur = mongoc_collection_find_with_opts(coll, &filter, &opts, NULL);
-	bson_destroy(&filter);
-	bson_destroy(&opts);
-	return cur;
-}
-
-/* Where a listing is: the lower bound of the next query, as an _id. */
-struct mg_pos {
-	char *id;
-	size_t len, cap;
-	bool after;  /* exclusive */
-};
-
-static int mg_pos_set(struct mg_pos *p, const char *id, size_t len, bool after)
-{
-	if (len + 2 > p->cap) {
-		char *n = realloc(p->id, len + 2);
-		if (!n)
-			return -ENOMEM;
-		p->id = n;
-		p->cap = len + 2;
-	}
-	memcpy(p->id, id, len);
-	p->id[len] = '\0';
-	p->len = len;
-	p->after = after;
-	return 0;
-}
-
-/*
- * Like lmdb's cursor walk with MDB_SET_RANGE: a range query from the
- * current position, and when a key opens a group (a delimiter after the
- * prefix), the group is reported once and the next query starts at the
- * group's successor, so a directory listing never reads its subtrees.
- */
-static int mg_list(struct kv_store *st, const struct kv_list_req *req, kv_list_cb *cb,
-		   void *ctx, bool *more)
-{
-	struct mg_store *s = kv_store_cast(struct mg_store, st);
-	size_t limit = req->limit ? req->limit : MG_PAGE, count = 0, hilen = 0, idlen, klen;
-	struct mg_pos pos = {0};
-	struct mg_call c;
-	char *hi = NULL, *id, *kbuf = NULL;
-	bson_error_t e;
-	int rc;
-
-	*more = false;
-	if (req->start && kv_key_cmp(req->start, req->start_len, req->prefix, req->prefix_len) > 0)
-		id = mg_id(req->start, req->start_len, &idlen);
-	else
-		id = mg_id(req->prefix, req->prefix_len, &idlen);
-	rc = id ? mg_pos_set(&pos, id, idlen, false) : -ENOMEM;
-	free(id);
-	if (!rc && req->prefix_len) {
-		hi = mg_id(req->prefix, req->prefix_len, &hilen);
-		if (hi)
-			mg_id_successor(hi, &hilen);  /* mg_id leaves room for it */
-		else
-			rc = -ENOMEM;
-	}
-	if (!rc)
-		rc = mg_begin(s, &c);
-	if (rc) {
-		free(pos.id);
-		free(hi);
-		return rc;
-	}
-	while (!rc) {
-		int64_t want = (int64_t)(limit - count) + 1, seen = 0;
-		mongoc_cursor_t *cur = mg_range(c.coll, pos.id, pos.len, pos.after, hi, hilen, want);
-		const bson_t *doc;
-		bool moved = false, stop = false;
-
-		while (!stop && mongoc_cursor_next(cur, &doc)) {
+	free(lo);
+	free(hi);
+	if (!rc && !(rc = mg_begin(s, &c))) {
+		bool again;
+		do {
+			mongoc_cursor_t *cur = mongoc_collection_find_with_opts(c.coll, &filter,
+										&opts, NULL);
+			const bson_t *doc;
 			bson_iter_t it;
 			const char *sid;
 			uint32_t slen;
-			const char *d;
 
-			seen++;
-			if (!bson_iter_init_find(&it, doc, "_id") || !BSON_ITER_HOLDS_UTF8(&it))
-				continue;
-			sid = bson_iter_utf8(&it, &slen);
-			if ((rc = mg_pos_set(&pos, sid, slen, true)))
-				break;
-			char *nb = realloc(kbuf, slen + 1);
-			if (!nb) {
-				rc = -ENOMEM;
-				break;
-			}
-			kbuf = nb;
-			if (!mg_key(sid, slen, kbuf, &klen) || klen < req->prefix_len ||
-			    memcmp(kbuf, req->prefix, req->prefix_len) != 0) {
-				kv_log(KV_LOG_WARN, "mongodb: list: skipping _id %s: not a kvfs key",
-				       kv_printable(sid, slen));
-				continue;
-			}
-			if (count == limit) {
-				*more = true;
-				stop = true;
-				break;
-			}
-			d = req->delim ? memchr(kbuf + req->prefix_len, req->delim,
-						klen - req->prefix_len) : NULL;
-			struct kv_entry ent = {.key = kbuf, .key_len = klen, .size = mg_size_of(doc)};
-			if (d) {
-				ent.key_len = (size_t)(d - kbuf) + 1;
-				ent.size = 0;
-				ent.is_prefix = true;
-			}
-			count++;
-			rc = cb(ctx, &ent);
-			if (rc) {
-				stop = true;
-				break;
-			}
-			if (d) {
-				/* Skip the group: restart at the successor of its _id. */
-				char *gid = mg_id(kbuf, ent.key_len, &idlen);
-				if (!gid) {
-					rc = -ENOMEM;
+			while (!rc && n < max && mongoc_cursor_next(cur, &doc)) {
+				if (!bson_iter_init_find(&it, doc, "_id") || !BSON_ITER_HOLDS_UTF8(&it))
+					continue;
+				sid = bson_iter_utf8(&it, &slen);
+				if ((rc = kv_buf_reserve(&key, slen)))
 					break;
+				if (!mg_key(sid, slen, key.p, &klen)) {
+					kv_log(KV_LOG_WARN, "mongodb: list: skipping _id %s: not a "
+					       "kvfs key", kv_printable(sid, slen));
+					continue;
 				}
-				mg_id_successor(gid, &idlen);
-				rc = mg_pos_set(&pos, gid, idlen, false);
-				free(gid);
-				moved = true;
-				break;
+				n++;
+				rc = cb(ctx, key.p, klen, mg_size_of(doc));
 			}
-		}
-		if (!rc && !stop && mongoc_cursor_error(cur, &e))
-			rc = mg_errno(&e, "list", req->prefix, req->prefix_len);
-		mongoc_cursor_destroy(cur);
-		if (rc || stop)
-			break;
-		/* Go on after a group, or when skipped documents used up the limit. */
-		if (!moved && seen < want)
-			break;
+			/* a failure before any key came is worth another try */
+			again = !rc && !n && mongoc_cursor_error(cur, &e) && mg_again(&c, &e);
+			if (!rc && !again && mongoc_cursor_error(cur, &e))
+				rc = mg_errno(&e, "list", from, flen);
+			mongoc_cursor_destroy(cur);
+		} while (again);
+		mg_end(s, &c);
 	}
-	mg_end(s, &c);
-	free(pos.id);
-	free(hi);
-	free(kbuf);
+	bson_destroy(&filter);
+	bson_destroy(&opts);
+	kv_buf_free(&key);
 	return rc < 0 ? rc : 0;
 }
 
 /* ---- health ---- */
 
-static void mg_fact(struct kv_health *h, const char *name, const char *value)
+/* Read the first _id of the collection (or find none): 0, or -1 with *e. */
+static int mg_first_id(struct mg_call *c, bson_error_t *e)
 {
-	kv_health_fact(h, name, "%s", value);
+	bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER, proj;
+	const bson_t *doc;
+	mongoc_cursor_t *cur;
+	int rc;
+
+	BSON_APPEND_INT64(&opts, "limit", 1);
+	BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
+	BSON_APPEND_INT32(&proj, "_id", 1);
+	bson_append_document_end(&opts, &proj);
+	cur = mongoc_collection_find_with_opts(c->coll, &filter, &opts, NULL);
+	mongoc_cursor_next(cur, &doc);
+	rc = mongoc_cursor_error(cur, e) ? -1 : 0;
+	mongoc_cursor_destroy(cur);
+	bson_destroy(&filter);
+	bson_destroy(&opts);
+	return rc;
 }
 
 static int mg_health(struct kv_store *st, struct kv_health *h)
@@ -729,10 +596,12 @@ static int mg_health(struct kv_store *st, struct kv_health *h)
 		snprintf(h->detail, sizeof(h->detail), "mongodb: no free connection");
 		return rc;
 	}
+	/* ping, then a read of one _id: ping alone needs no credentials */
 	BSON_APPEND_INT32(&cmd, "ping", 1);
-	if (!mongoc_client_command_simple(c.client, "admin", &cmd, NULL, &reply, &e)) {
-		snprintf(h->detail, sizeof(h->detail), "mongodb: %.240s", e.message);
-		rc = -EIO;
+	if (!mongoc_client_command_simple(c.client, "admin", &cmd, NULL, &reply, &e) ||
+	    mg_first_id(&c, &e)) {
+		snprintf(h->detail, sizeof(h->detail), "%.240s", e.message);
+		rc = mg_refused(&e) ? -EACCES : -EIO;
 	}
 	bson_destroy(&reply);
 	bson_reinit(&cmd);
@@ -746,12 +615,12 @@ static int mg_health(struct kv_store *st, struct kv_health *h)
 	if (!rc) {
 		snprintf(h->detail, sizeof(h->detail), "MongoDB %s, collection %s.%s", version,
 			 s->db, s->coll);
-		mg_fact(h, "server_version", version);
-		mg_fact(h, "database", s->db);
-		mg_fact(h, "collection", s->coll);
+		kv_health_fact(h, "server_version", "%s", version);
+		kv_health_fact(h, "database", "%s", s->db);
+		kv_health_fact(h, "collection", "%s", s->coll);
 		sd = mongoc_client_select_server(c.client, true, NULL, &e);
 		if (sd) {
-			mg_fact(h, "server_type", mongoc_server_description_type(sd));
+			kv_health_fact(h, "server_type", "%s", mongoc_server_description_type(sd));
 			mongoc_server_description_destroy(sd);
 		}
 		if (mongoc_write_concern_get_wmajority(wc))
@@ -760,8 +629,8 @@ static int mg_health(struct kv_store *st, struct kv_health *h)
 			snprintf(buf, sizeof(buf), "server default");
 		else
 			snprintf(buf, sizeof(buf), "%d", (int)mongoc_write_concern_get_w(wc));
-		mg_fact(h, "write_concern", buf);
-		mg_fact(h, "journal", !mongoc_write_concern_journal_is_set(wc) ? "server default" :
+		kv_health_fact(h, "write_concern", "%s", buf);
+		kv_health_fact(h, "journal", "%s", !mongoc_write_concern_journal_is_set(wc) ? "server default" :
 			mongoc_write_concern_get_journal(wc) ? "true" : "false");
 	}
 	mg_end(s, &c);
@@ -775,7 +644,9 @@ static void mg_log_handler(mongoc_log_level_t level, const char *domain, const c
 			   void *data)
 {
 	(void)data;
-	if (level <= MONGOC_LOG_LEVEL_WARNING)
+	/* its warnings (a failed login, a lost server) repeat what the call
+	 * that failed reports: shown with -d only */
+	if (level <= MONGOC_LOG_LEVEL_ERROR)
 		kv_log(KV_LOG_WARN, "mongodb: %s: %s", domain, message);
 	else if (level <= MONGOC_LOG_LEVEL_INFO)
 		kv_log(KV_LOG_DEBUG, "mongodb: %s: %s", domain, message);
@@ -791,38 +662,37 @@ static void mg_init_once(void)
 	mongoc_init();
 }
 
-/* The password: $KVFS_MONGODB_PASSWORD or the first line of -o password_file. */
+/* The password: the first line of -o password_file, else $KVFS_MONGODB_PASSWORD. */
 static int mg_password(const struct kv_open_args *a, char **out, char *err, size_t errlen)
 {
 	const char *file = kv_option_get(a, "password_file");
 	const char *env = getenv(MG_PASSWORD_ENV);
-	char *line = NULL;
-	size_t cap = 0;
-	ssize_t n;
-	FILE *f;
+	char msg[256];
 
 	*out = NULL;
-	if (!file) {
-		if (env && *env && !(*out = strdup(env)))
-			return -ENOMEM;
-		return 0;
-	}
-	f = fopen(file, "r");
-	if (!f) {
-		snprintf(err, errlen, "mongodb: cannot read password_file %s: %s", file,
-			 strerror(errno));
+	if (file && !(*out = kv_read_secret(file, "password_file", msg, sizeof(msg)))) {
+		snprintf(err, errlen, "mongodb: %s", msg);
 		return -EACCES;
 	}
-	n = getline(&line, &cap, f);
-	fclose(f);
-	if (n < 0) {
-		free(line);
-		snprintf(err, errlen, "mongodb: password_file %s is empty", file);
-		return -EINVAL;
+	if (!file && env && *env && !(*out = strdup(env)))
+		return -ENOMEM;
+	return 0;
+}
+
+/* The TLS files the URL names must be there and readable. */
+static int mg_tls_files(const mongoc_uri_t *uri, char *err, size_t errlen)
+{
+	static const char *const names[] = {"tlsCAFile", "tlsCertificateKeyFile"};
+	char msg[256];
+	int rc;
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		const char *f = mongoc_uri_get_option_as_utf8(uri, names[i], NULL);  /* any case */
+		if (f && (rc = kv_check_file(f, names[i], msg, sizeof(msg)))) {
+			snprintf(err, errlen, "mongodb: %s", msg);
+			return rc;
+		}
 	}
-	while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
-		line[--n] = '\0';
-	*out = line;
 	return 0;
 }
 
@@ -921,7 +791,9 @@ static int mg_configure(struct mg_store *s, const struct kv_open_args *a, char *
 			 "named by -o password_file=", MG_PASSWORD_ENV);
 		return -EINVAL;
 	}
-	rc = mg_password(a, &password, err, errlen);
+	rc = mg_tls_files(s->uri, err, errlen);
+	if (!rc)
+		rc = mg_password(a, &password, err, errlen);
 	if (rc)
 		return rc;
 	if (password && !mongoc_uri_get_username(s->uri)) {
@@ -977,13 +849,12 @@ static int mg_open(const struct kv_open_args *a, struct kv_store **out, char *er
 	int rc;
 
 	pthread_once(&once, mg_init_once);
-	s = calloc(1, sizeof(*s));
-	if (!s)
+	if (!(s = calloc(1, sizeof(*s))))
 		return -ENOMEM;
+	s->timeout_ms = a->timeout_ms;
 	rc = mg_configure(s, a, err, errlen);
 	if (!rc) {
-		/* No round trip here: a server that is down or hangs at mount
-		 * time gives EIO per call and .health says so. */
+		/* No round trip here: kv_open probes with health() unless -o lazy. */
 		s->pool = mongoc_client_pool_new(s->uri);
 		if (!s->pool) {
 			snprintf(err, errlen, "mongodb: cannot set up the client pool (TLS options?)");
@@ -1014,16 +885,15 @@ const struct kv_backend kv_backend_mongodb = {
 	.summary = "MongoDB collection, one document per key (mongo-c-driver)",
 	.usage = "mongodb://[user@]host[:port]/db",
 	.options = mg_options,
-	.caps = KV_CAP_ORDERED | KV_CAP_CAS | KV_CAP_PERSIST,
+	.persistent = true,
 	.limits = { .max_key = MG_MAX_KEY, .max_value = MG_MAX_VALUE },
 	.open = mg_open,
 	.close = mg_close,
 	.get = mg_get,
 	.set = mg_set,
 	.del = mg_del,
-	.list = mg_list,
+	.scan = mg_scan,
 	.health = mg_health,
 	.stat = mg_stat,
 	.cas = mg_cas,
-	.apply = mg_apply,
 };

@@ -10,6 +10,7 @@ import errno
 import hashlib
 import os
 import subprocess
+import threading
 
 import pytest
 
@@ -217,10 +218,60 @@ def test_bad_urls_fail_with_one_line(url, words, workdir):
     assert words in err and "secretpw" not in err, err
 
 
-def test_server_down_at_mount_time_comes_back(workdir):
+def mount_fails(url, opts=()):
+    """kvfs's exit status and its stderr lines for a mount that should fail."""
+    mnt = util.new_temp_dir("kvfs-mnt-")
+    cmd = [util.KVFS_BIN, "-f"] + (["-o", ",".join(opts)] if opts else []) + [url, mnt]
+    r = util.run(cmd, timeout=30)
+    lines = [ln for ln in r.stderr.decode(errors="replace").splitlines()
+             if "mongoc:" not in ln]
+    return r.returncode, lines
+
+
+def test_server_down_fails_the_mount_with_one_line(workdir):
+    port = servers.free_port()
+    url = "memcached://127.0.0.1:%d" % port
+    rc, lines = mount_fails(url, ["timeout=1s"])
+    assert rc == 1 and len(lines) == 1, lines
+    assert "cannot reach the store" in lines[0] and "127.0.0.1:%d" % port in lines[0], lines
+    assert "-o lazy" in lines[0], lines
+
+
+def test_one_of_two_servers_down_fails_the_mount(single):
+    down = servers.free_port()
+    rc, lines = mount_fails(single.url + ",127.0.0.1:%d" % down, ["timeout=1s"])
+    assert rc == 1 and len(lines) == 1, lines
+    assert "1 of 2 memcached servers answer" in lines[0], lines
+    assert "127.0.0.1:%d" % down in lines[0], lines
+
+
+def test_server_restart_costs_a_delay_not_an_error(workdir):
+    """A restart between two calls: the kept connections are dead, and the
+    server refuses connections for a moment; the call retries within its
+    timeout instead of failing."""
+    port = servers.free_port()
+    srv = servers.Server(mc.server_argv(port), port, None, os.path.join(workdir, "mc.log"))
+    try:
+        m = mount("memcached://127.0.0.1:%d" % port, ["timeout=5s"])
+        m.allow_log(r"kvfs: (WARN|ERROR):")
+        write_file(m.p("a"), b"1")
+        assert sorted(os.listdir(m.path)) == [".health", "a"]
+        srv.stop()
+        timer = threading.Timer(0.7, srv.start)
+        timer.start()
+        try:
+            write_file(m.p("b"), b"2")          # waits for the server, then works
+            assert sorted(os.listdir(m.path)) == [".health", "b"]   # a is gone: a cache
+        finally:
+            timer.join()
+    finally:
+        srv.stop()
+
+
+def test_lazy_mounts_while_the_server_is_down_and_recovers(workdir):
     port = servers.free_port()
     m = util.Mount("memcached://127.0.0.1:%d" % port,
-                   opts=NOCACHE + ["timeout=1s", "health_timeout=1s"]).start()
+                   opts=NOCACHE + ["timeout=1s", "health_timeout=1s", "lazy"]).start()
     m.allow_log(r"kvfs: (WARN|ERROR):")
     assert util.errno_of(write_file, m.p("f"), b"x") == errno.EIO
     srv = servers.Server(mc.server_argv(port), port, None, os.path.join(workdir, "mc.log"))

@@ -12,6 +12,7 @@ import os
 
 import pytest
 
+import servers
 import util
 from servers import mongodb as mg
 
@@ -41,7 +42,7 @@ def run_kvfs(url, *opts, env=None):
     mnt = util.new_temp_dir("kvfs-mnt-")
     cmd = [util.KVFS_BIN, "-f"] + (["-o", ",".join(opts)] if opts else []) + [url, mnt]
     e = dict(os.environ, **(env or {}))
-    return util.run(cmd, timeout=30, env=e)
+    return util.run(cmd, timeout=30, env={k: v for k, v in e.items() if v is not None})
 
 
 def test_password_in_url_is_refused_with_one_clear_line():
@@ -93,17 +94,65 @@ def test_password_from_env_reaches_the_server(auth_server):
 def test_password_from_file_reaches_the_server(auth_server, workdir):
     pw = os.path.join(workdir, "pw")
     util.write_file(pw, b"right-pw\n")
+    os.chmod(pw, 0o600)
     m = util.Mount(auth_url(auth_server), opts=["password_file=" + pw],
                    env={"KVFS_MONGODB_PASSWORD": None}).start()
     util.write_file(m.p("f"), b"x")
     assert util.read_file(m.p("f")) == b"x"
 
 
-def test_wrong_password_gives_eacces(auth_server):
-    m = util.Mount(auth_url(auth_server), opts=["timeout=2s"],
+def test_password_file_others_may_read_is_refused(auth_server, workdir):
+    pw = os.path.join(workdir, "pw")
+    util.write_file(pw, b"right-pw\n")
+    os.chmod(pw, 0o644)
+    r = run_kvfs(auth_url(auth_server), "password_file=" + pw)
+    lines = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, lines
+    assert "chmod 600" in lines[0] and "right-pw" not in lines[0], lines
+
+
+def one_line_failure(r):
+    lines = [ln for ln in r.stderr.decode(errors="replace").splitlines() if "mongoc:" not in ln]
+    assert r.returncode == 1 and len(lines) == 1, lines
+    return lines[0]
+
+
+def test_wrong_password_fails_the_mount(auth_server):
+    r = run_kvfs(auth_url(auth_server), "timeout=2s", env={"KVFS_MONGODB_PASSWORD": "wrong"})
+    line = one_line_failure(r)
+    assert "refused the credentials" in line and "-o lazy" in line, line
+    assert "wrong" not in line, line
+
+
+def test_missing_credentials_fail_the_mount(auth_server):
+    """ping needs no login: the probe reads the collection too."""
+    r = run_kvfs("mongodb://127.0.0.1:%d/kvfs_test" % auth_server.port, "timeout=2s",
+                 env={"KVFS_MONGODB_PASSWORD": None})
+    assert "refused the credentials" in one_line_failure(r)
+
+
+def test_wrong_password_with_lazy_mounts_and_gives_eacces(auth_server):
+    m = util.Mount(auth_url(auth_server), opts=["timeout=2s", "lazy"],
                    env={"KVFS_MONGODB_PASSWORD": "wrong"}).start()
     m.allow_log(r"kvfs: ERROR: mongodb: .*(uthentication|Authentication failed)")
     util.assert_errno(errno.EACCES, util.read_file, m.p("f"))
+    assert m.health()["status"] != "ok"
+
+
+def test_unreachable_server_fails_the_mount_unless_lazy():
+    port = servers.free_port()
+    url = "mongodb://127.0.0.1:%d/kvfs_test" % port
+    line = one_line_failure(run_kvfs(url, "timeout=1s"))
+    assert "cannot reach the store" in line and "127.0.0.1:%d" % port in line, line
+    m = util.Mount(url, opts=["timeout=1s", "health_timeout=1s", "lazy"] + NOCACHE).start()
+    m.allow_log(r"kvfs: (ERROR|WARN): mongodb")
+    util.assert_errno(errno.EIO, util.read_file, m.p("f"))
+
+
+def test_missing_tls_file_fails_the_mount(workdir):
+    missing = os.path.join(workdir, "no-ca.pem")
+    line = one_line_failure(run_kvfs("mongodb://127.0.0.1:1/db?tls=true&tlsCAFile=" + missing))
+    assert "tlsCAFile" in line and missing in line, line
 
 
 def test_documents_are_laid_out_as_documented(server):
