@@ -397,8 +397,6 @@ unsigned kv_caps(struct kv_store *s)
 {
 	const struct kv_backend *be = s->be;
 
-	if (be->list)
-		return be->caps;
 	return (be->scan ? KV_CAP_ORDERED : 0) | (be->cas ? KV_CAP_CAS : 0) |
 	       (be->apply && !kv_limits(s).max_ops ? KV_CAP_TXN : 0) |
 	       (be->sync ? KV_CAP_SYNC : 0) | (be->persistent ? KV_CAP_PERSIST : 0);
@@ -716,14 +714,7 @@ static int list_items(struct kv_store *s, const struct kv_list_req *req, size_t 
 	struct watched_cb w = {.cb = cb, .ctx = ctx};
 	int rc;
 
-	*more = false;
-	if (s->be->list) {
-		struct kv_list_req r = *req;
-		r.limit = limit == SIZE_MAX ? 0 : limit;
-		rc = s->be->list(s, &r, watched, &w, more);
-	} else {
-		rc = walk(s, req, limit, watched, &w, more);
-	}
+	rc = walk(s, req, limit, watched, &w, more);
 	if (w.rc) {
 		*more = false;
 		return w.rc < 0 ? w.rc : 0;
@@ -737,77 +728,12 @@ int kv_list(struct kv_store *s, const struct kv_list_req *req, kv_list_cb *cb, v
 	return list_items(s, req, req->limit ? req->limit : KV_PAGE, cb, ctx, more);
 }
 
-/* kv_list_all over a backend's own paged list(): remember the last item
- * to start after it (transitional, until every backend has scan or keys). */
-struct page_state {
-	kv_list_cb *cb;
-	void *ctx;
-	char *last;
-	size_t last_len, last_cap;
-	bool last_is_prefix;
-	size_t count;
-};
-
-static int page_cb(void *ctx, const struct kv_entry *e)
-{
-	struct page_state *ps = ctx;
-	int rc = ps->cb(ps->ctx, e);
-
-	if (rc)
-		return rc;
-	if (e->key_len + 1 > ps->last_cap) {
-		char *n = realloc(ps->last, e->key_len + 1);
-		if (!n)
-			return -ENOMEM;
-		ps->last = n;
-		ps->last_cap = e->key_len + 1;
-	}
-	memcpy(ps->last, e->key, e->key_len);
-	ps->last_len = e->key_len;
-	ps->last_is_prefix = e->is_prefix;
-	ps->count++;
-	return 0;
-}
-
-static int list_all_paged(struct kv_store *s, struct kv_list_req *req, kv_list_cb *cb, void *ctx)
-{
-	struct page_state ps = {.cb = cb, .ctx = ctx};
-	char *start = NULL;
-	bool more = true;
-	int rc = 0;
-
-	while (more) {
-		size_t before = ps.count;
-		rc = kv_list(s, req, page_cb, &ps, &more);
-		if (rc || !more || ps.count == before || !(s->be->caps & KV_CAP_ORDERED))
-			break;
-		free(start);
-		start = malloc(ps.last_len + 1);
-		if (!start) {
-			rc = -ENOMEM;
-			break;
-		}
-		memcpy(start, ps.last, ps.last_len);
-		req->start = start;
-		req->start_len = ps.last_len;
-		if (ps.last_is_prefix)
-			start[ps.last_len - 1]++;
-		else
-			start[req->start_len++] = '\0';
-	}
-	free(start);
-	free(ps.last);
-	return rc;
-}
-
 int kv_list_all(struct kv_store *s, const char *prefix, size_t plen, char delim,
 		kv_list_cb *cb, void *ctx)
 {
 	struct kv_list_req req = {.prefix = prefix, .prefix_len = plen, .delim = delim};
 	bool more;
 
-	if (s->be->list)
-		return list_all_paged(s, &req, cb, ctx);
 	return list_items(s, &req, SIZE_MAX, cb, ctx, &more);
 }
 

@@ -227,10 +227,6 @@ struct kv_backend {
 	/* exactly one of these two */
 	kv_scan_fn *scan;
 	kv_keys_fn *keys;
-	/* transitional: a backend's own list walk, until it has scan or keys */
-	int (*list)(struct kv_store *s, const struct kv_list_req *req, kv_list_cb *cb,
-		    void *ctx, bool *more);
-	unsigned caps;  /* transitional: declared caps of a backend with list */
 	/* optional: NULL means the dispatch layer falls back or says -ENOTSUP */
 	kv_stat_fn *stat;
 	kv_cas_fn *cas;

@@ -503,16 +503,14 @@ static struct items *want_items(struct t *t, const struct want *w, size_t n)
 }
 
 /*
- * Compare a listing with the expected items (sorted, unique).  An ORDERED
- * backend must deliver them in byte order; any backend exactly once.
+ * Compare a listing with the expected items (sorted, unique): every
+ * backend's listing comes in byte order (kv.c's walker), each item once.
  */
 static bool compare_items(struct t *t, const char *file, int line, const char *what,
 			  struct items *got, const struct items *want)
 {
 	size_t i = 0, j = 0;
 
-	if (!(t->caps & KV_CAP_ORDERED) && got->n > 1)
-		qsort(got->v, got->n, sizeof *got->v, item_cmp);
 	for (size_t k = 1; k < got->n; k++) {
 		const struct item *a = &got->v[k - 1], *b = &got->v[k];
 		int c = item_cmp(a, b);
@@ -590,7 +588,6 @@ static const char *delim_name(char delim)
 static bool list_paged(struct t *t, const char *file, int line, const char *what,
 		       struct bytes prefix, char delim, size_t limit, struct items *out)
 {
-	bool ordered = t->caps & KV_CAP_ORDERED;
 	char *start = NULL;
 	size_t slen = 0;
 	bool ok = true;
@@ -608,19 +605,16 @@ static bool list_paged(struct t *t, const char *file, int line, const char *what
 		got = out->n - first;
 		if (rc)
 			ok = fail_at(t, file, line, "%s: page %zu: %s", what, page, errname(rc));
-		else if (ordered && limit && got > limit)
+		else if (limit && got > limit)
 			ok = fail_at(t, file, line, "%s: page %zu has %zu items, limit %zu",
 				     what, page, got, limit);
-		else if (ordered && start && got &&
+		else if (start && got &&
 			 bytecmp(out->v[first].key, out->v[first].len, start, slen) < 0)
 			ok = fail_at(t, file, line, "%s: page %zu begins with %s, before start %s",
 				     what, page, show(t, out->v[first].key, out->v[first].len),
 				     show(t, start, slen));
 		else if (!more)
 			break;
-		else if (!ordered)
-			ok = fail_at(t, file, line, "%s: *more is true from a backend without "
-				     "KV_CAP_ORDERED (kv_list_all would stop there)", what);
 		else if (got == 0)
 			ok = fail_at(t, file, line, "%s: page %zu has no items but *more is true",
 				     what, page);
@@ -813,7 +807,7 @@ static void t_empty_key_works_or_is_refused_cleanly(struct t *t)
 	EXPECT(rc == 0, "writing the empty key: expected 0 or -EINVAL, got %s", errname(rc));
 	keep(t, del_empty_key, t->s);
 	EXPECT_VALUE(e, val, sizeof val - 1);
-	if (t->caps & KV_CAP_ORDERED) {
+	{
 		/* The empty key sorts before every other key of the store. */
 		struct items *got = items_new(t);
 		struct kv_list_req req = { .prefix = "", .prefix_len = 0, .limit = 1 };
@@ -1368,7 +1362,7 @@ static void t_list_delim_collapses_large_subtree_once(struct t *t)
 	}
 	PUT_KEYS(keys, sizes, n);
 	EXPECT_LISTING(root(t), '/', want);
-	if (t->caps & KV_CAP_ORDERED) {
+	{
 		got = items_new(t);
 		TRY(list_paged(t, __FILE__, __LINE__, "kv_list limit 1", root(t), '/', 1, got));
 		TRY(compare_items(t, __FILE__, __LINE__, "kv_list limit 1", got,
@@ -2249,12 +2243,12 @@ static const struct test tests[] = {
 	TEST(t_list_prefix_a_slash_with_delim, 0),
 	TEST(t_list_missing_prefix_is_empty, 0),
 	TEST(t_list_sizes_match_values, 0),
-	TEST(t_list_byte_order_is_unsigned, KV_CAP_ORDERED),
-	TEST(t_list_start_and_limit, KV_CAP_ORDERED),
+	TEST(t_list_byte_order_is_unsigned, 0),
+	TEST(t_list_start_and_limit, 0),
 	TEST(t_list_callback_error_is_returned, 0),
 	TEST(t_list_callback_positive_return_stops_quietly, 0),
 	TEST(t_list_delim_collapses_large_subtree_once, 0),
-	TEST(t_list_paging_limit_7_returns_all_once_in_order, KV_CAP_ORDERED),
+	TEST(t_list_paging_limit_7_returns_all_once_in_order, 0),
 	TEST(t_list_all_returns_every_item, 0),
 	TEST(t_cas_with_current_version_succeeds_stale_fails, KV_CAP_CAS),
 	TEST(t_cas_version_0_creates_only_if_missing, KV_CAP_CAS),
@@ -2338,10 +2332,6 @@ static enum outcome run_test(struct suite *su, const struct test *tc, char *msg,
 	} else {
 		t->lim = kv_limits(t->s);
 		t->caps = kv_caps(t->s);
-		/* kv.c sorts and pages an unordered store's keys(): its listings
-		 * are ordered too; only a transitional .list may not be */
-		if (!t->s->be->list)
-			t->caps |= KV_CAP_ORDERED;
 		t->plen = snprintf(t->pfx, sizeof t->pfx, "%s/%s/", su->ns, tc->name);
 		if ((t->caps & tc->needs) != tc->needs)
 			skip_because(t, "backend lacks %s", cap_name(tc->needs & ~t->caps));
