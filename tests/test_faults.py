@@ -17,6 +17,10 @@ import pytest
 import servers
 import util
 
+pytestmark = pytest.mark.each_backend(
+    "how the backend fails and reconnects when its server dies or hangs",
+    where=lambda b: b.shared)
+
 PROBE = r"""
 import errno, json, os, sys
 out = []
