@@ -79,6 +79,7 @@ def fault_mount(backend, srv):
     return m
 
 
+@pytest.mark.smoke
 def test_fault_dead_server_gives_eio_then_recovers(backend, own_server):
     srv = own_server
     m = fault_mount(backend, srv)

@@ -612,6 +612,7 @@ def test_m8_every_key_has_exactly_one_path(raw, mounts):
     assert dirs == exp_dirs
 
 
+@pytest.mark.smoke
 @KEYS
 def test_m8_round_trip_through_mount(raw, mnt):
     rng = seeded_rng("m8-rt")
