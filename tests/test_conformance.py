@@ -10,6 +10,8 @@ import pytest
 
 import util
 
+pytestmark = [pytest.mark.each_backend("the backend itself"), pytest.mark.smoke]
+
 CONFORMANCE = os.path.join(os.path.dirname(util.KVFS_BIN), "kvfs-conformance")
 
 

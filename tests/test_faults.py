@@ -17,6 +17,10 @@ import pytest
 import servers
 import util
 
+pytestmark = pytest.mark.each_backend(
+    "how the backend fails and reconnects when its server dies or hangs",
+    where=lambda b: b.shared)
+
 PROBE = r"""
 import errno, json, os, sys
 out = []
@@ -75,6 +79,7 @@ def fault_mount(backend, srv):
     return m
 
 
+@pytest.mark.smoke
 def test_fault_dead_server_gives_eio_then_recovers(backend, own_server):
     srv = own_server
     m = fault_mount(backend, srv)

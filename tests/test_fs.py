@@ -1,6 +1,12 @@
 """Rules F1-F7, A1-A3, H1-H2 and C1 of docs/mapping.md, and the mount
 options (-o ro, uid=, gid=, umask=, timeout=, -s, -d, lmdb's options).
-Every test works on a fresh store and names the rule it checks."""
+Every test works on fresh names and names the rule it checks.
+
+The tests share one daemon per backend and options (share_mounts), each in
+a directory of its own; a test that needs the mount's root, a remount, a
+signal or a store of its own is marked own_mount.  The FUSE layer is the
+same on every backend, so a test runs on lmdb and memory only, unless it is
+marked each_backend with what about the store it depends on."""
 import errno
 import json
 import os
@@ -11,12 +17,26 @@ import time
 
 import pytest
 
-from util import (KVFS_BIN, RENAME_EXCHANGE, RENAME_NOREPLACE, Blackhole, assert_errno,
+from util import (KVFS_BIN, RENAME_EXCHANGE, RENAME_NOREPLACE, Blackhole, Mount, assert_errno,
                   assert_open_errno, compiled_backends, ename, mode_bits, read_file,
                   is_mounted, renameat2, seeded_rng, walk_tree, write_file)
 
+pytestmark = pytest.mark.share_mounts
+
 NOCACHE = ["entry_timeout=0", "attr_timeout=0"]
 O_NEW = os.O_CREAT | os.O_WRONLY | os.O_EXCL
+
+# What about a store can change these tests' outcome (the each_backend marks).
+RENAME = pytest.mark.each_backend(
+    "rename is the store's multi-key apply (split where it is atomic only up to "
+    "max_ops), or a copy then delete where it has none")
+COHERENCE = pytest.mark.each_backend(
+    "what another mount sees depends on the store and on any cache in its backend",
+    where=lambda b: b.persistent)
+NETWORK = pytest.mark.each_backend(
+    "how the backend parses its URL and waits for its server",
+    where=lambda b: b.blackhole_url is not None)
+ROOT = pytest.mark.own_mount(".health and the names of the mount's root")
 
 
 def poll(fn, limit=10.0):
@@ -140,6 +160,7 @@ def test_f1_random_io_matches_a_model(mnt):
     assert read_file(mnt.p("f")) == bytes(model)
 
 
+@pytest.mark.each_backend("values up to the store's value limit, and their transfer")
 def test_f1_large_file(mnt):
     """8 MiB, or as many 64 KiB blocks as the store's value limit allows."""
     limit = mnt.health()["limits"]["max_value"]
@@ -255,6 +276,7 @@ def test_f3_creat_commits_empty_at_once(raw, mnt):
     assert raw.get(b"f") == b"later"
 
 
+@COHERENCE
 def test_f3_creat_visible_to_other_mount(shared, mounts):
     a = mounts.mount()
     b = mounts.mount(opts=NOCACHE)
@@ -286,6 +308,7 @@ def write_all(fd, data):
         view = view[os.write(fd, view):]
 
 
+@pytest.mark.each_backend("the store's value limit")
 def test_f4_value_over_limit_efbig(mnt):
     limit = mnt.health()["limits"]["max_value"]
     if not limit or limit > (300 << 20):
@@ -321,6 +344,7 @@ def long_key_dirs(mnt, total):
     return os.path.join(path, b"f" * (total - klen))
 
 
+@pytest.mark.each_backend("the store's key limit")
 def test_f4_key_over_limit_enametoolong(mnt):
     limit = mnt.health()["limits"]["max_key"]
     if not limit or limit > 100000:
@@ -351,6 +375,7 @@ def full_lmdb(mounts, store):
     return m
 
 
+@pytest.mark.own_mount("an lmdb map of its own")
 def test_f4_full_store_close_enospc(raw, mounts, store):
     m = full_lmdb(mounts, store)
     write_file(m.p("keep"), b"old")
@@ -365,6 +390,7 @@ def test_f4_full_store_close_enospc(raw, mounts, store):
     assert raw.get(b"small") == b"still works"
 
 
+@pytest.mark.own_mount("an lmdb map of its own")
 def test_f4_full_store_fsync_enospc(raw, mounts, store):
     m = full_lmdb(mounts, store)
     write_file(m.p("keep"), b"old")
@@ -383,6 +409,7 @@ def test_f4_full_store_fsync_enospc(raw, mounts, store):
     assert read_file(m.p("keep")) == b"old"
 
 
+@pytest.mark.own_mount("an lmdb map of its own")
 def test_f4_full_store_new_file_keeps_empty_value(raw, mounts, store):
     m = full_lmdb(mounts, store)
     fd = os.open(m.p("big"), os.O_CREAT | os.O_WRONLY, 0o644)
@@ -394,6 +421,7 @@ def test_f4_full_store_new_file_keeps_empty_value(raw, mounts, store):
     assert read_file(m.p("big")) == b""
 
 
+@pytest.mark.own_mount("an lmdb map of its own")
 def test_f4_filling_the_store_fails_on_close_not_before(raw, mounts, store):
     m = full_lmdb(mounts, store)
     written = {}
@@ -428,6 +456,7 @@ def test_f5_other_open_handle_reads_new_value(mnt):
         os.close(reader)
 
 
+@COHERENCE
 def test_f5_other_mount_sees_value_after_close(shared, mounts):
     a = mounts.mount()
     b = mounts.mount(opts=NOCACHE)
@@ -462,6 +491,7 @@ def test_f6_unlink_errors(mnt):
     assert os.path.isdir(mnt.p("d"))
 
 
+@RENAME
 def test_f6_rename_file(raw, mnt):
     write_file(mnt.p("a"), b"content")
     os.mkdir(mnt.p("d"))
@@ -471,6 +501,7 @@ def test_f6_rename_file(raw, mnt):
     assert raw.items() == {b"d/": b"", b"d/b": b"content"}
 
 
+@RENAME
 def test_f6_rename_replaces_file(raw, mnt):
     write_file(mnt.p("a"), b"new")
     write_file(mnt.p("b"), b"old target")
@@ -479,6 +510,7 @@ def test_f6_rename_replaces_file(raw, mnt):
     assert raw.items() == {b"b": b"new"}
 
 
+@RENAME
 def test_f6_rename_directory_moves_every_key(raw, mounts):
     keys = {b"d/": b"", b"d/a": b"1", b"d/s/b": b"2", b"d/s/": b"", b"d/%x": b"3",
             b"d/v": b"4", b"d/v/c": b"5", b"d/" + b"x" * 300: b"6", b"d//e": b"7",
@@ -494,6 +526,7 @@ def test_f6_rename_directory_moves_every_key(raw, mounts):
     assert raw.items() == expected
 
 
+@RENAME
 def test_f6_rename_directory_into_directory(raw, mnt):
     os.makedirs(mnt.p("a/b"))
     write_file(mnt.p("a/b/f"), b"x")
@@ -504,6 +537,7 @@ def test_f6_rename_directory_into_directory(raw, mnt):
     assert [k for k in raw.keys() if k.startswith(b"a")] == []
 
 
+@RENAME
 def test_f6_rename_directory_over_empty_directory(raw, mnt):
     os.mkdir(mnt.p("src"))
     write_file(mnt.p("src/f"), b"x")
@@ -559,6 +593,7 @@ def test_f6_rename_missing_enoent(mnt):
     assert_errno(errno.ENOENT, os.rename, mnt.p("missing"), mnt.p("x"))
 
 
+@RENAME
 def test_f6_rename_open_file_commits_under_new_name(raw, mnt):
     fd = os.open(mnt.p("f"), os.O_CREAT | os.O_WRONLY, 0o644)
     try:
@@ -569,6 +604,7 @@ def test_f6_rename_open_file_commits_under_new_name(raw, mnt):
     assert raw.items() == {b"g": b"pending"}
 
 
+@pytest.mark.each_backend("atomic multi-key apply", where=lambda b: b.atomic_rename)
 def test_f6_rename_directory_is_atomic_in_store(raw, mounts, store):
     if not store.backend.atomic_rename:
         pytest.skip("%s renames by copy then delete" % store.scheme)
@@ -724,6 +760,7 @@ def test_a2_attributes_follow_rename(mounts):
     check_attrs(m.p("g"), 0o640)
 
 
+@pytest.mark.own_mount("remounts")
 def test_a2_attributes_not_stored(persistent, mounts):
     m = mounts.mount()
     write_file(m.p("f"), b"x")
@@ -755,6 +792,7 @@ def test_a3_statfs_name_limit(mnt):
     assert os.statvfs(mnt.path).f_namemax == 255
 
 
+@pytest.mark.own_mount("an lmdb map of its own")
 def test_a3_statfs_lmdb_space(mounts, store):
     lmdb_only(store)
     m = mounts.mount(opts=["map_size=8M", "map_max=8M"])
@@ -770,6 +808,7 @@ def test_a3_statfs_lmdb_space(mounts, store):
 
 # ---- H1: the .health file ----
 
+@pytest.mark.each_backend("the backend's name, endpoint, limits and capabilities")
 def test_h1_health_fields(mnt, store):
     h = mnt.health()
     assert h["backend"] == store.scheme
@@ -783,17 +822,20 @@ def test_h1_health_fields(mnt, store):
     assert isinstance(h["capabilities"], (list, dict))
 
 
+@ROOT
 def test_h1_health_read_with_cat(mnt):
     r = subprocess.run(["cat", mnt.path + "/.health"], capture_output=True, timeout=60)
     assert r.returncode == 0
     assert json.loads(r.stdout)["status"] == "ok"
 
 
+@ROOT
 def test_h1_health_is_0444(mnt):
     st = os.stat(mnt.p(".health"))
     assert stat.S_ISREG(st.st_mode) and mode_bits(st) == 0o444
 
 
+@ROOT
 def test_h1_health_write_eacces(mnt):
     before = read_file(mnt.p(".health"))
     assert_open_errno(errno.EACCES, mnt.p(".health"), os.O_WRONLY)
@@ -803,6 +845,7 @@ def test_h1_health_write_eacces(mnt):
     assert json.loads(before)["status"] == "ok"
 
 
+@ROOT
 def test_h1_health_unlink_and_rename_eperm(raw, mnt):
     assert_errno(errno.EPERM, os.unlink, mnt.p(".health"))
     assert_errno(errno.EPERM, os.rename, mnt.p(".health"), mnt.p("h"))
@@ -819,6 +862,7 @@ def test_h1_health_writes_nothing(raw, mnt, store):
     assert raw.raw.last_txnid() == before
 
 
+@pytest.mark.own_mount("-o root=")
 def test_h1_health_at_root_of_prefix_mount(mounts, store):
     m = mounts.mount(opts=["root=some/prefix"])
     assert m.health()["status"] == "ok"
@@ -831,7 +875,8 @@ def network_choice(backend):
         pytest.skip("%s not compiled in" % backend.scheme)
 
 
-def test_h1_endpoint_has_no_credentials(backend, mounts, workdir):
+@NETWORK
+def test_h1_endpoint_has_no_credentials(backend, workdir):
     """A password in the URL is either refused (one line that does not
     repeat it: it belongs in the environment or a file) or, if a backend
     takes it, never shown in .health or the log."""
@@ -842,8 +887,9 @@ def test_h1_endpoint_has_no_credentials(backend, mounts, workdir):
         mnt = os.path.join(workdir, "mnt")
         os.mkdir(mnt)
         try:
-            r = subprocess.run([KVFS_BIN, url, mnt], capture_output=True, timeout=60,
-                               stdin=subprocess.DEVNULL)
+            # -o lazy: what is checked is the URL, not that the store answers
+            r = subprocess.run([KVFS_BIN, "-o", "lazy", url, mnt], capture_output=True,
+                               timeout=60, stdin=subprocess.DEVNULL)
         finally:
             if is_mounted(mnt):
                 subprocess.run(["fusermount3", "-u", mnt], timeout=60)
@@ -852,7 +898,8 @@ def test_h1_endpoint_has_no_credentials(backend, mounts, workdir):
             assert r.returncode == 1 and len(err.splitlines()) == 1, err
             assert err.startswith("kvfs: ") and "s3cr3tpw" not in err, err
             return
-        m = mounts.mount(url=url, opts=["lazy", "timeout=1s", "health_timeout=1s"])
+        m = Mount(url, opts=list(backend.backend.options) +
+                  ["lazy", "timeout=1s", "health_timeout=1s"]).start()
         m.allow_log(r"kvfs: ERROR:")
         text = read_file(m.p(".health"))
         assert b"s3cr3tpw" not in text
@@ -863,13 +910,15 @@ def test_h1_endpoint_has_no_credentials(backend, mounts, workdir):
 
 # ---- H2: .health answers even when the store hangs ----
 
-def test_h2_health_unresponsive_when_store_hangs(backend, mounts):
+@NETWORK
+def test_h2_health_unresponsive_when_store_hangs(backend):
     network_choice(backend)
     hole = Blackhole()
     try:
-        # lazy: the mount probe would wait for the hung store and fail
-        m = mounts.mount(url=backend.backend.blackhole_url(hole.port),
-                         opts=["lazy", "timeout=30s", "health_timeout=1s"])
+        # -o lazy: a store that does not answer fails the mount otherwise
+        m = Mount(backend.backend.blackhole_url(hole.port),
+                  opts=list(backend.backend.options) + ["lazy", "timeout=30s",
+                                                        "health_timeout=1s"]).start()
         m.allow_log(r"kvfs: ERROR:")
         result = {}
         t = threading.Thread(target=lambda: result.update(h=m.health()), daemon=True)
@@ -888,6 +937,8 @@ def test_h2_health_timeout_option(mounts):
 
 # ---- C1: caches and coherence between mounts ----
 
+@COHERENCE
+@pytest.mark.own_mount("two mounts with the same options")
 def test_c1_other_mount_sees_new_file_after_cache_timeout(shared, mounts):
     a = mounts.mount()
     b = mounts.mount()
@@ -901,6 +952,8 @@ def test_c1_other_mount_sees_new_file_after_cache_timeout(shared, mounts):
     assert poll(lambda: not os.path.exists(b.p("f")))
 
 
+@COHERENCE
+@pytest.mark.own_mount("two mounts with the same options")
 def test_c1_data_read_afresh_at_every_open(shared, mounts):
     a = mounts.mount()
     b = mounts.mount()
@@ -911,6 +964,7 @@ def test_c1_data_read_afresh_at_every_open(shared, mounts):
     assert read_file(b.p("f")) == b"two!"
 
 
+@COHERENCE
 def test_c1_zero_timeouts_show_changes_at_once(shared, mounts):
     a = mounts.mount()
     b = mounts.mount(opts=NOCACHE)
@@ -960,6 +1014,7 @@ def test_option_timeout(mounts):
     assert read_file(m.p("f")) == b"t"
 
 
+@pytest.mark.own_mount("remounts")
 @pytest.mark.parametrize("opts", [["sync=always"], ["sync=interval", "sync_interval=1s"],
                                   ["map_size=64M"]])
 def test_option_lmdb_persists(raw, mounts, store, opts):

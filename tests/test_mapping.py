@@ -1,7 +1,14 @@
 """Rules M1-M9 of docs/mapping.md: how keys are shown as files and
-directories.  Each test is named after the rule it checks and works on a
-fresh store.  Tests that put keys straight into the store skip on backends
-without raw access (memory:)."""
+directories.  Each test is named after the rule it checks and works on
+fresh names.  Tests that put keys straight into the store skip on backends
+without raw access (memory:).
+
+The tests share one daemon per backend and options (share_mounts), each in
+a directory of its own; a test about the mount's root (.health, %value,
+-o root=) or a remount is marked own_mount.  The mapping is the FUSE
+layer's, the same on every backend: a test runs on lmdb and memory only,
+unless it is marked each_backend with what about the store it depends on
+(keys the store cannot hold as they are, long keys, byte order, paging)."""
 import errno
 import os
 import stat
@@ -11,8 +18,33 @@ import pytest
 from util import (assert_errno, assert_open_errno, encode_key, expected_tree,
                   read_file, seeded_rng, walk_tree, write_file)
 
+pytestmark = pytest.mark.share_mounts
+
 NOCACHE = ["entry_timeout=0", "attr_timeout=0"]
 O_NEW = os.O_CREAT | os.O_WRONLY | os.O_EXCL
+
+# What about a store can change these tests' outcome (the each_backend marks).
+KEYS = pytest.mark.each_backend(
+    "keys with bytes a store cannot hold as they are (NUL, controls, %, high "
+    "bytes, empty segments): each backend escapes or encodes them its own way")
+LONG = pytest.mark.each_backend(
+    "long keys: the store's key limit, memcached's hashed names")
+ORDER = pytest.mark.each_backend(
+    "listing: the store's byte order and range scans, or kv.c's walk over an "
+    "unordered store's keys")
+ROOT = pytest.mark.own_mount(".health, %value and the names of the mount's root")
+REMOUNT = pytest.mark.own_mount("remounts")
+PREFIX = pytest.mark.own_mount("-o root=")
+
+
+def at_root(cases, keys):
+    """cases (tuples, or values of one argument) with those whose first item
+    is in keys marked ROOT: a test's directory is not the mount's root."""
+    out = []
+    for c in cases:
+        args = c if isinstance(c, tuple) else (c,)
+        out.append(pytest.param(*args, marks=ROOT) if args[0] in keys else c)
+    return out
 
 
 def listdir(m, *parts):
@@ -69,6 +101,7 @@ def test_m2_directory_appears_with_a_new_key(raw, mounts):
     assert read_file(m.p("late/k")) == b"v"
 
 
+@ORDER
 def test_m2_readdir_lists_immediate_children_once(raw, mounts):
     m = mounts.with_keys({b"p/a": b"1", b"p/b/c": b"2", b"p/b/d": b"3",
                           b"p/b/e/f": b"4", b"p/b/e/g": b"5", b"p/c": b"6", b"q": b"7"})
@@ -78,6 +111,7 @@ def test_m2_readdir_lists_immediate_children_once(raw, mounts):
     assert listdir(m, "p/b/e") == [b"f", b"g"]
 
 
+@ORDER
 def test_m2_readdir_sorted_by_key_bytes(raw, mounts):
     # (key segment under s/, is a directory) -> name; the order is that of
     # the keys ("a-" < "a/" although the name "a" < "a-").
@@ -92,6 +126,7 @@ def test_m2_readdir_sorted_by_key_bytes(raw, mounts):
     assert listdir(m, "s") == expected
 
 
+@ORDER
 def test_m2_readdir_pages_through_large_directory(raw, mounts):
     rng = seeded_rng("m2-large")
     names = set()
@@ -108,6 +143,7 @@ def test_m2_readdir_pages_through_large_directory(raw, mounts):
     assert len(set(got)) == len(got)
 
 
+@ORDER
 def test_m2_root_lists_a_deep_subtree_once(raw, mounts):
     keys = {b"t/%04d/x" % i: b"v" for i in range(500)}
     keys[b"u"] = b"file"
@@ -115,6 +151,7 @@ def test_m2_root_lists_a_deep_subtree_once(raw, mounts):
     assert root_entries(m) == [b"t", b"u"]
 
 
+@ORDER
 def test_m2_readdir_of_files_created_through_mount(mnt):
     os.mkdir(mnt.p("d"))
     names = [b"n%03d" % i for i in range(300)]
@@ -172,11 +209,14 @@ def test_m3_ls_l_of_listed_entries_asks_nothing_more(raw, mounts):
 
 # ---- M4: directory markers ----
 
+@KEYS
 def test_m4_mkdir_stores_marker(raw, mnt):
     os.mkdir(mnt.p("d"))
     assert raw.items() == {b"d/": b""}
 
 
+@pytest.mark.each_backend("directory markers outlive the mount", where=lambda b: b.persistent)
+@REMOUNT
 def test_m4_empty_directory_survives_remount(persistent, mounts):
     m = mounts.mount()
     os.mkdir(m.p("e"))
@@ -187,6 +227,7 @@ def test_m4_empty_directory_survives_remount(persistent, mounts):
     assert root_entries(m) == [b"e"]
 
 
+@ORDER
 def test_m4_marker_key_is_the_directory_itself(raw, mounts):
     m = mounts.with_keys({b"m/": b"", b"n/o/": b""})
     assert root_entries(m) == [b"m", b"n"]
@@ -195,6 +236,7 @@ def test_m4_marker_key_is_the_directory_itself(raw, mounts):
     assert listdir(m, "n/o") == []
 
 
+@KEYS
 def test_m4_marker_is_not_also_a_file(raw, mnt):
     os.mkdir(mnt.p("d"))
     # the key "d/" is the directory d itself, not the file d/% (M6)
@@ -269,6 +311,7 @@ def test_m4_marker_in_store_after_files_removed(raw, mnt):
 VP = {b"a": b"top", b"a/b": b"child"}
 
 
+@pytest.mark.each_backend("a key that is also a prefix of other keys")
 def test_m5_value_and_prefix_is_directory_with_value_file(raw, mounts):
     m = mounts.with_keys(VP)
     assert os.path.isdir(m.p("a"))
@@ -372,7 +415,9 @@ ESCAPES = [
 ]
 
 
-@pytest.mark.parametrize("key,path,value", ESCAPES, ids=[e[2].decode() for e in ESCAPES])
+@KEYS
+@pytest.mark.parametrize("key,path,value", at_root(ESCAPES, [b".health", b"/a"]),
+                         ids=[e[2].decode() for e in ESCAPES])
 def test_m6_escaped_name_shows_key(raw, mounts, key, path, value):
     assert encode_key(key) == path         # the suite's reference agrees with the spec
     m = mounts.with_keys({key: value})
@@ -385,7 +430,9 @@ def test_m6_escaped_name_shows_key(raw, mounts, key, path, value):
 CREATABLE = [e for e in ESCAPES if e[0] != b"a/"]
 
 
-@pytest.mark.parametrize("key,path,value", CREATABLE, ids=[e[2].decode() for e in CREATABLE])
+@KEYS
+@pytest.mark.parametrize("key,path,value", at_root(CREATABLE, [b".health"]),
+                         ids=[e[2].decode() for e in CREATABLE])
 def test_m6_escaped_name_created_through_mount(raw, mnt, key, path, value):
     parent = os.path.dirname(path)
     if parent:
@@ -400,6 +447,7 @@ PLAIN = [b"with space", b"50%off", b"new\nline", b"\xff\xfe not utf-8", b"x" * 2
          b"trailing%"]
 
 
+@KEYS
 @pytest.mark.parametrize("name", PLAIN, ids=range(len(PLAIN)))
 def test_m6_plain_name_is_its_own_key(raw, mnt, name):
     write_file(mnt.p(name), b"plain")
@@ -407,6 +455,7 @@ def test_m6_plain_name_is_its_own_key(raw, mnt, name):
     assert root_entries(mnt) == [name]
 
 
+@KEYS
 def test_m6_plain_key_is_its_own_name(raw, mounts):
     m = mounts.with_keys({n: n for n in PLAIN})
     assert root_entries(m) == sorted(PLAIN)
@@ -414,6 +463,7 @@ def test_m6_plain_key_is_its_own_name(raw, mounts):
         assert read_file(m.p(n)) == n
 
 
+@KEYS
 def test_m6_directory_named_percent_is_empty_segment(raw, mnt):
     os.mkdir(mnt.p("%"))
     write_file(mnt.p("%/a"), b"v")
@@ -428,6 +478,7 @@ def test_m6_dot_health_below_root_is_plain(raw, mounts):
 
 # ---- M7: long segments and continuation directories ----
 
+@LONG
 def test_m7_300_byte_segment(raw, mounts):
     key = b"x" * 300
     m = mounts.with_keys({key: b"long"})
@@ -438,6 +489,7 @@ def test_m7_300_byte_segment(raw, mounts):
     assert read_file(m.p(cont, b"x" * 47)) == b"long"
 
 
+@LONG
 def test_m7_255_byte_segment_is_plain_and_256_is_cut(raw, mounts):
     m = mounts.with_keys({b"y" * 255: b"a", b"z" * 256: b"b"})
     assert root_entries(m) == [b"y" * 255, b"%+" + b"z" * 253]
@@ -445,6 +497,7 @@ def test_m7_255_byte_segment_is_plain_and_256_is_cut(raw, mounts):
 
 
 # (the lmdb backend takes keys up to 511 bytes)
+@LONG
 @pytest.mark.parametrize("seg", [b"%" * 200, b"\0" * 300, b"." * 500,
                                  b"ab\x01" * 120, b"x" * 253 + b"\0" + b"y" * 10],
                          ids=["percents", "nuls", "dots", "controls", "nul-at-cut"])
@@ -457,6 +510,7 @@ def test_m7_long_escaped_segment(raw, mounts, seg):
     assert files == {path: b"value"}
 
 
+@LONG
 def test_m7_mkdir_continuation_then_create(raw, mnt):
     cont = b"%+" + b"x" * 253
     os.mkdir(mnt.p(cont))
@@ -467,6 +521,7 @@ def test_m7_mkdir_continuation_then_create(raw, mnt):
     assert raw.items() == {b"x" * 300: b"made"}
 
 
+@REMOUNT
 def test_m7_continuation_directory_is_not_stored(persistent, mounts):
     m = mounts.mount()
     os.mkdir(m.p(b"%+" + b"w" * 253))
@@ -494,7 +549,8 @@ INVALID = [
 ]
 
 
-@pytest.mark.parametrize("name", INVALID, ids=[n[:12].decode() for n in INVALID])
+@pytest.mark.parametrize("name", at_root(INVALID, [b"%value"]),
+                         ids=[n[:12].decode() for n in INVALID])
 def test_m8_non_encoding_cannot_be_created(raw, mnt, name):
     assert_open_errno(errno.EINVAL, mnt.p(name), O_NEW)
     assert_errno(errno.EINVAL, os.mkdir, mnt.p(name))
@@ -503,7 +559,8 @@ def test_m8_non_encoding_cannot_be_created(raw, mnt, name):
     assert raw.items() == {b"src": b"s"}
 
 
-@pytest.mark.parametrize("name", INVALID, ids=[n[:12].decode() for n in INVALID])
+@pytest.mark.parametrize("name", at_root(INVALID, [b"%value"]),
+                         ids=[n[:12].decode() for n in INVALID])
 def test_m8_non_encoding_does_not_exist(raw, mounts, name):
     m = mounts.with_keys({b"abc": b"1", b"A": b"2", b".x": b"3", b"value": b"4",
                           b"x" * 10: b"5", b"y" * 254: b"6", b".": b"7"})
@@ -546,6 +603,9 @@ def weird_keys(rng, n):
     return keys
 
 
+@KEYS
+@LONG
+@ROOT
 def test_m8_every_key_has_exactly_one_path(raw, mounts):
     keys = weird_keys(seeded_rng("m8"), 400)
     keys.update({b".health": b"h", b"both": b"value", b"both/child": b"c",
@@ -558,6 +618,8 @@ def test_m8_every_key_has_exactly_one_path(raw, mounts):
     assert dirs == exp_dirs
 
 
+@pytest.mark.smoke
+@KEYS
 def test_m8_round_trip_through_mount(raw, mnt):
     rng = seeded_rng("m8-rt")
     segs = [b"", b".", b"..", b"%", b"%%", b"\0", b"a\0", b"%value", b"\n", b"\x7f",
@@ -577,6 +639,7 @@ def test_m8_round_trip_through_mount(raw, mnt):
 
 # ---- M9: .health at the root ----
 
+@ROOT
 def test_m9_health_is_a_read_only_file_at_root(mnt):
     st = os.stat(mnt.p(".health"))
     assert stat.S_ISREG(st.st_mode)
@@ -585,18 +648,21 @@ def test_m9_health_is_a_read_only_file_at_root(mnt):
     assert listdir(mnt).count(b".health") <= 1
 
 
+@ROOT
 def test_m9_health_key_is_shown_escaped(raw, mounts):
     m = mounts.with_keys({b".health": b"mine"})
     assert read_file(m.p("%.health")) == b"mine"
     assert "status" in m.health()
 
 
+@ROOT
 def test_m9_escaped_health_created_through_mount(raw, mnt):
     write_file(mnt.p("%.health"), b"stored")
     assert raw.items() == {b".health": b"stored"}
     assert "status" in mnt.health()
 
 
+@PREFIX
 def test_m9_health_under_root_prefix(raw, mounts):
     m = mounts.with_keys({b"sub/.health": b"v", b"sub/f": b"1"}, opts=["root=sub"])
     assert read_file(m.p("%.health")) == b"v"
@@ -606,6 +672,7 @@ def test_m9_health_under_root_prefix(raw, mounts):
 
 # ---- P: -o root=PREFIX mounts the subtree under PREFIX/ ----
 
+@PREFIX
 def test_root_prefix_shows_only_its_subtree(raw, mounts):
     m = mounts.with_keys({b"sub/a": b"1", b"sub/d/b": b"2", b"other/x": b"3",
                           b"subx/y": b"4", b"sub": b"5", b"su": b"6"},
@@ -615,6 +682,7 @@ def test_root_prefix_shows_only_its_subtree(raw, mounts):
     assert dirs == {b"d"}
 
 
+@PREFIX
 def test_root_prefix_writes_under_prefix(raw, mounts):
     m = mounts.mount(opts=["root=sub"])
     write_file(m.p("new"), b"n")
@@ -622,6 +690,7 @@ def test_root_prefix_writes_under_prefix(raw, mounts):
     assert raw.items() == {b"sub/new": b"n", b"sub/nd/": b""}
 
 
+@PREFIX
 def test_root_prefix_nested(raw, mounts):
     m = mounts.with_keys({b"a/b/c": b"1", b"a/x": b"2"}, opts=["root=a/b"])
     files, _ = walk_tree(m.path)

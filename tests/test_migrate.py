@@ -1,7 +1,19 @@
 """Moving real trees in and out of a mount with the tools people use
 (cp -a, rsync -a, tar), persistence across remounts, keys written straight
 into the store, several writers at once, and what survives SIGTERM and
-kill -9."""
+kill -9.
+
+Every test here runs on every selected backend: what a whole tree puts a
+store through (thousands of keys, the largest values it takes, listings of
+big directories, many connections at once, durability) is where backends
+differ.  On lmdb and memory the tree is a few thousand files from
+/usr/share/doc (40 MB); on the remote backends it is the extras alone (a
+few hundred files: odd names, modes, times, a deep path, a 600-file
+directory, a 3 MiB file), which goes through the same paths of a backend
+in a fraction of the time; the count of keys, big listings and
+concurrency are test_raw_many_keys_*, test_concurrent_writers and
+test_mapping's.  The sanitizer pass runs the tests marked smoke on the
+remote backends."""
 import os
 import shutil
 import signal
@@ -21,6 +33,10 @@ MAX_FILE = 1 << 20        # skip bigger files from SOURCE
 MAX_TOTAL = 40 << 20      # and stop copying from SOURCE after this many bytes
 
 slow = pytest.mark.kvfs_timeout(1500)
+
+pytestmark = pytest.mark.each_backend(
+    "a whole tree: thousands of keys, the largest values, big listings, "
+    "concurrent connections and durability")
 
 
 def representable(name):
@@ -115,19 +131,35 @@ def source_tree():
 
 
 @pytest.fixture(scope="session")
-def fitted_trees(source_tree):
-    """source_tree less the files a store cannot hold: for a backend whose
-    value limit (docs/backends.md) is below the tree's largest file, a copy
-    without those files, made once per limit."""
-    made = {}
-    largest = max(os.lstat(os.path.join(d, f)).st_size
-                  for d, _, fs in os.walk(source_tree) for f in fs)
+def small_tree():
+    """The extras alone: a few hundred files, odd names, modes, owners,
+    times, a deep path and a 3 MiB file."""
+    base = tempfile.mkdtemp(prefix="kvfs-small-", dir="/tmp")
+    src = os.path.join(base, "src")
+    os.makedirs(src)
+    try:
+        add_extras(src)
+        yield src
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
-    def fit(m):
+
+@pytest.fixture(scope="session")
+def fitted_trees(source_tree):
+    """fitted_trees(mount[, tree]): tree (default source_tree) less the
+    files a store cannot hold: for a backend whose value limit
+    (docs/backends.md) is below the tree's largest file, a copy without
+    those files, made once per tree and limit."""
+    made = {}
+
+    def fit(m, tree=source_tree):
         limit = m.health()["limits"]["max_value"]
+        largest = max(os.lstat(os.path.join(d, f)).st_size
+                      for d, _, fs in os.walk(tree) for f in fs)
         if not limit or limit >= largest:
-            return source_tree
-        if limit not in made:
+            return tree
+        if (tree, limit) not in made:
+            source_tree = tree
             dst = tempfile.mkdtemp(prefix="kvfs-src-%d-" % limit, dir="/tmp")
             shutil.rmtree(dst)
             left = []
@@ -146,18 +178,18 @@ def fitted_trees(source_tree):
             shutil.copystat(source_tree, dst)
             # The tree must stay a real migration: only a few big files go.
             assert len(left) * 20 < count_files(source_tree), left
-            made[limit] = dst
-        return made[limit]
+            made[tree, limit] = dst
+        return made[tree, limit]
     yield fit
     for d in made.values():
         shutil.rmtree(d, ignore_errors=True)
 
 
-def local_only(store, why):
-    """Skip on network stores, where cp -a and rsync -a already move the tree
-    and a whole-tree run costs minutes: why says what covers it there."""
-    if store.backend.shared:
-        pytest.skip("%s: %s" % (store.scheme, why))
+@pytest.fixture
+def tree(store, source_tree, small_tree, fitted_trees):
+    """tree(mount): the tree to move through mount: source_tree on a local
+    store, small_tree on a remote one; less what the store cannot hold."""
+    return lambda m: fitted_trees(m, small_tree if store.backend.shared else source_tree)
 
 
 def big_opts(store):
@@ -201,9 +233,10 @@ def test_source_tree_is_big_enough(source_tree):
 
 
 @slow
-def test_cp_a_into_mount_and_back(mounts, store, fitted_trees, workdir):
+@pytest.mark.smoke
+def test_cp_a_into_mount_and_back(mounts, store, tree, workdir):
     m = mounts.mount(opts=big_opts(store))
-    source_tree = fitted_trees(m)
+    source_tree = tree(m)
     r = run(["cp", "-a", source_tree, m.path + "/tree"], timeout=1200)
     assert r.returncode == 0, r.stderr.decode(errors="replace")[:3000]
     assert diff_r(source_tree, m.path + "/tree") == (0, "")
@@ -216,9 +249,9 @@ def test_cp_a_into_mount_and_back(mounts, store, fitted_trees, workdir):
 
 
 @slow
-def test_rsync_a_into_mount_and_back(mounts, store, fitted_trees, workdir):
+def test_rsync_a_into_mount_and_back(mounts, store, tree, workdir):
     m = mounts.mount(opts=big_opts(store))
-    source_tree = fitted_trees(m)
+    source_tree = tree(m)
     dst = m.path + "/rtree/"
     r = run(["rsync", "-a", "--no-links", source_tree + "/", dst], timeout=1200)
     assert r.returncode == 0, r.stderr.decode(errors="replace")[:3000]
@@ -236,10 +269,9 @@ def test_rsync_a_into_mount_and_back(mounts, store, fitted_trees, workdir):
 
 
 @slow
-def test_tar_x_into_mount(mounts, store, fitted_trees, workdir):
-    local_only(store, "the same tree goes in with cp -a and rsync -a")
+def test_tar_x_into_mount(mounts, store, tree, workdir):
     m = mounts.mount(opts=big_opts(store))
-    source_tree = fitted_trees(m)
+    source_tree = tree(m)
     tarball = os.path.join(workdir, "tree.tar")
     r = run(["tar", "-C", source_tree, "-cf", tarball, "."], timeout=600)
     assert r.returncode == 0, r.stderr
@@ -251,10 +283,10 @@ def test_tar_x_into_mount(mounts, store, fitted_trees, workdir):
 
 
 @slow
-def test_tree_survives_remount(persistent, mounts, store, fitted_trees):
-    local_only(store, "remounts are checked on small trees (test_m4_*, test_unmount_flushes_*)")
+@pytest.mark.smoke
+def test_tree_survives_remount(persistent, mounts, store, tree):
     m = mounts.mount(opts=big_opts(store))
-    source_tree = fitted_trees(m)
+    source_tree = tree(m)
     r = run(["cp", "-a", source_tree, m.path + "/tree"], timeout=1200)
     assert r.returncode == 0, r.stderr.decode(errors="replace")[:3000]
     m = mounts.remount(m)

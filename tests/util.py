@@ -30,6 +30,9 @@ import servers
 REPO = Path(__file__).resolve().parent.parent
 KVFS_BIN = os.environ.get("KVFS_BIN", str(REPO / "build" / "kvfs"))
 TMP_ROOT = "/tmp"
+# The suite's servers keep their data in memory (tmpfs) where there is one:
+# their fsyncs cost nothing there, and kvfs's durability is not theirs.
+SERVER_ROOT = "/dev/shm" if os.access("/dev/shm", os.W_OK) else TMP_ROOT
 
 MOUNT_WAIT = 10.0      # seconds a mount may take to appear in /proc/mounts
 EXIT_WAIT = 30.0       # seconds a daemon may take to exit after unmount
@@ -282,15 +285,16 @@ def compiled_backends():
 # --------------------------------------------------------------------------
 
 _live_mounts = []
+_shared_mounts = []    # daemons of SharedStore: they outlive a test
 _temp_dirs = []
 _run_dirs = []
 _problems = []
 _lock = threading.RLock()  # shared_server() calls new_temp_dir() holding it
 
 
-def new_temp_dir(prefix="kvfs-test-", keep=False):
+def new_temp_dir(prefix="kvfs-test-", keep=False, root=TMP_ROOT):
     """A fresh directory, removed after the test (keep: after the run)."""
-    d = tempfile.mkdtemp(prefix=prefix, dir=TMP_ROOT)
+    d = tempfile.mkdtemp(prefix=prefix, dir=root)
     with _lock:
         (_run_dirs if keep else _temp_dirs).append(d)
     return d
@@ -350,7 +354,7 @@ def kill_all_daemons(reason):
     """The watchdog: a hung daemon would hang the test in the kernel; kill
     it so the test's system calls fail and the test ends."""
     with _lock:
-        mounts = list(_live_mounts)
+        mounts = list(_live_mounts) + list(_shared_mounts)
         _problems.append(reason)
     for m in mounts:
         if m.proc and m.proc.poll() is None:
@@ -365,17 +369,26 @@ def kill_all_daemons(reason):
 
 class Store:
     """A fresh store for one test: its URL, its key prefix when the store is
-    shared with other tests, and raw access to it when the backend has one."""
+    shared with other tests, and raw access to it when the backend has one.
 
-    def __init__(self, choice, workdir):
+    Given url and prefix, a key space inside a store someone else made (a
+    module's shared store, see SharedStore)."""
+
+    def __init__(self, choice, workdir, url=None, prefix=None, view=False):
         self.backend = choice.backend
-        url = choice.url
-        if url is None and choice.backend.shared:
-            url = shared_server(choice.scheme).url
-        self.url = choice.backend.new_url(workdir, url)
-        self.prefix = b""
-        if choice.backend.shared:
-            self.prefix = ("kvfs-test-%s/" % uuid.uuid4().hex[:12]).encode()
+        self.view = view           # a directory of a shared mount (SharedStore)
+        self.shared = None         # that SharedStore
+        if url is None:
+            url = choice.url
+            if url is None and choice.backend.shared:
+                url = shared_server(choice.scheme).url
+            url = choice.backend.new_url(workdir, url)
+        self.url = url
+        if prefix is None:
+            prefix = b""
+            if choice.backend.shared:
+                prefix = ("kvfs-test-%s/" % uuid.uuid4().hex[:12]).encode()
+        self.prefix = prefix
         self.raw = raw_store(self.url)
 
     @property
@@ -401,7 +414,12 @@ class Store:
 
     def items(self, prefix=b""):
         n = len(self.prefix)
-        return {k[n:]: v for k, v in self.raw.items(self.prefix + prefix).items()}
+        out = {k[n:]: v for k, v in self.raw.items(self.prefix + prefix).items()}
+        if self.view and out.get(b"") == b"":
+            # the test's key space is a directory of a shared mount: its
+            # marker (the key "tN/" itself) is the harness's, not the test's
+            del out[b""]
+        return out
 
     def keys(self, prefix=b""):
         return sorted(self.items(prefix))
@@ -420,7 +438,7 @@ def shared_server(scheme):
             if mod is None:
                 raise RuntimeError("no test server for %s: give KVFS_TEST_%s_URL"
                                    % (scheme, scheme.upper()))
-            srv = mod.start(new_temp_dir("kvfs-server-", keep=True))
+            srv = mod.start(new_temp_dir("kvfs-server-", keep=True, root=SERVER_ROOT))
             _shared_servers[scheme] = srv
         return srv
 
@@ -466,6 +484,8 @@ class Mount:
                                      "kvfs-%s.log" % uuid.uuid4().hex[:8])
         self.proc = None
         self.allowed = []          # regexes of log lines this test expects
+        self.test_allowed = []     # ... expected by the current test only (shared daemons)
+        self.log_from = 0          # bytes of the log already checked (shared daemons)
         self.expected_exit = 0     # None: any exit status (the test killed it)
         self.done = False
         self.cmd = None
@@ -581,14 +601,42 @@ class Mount:
         reports: those always fail)."""
         self.allowed.append(re.compile(regex))
 
-    def bad_log_lines(self):
+    def bad_log_lines(self, upto=None):
+        """Bad lines of the log from log_from (to byte upto)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_from)
+                text = f.read(-1 if upto is None else max(0, upto - self.log_from))
+        except OSError:
+            return []
+        allowed = self.allowed + self.test_allowed
         out = []
-        for line in self.log_text().splitlines():
+        for line in text.decode(errors="replace").splitlines():
             if SANITIZER_LOG.search(line):
                 out.append(line)
-            elif BAD_LOG.search(line) and not any(a.search(line) for a in self.allowed):
+            elif BAD_LOG.search(line) and not any(a.search(line) for a in allowed):
                 out.append(line)
         return out
+
+    def end_of_test(self):
+        """A shared daemon after one test: its problems during that test
+        (death, lost mount, bad output); the next test starts a new window."""
+        problems = []
+        upto = self.log_size()
+        bad = self.bad_log_lines(upto)
+        if bad:
+            problems.append("daemon printed:\n  " + "\n  ".join(bad[:20]))
+        self.log_from = upto
+        self.test_allowed = []
+        if self.proc.poll() is not None:
+            problems.append("shared daemon exited with status %s" % self.proc.returncode)
+        elif not is_mounted(self.path):
+            problems.append("shared daemon lost its mount")
+        if problems:
+            problems = ["%s (shared mount): %s\nlog (%s):\n%s" % (
+                " ".join(self.cmd), "; ".join(problems), self.log_path,
+                self.log_text()[-4000:])]
+        return problems
 
     # -- paths --
 
@@ -611,13 +659,19 @@ class Mount:
 
 class Mounts:
     """Factory for the mounts of one test, all on the test's fresh store
-    unless told otherwise."""
+    unless told otherwise.  When that store is a key space of a module's
+    SharedStore, mount() and with_keys() with no url, store, env or prefix
+    give the test's directory in the module's daemon for those options
+    (a View) instead of a daemon of its own."""
 
     def __init__(self, store):
         self.store = store
         self.mounts = []
 
     def mount(self, opts=(), args=(), url=None, store=None, env=None, prefix=None):
+        if (self.store.view and url is None and store is None and env is None
+                and prefix is None):
+            return self.store.shared.view(self.store, opts, args)
         store = store or self.store
         user_opts = list(opts)
         opts = list(store.backend.options) + list(opts)
@@ -640,10 +694,169 @@ class Mounts:
     def remount(self, m, opts=None, args=None):
         """Unmount m and mount the same store again (same options unless
         given)."""
+        if isinstance(m, View):
+            raise RuntimeError("a shared mount cannot be remounted: mark the test "
+                               "@pytest.mark.own_mount")
         m.unmount()
         return self.mount(opts=m.user_opts if opts is None else opts,
                           args=m.args if args is None else args, url=m.url,
                           store=m.store, env=m.env, prefix=m.prefix)
+
+
+# --------------------------------------------------------------------------
+# Mounts shared by the tests of a module, as in sshfs's suite: one daemon
+# per (backend, options) serves many small tests, each in a fresh directory
+# of its own (t1, t2, ...), which is also the test's key space in the
+# store.  After every test the guard checks each shared daemon: still
+# running and mounted, and nothing bad printed during that test.
+# --------------------------------------------------------------------------
+
+class SharedStore:
+    """The store one module's tests share on one backend: a fresh lmdb env
+    or memory: store, or a key space "kvfs-m<hex>/" on a remote server."""
+
+    def __init__(self, choice):
+        self.choice = choice
+        self.workdir = new_temp_dir("kvfs-shared-", keep=True)
+        base = Store(choice, self.workdir)
+        self.url = base.url
+        self.prefix = (("kvfs-m%s/" % uuid.uuid4().hex[:8]).encode()
+                       if choice.backend.shared else b"")
+        self.count = 0
+        self.daemons = {}          # (opts, args) -> Mount
+
+    def space(self):
+        """A fresh key space (a Store) for one test: the directory tN."""
+        self.count += 1
+        st = Store(self.choice, None, url=self.url,
+                   prefix=self.prefix + b"t%d/" % self.count, view=True)
+        st.shared = self
+        if st.raw is not None:
+            # its marker: the directory lives as long as the test, whatever
+            # the test deletes in it (M2)
+            st.raw.put_many({st.prefix: b""})
+        return st
+
+    def daemon(self, opts, args):
+        key = (tuple(opts), tuple(args))
+        m = self.daemons.get(key)
+        if m is None:
+            all_opts = list(self.choice.backend.options) + list(opts)
+            if self.prefix:
+                all_opts.append("root=" + self.prefix.decode().rstrip("/"))
+            m = Mount(self.url, opts=all_opts, args=args, prefix=self.prefix,
+                      user_opts=list(opts),
+                      mountpoint=os.path.join(new_temp_dir("kvfs-mnt-", keep=True), "mnt"))
+            m.start()
+            with _lock:
+                _live_mounts.remove(m)
+                _shared_mounts.append(m)
+            self.daemons[key] = m
+        return m
+
+    def view(self, store, opts, args):
+        m = self.daemon(opts, args)
+        v = View(m, store)
+        os.makedirs(v.path, exist_ok=True)
+        return v
+
+    def end_of_test(self):
+        problems = []
+        for key, m in list(self.daemons.items()):
+            p = m.end_of_test()
+            if p:
+                problems += p
+                del self.daemons[key]       # the next test gets a new daemon
+                _close_shared_mount(m)
+        return problems
+
+    def close(self):
+        for m in self.daemons.values():
+            _close_shared_mount(m)
+        self.daemons.clear()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _close_shared_mount(m):
+    m.expected_exit = m.expected_exit if m.proc.poll() is None else None
+    with _lock:
+        if m in _shared_mounts:
+            _shared_mounts.remove(m)
+        _live_mounts.append(m)         # unmount() reports to the registry
+    m.unmount()
+    with _lock:
+        if m in _live_mounts:
+            _live_mounts.remove(m)
+
+
+class View:
+    """One test's directory in a shared daemon: a Mount's interface, on it."""
+
+    def __init__(self, mount, store):
+        self.mount = mount
+        self.store = store
+        self.prefix = store.prefix
+        name = store.prefix[len(mount.prefix):].rstrip(b"/")
+        self.bpath = os.path.join(mount.bpath, name)
+        self.path = os.fsdecode(self.bpath)
+        self.url = mount.url
+        self.user_opts = mount.user_opts
+        self.args = mount.args
+
+    p = Mount.p
+    key = Mount.key
+
+    def health(self):
+        return self.mount.health()
+
+    def allow_log(self, regex):
+        """Lines matching regex are expected from the daemon during this test."""
+        self.mount.test_allowed.append(re.compile(regex))
+
+    def log_text(self):
+        return self.mount.log_text()
+
+    def log_size(self):
+        return self.mount.log_size()
+
+
+_shared_stores = {}
+
+
+def shared_store(module, choice):
+    """The SharedStore of a test module (its name) on a backend choice."""
+    key = (module, choice.id, choice.url)
+    with _lock:
+        ss = _shared_stores.get(key)
+        if ss is None:
+            ss = _shared_stores[key] = SharedStore(choice)
+        return ss
+
+
+def check_shared_mounts():
+    """After a test: the problems of the shared daemons during it."""
+    with _lock:
+        stores = list(_shared_stores.values())
+    out = []
+    for ss in stores:
+        out += ss.end_of_test()
+    with _lock:
+        out += _problems
+        _problems.clear()
+    return out
+
+
+def close_shared_stores(module):
+    """At the end of a module: unmount its shared daemons; their problems."""
+    with _lock:
+        keys = [k for k in _shared_stores if k[0] == module]
+        stores = [_shared_stores.pop(k) for k in keys]
+    for ss in stores:
+        ss.close()
+    with _lock:
+        out = list(_problems)
+        _problems.clear()
+    return out
 
 
 # --------------------------------------------------------------------------
