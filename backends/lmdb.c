@@ -44,8 +44,6 @@
 #include "kv.h"
 #include "toolkit.h"
 
-extern const struct kv_backend kv_backend_lmdb;  /* defined at the bottom */
-
 /* Debian's liblmdb is built with the default MDB_MAXKEYSIZE; the store
  * reports mdb_env_get_maxkeysize() through store_limits. */
 #define LM_MAX_KEY 511
@@ -66,6 +64,7 @@ extern const struct kv_backend kv_backend_lmdb;  /* defined at the bottom */
 #define LM_BATCH_BYTES ((size_t)64 << 20)  /* and value bytes, so big values are not pooled */
 
 enum lm_sync { LM_SYNC_INTERVAL, LM_SYNC_ALWAYS, LM_SYNC_LAZY };
+static const char *const lm_sync_names[] = {"interval", "always", "lazy"};
 
 /* One caller's write, waiting in the queue; lives on the caller's stack. */
 struct lm_write {
@@ -111,34 +110,7 @@ struct lm_store {
 
 /* ---- Small helpers ---- */
 
-/*
- * LMDB keeps no version per key, so a value's version is a hash of its
- * bytes: equal content gives an equal version, which is all cas needs.  A
- * change of one 8-byte word always changes the hash (each step is a
- * bijection), and a chance collision costs a wrong cas with odds 2^-64.
- */
-static uint64_t lm_hash(const void *data, size_t len)
-{
-	const unsigned char *p = data;
-	uint64_t h = 0x9e3779b97f4a7c15u ^ (len * 0xff51afd7ed558ccdu);
-	uint64_t w;
-
-	for (; len >= 8; p += 8, len -= 8) {
-		memcpy(&w, p, 8);
-		h = (h ^ w) * 0xc4ceb9fe1a85ec53u;
-		h ^= h >> 32;
-	}
-	if (len) {
-		w = 0;
-		memcpy(&w, p, len);
-		h = (h ^ w) * 0xc4ceb9fe1a85ec53u;
-		h ^= h >> 32;
-	}
-	h ^= h >> 33;
-	h *= 0xff51afd7ed558ccdu;
-	h ^= h >> 33;
-	return h ? h : 1;  /* 0 means "no such key" to cas */
-}
+/* LMDB keeps no version per key: a value's version is kv_value_version(). */
 
 /* The one place LMDB and system errors become kv errno values. */
 static int lm_errno(int rc)
@@ -181,12 +153,6 @@ static MDB_val lm_val(const char *p, size_t len)
 {
 	/* An empty value may come as NULL; LMDB would memcpy from it. */
 	return (MDB_val){ .mv_size = len, .mv_data = (void *)(len ? p : "") };
-}
-
-static size_t lm_page_size(void)
-{
-	long ps = sysconf(_SC_PAGESIZE);
-	return ps > 0 ? (size_t)ps : 4096;
 }
 
 /* ---- The map: adopting another process's size, growing our own ---- */
@@ -363,7 +329,7 @@ static int lm_exec(struct lm_store *s, MDB_txn *txn, struct lm_write *w)
 		k = lm_val(w->op.key, w->op.key_len);
 		rc = mdb_get(txn, s->dbi, &k, &v);
 		if (rc == 0)
-			cur = lm_hash(v.mv_data, v.mv_size);
+			cur = kv_value_version(v.mv_data, v.mv_size);
 		else if (rc != MDB_NOTFOUND)
 			return rc;
 		if (cur != w->version) {
@@ -562,7 +528,7 @@ static int lm_get(struct kv_store *st, const char *key, size_t klen, char **val,
 		return rc;
 	*len = size;
 	if (version)
-		*version = lm_hash(*val, size);
+		*version = kv_value_version(*val, size);
 	return 0;
 }
 
@@ -624,11 +590,6 @@ static int lm_sync(struct kv_store *st)
 	return 0;
 }
 
-static const char *lm_sync_name(enum lm_sync m)
-{
-	return m == LM_SYNC_ALWAYS ? "always" : m == LM_SYNC_LAZY ? "lazy" : "interval";
-}
-
 /* The map's figures, read in a read transaction: 0 or an LMDB code. */
 static int lm_usage(struct lm_store *s, MDB_envinfo *info, MDB_stat *ms, size_t *used)
 {
@@ -662,7 +623,7 @@ static int lm_health(struct kv_store *st, struct kv_health *h)
 	kv_health_fact(h, "map_size", "%zu", info.me_mapsize);
 	kv_health_fact(h, "map_used", "%zu", used);
 	kv_health_fact(h, "map_max", "%zu", s->map_max);
-	kv_health_fact(h, "sync", "%s", lm_sync_name(s->sync_mode));
+	kv_health_fact(h, "sync", "%s", lm_sync_names[s->sync_mode]);
 	if (s->sync_mode != LM_SYNC_ALWAYS)
 		kv_health_fact(h, "sync_interval_ms", "%d", s->sync_ms);
 	/* As mdb_stat -e puts it: slots ever taken (by any process) of the table's size. */
@@ -763,7 +724,7 @@ static int lm_parse_options(struct lm_store *s, const struct kv_open_args *a, si
 {
 	const char *v = kv_option_get(a, "sync");
 	uint64_t size = LM_DEFAULT_MAP, max = 0;
-	size_t ps = lm_page_size();
+	size_t ps = sysconf(_SC_PAGESIZE) > 0 ? (size_t)sysconf(_SC_PAGESIZE) : 4096;
 	int rc;
 
 	s->sync_ms = LM_DEFAULT_SYNC_MS;
@@ -777,15 +738,11 @@ static int lm_parse_options(struct lm_store *s, const struct kv_open_args *a, si
 		snprintf(err, errlen, "lmdb: map_max is below map_size");
 		return -EINVAL;
 	}
-	s->sync_mode = LM_SYNC_INTERVAL;
-	if (v && strcmp(v, "always") == 0)
-		s->sync_mode = LM_SYNC_ALWAYS;
-	else if (v && strcmp(v, "lazy") == 0)
-		s->sync_mode = LM_SYNC_LAZY;
-	else if (v && strcmp(v, "interval") != 0) {
-		snprintf(err, errlen, "lmdb: bad sync '%s' (interval, always or lazy)", v);
-		return -EINVAL;
-	}
+	for (s->sync_mode = 0; v && strcmp(v, lm_sync_names[s->sync_mode]); s->sync_mode++)
+		if (s->sync_mode == LM_SYNC_LAZY) {
+			snprintf(err, errlen, "lmdb: bad sync '%s' (interval, always or lazy)", v);
+			return -EINVAL;
+		}
 	return 0;
 }
 
@@ -904,7 +861,6 @@ static int lm_open(const struct kv_open_args *args, struct kv_store **out, char 
 		lm_free(s);
 		return rc;
 	}
-	s->base.be = &kv_backend_lmdb;
 	*out = &s->base;
 	return 0;
 }

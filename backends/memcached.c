@@ -153,15 +153,6 @@ static size_t hashed_key_len(const char *v, size_t n, const char *key, size_t kl
 	return kl;
 }
 
-/* Without CAS on the server the version is a hash of the value (FNV-1a). */
-static uint64_t value_version(const char *v, size_t n)
-{
-	uint64_t h = 0xcbf29ce484222325ULL;
-	for (size_t i = 0; i < n; i++)
-		h = (h ^ (unsigned char)v[i]) * 0x100000001b3ULL;
-	return h | 1;
-}
-
 /* ---- the store ---- */
 
 struct mc_server {
@@ -621,7 +612,7 @@ static int mcs_get(struct kv_store *s, const char *key, size_t klen, char **val,
 	*val = it.val;
 	*len = it.len;
 	if (version)
-		*version = it.cas ? it.cas : value_version(it.val, it.len);
+		*version = it.cas ? it.cas : kv_value_version(it.val, it.len)  /* memcached -C */;
 	return 0;
 }
 

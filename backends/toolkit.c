@@ -155,6 +155,33 @@ bool kv_backoff(int attempt, int64_t deadline)
 	return true;
 }
 
+/* ---- versions of stores that keep none ---- */
+
+/* Each step is a bijection, so a change of one 8-byte word always changes
+ * the hash; a chance collision costs a wrong cas with odds 2^-64. */
+uint64_t kv_value_version(const void *data, size_t len)
+{
+	const unsigned char *p = data;
+	uint64_t h = 0x9e3779b97f4a7c15u ^ (len * 0xff51afd7ed558ccdu);
+	uint64_t w;
+
+	for (; len >= 8; p += 8, len -= 8) {
+		memcpy(&w, p, 8);
+		h = (h ^ w) * 0xc4ceb9fe1a85ec53u;
+		h ^= h >> 32;
+	}
+	if (len) {
+		w = 0;
+		memcpy(&w, p, len);
+		h = (h ^ w) * 0xc4ceb9fe1a85ec53u;
+		h ^= h >> 32;
+	}
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdu;
+	h ^= h >> 33;
+	return h ? h : 1;  /* 0 means "no such key" to cas */
+}
+
 /* ---- files ---- */
 
 char *kv_read_secret(const char *path, const char *what, char *err, size_t errlen)

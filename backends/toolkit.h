@@ -51,6 +51,12 @@ bool kv_backoff(int attempt, int64_t deadline);
 /* A random nonzero 64-bit number (for versions and jitter). */
 uint64_t kv_random64(void);
 
+/*
+ * For stores that keep no version per key: a version made from the value's
+ * bytes (equal content, equal version: all cas needs), never 0.
+ */
+uint64_t kv_value_version(const void *data, size_t len);
+
 /* ---- Files ---- */
 
 /*
