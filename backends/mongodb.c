@@ -654,10 +654,8 @@ static void mg_log_handler(mongoc_log_level_t level, const char *domain, const c
 
 static void mg_init_once(void)
 {
-	/* mongoc's statistics counters live in /dev/shm/mongoc-PID unless told
-	 * otherwise; nothing here reads them, a process killed before cleanup
-	 * leaves the file behind, and a stale one makes mongoc print to stderr. */
-	setenv("MONGOC_DISABLE_SHM", "1", 0);
+	/* (libmongoc has made its /dev/shm counters file as it loaded, before
+	 * this runs: docs/backends.md, mongodb, "Known limit") */
 	mongoc_log_set_handler(mg_log_handler, NULL);
 	mongoc_init();
 }
