@@ -556,6 +556,8 @@ static int chunk_fill_unordered(struct kv_store *s, const struct kv_list_req *re
 
 	if (rc)
 		return rc;
+	if (c->n < 2)
+		return 0;  /* nothing to order (and c->k may still be NULL) */
 	qsort_r(c->k, c->n, sizeof(*c->k), chunk_cmp, c);
 	/* a store's walk may meet a key twice (memcached's crawl, Redis's SCAN) */
 	size_t o = 0;
