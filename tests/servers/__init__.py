@@ -57,13 +57,35 @@ class Server:
         self.proc = None
         self.start()
 
-    def start(self):
+    def start(self, ready=True):
+        """ready=False: return when the port opens (a test of what kvfs does
+        meanwhile), then call wait_ready()."""
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True,
                                      env=self.env)
         log.close()
         wait_port(self.port, self.proc)
+        if ready:
+            self.wait_ready()
+
+    def query_argv(self):
+        """A client command that prints 1 once the server serves requests
+        (SELECT 1), for servers whose port opens before that; None: the
+        open port is enough."""
+        return None
+
+    def wait_ready(self, timeout=60):
+        argv = self.query_argv()
+        deadline = time.monotonic() + timeout
+        while argv:
+            r = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, timeout=30)
+            if r.returncode == 0 and r.stdout.strip() == b"1":
+                return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("%s on port %d never answered a query: %s"
+                                   % (argv[0], self.port, r.stderr.decode(errors="replace")))
+            time.sleep(0.05)
 
     def pause(self):
         os.kill(self.proc.pid, signal.SIGSTOP)

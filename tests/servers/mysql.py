@@ -16,7 +16,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import servers
 from servers.cli_session import MARK, CliSession
@@ -39,25 +38,9 @@ class MyServer(servers.Server):
         self.sock = sock          # start(), run by the constructor, asks on it
         super().__init__(argv, port, url, log_path)
 
-    def start(self, ready=True):
-        """ready=False: return when the port opens (a test of what kvfs does
-        meanwhile), then call wait_ready()."""
-        super().start()
-        if ready:
-            self.wait_ready()
-
-    def wait_ready(self):
-        deadline = time.monotonic() + 60
-        while True:
-            r = subprocess.run([MARIADB, "--no-defaults", "--batch", "--skip-column-names",
-                                "--socket=" + self.sock, "-uroot", "-e", "SELECT 1"],
-                               capture_output=True, stdin=subprocess.DEVNULL, timeout=30)
-            if r.returncode == 0 and r.stdout.strip() == b"1":
-                return
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("mariadb on port %d never answered a query: %s"
-                                   % (self.port, r.stderr.decode(errors="replace")))
-            time.sleep(0.05)
+    def query_argv(self):
+        return [MARIADB, "--no-defaults", "--batch", "--skip-column-names",
+                "--socket=" + self.sock, "-uroot", "-e", "SELECT 1"]
 
 
 def start(workdir):

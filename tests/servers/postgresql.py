@@ -19,7 +19,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import servers
 from servers.cli_session import MARK, CliSession
@@ -70,25 +69,9 @@ class PgServer(servers.Server):
     start() returns when a session runs a query: the port opens while the
     server still answers "the database system is starting up"."""
 
-    def start(self, ready=True):
-        """ready=False: return when the port opens (a test of what kvfs does
-        meanwhile), then call wait_ready()."""
-        super().start()
-        if ready:
-            self.wait_ready()
-
-    def wait_ready(self):
-        url = "postgresql://postgres@127.0.0.1:%d/postgres" % self.port
-        deadline = time.monotonic() + 60
-        while True:
-            r = subprocess.run([PSQL, "-X", "-q", "-A", "-t", "-d", url, "-c", "SELECT 1"],
-                               capture_output=True, stdin=subprocess.DEVNULL, timeout=30)
-            if r.returncode == 0 and r.stdout.strip() == b"1":
-                return
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("postgresql on port %d never answered a query: %s"
-                                   % (self.port, r.stderr.decode(errors="replace")))
-            time.sleep(0.05)
+    def query_argv(self):
+        return [PSQL, "-X", "-q", "-A", "-t", "-d",
+                "postgresql://postgres@127.0.0.1:%d/postgres" % self.port, "-c", "SELECT 1"]
 
     def pause(self):
         _signal_all([self.proc.pid], signal.SIGSTOP)      # first: no new backends
