@@ -7,6 +7,7 @@
  * making sure only the documented errno values come back.
  */
 #include "kv.h"
+#include "keycache.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -315,7 +316,7 @@ int kv_open(const char *url, const struct kv_option *opts, size_t nopts, int tim
 	struct kv_store *s = NULL;
 	size_t nb = 0;
 	bool lazy = false;
-	int rc;
+	int rc, walks_ms = KV_KEYCACHE_MS;
 
 	if (!colon || colon == url) {
 		snprintf(err, errlen, "bad store URL '%s': expected scheme:location (see --backends)", url);
@@ -334,7 +335,16 @@ int kv_open(const char *url, const struct kv_option *opts, size_t nopts, int tim
 	for (size_t i = 0; i < nopts; i++) {
 		bool known = false;
 		if (strcmp(opts[i].name, "lazy") == 0) {
-			lazy = true;  /* the dispatch layer's own option */
+			lazy = true;  /* the dispatch layer's own options */
+			continue;
+		}
+		if (strcmp(opts[i].name, "list_timeout") == 0) {
+			if (kv_parse_ms(opts[i].value, &walks_ms)) {
+				snprintf(err, errlen, "bad list_timeout '%s' (seconds, e.g. 1 or 0.5)",
+					 opts[i].value);
+				free(bopts);
+				return -EINVAL;
+			}
 			continue;
 		}
 		for (const char *const *o = be->options; o && *o && !known; o++)
@@ -360,8 +370,9 @@ int kv_open(const char *url, const struct kv_option *opts, size_t nopts, int tim
 	}
 	s->be = be;
 	s->endpoint = endpoint_of(url);
-	if (!s->endpoint) {
-		be->close(s);
+	s->keycache = be->keys && walks_ms > 0 ? keycache_new(walks_ms) : NULL;
+	if (!s->endpoint || (be->keys && walks_ms > 0 && !s->keycache)) {
+		kv_close(s);
 		snprintf(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
@@ -375,13 +386,16 @@ int kv_open(const char *url, const struct kv_option *opts, size_t nopts, int tim
 
 void kv_close(struct kv_store *s)
 {
+	struct kv_keycache *kc;
 	char *ep;
 
 	if (!s)
 		return;
 	ep = s->endpoint;
+	kc = s->keycache;
 	s->be->close(s);
 	free(ep);
+	keycache_free(kc);
 }
 
 struct kv_limits kv_limits(struct kv_store *s)
@@ -475,6 +489,20 @@ int kv_stat(struct kv_store *s, const char *key, size_t klen, uint64_t *size)
 	return rc;
 }
 
+/* What a write through the mount did, for the listings of an unordered
+ * store: rc 0, it happened; rc > 0, nothing happened; otherwise it may or
+ * may not have. */
+static void noted(struct kv_store *s, const char *key, size_t klen, uint64_t size, bool gone,
+		  int rc)
+{
+	if (!s->keycache || rc > 0)
+		return;
+	if (rc == 0)
+		keycache_note(s, key, klen, size, gone);
+	else
+		keycache_forget(s);
+}
+
 int kv_set(struct kv_store *s, const char *key, size_t klen, const char *val, size_t vlen)
 {
 	int rc = check_key(s, klen);
@@ -483,14 +511,20 @@ int kv_set(struct kv_store *s, const char *key, size_t klen, const char *val, si
 		rc = check_value(s, vlen);
 	if (rc)
 		return rc;
-	return checked(s, "set", key, klen, s->be->set(s, key, klen, val, vlen));
+	rc = checked(s, "set", key, klen, s->be->set(s, key, klen, val, vlen));
+	noted(s, key, klen, vlen, false, rc);
+	return rc;
 }
 
 int kv_del(struct kv_store *s, const char *key, size_t klen)
 {
+	int rc;
+
 	if (check_key(s, klen))
 		return -ENOENT;
-	return checked(s, "del", key, klen, s->be->del(s, key, klen));
+	rc = checked(s, "del", key, klen, s->be->del(s, key, klen));
+	noted(s, key, klen, 0, true, rc == -ENOENT ? 0 : rc);
+	return rc;
 }
 
 /* ---- list: one walker over every backend's scan() or keys() ---- */
@@ -538,34 +572,6 @@ static int chunk_add(void *ctx, const char *key, size_t klen, uint64_t size)
 static const char *chunk_key(const struct chunk *c, size_t i)
 {
 	return c->text + c->k[i].off;
-}
-
-static int chunk_cmp(const void *a, const void *b, void *ctx)
-{
-	const struct chunk *c = ctx;
-	const __typeof__(*c->k) *x = a, *y = b;
-
-	return kv_key_cmp(c->text + x->off, x->len, c->text + y->off, y->len);
-}
-
-/* keys() of an unordered store: every key under the prefix, sorted. */
-static int chunk_fill_unordered(struct kv_store *s, const struct kv_list_req *req,
-				struct chunk *c)
-{
-	int rc = s->be->keys(s, req->prefix, req->prefix_len, chunk_add, c);
-
-	if (rc)
-		return rc;
-	if (c->n < 2)
-		return 0;  /* nothing to order (and c->k may still be NULL) */
-	qsort_r(c->k, c->n, sizeof(*c->k), chunk_cmp, c);
-	/* a store's walk may meet a key twice (memcached's crawl, Redis's SCAN) */
-	size_t o = 0;
-	for (size_t i = 0; i < c->n; i++)
-		if (!o || chunk_cmp(&c->k[o - 1], &c->k[i], c) != 0)
-			c->k[o++] = c->k[i];
-	c->n = o;
-	return 0;
 }
 
 /* A growable copy of a key. */
@@ -620,7 +626,9 @@ static int walk(struct kv_store *s, const struct kv_list_req *req, size_t limit,
 	 * in chunks that bound the memory a listing holds. */
 	c.max = limit < 255 ? (limit + 1 < 16 ? 16 : limit + 1) : 256;
 	if (!ordered) {
-		rc = chunk_fill_unordered(s, req, &c);
+		/* every key under the prefix, sorted, from the walk kept or a new one */
+		rc = keycache_keys(s, req->prefix, req->prefix_len, req->delim, limit <= 2,
+				   chunk_add, &c);
 		if (rc)
 			goto out;
 	}
@@ -750,7 +758,9 @@ int kv_cas(struct kv_store *s, const char *key, size_t klen, uint64_t version,
 		return rc;
 	if (!s->be->cas)
 		return -ENOTSUP;
-	return checked(s, "cas", key, klen, s->be->cas(s, key, klen, version, val, vlen));
+	rc = checked(s, "cas", key, klen, s->be->cas(s, key, klen, version, val, vlen));
+	noted(s, key, klen, vlen, false, rc == -ECANCELED ? 1 : rc);
+	return rc;
 }
 
 int kv_apply(struct kv_store *s, const struct kv_op *ops, size_t n)
@@ -766,10 +776,17 @@ int kv_apply(struct kv_store *s, const struct kv_op *ops, size_t n)
 	if (s->be->apply) {
 		size_t max = kv_limits(s).max_ops ? kv_limits(s).max_ops : n;
 		/* atomic per chunk; a failed chunk leaves the earlier ones applied */
-		for (size_t i = 0; i < n; i += max)
-			if ((rc = checked(s, "apply", NULL, 0,
-					  s->be->apply(s, ops + i, n - i < max ? n - i : max))))
+		for (size_t i = 0; i < n; i += max) {
+			size_t m = n - i < max ? n - i : max;
+			rc = checked(s, "apply", NULL, 0, s->be->apply(s, ops + i, m));
+			for (size_t j = i; j < i + m && rc == 0; j++)
+				noted(s, ops[j].key, ops[j].key_len, ops[j].val_len,
+				      ops[j].type != KV_OP_SET, 0);
+			if (rc) {
+				noted(s, NULL, 0, 0, false, rc);
 				return rc;
+			}
+		}
 		return 0;
 	}
 	for (size_t i = 0; i < n; i++) {

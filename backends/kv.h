@@ -37,6 +37,8 @@ struct kv_store {
 	/* Printable location for logs and .health: no credentials. Owned by
 	 * the dispatch layer (set after open, freed by kv_close). */
 	char *endpoint;
+	/* Unordered stores: their last walks (keycache.c).  Dispatch layer's. */
+	struct kv_keycache *keycache;
 };
 
 /*
