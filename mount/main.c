@@ -123,6 +123,8 @@ static void usage(const char *prog)
 	       "    -o lazy                mount even if the store does not answer now\n"
 	       "    -o health_timeout=T    bound on reading .health (default 2s)\n"
 	       "    -o entry_timeout=T,attr_timeout=T   kernel cache times in seconds (default 1)\n"
+	       "    -o list_timeout=T      how long a walk of memcached or Redis answers\n"
+	       "                           listings (default: entry_timeout)\n"
 	       "    -o max_threads=N       FUSE worker threads (default 10)\n"
 	       "\n"
 	       "Backend options (-o name=value):\n", prog, prog, prog);
@@ -188,6 +190,8 @@ static int sort_options(struct options *o, const char *url, struct fuse_args *ar
 			struct kv_option **bopts, size_t *nbopts)
 {
 	const struct kv_backend *be = kv_backend_find(url, strcspn(url, ":"));
+	const char *entry = NULL;
+	bool list_timeout = false;
 
 	*bopts = calloc(o->nrest + 1, sizeof(**bopts));
 	*nbopts = 0;
@@ -202,6 +206,10 @@ static int sort_options(struct options *o, const char *url, struct fuse_args *ar
 		} else if (strcmp(arg, "lazy") == 0) {
 			/* mount even when the store does not answer (kv_open) */
 			(*bopts)[(*nbopts)++] = (struct kv_option){.name = arg, .value = ""};
+		} else if (strncmp(arg, "list_timeout=", 13) == 0) {
+			*eq = '\0';   /* the dispatch layer's too */
+			(*bopts)[(*nbopts)++] = (struct kv_option){.name = arg, .value = eq + 1};
+			list_timeout = true;
 		} else if (named(fuse_numeric, arg) && !is_number(eq ? eq + 1 : NULL)) {
 			fprintf(stderr, "kvfs: bad value in option '%s' (a number is needed)\n", arg);
 			return -1;
@@ -212,6 +220,8 @@ static int sort_options(struct options *o, const char *url, struct fuse_args *ar
 			sprintf(opt, "-o%s", arg);
 			fuse_opt_add_arg(args, opt);
 			free(opt);
+			if (strncmp(arg, "entry_timeout=", 14) == 0)
+				entry = eq + 1;
 		} else if (!named(fstab_noise, arg)) {
 			if (eq)
 				*eq = '\0';
@@ -219,6 +229,8 @@ static int sort_options(struct options *o, const char *url, struct fuse_args *ar
 			return -1;
 		}
 	}
+	if (entry && !list_timeout)   /* walks kept as long as names */
+		(*bopts)[(*nbopts)++] = (struct kv_option){.name = "list_timeout", .value = entry};
 	return 0;
 }
 
