@@ -193,14 +193,15 @@ class Backend:
     shared: bool = False       # one server for all tests: isolate with -o root=
     options: tuple = ()        # backend -o options every mount gets
     blackhole_url: object = None  # port -> URL of a server that never answers (H2)
+    walks: bool = False        # lists by walking every key: a walk answers for list_timeout
 
 
-def remote(scheme, atomic_rename=False, options=()):
+def remote(scheme, atomic_rename=False, options=(), walks=False):
     """A row for a network backend: one server for the whole run (the suite's
     own from tests/servers/<scheme>.py, or KVFS_TEST_<SCHEME>_URL), every
     test in its own key space."""
     return Backend(scheme, lambda d, url: url, persistent=True, atomic_rename=atomic_rename,
-                   shared=True, options=tuple(options),
+                   shared=True, options=tuple(options), walks=walks,
                    blackhole_url=lambda port: "%s://127.0.0.1:%d" % (scheme, port))
 
 
@@ -209,11 +210,11 @@ BACKENDS = {
                     persistent=True, atomic_rename=True),
     "memory": Backend("memory", lambda d, url: "memory:",
                       persistent=False, atomic_rename=True),
-    "memcached": remote("memcached"),
+    "memcached": remote("memcached", walks=True),
     "consul": remote("consul"),   # atomic only up to 64 operations (docs/backends.md)
     "mongodb": remote("mongodb"),
     "etcd": remote("etcd", atomic_rename=True),
-    "redis": remote("redis", atomic_rename=True),
+    "redis": remote("redis", atomic_rename=True, walks=True),
     "postgresql": remote("postgresql", atomic_rename=True),
     "mysql": remote("mysql", atomic_rename=True),
 }
@@ -687,8 +688,16 @@ class Mounts:
         return m.start()
 
     def with_keys(self, keys, **kw):
-        """Write keys straight into the store, then mount it."""
+        """Write keys straight into the store, then mount it.  On a store
+        listed by walking it, the mount walks at every listing
+        (list_timeout=0): keys written behind a mount's back show in its
+        listings only after list_timeout otherwise (tests/test_backend_*
+        check that)."""
         self.store.put_many(keys)
+        opts = list(kw.pop("opts", ()))
+        if self.store.backend.walks and not any(o.startswith("list_timeout=") for o in opts):
+            opts.append("list_timeout=0")
+        kw["opts"] = opts
         return self.mount(**kw)
 
     def remount(self, m, opts=None, args=None):
