@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(not os.access(etcd.ETCD, os.X_OK), reason="no %s
 def cluster():
     if "etcd" not in util.compiled_backends():
         pytest.skip("etcd is not compiled in")
-    c = etcd.start(util.new_temp_dir("kvfs-etcd-", keep=True))
+    c = etcd.Cluster(util.new_temp_dir("kvfs-etcd-", keep=True), size=3)
     yield c
     c.stop()
 
