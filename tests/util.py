@@ -689,13 +689,14 @@ class Mounts:
 
     def with_keys(self, keys, **kw):
         """Write keys straight into the store, then mount it.  On a store
-        listed by walking it, the mount walks at every listing
-        (list_timeout=0): keys written behind a mount's back show in its
-        listings only after list_timeout otherwise (tests/test_backend_*
-        check that)."""
+        listed by walking it, a shared daemon (already running) walks at
+        every listing (list_timeout=0): keys written behind a mount's back
+        show in its listings only after list_timeout otherwise
+        (tests/test_backend_* check that)."""
         self.store.put_many(keys)
         opts = list(kw.pop("opts", ()))
-        if self.store.backend.walks and not any(o.startswith("list_timeout=") for o in opts):
+        if (self.store.backend.walks and self.store.view
+                and not any(o.startswith("list_timeout=") for o in opts)):
             opts.append("list_timeout=0")
         kw["opts"] = opts
         return self.mount(**kw)
