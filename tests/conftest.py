@@ -25,7 +25,11 @@
   hangs forever.
 - `--smoke-remote` (the sanitizer pass, KVFS_TEST_SMOKE_REMOTE=1): on the
   remote backends only the tests marked `smoke` (and their own files'
-  tests marked `smoke`).
+  tests marked `smoke`).  `--no-smoke-remote` (the first pass when the
+  sanitizer pass runs alongside, KVFS_TEST_NO_SMOKE_REMOTE=1): on the
+  remote backends every test but those, so that each runs once.
+- `--small-trees` (the sanitizer pass, KVFS_TEST_SMALL_TREES=1): the
+  migration tests move the small tree on lmdb and memory too.
 """
 import os
 import threading
@@ -55,6 +59,13 @@ def pytest_addoption(parser):
     parser.addoption("--smoke-remote", action="store_true",
                      default=os.environ.get("KVFS_TEST_SMOKE_REMOTE") == "1",
                      help="on remote backends run only the tests marked smoke")
+    parser.addoption("--no-smoke-remote", action="store_true",
+                     default=os.environ.get("KVFS_TEST_NO_SMOKE_REMOTE") == "1",
+                     help="on remote backends leave out the tests marked smoke (a "
+                          "sanitizer pass with --smoke-remote runs them)")
+    parser.addoption("--small-trees", action="store_true",
+                     default=os.environ.get("KVFS_TEST_SMALL_TREES") == "1",
+                     help="the migration tests move the small tree on every backend")
 
 
 MARKERS = [
@@ -101,7 +112,9 @@ def pytest_generate_tests(metafunc):
             choices = [c for c in choices if not c.backend.shared]
     elif each.kwargs.get("where"):
         choices = [c for c in choices if each.kwargs["where"](c.backend)]
-    if config.getoption("--smoke-remote") and not metafunc.definition.get_closest_marker("smoke"):
+    smoke = metafunc.definition.get_closest_marker("smoke") is not None
+    if (config.getoption("--smoke-remote") and not smoke
+            or config.getoption("--no-smoke-remote") and smoke):
         choices = [c for c in choices if not c.backend.shared]
     metafunc.parametrize("backend", choices, ids=[c.id for c in choices])
 

@@ -186,10 +186,13 @@ def fitted_trees(source_tree):
 
 
 @pytest.fixture
-def tree(store, source_tree, small_tree, fitted_trees):
+def tree(request, store, source_tree, small_tree, fitted_trees):
     """tree(mount): the tree to move through mount: source_tree on a local
-    store, small_tree on a remote one; less what the store cannot hold."""
-    return lambda m: fitted_trees(m, small_tree if store.backend.shared else source_tree)
+    store, small_tree on a remote one (and everywhere with --small-trees: the
+    sanitizer pass, whose first pass moves the big one); less what the
+    store cannot hold."""
+    small = store.backend.shared or request.config.getoption("--small-trees")
+    return lambda m: fitted_trees(m, small_tree if small else source_tree)
 
 
 def big_opts(store):
