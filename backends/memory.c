@@ -6,13 +6,13 @@
  * process.  Versions come from one counter, so every write changes them.
  */
 #include "kv.h"
+#include "toolkit.h"
 
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 struct mem_item {
 	char *key;
@@ -35,16 +35,6 @@ struct mem_store {
 	                     beyond it is -ENOSPC, as from a full store (0 = none) */
 };
 
-static void mem_wait(struct mem_store *m)
-{
-	if (m->delay_ms > 0) {
-		struct timespec ts = {.tv_sec = m->delay_ms / 1000,
-				      .tv_nsec = (long)(m->delay_ms % 1000) * 1000000L};
-		while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
-			;
-	}
-}
-
 /* Index of the first item >= key; *found tells whether it is equal. */
 static size_t mem_find(struct mem_store *m, const char *key, size_t klen, bool *found)
 {
@@ -61,12 +51,13 @@ static size_t mem_find(struct mem_store *m, const char *key, size_t klen, bool *
 	return lo;
 }
 
+/* A NUL-terminated copy, as get() hands out. */
 static char *dup_bytes(const char *p, size_t n)
 {
 	char *d = malloc(n + 1);
+
 	if (d) {
-		if (n)
-			memcpy(d, p, n);
+		memcpy(d, n ? p : "", n);
 		d[n] = '\0';
 	}
 	return d;
@@ -74,19 +65,16 @@ static char *dup_bytes(const char *p, size_t n)
 
 static int mem_open(const struct kv_open_args *a, struct kv_store **out, char *err, size_t errlen)
 {
-	struct mem_store *m;
+	struct mem_store *m = calloc(1, sizeof(*m));
+	int rc;
 
-	int delay_ms = 0, rc;
-	uint64_t quota_bytes = 0;
-
-	if ((rc = kv_option_ms(a, "delay", 0, INT32_MAX, &delay_ms, err, errlen)) ||
-	    (rc = kv_option_size(a, "quota", 0, UINT64_MAX, &quota_bytes, err, errlen)))
-		return rc;
-	m = calloc(1, sizeof(*m));
 	if (!m)
 		return -ENOMEM;
-	m->delay_ms = delay_ms;
-	m->quota = quota_bytes;
+	if ((rc = kv_option_ms(a, "delay", 0, INT32_MAX, &m->delay_ms, err, errlen)) ||
+	    (rc = kv_option_size(a, "quota", 0, UINT64_MAX, &m->quota, err, errlen))) {
+		free(m);
+		return rc;
+	}
 	pthread_rwlock_init(&m->lock, NULL);
 	*out = &m->base;
 	return 0;
@@ -105,20 +93,28 @@ static void mem_close(struct kv_store *s)
 	free(m);
 }
 
+/* Every call but statfs starts here: the -o delay, then the lock. */
+static struct mem_store *mem_lock(struct kv_store *s, bool write)
+{
+	struct mem_store *m = kv_store_cast(struct mem_store, s);
+
+	kv_sleep_ms(m->delay_ms);
+	if (write)
+		pthread_rwlock_wrlock(&m->lock);
+	else
+		pthread_rwlock_rdlock(&m->lock);
+	return m;
+}
+
 static int mem_get(struct kv_store *s, const char *key, size_t klen, char **val, size_t *len,
 		   uint64_t *version)
 {
-	struct mem_store *m = kv_store_cast(struct mem_store, s);
+	struct mem_store *m = mem_lock(s, false);
 	bool found;
-	int rc = 0;
-
-	mem_wait(m);
-
-	pthread_rwlock_rdlock(&m->lock);
 	size_t i = mem_find(m, key, klen, &found);
-	if (!found) {
-		rc = -ENOENT;
-	} else {
+	int rc = found ? 0 : -ENOENT;
+
+	if (found) {
 		*val = dup_bytes(m->items[i].val, m->items[i].vlen);
 		*len = m->items[i].vlen;
 		if (version)
@@ -132,13 +128,10 @@ static int mem_get(struct kv_store *s, const char *key, size_t klen, char **val,
 
 static int mem_stat(struct kv_store *s, const char *key, size_t klen, uint64_t *size)
 {
-	struct mem_store *m = kv_store_cast(struct mem_store, s);
+	struct mem_store *m = mem_lock(s, false);
 	bool found;
-
-	mem_wait(m);
-
-	pthread_rwlock_rdlock(&m->lock);
 	size_t i = mem_find(m, key, klen, &found);
+
 	if (found)
 		*size = m->items[i].vlen;
 	pthread_rwlock_unlock(&m->lock);
@@ -151,34 +144,28 @@ static int mem_put_locked(struct mem_store *m, const char *key, size_t klen, con
 {
 	bool found;
 	size_t i = mem_find(m, key, klen, &found);
-	char *v;
+	char *v, *k = NULL;
 
 	if (m->quota && m->bytes + vlen + (found ? 0 : klen) - (found ? m->items[i].vlen : 0) >
 	    m->quota)
 		return -ENOSPC;
+	if (!found && m->n == m->cap) {
+		size_t cap = m->cap ? m->cap * 2 : 64;
+		struct mem_item *it = realloc(m->items, cap * sizeof(*it));
+		if (!it)
+			return -ENOMEM;
+		m->items = it;
+		m->cap = cap;
+	}
 	v = dup_bytes(val, vlen);
-	if (!v)
+	if (!v || (!found && !(k = dup_bytes(key, klen)))) {
+		free(v);
 		return -ENOMEM;
+	}
 	if (found) {
 		m->bytes -= m->items[i].vlen;
 		free(m->items[i].val);
 	} else {
-		char *k = dup_bytes(key, klen);
-		if (!k) {
-			free(v);
-			return -ENOMEM;
-		}
-		if (m->n == m->cap) {
-			size_t cap = m->cap ? m->cap * 2 : 64;
-			struct mem_item *it = realloc(m->items, cap * sizeof(*it));
-			if (!it) {
-				free(k);
-				free(v);
-				return -ENOMEM;
-			}
-			m->items = it;
-			m->cap = cap;
-		}
 		memmove(&m->items[i + 1], &m->items[i], (m->n - i) * sizeof(*m->items));
 		m->items[i] = (struct mem_item){.key = k, .klen = klen};
 		m->n++;
@@ -208,24 +195,18 @@ static int mem_del_locked(struct mem_store *m, const char *key, size_t klen)
 
 static int mem_set(struct kv_store *s, const char *key, size_t klen, const char *val, size_t vlen)
 {
-	struct mem_store *m = kv_store_cast(struct mem_store, s);
-
-	mem_wait(m);
-
-	pthread_rwlock_wrlock(&m->lock);
+	struct mem_store *m = mem_lock(s, true);
 	int rc = mem_put_locked(m, key, klen, val, vlen);
+
 	pthread_rwlock_unlock(&m->lock);
 	return rc;
 }
 
 static int mem_del(struct kv_store *s, const char *key, size_t klen)
 {
-	struct mem_store *m = kv_store_cast(struct mem_store, s);
-
-	mem_wait(m);
-
-	pthread_rwlock_wrlock(&m->lock);
+	struct mem_store *m = mem_lock(s, true);
 	int rc = mem_del_locked(m, key, klen);
+
 	pthread_rwlock_unlock(&m->lock);
 	return rc;
 }
@@ -233,17 +214,12 @@ static int mem_del(struct kv_store *s, const char *key, size_t klen)
 static int mem_cas(struct kv_store *s, const char *key, size_t klen, uint64_t version,
 		   const char *val, size_t vlen)
 {
-	struct mem_store *m = kv_store_cast(struct mem_store, s);
+	struct mem_store *m = mem_lock(s, true);
 	bool found;
-	int rc;
-
-	mem_wait(m);
-
-	pthread_rwlock_wrlock(&m->lock);
 	size_t i = mem_find(m, key, klen, &found);
-	if (found ? m->items[i].version != version : version != 0)
-		rc = -ECANCELED;
-	else
+	int rc = -ECANCELED;
+
+	if (found ? m->items[i].version == version : version == 0)
 		rc = mem_put_locked(m, key, klen, val, vlen);
 	pthread_rwlock_unlock(&m->lock);
 	return rc;
@@ -253,36 +229,27 @@ static int mem_cas(struct kv_store *s, const char *key, size_t klen, uint64_t ve
  * part-way puts the saved values back before the lock is released. */
 static int mem_apply(struct kv_store *s, const struct kv_op *ops, size_t n)
 {
-	struct mem_store *m = kv_store_cast(struct mem_store, s);
-	struct mem_item *undo = calloc(n ? n : 1, sizeof(*undo));
-	bool *had = calloc(n ? n : 1, sizeof(*had));
+	struct { char *val; size_t vlen; bool had; } *undo = calloc(n ? n : 1, sizeof(*undo));
+	struct mem_store *m;
 	size_t done = 0;
 	int rc = 0;
 
-	mem_wait(m);
-
-	if (!undo || !had) {
-		free(undo);
-		free(had);
+	if (!undo)
 		return -ENOMEM;
-	}
-	pthread_rwlock_wrlock(&m->lock);
+	m = mem_lock(s, true);
 	for (; done < n; done++) {
 		const struct kv_op *op = &ops[done];
-		bool found;
-		size_t i = mem_find(m, op->key, op->key_len, &found);
-		had[done] = found;
-		if (found) {
-			undo[done].val = dup_bytes(m->items[i].val, m->items[i].vlen);
+		size_t i = mem_find(m, op->key, op->key_len, &undo[done].had);
+
+		if (undo[done].had) {
 			undo[done].vlen = m->items[i].vlen;
-			if (!undo[done].val) {
-				rc = -ENOMEM;
-				break;
-			}
+			undo[done].val = dup_bytes(m->items[i].val, m->items[i].vlen);
 		}
-		if (op->type == KV_OP_SET)
+		if (undo[done].had && !undo[done].val)
+			rc = -ENOMEM;
+		else if (op->type == KV_OP_SET)
 			rc = mem_put_locked(m, op->key, op->key_len, op->val, op->val_len);
-		else if (found)
+		else if (undo[done].had)
 			rc = mem_del_locked(m, op->key, op->key_len);
 		if (rc)
 			break;  /* undo[done] is freed with the others below */
@@ -290,7 +257,7 @@ static int mem_apply(struct kv_store *s, const struct kv_op *ops, size_t n)
 	/* On failure, undo in reverse order so repeated keys end as they began. */
 	while (rc && done-- > 0) {
 		const struct kv_op *op = &ops[done];
-		if (had[done])
+		if (undo[done].had)
 			mem_put_locked(m, op->key, op->key_len, undo[done].val, undo[done].vlen);
 		else
 			mem_del_locked(m, op->key, op->key_len);
@@ -299,20 +266,16 @@ static int mem_apply(struct kv_store *s, const struct kv_op *ops, size_t n)
 	for (size_t i = 0; i < n; i++)
 		free(undo[i].val);
 	free(undo);
-	free(had);
 	return rc;
 }
 
 static int mem_scan(struct kv_store *s, const char *from, size_t flen, const char *to,
 		    size_t tlen, size_t max, kv_key_cb *cb, void *ctx)
 {
-	struct mem_store *m = kv_store_cast(struct mem_store, s);
+	struct mem_store *m = mem_lock(s, false);
 	bool found;
 	int rc = 0;
 
-	mem_wait(m);
-
-	pthread_rwlock_rdlock(&m->lock);
 	for (size_t i = mem_find(m, from, flen, &found); i < m->n && max-- && !rc; i++) {
 		struct mem_item *it = &m->items[i];
 		if (to && kv_key_cmp(it->key, it->klen, to, tlen) >= 0)
@@ -325,24 +288,20 @@ static int mem_scan(struct kv_store *s, const char *from, size_t flen, const cha
 
 static int mem_health(struct kv_store *s, struct kv_health *h)
 {
-	struct mem_store *m = kv_store_cast(struct mem_store, s);
+	struct mem_store *m = mem_lock(s, false);
 
-	mem_wait(m);
-
-	pthread_rwlock_rdlock(&m->lock);
 	snprintf(h->detail, sizeof(h->detail), "in-process store, %zu keys", m->n);
 	pthread_rwlock_unlock(&m->lock);
 	return 0;
 }
 
+/* Without the -o delay; the sizes stay 0 (unknown), as kv_statfs set them. */
 static int mem_statfs(struct kv_store *s, struct kv_statfs *st)
 {
 	struct mem_store *m = kv_store_cast(struct mem_store, s);
 
 	pthread_rwlock_rdlock(&m->lock);
 	st->keys = m->n;
-	st->total_bytes = 0;
-	st->free_bytes = 0;
 	pthread_rwlock_unlock(&m->lock);
 	return 0;
 }
@@ -352,7 +311,6 @@ const struct kv_backend kv_backend_memory = {
 	.summary = "in-process store for tests and scratch mounts; gone when kvfs exits",
 	.usage = "memory:",
 	.options = (const char *const[]){"delay", "quota", NULL},
-	.limits = {.max_key = 0, .max_value = 0},
 	.open = mem_open,
 	.close = mem_close,
 	.get = mem_get,
