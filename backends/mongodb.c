@@ -52,16 +52,19 @@ struct mg_store {
 	int timeout_ms;
 };
 
+
 /* ---- keys: bytes <-> _id strings ---- */
 
-/* The _id of key[0..klen): malloc'd, length in *len (at most 2 * klen). */
+/*
+ * The _id of key[0..klen), length in *len (at most 2 * klen).  From
+ * bson_malloc, which aborts when memory runs out, as every document libbson
+ * builds already does: free with bson_free.
+ */
 static char *mg_id(const char *key, size_t klen, size_t *len)
 {
-	char *out = malloc(2 * klen + 2);
+	char *out = bson_malloc(2 * klen + 2);
 	size_t o = 0;
 
-	if (!out)
-		return NULL;
 	for (size_t i = 0; i < klen; i++) {
 		unsigned char c = (unsigned char)key[i];
 		if (c < 2) {
@@ -104,20 +107,32 @@ static bool mg_key(const char *id, size_t len, char *out, size_t *klen)
 	return true;
 }
 
-/* Append {_id: <the key's _id>} to doc.  false: out of memory. */
-static bool mg_append_id(bson_t *doc, const char *key, size_t klen)
+/* Append {name: <the key's _id>} to doc. */
+static void mg_append_id(bson_t *doc, const char *name, const char *key, size_t klen)
 {
 	size_t idlen;
 	char *id = mg_id(key, klen, &idlen);
-	bool ok = id && bson_append_utf8(doc, "_id", 3, id, (int)idlen);
 
-	free(id);
-	return ok;
+	bson_append_utf8(doc, name, -1, id, (int)idlen);
+	bson_free(id);
 }
 
-static int64_t mg_new_version(void)
+/* Append v: value and ver: a new version (see the top of this file). */
+static void mg_append_value(bson_t *doc, const char *val, size_t vlen)
 {
-	return (int64_t)((kv_random64() >> 2) | 1);
+	bson_append_binary(doc, "v", 1, BSON_SUBTYPE_BINARY, (const uint8_t *)(vlen ? val : ""),
+			   (uint32_t)vlen);
+	BSON_APPEND_INT64(doc, "ver", (int64_t)((kv_random64() >> 2) | 1));
+}
+
+/* A numeric field of doc (a reply's count, a value's size or version); 0 if none. */
+static int64_t mg_number(const bson_t *doc, const char *field)
+{
+	bson_iter_t it;
+
+	if (bson_iter_init_find(&it, doc, field) && BSON_ITER_HOLDS_NUMBER(&it))
+		return bson_iter_as_int64(&it);
+	return 0;
 }
 
 /* ---- errors ---- */
@@ -152,107 +167,110 @@ static int mg_errno(const bson_error_t *e, const char *op, const char *key, size
 	return rc;
 }
 
-/* ---- a collection handle per call ---- */
-
-struct mg_call {
-	mongoc_client_t *client;
-	mongoc_collection_t *coll;
-	int64_t deadline;
-	int attempt;
-};
-
-/*
- * A passing failure (a dropped connection, a server restarting or not
- * found yet, an election) is tried again with backoff until the call's
- * deadline; the driver finds the server again meanwhile.
- */
-static bool mg_again(struct mg_call *c, const bson_error_t *e)
+/* A dropped connection, a server restarting or not found yet, an election. */
+static bool mg_passing(const bson_error_t *e)
 {
-	bool passing = e->domain == MONGOC_ERROR_STREAM ||
-		       e->domain == MONGOC_ERROR_SERVER_SELECTION ||
-		       (e->domain == MONGOC_ERROR_SERVER &&
-			(e->code == 91 || e->code == 189 || e->code == 10107 || e->code == 11600 ||
-			 e->code == 11602 || e->code == 13435));  /* shutdown, not primary */
-
-	return passing && kv_backoff(c->attempt++, c->deadline);
+	return e->domain == MONGOC_ERROR_STREAM || e->domain == MONGOC_ERROR_SERVER_SELECTION ||
+	       (e->domain == MONGOC_ERROR_SERVER &&
+		(e->code == 91 || e->code == 189 || e->code == 10107 || e->code == 11600 ||
+		 e->code == 11602 || e->code == 13435));  /* shutdown, not primary */
 }
 
-static int mg_begin(struct mg_store *s, struct mg_call *c)
+/* ---- one call: a client from the pool, one try or more ---- */
+
+struct mg_call {
+	struct mg_store *s;
+	mongoc_client_t *client;
+	mongoc_collection_t *coll;
+};
+
+/* A try's result besides 0 and a negative errno: it failed, as *e says. */
+#define MG_FAILED 1
+
+typedef int mg_try_fn(struct mg_call *c, void *arg, bson_error_t *e);
+
+/*
+ * Run try with a client and the collection.  A passing failure is tried
+ * again with backoff until the call's deadline (the driver finds the server
+ * again meanwhile); any other is logged with op and key and becomes an errno.
+ */
+static int mg_run(struct mg_store *s, const char *op, const char *key, size_t klen,
+		  mg_try_fn *try, void *arg)
 {
-	c->deadline = kv_deadline(s->timeout_ms);
-	c->attempt = 0;
-	c->client = mongoc_client_pool_pop(s->pool);
-	if (!c->client) {
+	int64_t deadline = kv_deadline(s->timeout_ms);
+	struct mg_call c = {.s = s, .client = mongoc_client_pool_pop(s->pool)};
+	bson_error_t e;
+	int rc, attempt = 0;
+
+	if (!c.client) {
 		kv_log(KV_LOG_ERR, "mongodb: no free connection within the timeout");
 		return -EIO;
 	}
-	c->coll = mongoc_client_get_collection(c->client, s->db, s->coll);
-	return 0;
-}
-
-static void mg_end(struct mg_store *s, struct mg_call *c)
-{
-	mongoc_collection_destroy(c->coll);
-	mongoc_client_pool_push(s->pool, c->client);
+	c.coll = mongoc_client_get_collection(c.client, s->db, s->coll);
+	while ((rc = try(&c, arg, &e)) == MG_FAILED && mg_passing(&e) &&
+	       kv_backoff(attempt++, deadline))
+		;
+	if (rc == MG_FAILED)
+		rc = mg_errno(&e, op, key, klen);
+	mongoc_collection_destroy(c.coll);
+	mongoc_client_pool_push(s->pool, c.client);
+	return rc;
 }
 
 /* ---- get, stat ---- */
 
-static uint64_t mg_version_of(const bson_t *doc)
-{
-	bson_iter_t it;
-	int64_t v;
+/* A find of one document: filter and opts in, a copy of the document out. */
+struct mg_one {
+	bson_t filter, opts;
+	bson_t *doc;
+};
 
-	if (!bson_iter_init_find(&it, doc, "ver") || !BSON_ITER_HOLDS_NUMBER(&it))
-		return MG_VER_NONE;
-	v = bson_iter_as_int64(&it);
-	return v == 0 ? MG_VER_NONE : (uint64_t)v;
+static void mg_one_init(struct mg_one *f, const bson_t *projection)
+{
+	*f = (struct mg_one){.filter = BSON_INITIALIZER, .opts = BSON_INITIALIZER};
+	BSON_APPEND_INT64(&f->opts, "limit", 1);
+	BSON_APPEND_BOOL(&f->opts, "singleBatch", true);
+	BSON_APPEND_DOCUMENT(&f->opts, "projection", projection);
 }
 
-/* Find the one document of _id; 0 with *doc (a copy), -ENOENT or -EIO. */
-static int mg_find_one(struct mg_store *s, const char *op, const char *key, size_t klen,
-		       const bson_t *projection, bson_t **doc)
+static void mg_one_free(struct mg_one *f)
 {
-	struct mg_call c;
-	mongoc_cursor_t *cur;
-	const bson_t *d;
-	bson_error_t e;
-	bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER;
-	int rc;
+	bson_destroy(&f->filter);
+	bson_destroy(&f->opts);
+	if (f->doc)
+		bson_destroy(f->doc);
+}
 
-	if (!mg_append_id(&filter, key, klen)) {
-		bson_destroy(&filter);
-		return -ENOMEM;
-	}
-	BSON_APPEND_INT64(&opts, "limit", 1);
-	BSON_APPEND_BOOL(&opts, "singleBatch", true);
-	BSON_APPEND_DOCUMENT(&opts, "projection", projection);
-	if ((rc = mg_begin(s, &c)) == 0) {
-		bool again = false;
-		do {
-			cur = mongoc_collection_find_with_opts(c.coll, &filter, &opts, NULL);
-			if (mongoc_cursor_next(cur, &d)) {
-				*doc = bson_copy(d);
-				rc = *doc ? 0 : -ENOMEM;
-			} else if (!mongoc_cursor_error(cur, &e)) {
-				rc = -ENOENT;
-			} else if (!(again = mg_again(&c, &e))) {
-				rc = mg_errno(&e, op, key, klen);
-			}
-			mongoc_cursor_destroy(cur);
-		} while (again);
-		mg_end(s, &c);
-	}
-	bson_destroy(&filter);
-	bson_destroy(&opts);
+/* 0 with f->doc, -ENOENT, or MG_FAILED. */
+static int mg_one_try(struct mg_call *c, void *arg, bson_error_t *e)
+{
+	struct mg_one *f = arg;
+	mongoc_cursor_t *cur = mongoc_collection_find_with_opts(c->coll, &f->filter, &f->opts, NULL);
+	const bson_t *d;
+	int rc = -ENOENT;
+
+	if (mongoc_cursor_next(cur, &d))
+		rc = (f->doc = bson_copy(d)) ? 0 : -ENOMEM;
+	else if (mongoc_cursor_error(cur, e))
+		rc = MG_FAILED;
+	mongoc_cursor_destroy(cur);
 	return rc;
+}
+
+/* The document of key with the fields of projection, in f->doc (mg_one_free it). */
+static int mg_find_one(struct mg_store *s, const char *op, const char *key, size_t klen,
+		       const bson_t *projection, struct mg_one *f)
+{
+	mg_one_init(f, projection);
+	mg_append_id(&f->filter, "_id", key, klen);
+	return mg_run(s, op, key, klen, mg_one_try, f);
 }
 
 static int mg_get(struct kv_store *st, const char *key, size_t klen, char **val, size_t *len,
 		  uint64_t *version)
 {
-	struct mg_store *s = kv_store_cast(struct mg_store, st);
-	bson_t proj = BSON_INITIALIZER, *doc = NULL;
+	bson_t proj = BSON_INITIALIZER;
+	struct mg_one f;
 	bson_iter_t it;
 	const uint8_t *data = NULL;
 	uint32_t n = 0;
@@ -261,229 +279,208 @@ static int mg_get(struct kv_store *st, const char *key, size_t klen, char **val,
 
 	BSON_APPEND_INT32(&proj, "v", 1);
 	BSON_APPEND_INT32(&proj, "ver", 1);
-	rc = mg_find_one(s, "get", key, klen, &proj, &doc);
+	rc = mg_find_one(kv_store_cast(struct mg_store, st), "get", key, klen, &proj, &f);
 	bson_destroy(&proj);
-	if (rc)
-		return rc;
-	if (bson_iter_init_find(&it, doc, "v") && BSON_ITER_HOLDS_BINARY(&it)) {
+	if (!rc && bson_iter_init_find(&it, f.doc, "v") && BSON_ITER_HOLDS_BINARY(&it)) {
 		bson_iter_binary(&it, &sub, &n, &data);
-	} else if (bson_iter_init_find(&it, doc, "v") && BSON_ITER_HOLDS_UTF8(&it)) {
+	} else if (!rc && bson_iter_init_find(&it, f.doc, "v") && BSON_ITER_HOLDS_UTF8(&it)) {
 		data = (const uint8_t *)bson_iter_utf8(&it, &n);  /* written by hand in mongosh */
-	} else {
+	} else if (!rc) {
 		kv_log(KV_LOG_ERR, "mongodb: get %s: the document has no binary or string field v",
 		       kv_printable(key, klen));
-		bson_destroy(doc);
-		return -EIO;
+		rc = -EIO;
 	}
-	*val = malloc((size_t)n + 1);
-	if (!*val) {
-		bson_destroy(doc);
-		return -ENOMEM;
+	if (!rc && !(*val = malloc((size_t)n + 1)))
+		rc = -ENOMEM;
+	if (!rc) {
+		int64_t ver = mg_number(f.doc, "ver");  /* 0: none, or not a number */
+
+		memcpy(*val, n ? (const char *)data : "", n);
+		(*val)[n] = '\0';
+		*len = n;
+		if (version)
+			*version = ver ? (uint64_t)ver : MG_VER_NONE;
 	}
-	if (n)
-		memcpy(*val, data, n);
-	(*val)[n] = '\0';
-	*len = n;
-	if (version)
-		*version = mg_version_of(doc);
-	bson_destroy(doc);
-	return 0;
+	mg_one_free(&f);
+	return rc;
 }
 
-/* The projection that gives a value's size without sending the value. */
+/* The projection that gives a value's size, as n, without sending the value. */
 static void mg_size_projection(bson_t *proj)
 {
 	bson_t sz;
 
+	BSON_APPEND_INT32(proj, "_id", 1);
 	BSON_APPEND_DOCUMENT_BEGIN(proj, "n", &sz);
 	BSON_APPEND_UTF8(&sz, "$binarySize", "$v");
 	bson_append_document_end(proj, &sz);
 }
 
-static uint64_t mg_size_of(const bson_t *doc)
-{
-	bson_iter_t it;
-
-	if (bson_iter_init_find(&it, doc, "n") && BSON_ITER_HOLDS_NUMBER(&it))
-		return (uint64_t)bson_iter_as_int64(&it);
-	return 0;
-}
-
 static int mg_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *size)
 {
-	struct mg_store *s = kv_store_cast(struct mg_store, st);
-	bson_t proj = BSON_INITIALIZER, *doc = NULL;
+	bson_t proj = BSON_INITIALIZER;
+	struct mg_one f;
 	int rc;
 
-	BSON_APPEND_INT32(&proj, "_id", 1);
 	mg_size_projection(&proj);
-	rc = mg_find_one(s, "stat", key, klen, &proj, &doc);
+	rc = mg_find_one(kv_store_cast(struct mg_store, st), "stat", key, klen, &proj, &f);
 	bson_destroy(&proj);
-	if (rc)
-		return rc;
-	*size = mg_size_of(doc);
-	bson_destroy(doc);
-	return 0;
+	if (!rc)
+		*size = (uint64_t)mg_number(f.doc, "n");
+	mg_one_free(&f);
+	return rc;
 }
 
 /* ---- writes ---- */
 
-/* {$set: {v: value, ver: new version}} */
-static void mg_set_update(bson_t *upd, const char *val, size_t vlen)
+struct mg_update {
+	bson_t filter, upd, opts;
+	bool upsert, matched;
+	int raced;
+};
+
+static int mg_update_try(struct mg_call *c, void *arg, bson_error_t *e)
 {
-	bson_t set;
+	struct mg_update *u = arg;
+	bson_t reply;
+	bool ok;
 
-	BSON_APPEND_DOCUMENT_BEGIN(upd, "$set", &set);
-	bson_append_binary(&set, "v", 1, BSON_SUBTYPE_BINARY, (const uint8_t *)(vlen ? val : ""),
-			   (uint32_t)vlen);
-	BSON_APPEND_INT64(&set, "ver", mg_new_version());
-	bson_append_document_end(upd, &set);
-}
-
-static int64_t mg_reply_count(const bson_t *reply, const char *field)
-{
-	bson_iter_t it;
-
-	if (bson_iter_init_find(&it, reply, field) && BSON_ITER_HOLDS_NUMBER(&it))
-		return bson_iter_as_int64(&it);
-	return 0;
+	do {
+		ok = mongoc_collection_update_one(c->coll, &u->filter, &u->upd, &u->opts, &reply, e);
+		u->matched = ok && (mg_number(&reply, "matchedCount") > 0 ||
+				    mg_number(&reply, "upsertedCount") > 0);
+		bson_destroy(&reply);
+		/* Two upserts of one new key raced and this one lost: the
+		 * document exists now, the retry updates it. */
+	} while (!ok && e->code == MG_DUP_KEY && u->upsert && u->raced++ == 0);
+	return ok ? 0 : MG_FAILED;
 }
 
 /*
- * Update the document of key matching filter (plus its _id) with a new
- * value.  upsert: create it when missing.  *matched tells whether a
- * document matched (or was created).
+ * Give the document of key a new value: with cas, only the document whose
+ * ver is still version (-ECANCELED if none is); without, creating it when
+ * missing.
  */
-static int mg_update(struct mg_store *s, const char *op, const char *key, size_t klen,
-		     const bson_t *extra, bool upsert, const char *val, size_t vlen, bool *matched)
+static int mg_update(struct mg_store *s, const char *key, size_t klen, const char *val,
+		     size_t vlen, bool cas, uint64_t version)
 {
-	struct mg_call c;
-	bson_t filter = BSON_INITIALIZER, upd = BSON_INITIALIZER, opts = BSON_INITIALIZER, reply;
-	bson_error_t e;
-	int rc, tries = 0;
+	struct mg_update u = {.filter = BSON_INITIALIZER, .upd = BSON_INITIALIZER,
+			      .opts = BSON_INITIALIZER, .upsert = !cas};
+	bson_t set;
+	int rc;
 
-	if (!mg_append_id(&filter, key, klen)) {
-		bson_destroy(&filter);
-		return -ENOMEM;
-	}
-	if (extra)
-		bson_concat(&filter, extra);
-	mg_set_update(&upd, val, vlen);
-	BSON_APPEND_BOOL(&opts, "upsert", upsert);
-	rc = mg_begin(s, &c);
-	if (!rc) {
-		for (;;) {
-			if (mongoc_collection_update_one(c.coll, &filter, &upd, &opts, &reply, &e)) {
-				*matched = mg_reply_count(&reply, "matchedCount") > 0 ||
-					   mg_reply_count(&reply, "upsertedCount") > 0;
-			} else if ((e.code == MG_DUP_KEY && upsert && tries++ == 0) ||
-				   mg_again(&c, &e)) {
-				/* Two upserts of one new key raced and this one
-				 * lost: the document exists now, the retry updates it. */
-				bson_destroy(&reply);
-				continue;
-			} else {
-				rc = mg_errno(&e, op, key, klen);
-			}
-			bson_destroy(&reply);
-			break;
-		}
-		mg_end(s, &c);
-	}
-	bson_destroy(&filter);
-	bson_destroy(&upd);
-	bson_destroy(&opts);
-	return rc;
+	mg_append_id(&u.filter, "_id", key, klen);
+	if (cas && version == MG_VER_NONE)
+		BSON_APPEND_NULL(&u.filter, "ver");  /* matches a missing field too */
+	else if (cas)
+		BSON_APPEND_INT64(&u.filter, "ver", (int64_t)version);
+	BSON_APPEND_DOCUMENT_BEGIN(&u.upd, "$set", &set);
+	mg_append_value(&set, val, vlen);
+	bson_append_document_end(&u.upd, &set);
+	BSON_APPEND_BOOL(&u.opts, "upsert", !cas);
+	rc = mg_run(s, cas ? "cas" : "set", key, klen, mg_update_try, &u);
+	bson_destroy(&u.filter);
+	bson_destroy(&u.upd);
+	bson_destroy(&u.opts);
+	return rc || !cas || u.matched ? rc : -ECANCELED;
 }
 
 static int mg_set(struct kv_store *st, const char *key, size_t klen, const char *val, size_t vlen)
 {
-	bool matched;
-
-	return mg_update(kv_store_cast(struct mg_store, st), "set", key, klen, NULL, true, val,
-			 vlen, &matched);
+	return mg_update(kv_store_cast(struct mg_store, st), key, klen, val, vlen, false, 0);
 }
 
-/* Version 0: insert, and a duplicate _id means someone was first. */
-static int mg_insert_new(struct mg_store *s, const char *key, size_t klen, const char *val,
-			 size_t vlen)
+static int mg_insert_try(struct mg_call *c, void *arg, bson_error_t *e)
 {
-	struct mg_call c;
-	bson_t doc = BSON_INITIALIZER;
-	bson_error_t e;
-	int rc;
-
-	if (!mg_append_id(&doc, key, klen)) {
-		bson_destroy(&doc);
-		return -ENOMEM;
-	}
-	bson_append_binary(&doc, "v", 1, BSON_SUBTYPE_BINARY, (const uint8_t *)(vlen ? val : ""),
-			   (uint32_t)vlen);
-	BSON_APPEND_INT64(&doc, "ver", mg_new_version());
-	rc = mg_begin(s, &c);
-	if (!rc) {
-		/* a retry that finds its own insert done says ECANCELED: as if raced */
-		while (!mongoc_collection_insert_one(c.coll, &doc, NULL, NULL, &e)) {
-			if (e.code == MG_DUP_KEY || !mg_again(&c, &e)) {
-				rc = e.code == MG_DUP_KEY ? -ECANCELED : mg_errno(&e, "cas", key, klen);
-				break;
-			}
-		}
-		mg_end(s, &c);
-	}
-	bson_destroy(&doc);
-	return rc;
+	if (mongoc_collection_insert_one(c->coll, arg, NULL, NULL, e))
+		return 0;
+	/* a retry that finds its own insert done says ECANCELED: as if raced */
+	return e->code == MG_DUP_KEY ? -ECANCELED : MG_FAILED;
 }
 
 static int mg_cas(struct kv_store *st, const char *key, size_t klen, uint64_t version,
 		  const char *val, size_t vlen)
 {
 	struct mg_store *s = kv_store_cast(struct mg_store, st);
-	bson_t extra = BSON_INITIALIZER;
-	bool matched = false;
+	bson_t doc = BSON_INITIALIZER;
 	int rc;
 
-	if (version == 0)
-		return mg_insert_new(s, key, klen, val, vlen);
-	if (version == MG_VER_NONE)
-		BSON_APPEND_NULL(&extra, "ver");  /* matches a missing field too */
-	else
-		BSON_APPEND_INT64(&extra, "ver", (int64_t)version);
-	rc = mg_update(s, "cas", key, klen, &extra, false, val, vlen, &matched);
-	bson_destroy(&extra);
-	return rc ? rc : matched ? 0 : -ECANCELED;
+	if (version)
+		return mg_update(s, key, klen, val, vlen, true, version);
+	/* Version 0: insert, and a duplicate _id means someone was first. */
+	mg_append_id(&doc, "_id", key, klen);
+	mg_append_value(&doc, val, vlen);
+	rc = mg_run(s, "cas", key, klen, mg_insert_try, &doc);
+	bson_destroy(&doc);
+	return rc;
+}
+
+static int mg_del_try(struct mg_call *c, void *arg, bson_error_t *e)
+{
+	bson_t reply;
+	int rc = !mongoc_collection_delete_one(c->coll, arg, NULL, &reply, e) ? MG_FAILED
+		 : mg_number(&reply, "deletedCount") ? 0 : -ENOENT;
+
+	bson_destroy(&reply);
+	return rc;
 }
 
 static int mg_del(struct kv_store *st, const char *key, size_t klen)
 {
-	struct mg_store *s = kv_store_cast(struct mg_store, st);
-	struct mg_call c;
-	bson_t filter = BSON_INITIALIZER, reply;
-	bson_error_t e;
+	bson_t filter = BSON_INITIALIZER;
 	int rc;
 
-	if (!mg_append_id(&filter, key, klen)) {
-		bson_destroy(&filter);
-		return -ENOMEM;
-	}
-	rc = mg_begin(s, &c);
-	if (!rc) {
-		bool ok;
-		while (!(ok = mongoc_collection_delete_one(c.coll, &filter, NULL, &reply, &e)) &&
-		       mg_again(&c, &e))
-			bson_destroy(&reply);
-		if (!ok)
-			rc = mg_errno(&e, "del", key, klen);
-		else if (mg_reply_count(&reply, "deletedCount") == 0)
-			rc = -ENOENT;
-		bson_destroy(&reply);
-		mg_end(s, &c);
-	}
+	mg_append_id(&filter, "_id", key, klen);
+	rc = mg_run(kv_store_cast(struct mg_store, st), "del", key, klen, mg_del_try, &filter);
 	bson_destroy(&filter);
 	return rc;
 }
 
 /* ---- scan ---- */
+
+struct mg_scan {
+	bson_t filter, opts;
+	const char *from;
+	size_t flen, max, n;
+	kv_key_cb *cb;
+	void *ctx;
+	struct kv_buf key;
+};
+
+static int mg_scan_try(struct mg_call *c, void *arg, bson_error_t *e)
+{
+	struct mg_scan *sc = arg;
+	mongoc_cursor_t *cur = mongoc_collection_find_with_opts(c->coll, &sc->filter, &sc->opts,
+								NULL);
+	const bson_t *doc;
+	bson_iter_t it;
+	const char *sid;
+	uint32_t slen;
+	size_t klen;
+	int rc = 0;
+
+	while (!rc && sc->n < sc->max && mongoc_cursor_next(cur, &doc)) {
+		if (!bson_iter_init_find(&it, doc, "_id") || !BSON_ITER_HOLDS_UTF8(&it))
+			continue;
+		sid = bson_iter_utf8(&it, &slen);
+		if ((rc = kv_buf_reserve(&sc->key, slen)))
+			break;
+		if (!mg_key(sid, slen, sc->key.p, &klen)) {
+			kv_log(KV_LOG_WARN, "mongodb: list: skipping _id %s: not a kvfs key",
+			       kv_printable(sid, slen));
+			continue;
+		}
+		sc->n++;
+		rc = sc->cb(sc->ctx, sc->key.p, klen, (uint64_t)mg_number(doc, "n"));
+	}
+	/* a failure before any key came is worth another try */
+	if (!rc && mongoc_cursor_error(cur, e))
+		rc = sc->n ? mg_errno(e, "list", sc->from, sc->flen) : MG_FAILED;
+	else if (rc > 0)
+		rc = 0;  /* cb stopped the scan */
+	mongoc_cursor_destroy(cur);
+	return rc;
+}
 
 /*
  * The keys in [from, to) in byte order, at most max of them: one find on
@@ -494,147 +491,89 @@ static int mg_del(struct kv_store *st, const char *key, size_t klen)
 static int mg_scan(struct kv_store *st, const char *from, size_t flen, const char *to,
 		   size_t tlen, size_t max, kv_key_cb *cb, void *ctx)
 {
-	struct mg_store *s = kv_store_cast(struct mg_store, st);
-	bson_t filter = BSON_INITIALIZER, range, opts = BSON_INITIALIZER, sort, proj;
-	size_t lolen, hilen = 0, klen, n = 0;
-	char *lo = mg_id(from, flen, &lolen), *hi = to ? mg_id(to, tlen, &hilen) : NULL;
-	struct kv_buf key = {0};
-	struct mg_call c;
-	bson_error_t e;
-	int rc = !lo || (to && !hi) ? -ENOMEM : 0;
+	struct mg_scan sc = {.filter = BSON_INITIALIZER, .opts = BSON_INITIALIZER, .from = from,
+			     .flen = flen, .max = max, .cb = cb, .ctx = ctx};
+	bson_t range, sort, proj;
+	int rc;
 
-	BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &range);
-	bson_append_utf8(&range, "$gte", -1, lo ? lo : "", (int)(lo ? lolen : 0));
-	if (hi)
-		bson_append_utf8(&range, "$lt", -1, hi, (int)hilen);
-	bson_append_document_end(&filter, &range);
-	BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
+	BSON_APPEND_DOCUMENT_BEGIN(&sc.filter, "_id", &range);
+	mg_append_id(&range, "$gte", from, flen);
+	if (to)
+		mg_append_id(&range, "$lt", to, tlen);
+	bson_append_document_end(&sc.filter, &range);
+	BSON_APPEND_DOCUMENT_BEGIN(&sc.opts, "sort", &sort);
 	BSON_APPEND_INT32(&sort, "_id", 1);
-	bson_append_document_end(&opts, &sort);
-	BSON_APPEND_INT64(&opts, "batchSize", (int64_t)(max < 1000 ? max + 1 : 1000));
-	BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
-	BSON_APPEND_INT32(&proj, "_id", 1);
+	bson_append_document_end(&sc.opts, &sort);
+	BSON_APPEND_INT64(&sc.opts, "batchSize", (int64_t)(max < 1000 ? max + 1 : 1000));
+	BSON_APPEND_DOCUMENT_BEGIN(&sc.opts, "projection", &proj);
 	mg_size_projection(&proj);
-	bson_append_document_end(&opts, &proj);
-	free(lo);
-	free(hi);
-	if (!rc && !(rc = mg_begin(s, &c))) {
-		bool again;
-		do {
-			mongoc_cursor_t *cur = mongoc_collection_find_with_opts(c.coll, &filter,
-										&opts, NULL);
-			const bson_t *doc;
-			bson_iter_t it;
-			const char *sid;
-			uint32_t slen;
-
-			while (!rc && n < max && mongoc_cursor_next(cur, &doc)) {
-				if (!bson_iter_init_find(&it, doc, "_id") || !BSON_ITER_HOLDS_UTF8(&it))
-					continue;
-				sid = bson_iter_utf8(&it, &slen);
-				if ((rc = kv_buf_reserve(&key, slen)))
-					break;
-				if (!mg_key(sid, slen, key.p, &klen)) {
-					kv_log(KV_LOG_WARN, "mongodb: list: skipping _id %s: not a "
-					       "kvfs key", kv_printable(sid, slen));
-					continue;
-				}
-				n++;
-				rc = cb(ctx, key.p, klen, mg_size_of(doc));
-			}
-			/* a failure before any key came is worth another try */
-			again = !rc && !n && mongoc_cursor_error(cur, &e) && mg_again(&c, &e);
-			if (!rc && !again && mongoc_cursor_error(cur, &e))
-				rc = mg_errno(&e, "list", from, flen);
-			mongoc_cursor_destroy(cur);
-		} while (again);
-		mg_end(s, &c);
-	}
-	bson_destroy(&filter);
-	bson_destroy(&opts);
-	kv_buf_free(&key);
-	return rc < 0 ? rc : 0;
+	bson_append_document_end(&sc.opts, &proj);
+	rc = mg_run(kv_store_cast(struct mg_store, st), "list", from, flen, mg_scan_try, &sc);
+	bson_destroy(&sc.filter);
+	bson_destroy(&sc.opts);
+	kv_buf_free(&sc.key);
+	return rc;
 }
 
 /* ---- health ---- */
 
-/* Read the first _id of the collection (or find none): 0, or -1 with *e. */
-static int mg_first_id(struct mg_call *c, bson_error_t *e)
+/* Tried once: its failure is the report, not a log line. */
+static int mg_health_try(struct mg_call *c, void *arg, bson_error_t *e)
 {
-	bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER, proj;
-	const bson_t *doc;
-	mongoc_cursor_t *cur;
-	int rc;
+	const mongoc_write_concern_t *wc = mongoc_uri_get_write_concern(c->s->uri);
+	mongoc_server_description_t *sd;
+	struct kv_health *h = arg;
+	bson_t cmd = BSON_INITIALIZER, proj = BSON_INITIALIZER, reply;
+	struct mg_one f;
+	bson_iter_t it;
+	char version[64] = "?";
+	bool ok;
 
-	BSON_APPEND_INT64(&opts, "limit", 1);
-	BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
+	/* ping, then a read of one _id: ping alone needs no credentials */
+	BSON_APPEND_INT32(&cmd, "ping", 1);
+	ok = mongoc_client_command_simple(c->client, "admin", &cmd, NULL, &reply, e);
+	bson_destroy(&reply);
 	BSON_APPEND_INT32(&proj, "_id", 1);
-	bson_append_document_end(&opts, &proj);
-	cur = mongoc_collection_find_with_opts(c->coll, &filter, &opts, NULL);
-	mongoc_cursor_next(cur, &doc);
-	rc = mongoc_cursor_error(cur, e) ? -1 : 0;
-	mongoc_cursor_destroy(cur);
-	bson_destroy(&filter);
-	bson_destroy(&opts);
-	return rc;
+	mg_one_init(&f, &proj);
+	ok = ok && mg_one_try(c, &f, e) != MG_FAILED;
+	mg_one_free(&f);
+	bson_destroy(&proj);
+	bson_reinit(&cmd);
+	BSON_APPEND_INT32(&cmd, "buildInfo", 1);
+	if (ok && mongoc_client_command_simple(c->client, "admin", &cmd, NULL, &reply, e) &&
+	    bson_iter_init_find(&it, &reply, "version") && BSON_ITER_HOLDS_UTF8(&it))
+		snprintf(version, sizeof(version), "%s", bson_iter_utf8(&it, NULL));
+	if (ok)
+		bson_destroy(&reply);
+	bson_destroy(&cmd);
+	if (!ok) {
+		snprintf(h->detail, sizeof(h->detail), "%.240s", e->message);
+		return mg_refused(e) ? -EACCES : -EIO;
+	}
+	snprintf(h->detail, sizeof(h->detail), "MongoDB %s, collection %s.%s", version,
+		 c->s->db, c->s->coll);
+	kv_health_fact(h, "server_version", "%s", version);
+	kv_health_fact(h, "database", "%s", c->s->db);
+	kv_health_fact(h, "collection", "%s", c->s->coll);
+	if ((sd = mongoc_client_select_server(c->client, true, NULL, e))) {
+		kv_health_fact(h, "server_type", "%s", mongoc_server_description_type(sd));
+		mongoc_server_description_destroy(sd);
+	}
+	if (mongoc_write_concern_get_wmajority(wc))
+		kv_health_fact(h, "write_concern", "majority");
+	else if (mongoc_write_concern_get_w(wc) == MONGOC_WRITE_CONCERN_W_DEFAULT)
+		kv_health_fact(h, "write_concern", "server default");
+	else
+		kv_health_fact(h, "write_concern", "%d", (int)mongoc_write_concern_get_w(wc));
+	kv_health_fact(h, "journal", "%s", !mongoc_write_concern_journal_is_set(wc) ?
+		       "server default" : mongoc_write_concern_get_journal(wc) ? "true" : "false");
+	return 0;
 }
 
 static int mg_health(struct kv_store *st, struct kv_health *h)
 {
-	struct mg_store *s = kv_store_cast(struct mg_store, st);
-	const mongoc_write_concern_t *wc = mongoc_uri_get_write_concern(s->uri);
-	mongoc_server_description_t *sd;
-	struct mg_call c;
-	bson_t cmd = BSON_INITIALIZER, reply;
-	bson_error_t e;
-	bson_iter_t it;
-	char version[64] = "?", buf[96];
-	int rc;
-
-	rc = mg_begin(s, &c);
-	if (rc) {
-		snprintf(h->detail, sizeof(h->detail), "mongodb: no free connection");
-		return rc;
-	}
-	/* ping, then a read of one _id: ping alone needs no credentials */
-	BSON_APPEND_INT32(&cmd, "ping", 1);
-	if (!mongoc_client_command_simple(c.client, "admin", &cmd, NULL, &reply, &e) ||
-	    mg_first_id(&c, &e)) {
-		snprintf(h->detail, sizeof(h->detail), "%.240s", e.message);
-		rc = mg_refused(&e) ? -EACCES : -EIO;
-	}
-	bson_destroy(&reply);
-	bson_reinit(&cmd);
-	BSON_APPEND_INT32(&cmd, "buildInfo", 1);
-	if (!rc && mongoc_client_command_simple(c.client, "admin", &cmd, NULL, &reply, &e) &&
-	    bson_iter_init_find(&it, &reply, "version") && BSON_ITER_HOLDS_UTF8(&it))
-		snprintf(version, sizeof(version), "%s", bson_iter_utf8(&it, NULL));
-	if (!rc)
-		bson_destroy(&reply);
-	bson_destroy(&cmd);
-	if (!rc) {
-		snprintf(h->detail, sizeof(h->detail), "MongoDB %s, collection %s.%s", version,
-			 s->db, s->coll);
-		kv_health_fact(h, "server_version", "%s", version);
-		kv_health_fact(h, "database", "%s", s->db);
-		kv_health_fact(h, "collection", "%s", s->coll);
-		sd = mongoc_client_select_server(c.client, true, NULL, &e);
-		if (sd) {
-			kv_health_fact(h, "server_type", "%s", mongoc_server_description_type(sd));
-			mongoc_server_description_destroy(sd);
-		}
-		if (mongoc_write_concern_get_wmajority(wc))
-			snprintf(buf, sizeof(buf), "majority");
-		else if (mongoc_write_concern_get_w(wc) == MONGOC_WRITE_CONCERN_W_DEFAULT)
-			snprintf(buf, sizeof(buf), "server default");
-		else
-			snprintf(buf, sizeof(buf), "%d", (int)mongoc_write_concern_get_w(wc));
-		kv_health_fact(h, "write_concern", "%s", buf);
-		kv_health_fact(h, "journal", "%s", !mongoc_write_concern_journal_is_set(wc) ? "server default" :
-			mongoc_write_concern_get_journal(wc) ? "true" : "false");
-	}
-	mg_end(s, &c);
-	return rc;
+	snprintf(h->detail, sizeof(h->detail), "mongodb: no free connection");
+	return mg_run(kv_store_cast(struct mg_store, st), "health", NULL, 0, mg_health_try, h);
 }
 
 /* ---- open and close ---- */
@@ -694,18 +633,6 @@ static int mg_tls_files(const mongoc_uri_t *uri, char *err, size_t errlen)
 	return 0;
 }
 
-static bool mg_bad_name(const char *name, const char *bad)
-{
-	return !*name || strpbrk(name, bad) || strlen(name) > 120;
-}
-
-static int mg_set_int_default(mongoc_uri_t *uri, const char *name, int32_t value)
-{
-	if (mongoc_uri_has_option(uri, name))
-		return 0;  /* the URL says otherwise */
-	return mongoc_uri_set_option_as_int32(uri, name, value) ? 0 : -EINVAL;
-}
-
 /* -o w=majority|N and -o journal=true|false */
 static int mg_write_concern(mongoc_uri_t *uri, const struct kv_open_args *a, char *err,
 			    size_t errlen)
@@ -713,42 +640,39 @@ static int mg_write_concern(mongoc_uri_t *uri, const struct kv_open_args *a, cha
 	const char *w = kv_option_get(a, "w"), *j = kv_option_get(a, "journal");
 	mongoc_write_concern_t *wc;
 	char *end;
-	long n;
+	long n = w ? strtol(w, &end, 10) : 0;
+	bool ok;
 
+	if (w && strcmp(w, "majority") && (!*w || *end || n < 0 || n > 1000)) {
+		snprintf(err, errlen, "mongodb: bad w '%s' (majority or a number of nodes)", w);
+		return -EINVAL;
+	}
+	if (j && strcmp(j, "true") && strcmp(j, "false")) {
+		snprintf(err, errlen, "mongodb: bad journal '%s' (true or false)", j);
+		return -EINVAL;
+	}
 	if (!w && !j)
 		return 0;
 	wc = mongoc_write_concern_copy(mongoc_uri_get_write_concern(uri));
-	if (w && strcmp(w, "majority") == 0) {
+	if (w && strcmp(w, "majority") == 0)
 		mongoc_write_concern_set_wmajority(wc, -1);
-	} else if (w) {
-		n = strtol(w, &end, 10);
-		if (!*w || *end || n < 0 || n > 1000) {
-			mongoc_write_concern_destroy(wc);
-			snprintf(err, errlen, "mongodb: bad w '%s' (majority or a number of nodes)", w);
-			return -EINVAL;
-		}
+	else if (w)
 		mongoc_write_concern_set_w(wc, (int32_t)n);
-	}
-	if (j) {
-		if (strcmp(j, "true") && strcmp(j, "false")) {
-			mongoc_write_concern_destroy(wc);
-			snprintf(err, errlen, "mongodb: bad journal '%s' (true or false)", j);
-			return -EINVAL;
-		}
+	if (j)
 		mongoc_write_concern_set_journal(wc, strcmp(j, "true") == 0);
-	}
-	if (!mongoc_write_concern_is_valid(wc)) {
-		mongoc_write_concern_destroy(wc);
+	ok = mongoc_write_concern_is_valid(wc);
+	if (ok)
+		mongoc_uri_set_write_concern(uri, wc);
+	else
 		snprintf(err, errlen, "mongodb: w=0 cannot be combined with journal=true");
-		return -EINVAL;
-	}
-	mongoc_uri_set_write_concern(uri, wc);
 	mongoc_write_concern_destroy(wc);
-	return 0;
+	return ok ? 0 : -EINVAL;
 }
 
-static void mg_free(struct mg_store *s)
+static void mg_close(struct kv_store *st)
 {
+	struct mg_store *s = kv_store_cast(struct mg_store, st);
+
 	if (s->pool)
 		mongoc_client_pool_destroy(s->pool);
 	if (s->uri)
@@ -756,11 +680,6 @@ static void mg_free(struct mg_store *s)
 	free(s->db);
 	free(s->coll);
 	free(s);
-}
-
-static void mg_close(struct kv_store *st)
-{
-	mg_free(kv_store_cast(struct mg_store, st));
 }
 
 /* Parse the URL and options into s->uri, s->db and s->coll. */
@@ -771,6 +690,18 @@ static int mg_configure(struct mg_store *s, const struct kv_open_args *a, char *
 	const char *coll = kv_option_get(a, "collection"), *db;
 	char *password = NULL;
 	int32_t t = a->timeout_ms;
+	/*
+	 * Every network wait is bounded by the mount's timeout unless the
+	 * URL sets its own: connecting, each read and write on a socket,
+	 * finding a usable server (retrying within that time, as pools
+	 * do), and waiting for a free client.  Heartbeats at that pace (500
+	 * ms at least, mongoc's floor) notice a server that came back.
+	 */
+	const struct { const char *name; int32_t ms; } timeouts[] = {
+		{MONGOC_URI_CONNECTTIMEOUTMS, t}, {MONGOC_URI_SOCKETTIMEOUTMS, t},
+		{MONGOC_URI_SERVERSELECTIONTIMEOUTMS, t}, {MONGOC_URI_WAITQUEUETIMEOUTMS, t},
+		{MONGOC_URI_HEARTBEATFREQUENCYMS, t < 500 ? 500 : t > 10000 ? 10000 : t},
+	};
 	bson_error_t e;
 	int rc;
 
@@ -789,53 +720,40 @@ static int mg_configure(struct mg_store *s, const struct kv_open_args *a, char *
 			 "named by -o password_file=", MG_PASSWORD_ENV);
 		return -EINVAL;
 	}
-	rc = mg_tls_files(s->uri, err, errlen);
-	if (!rc)
-		rc = mg_password(a, &password, err, errlen);
-	if (rc)
+	if ((rc = mg_tls_files(s->uri, err, errlen)) ||
+	    (rc = mg_password(a, &password, err, errlen)))
 		return rc;
 	if (password && !mongoc_uri_get_username(s->uri)) {
-		free(password);
 		snprintf(err, errlen, "mongodb: a password is given but the URL names no user "
 			 "(mongodb://user@host/db)");
-		return -EINVAL;
+		rc = -EINVAL;
+	} else if (password && !mongoc_uri_set_password(s->uri, password)) {
+		snprintf(err, errlen, "mongodb: the password is not valid UTF-8");
+		rc = -EINVAL;
 	}
-	if (password) {
-		bool ok = mongoc_uri_set_password(s->uri, password);
+	if (password)
 		explicit_bzero(password, strlen(password));
-		free(password);
-		if (!ok) {
-			snprintf(err, errlen, "mongodb: the password is not valid UTF-8");
-			return -EINVAL;
-		}
-	}
+	free(password);
+	if (rc)
+		return rc;
 	db = mongoc_uri_get_database(s->uri);
 	s->db = strdup(db && *db ? db : MG_DEFAULT_DB);
 	s->coll = strdup(coll ? coll : MG_DEFAULT_COLL);
 	if (!s->db || !s->coll)
 		return -ENOMEM;
-	if (mg_bad_name(s->coll, "$") || strncmp(s->coll, "system.", 7) == 0) {
+	if (!*s->coll || strchr(s->coll, '$') || strlen(s->coll) > 120 ||
+	    strncmp(s->coll, "system.", 7) == 0) {
 		snprintf(err, errlen, "mongodb: bad collection '%s'", s->coll);
 		return -EINVAL;
 	}
-	rc = mg_write_concern(s->uri, a, err, errlen);
-	if (rc)
+	if ((rc = mg_write_concern(s->uri, a, err, errlen)))
 		return rc;
-	/*
-	 * Every network wait is bounded by the mount's timeout unless the
-	 * URL sets its own: connecting, each read and write on a socket,
-	 * finding a usable server (retrying within that time, as pools
-	 * do), and waiting for a free client.  Heartbeats at that pace (500
-	 * ms at least, mongoc's floor) notice a server that came back.
-	 */
-	if (mg_set_int_default(s->uri, MONGOC_URI_CONNECTTIMEOUTMS, t) ||
-	    mg_set_int_default(s->uri, MONGOC_URI_SOCKETTIMEOUTMS, t) ||
-	    mg_set_int_default(s->uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS, t) ||
-	    mg_set_int_default(s->uri, MONGOC_URI_WAITQUEUETIMEOUTMS, t) ||
-	    mg_set_int_default(s->uri, MONGOC_URI_HEARTBEATFREQUENCYMS,
-			       t < 500 ? 500 : t > 10000 ? 10000 : t)) {
-		snprintf(err, errlen, "mongodb: cannot set the timeouts");
-		return -EINVAL;
+	for (size_t i = 0; i < sizeof(timeouts) / sizeof(timeouts[0]); i++) {
+		if (!mongoc_uri_has_option(s->uri, timeouts[i].name) &&  /* the URL says otherwise */
+		    !mongoc_uri_set_option_as_int32(s->uri, timeouts[i].name, timeouts[i].ms)) {
+			snprintf(err, errlen, "mongodb: cannot set the timeouts");
+			return -EINVAL;
+		}
 	}
 	return 0;
 }
@@ -851,16 +769,13 @@ static int mg_open(const struct kv_open_args *a, struct kv_store **out, char *er
 		return -ENOMEM;
 	s->timeout_ms = a->timeout_ms;
 	rc = mg_configure(s, a, err, errlen);
-	if (!rc) {
-		/* No round trip here: kv_open probes with health() unless -o lazy. */
-		s->pool = mongoc_client_pool_new(s->uri);
-		if (!s->pool) {
-			snprintf(err, errlen, "mongodb: cannot set up the client pool (TLS options?)");
-			rc = -EINVAL;
-		}
+	/* No round trip here: kv_open probes with health() unless -o lazy. */
+	if (!rc && !(s->pool = mongoc_client_pool_new(s->uri))) {
+		snprintf(err, errlen, "mongodb: cannot set up the client pool (TLS options?)");
+		rc = -EINVAL;
 	}
 	if (rc) {
-		mg_free(s);
+		mg_close(&s->base);
 		return rc;
 	}
 	mongoc_client_pool_set_error_api(s->pool, MONGOC_ERROR_API_VERSION_2);
