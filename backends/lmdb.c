@@ -26,19 +26,14 @@
  * fastest, but LMDB can only promise integrity after a power loss on a
  * filesystem that keeps write order, so it is not the default.
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE  /* pthread_rwlockattr_setkind_np */
-#endif
 #include <errno.h>
 #include <lmdb.h>
 #include <pthread.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "kv.h"
@@ -70,10 +65,9 @@ static const char *const lm_sync_names[] = {"interval", "always", "lazy"};
 struct lm_write {
 	struct kv_queued q;       /* first: the queue links writes through it */
 	enum { LM_W_SET, LM_W_DEL, LM_W_CAS, LM_W_APPLY } kind;
-	struct kv_op op;          /* LM_W_SET, LM_W_DEL, LM_W_CAS */
-	const struct kv_op *ops;  /* LM_W_APPLY: the caller's array */
+	const struct kv_op *ops;  /* one, or apply's array */
 	size_t nops;
-	uint64_t version;         /* LM_W_CAS */
+	uint64_t version;         /* LM_W_CAS: ops[0]'s key must still have it */
 	int rc;                   /* this write's own result, set by the leader */
 };
 
@@ -110,8 +104,6 @@ struct lm_store {
 
 /* ---- Small helpers ---- */
 
-/* LMDB keeps no version per key: a value's version is kv_value_version(). */
-
 /* The one place LMDB and system errors become kv errno values. */
 static int lm_errno(int rc)
 {
@@ -142,13 +134,6 @@ static int lm_errno(int rc)
 	}
 }
 
-/* At open, a read-only place is one we may not write: -EACCES. */
-static int lm_open_errno(int rc)
-{
-	rc = lm_errno(rc);
-	return rc == -EROFS ? -EACCES : rc;
-}
-
 static MDB_val lm_val(const char *p, size_t len)
 {
 	/* An empty value may come as NULL; LMDB would memcpy from it. */
@@ -158,66 +143,57 @@ static MDB_val lm_val(const char *p, size_t len)
 /* ---- The map: adopting another process's size, growing our own ---- */
 
 /* MDB_MAP_RESIZED: another process grew the map past ours; take its size. */
-static int lm_map_adopt(struct lm_store *s)
+static bool lm_map_adopt(struct lm_store *s)
 {
-	int rc;
+	int rc = EIO;
 
 	pthread_rwlock_wrlock(&s->map_lock);
-	rc = s->broken ? EIO : mdb_env_set_mapsize(s->env, 0);
-	if (rc && !s->broken) {
+	if (!s->broken && (rc = mdb_env_set_mapsize(s->env, 0))) {
 		s->broken = true;
 		kv_log(KV_LOG_ERR, "lmdb: cannot map the grown store: %s", mdb_strerror(rc));
 	}
 	pthread_rwlock_unlock(&s->map_lock);
-	return rc;
+	return rc == 0;
 }
 
-/* MDB_MAP_FULL: double the map, up to map_max.  0, or -ENOSPC. */
-static int lm_map_grow(struct lm_store *s)
+/* MDB_MAP_FULL: double the map, up to map_max.  false: it stays full. */
+static bool lm_map_grow(struct lm_store *s)
 {
 	MDB_envinfo info;
-	size_t cur, next;
+	size_t cur, next = 0;
 	void *probe;
-	int rc = 0;
+	int rc;
 
 	pthread_rwlock_wrlock(&s->map_lock);
-	if (s->broken) {
-		rc = -EIO;
-		goto out;
+	if (!s->broken) {
+		mdb_env_info(s->env, &info);
+		cur = info.me_mapsize;
+		if ((!s->map_max || cur < s->map_max) && cur <= SIZE_MAX / 4)
+			next = s->map_max && cur * 2 > s->map_max ? s->map_max : cur * 2;
 	}
-	mdb_env_info(s->env, &info);
-	cur = info.me_mapsize;
-	if ((s->map_max && cur >= s->map_max) || cur > SIZE_MAX / 4) {
-		rc = -ENOSPC;
-		goto out;
-	}
-	next = cur * 2;
-	if (s->map_max && next > s->map_max)
-		next = s->map_max;
 	/*
 	 * mdb_env_set_mapsize() unmaps before it maps again and has no way
 	 * back when the new mapping fails, so first make sure that much
 	 * address space is there.
 	 */
-	probe = mmap(NULL, next, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	probe = next ? mmap(NULL, next, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+			    -1, 0) : NULL;
 	if (probe == MAP_FAILED) {
 		kv_log(KV_LOG_ERR, "lmdb: cannot grow the map to %zu bytes: %s", next, strerror(errno));
-		rc = -ENOSPC;
-		goto out;
+		next = 0;
+	} else if (next) {
+		munmap(probe, next);
+		if ((rc = mdb_env_set_mapsize(s->env, next))) {
+			s->broken = true;
+			kv_log(KV_LOG_ERR, "lmdb: remapping to %zu bytes failed, store unusable: %s",
+			       next, mdb_strerror(rc));
+			next = 0;
+		} else {
+			kv_log(KV_LOG_INFO, "lmdb: map grown from %zu to %zu bytes", cur, next);
+		}
 	}
-	munmap(probe, next);
-	rc = mdb_env_set_mapsize(s->env, next);
-	if (rc) {
-		s->broken = true;
-		kv_log(KV_LOG_ERR, "lmdb: remapping to %zu bytes failed, store unusable: %s",
-		       next, mdb_strerror(rc));
-		rc = -EIO;
-		goto out;
-	}
-	kv_log(KV_LOG_INFO, "lmdb: map grown from %zu to %zu bytes", cur, next);
-out:
 	pthread_rwlock_unlock(&s->map_lock);
-	return rc;
+	return next != 0;
 }
 
 /* ---- Read transactions ---- */
@@ -230,9 +206,9 @@ out:
 static int lm_read_begin(struct lm_store *s, MDB_txn **out)
 {
 	MDB_txn *txn;
-	int rc, tries;
+	int rc, dead;
 
-	for (tries = 0;; tries++) {
+	for (int tries = 0;; tries++) {
 		pthread_rwlock_rdlock(&s->map_lock);
 		if (s->broken) {
 			pthread_rwlock_unlock(&s->map_lock);
@@ -243,27 +219,21 @@ static int lm_read_begin(struct lm_store *s, MDB_txn **out)
 		if (s->npool)
 			txn = s->pool[--s->npool];
 		pthread_mutex_unlock(&s->pool_lock);
-		if (txn) {
-			rc = mdb_txn_renew(txn);
-			if (rc)
-				mdb_txn_abort(txn);
-		} else {
+		if (!txn)
 			rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
-		}
+		else if ((rc = mdb_txn_renew(txn)))
+			mdb_txn_abort(txn);
 		if (!rc) {
 			*out = txn;
 			return 0;
 		}
 		pthread_rwlock_unlock(&s->map_lock);
-		if (tries < 3 && rc == MDB_MAP_RESIZED && lm_map_adopt(s) == 0)
+		if (tries < 3 && rc == MDB_MAP_RESIZED && lm_map_adopt(s))
 			continue;
-		if (tries < 3 && rc == MDB_READERS_FULL) {
-			int dead = 0;
-
-			/* Slots of killed processes stay taken until someone checks. */
-			if (mdb_reader_check(s->env, &dead) == 0 && dead > 0)
-				continue;
-		}
+		/* Slots of killed processes stay taken until someone checks. */
+		if (tries < 3 && rc == MDB_READERS_FULL && mdb_reader_check(s->env, &dead) == 0 &&
+		    dead > 0)
+			continue;
 		kv_log(KV_LOG_ERR, "lmdb: cannot begin a read transaction: %s", mdb_strerror(rc));
 		return rc;
 	}
@@ -285,23 +255,6 @@ static void lm_read_end(struct lm_store *s, MDB_txn *txn)
 
 /* ---- Writes: one transaction per batch of queued writes ---- */
 
-static int lm_put(struct lm_store *s, MDB_txn *txn, const struct kv_op *op)
-{
-	MDB_val k = lm_val(op->key, op->key_len);
-	MDB_val v = lm_val(op->val, op->val_len);
-
-	return mdb_put(txn, s->dbi, &k, &v, 0);
-}
-
-static int lm_remove(struct lm_store *s, MDB_txn *txn, const struct kv_op *op)
-{
-	MDB_val k = lm_val(op->key, op->key_len);
-
-	if (op->key_len == 0 || op->key_len > s->max_key)
-		return MDB_NOTFOUND;  /* cannot exist; LMDB would call it a bad size */
-	return mdb_del(txn, s->dbi, &k, NULL);
-}
-
 /*
  * Run one queued write in txn.  Its own outcome (-ENOENT, -ECANCELED) goes
  * to w->rc and leaves txn usable: neither wrote anything.  Any other error
@@ -310,45 +263,37 @@ static int lm_remove(struct lm_store *s, MDB_txn *txn, const struct kv_op *op)
 static int lm_exec(struct lm_store *s, MDB_txn *txn, struct lm_write *w)
 {
 	MDB_val k, v;
-	uint64_t cur = 0;
-	size_t i;
-	int rc;
+	int rc = 0;
 
 	w->rc = 0;
-	switch (w->kind) {
-	case LM_W_SET:
-		return lm_put(s, txn, &w->op);
-	case LM_W_DEL:
-		rc = lm_remove(s, txn, &w->op);
-		if (rc == MDB_NOTFOUND) {
-			w->rc = -ENOENT;
-			rc = 0;
-		}
-		return rc;
-	case LM_W_CAS:
-		k = lm_val(w->op.key, w->op.key_len);
-		rc = mdb_get(txn, s->dbi, &k, &v);
-		if (rc == 0)
-			cur = kv_value_version(v.mv_data, v.mv_size);
-		else if (rc != MDB_NOTFOUND)
+	if (w->kind == LM_W_CAS) {
+		k = lm_val(w->ops->key, w->ops->key_len);
+		if ((rc = mdb_get(txn, s->dbi, &k, &v)) && rc != MDB_NOTFOUND)
 			return rc;
-		if (cur != w->version) {
+		if ((rc ? 0 : kv_value_version(v.mv_data, v.mv_size)) != w->version) {
 			w->rc = -ECANCELED;
 			return 0;
 		}
-		return lm_put(s, txn, &w->op);
-	case LM_W_APPLY:
-		for (i = 0; i < w->nops; i++) {
-			if (w->ops[i].type == KV_OP_SET)
-				rc = lm_put(s, txn, &w->ops[i]);
-			else if ((rc = lm_remove(s, txn, &w->ops[i])) == MDB_NOTFOUND)
-				rc = 0;
-			if (rc)
-				return rc;
-		}
-		return 0;
 	}
-	return EINVAL;
+	for (size_t i = 0; i < w->nops; i++) {
+		const struct kv_op *op = &w->ops[i];
+
+		k = lm_val(op->key, op->key_len);
+		v = lm_val(op->val, op->val_len);
+		if (op->type == KV_OP_SET)
+			rc = mdb_put(txn, s->dbi, &k, &v, 0);
+		else if (op->key_len == 0 || op->key_len > s->max_key)
+			rc = MDB_NOTFOUND;  /* cannot exist; LMDB would call it a bad size */
+		else
+			rc = mdb_del(txn, s->dbi, &k, NULL);
+		if (rc == MDB_NOTFOUND) {  /* only del's own result: apply's is 0 */
+			w->rc = w->kind == LM_W_DEL ? -ENOENT : 0;
+			rc = 0;
+		}
+		if (rc)
+			return rc;
+	}
+	return 0;
 }
 
 /*
@@ -362,7 +307,7 @@ static int lm_txn_run(struct lm_store *s, struct lm_write *first, struct lm_writ
 	MDB_txn *txn;
 	int rc;
 
-	for (;;) {
+	do {
 		pthread_rwlock_rdlock(&s->map_lock);
 		rc = s->broken ? EIO : mdb_txn_begin(s->env, NULL, 0, &txn);
 		if (!rc) {
@@ -374,14 +319,10 @@ static int lm_txn_run(struct lm_store *s, struct lm_write *first, struct lm_writ
 				rc = mdb_txn_commit(txn);
 		}
 		pthread_rwlock_unlock(&s->map_lock);
-		if (rc == MDB_MAP_FULL && lm_map_grow(s) == 0)
-			continue;
-		if (rc == MDB_MAP_RESIZED && lm_map_adopt(s) == 0)
-			continue;
-		if (!rc)
-			__atomic_add_fetch(&s->commits, 1, __ATOMIC_RELAXED);
-		return rc;
-	}
+	} while ((rc == MDB_MAP_FULL && lm_map_grow(s)) || (rc == MDB_MAP_RESIZED && lm_map_adopt(s)));
+	if (!rc)
+		__atomic_add_fetch(&s->commits, 1, __ATOMIC_RELAXED);
+	return rc;
 }
 
 /* Log why a write failed alone and turn rc into the errno kv.h allows. */
@@ -396,7 +337,7 @@ static int lm_write_failed(const struct lm_write *w, int rc)
 		kv_log(KV_LOG_ERR, "lmdb: apply of %zu operations: %s", w->nops, mdb_strerror(rc));
 	else
 		kv_log(KV_LOG_ERR, "lmdb: %s %s: %s", verb[w->kind],
-		       kv_printable(w->op.key, w->op.key_len), mdb_strerror(rc));
+		       kv_printable(w->ops->key, w->ops->key_len), mdb_strerror(rc));
 	if (w->kind == LM_W_DEL || e == -ENOMEM || e == -ENOENT || e == -EINVAL)
 		e = -EIO;
 	return e;
@@ -422,67 +363,60 @@ static void lm_batch_commit(void *ctx, struct kv_queued *first)
 	}
 }
 
-/* Queue w for the next shared transaction and wait for its result. */
-static int lm_write_submit(struct lm_store *s, struct lm_write *w)
-{
-	size_t i;
-
-	w->q.bytes = w->kind == LM_W_DEL ? 0 : w->op.val_len;
-	if (w->kind == LM_W_APPLY)
-		for (i = 0, w->q.bytes = 0; i < w->nops; i++)
-			w->q.bytes += w->ops[i].type == KV_OP_SET ? w->ops[i].val_len : 0;
-	kv_queue_submit(&s->queue, &w->q);
-	return w->rc;
-}
-
 /*
- * Queue one write of the given kind.  The key and value limits are the
- * dispatch layer's (store_limits); only the empty key, which LMDB cannot
- * hold, is refused here, without a transaction.
+ * Queue a write for the next shared transaction and wait for its result.
+ * The key and value limits are the dispatch layer's (store_limits); only
+ * the empty key, which LMDB cannot hold, is refused here, without a
+ * transaction.
  */
-static int lm_write_one(struct kv_store *st, int kind, const char *key, size_t klen,
-			const char *val, size_t vlen, uint64_t version)
+static int lm_write(struct kv_store *st, int kind, const struct kv_op *ops, size_t nops,
+		    uint64_t version)
 {
-	struct lm_write w = {
-		.kind = kind, .version = version,
-		.op = { .type = kind == LM_W_DEL ? KV_OP_DEL : KV_OP_SET,
-			.key = key, .key_len = klen, .val = val, .val_len = vlen },
-	};
+	struct lm_store *s = kv_store_cast(struct lm_store, st);
+	struct lm_write w = {.kind = kind, .ops = ops, .nops = nops, .version = version};
 
-	if (klen == 0 && kind == LM_W_DEL)
-		return -ENOENT;  /* cannot exist */
-	if (klen == 0) {
-		kv_log(KV_LOG_INFO, "lmdb: the empty key cannot be stored (LMDB keys are 1 to %zu bytes)",
-		       kv_store_cast(struct lm_store, st)->max_key);
-		return -EINVAL;
+	for (size_t i = 0; i < nops; i++) {
+		if (ops[i].type == KV_OP_DEL)
+			continue;
+		if (ops[i].key_len == 0) {
+			kv_log(KV_LOG_INFO, "lmdb: the empty key cannot be stored (LMDB keys are 1 to "
+			       "%zu bytes)", s->max_key);
+			return -EINVAL;
+		}
+		w.q.bytes += ops[i].val_len;
 	}
-	return lm_write_submit(kv_store_cast(struct lm_store, st), &w);
+	if (kind == LM_W_DEL && ops->key_len == 0)
+		return -ENOENT;  /* cannot exist */
+	kv_queue_submit(&s->queue, &w.q);
+	return w.rc;
 }
 
 static int lm_set(struct kv_store *st, const char *key, size_t klen, const char *val, size_t vlen)
 {
-	return lm_write_one(st, LM_W_SET, key, klen, val, vlen, 0);
+	struct kv_op op = {KV_OP_SET, key, klen, val, vlen};
+
+	return lm_write(st, LM_W_SET, &op, 1, 0);
 }
 
 static int lm_cas(struct kv_store *st, const char *key, size_t klen, uint64_t version,
 		  const char *val, size_t vlen)
 {
-	return lm_write_one(st, LM_W_CAS, key, klen, val, vlen, version);
+	struct kv_op op = {KV_OP_SET, key, klen, val, vlen};
+
+	return lm_write(st, LM_W_CAS, &op, 1, version);
 }
 
 static int lm_del(struct kv_store *st, const char *key, size_t klen)
 {
-	return lm_write_one(st, LM_W_DEL, key, klen, NULL, 0, 0);
+	struct kv_op op = {KV_OP_DEL, key, klen, NULL, 0};
+
+	return lm_write(st, LM_W_DEL, &op, 1, 0);
 }
 
+/* kv_apply calls it with one operation at least. */
 static int lm_apply(struct kv_store *st, const struct kv_op *ops, size_t n)
 {
-	struct lm_write w = { .kind = LM_W_APPLY, .ops = ops, .nops = n };
-
-	for (size_t i = 0; i < n; i++)
-		if (ops[i].type == KV_OP_SET && ops[i].key_len == 0)
-			return lm_write_one(st, LM_W_SET, "", 0, NULL, 0, 0);  /* -EINVAL */
-	return n ? lm_write_submit(kv_store_cast(struct lm_store, st), &w) : 0;
+	return lm_write(st, LM_W_APPLY, ops, n, 0);
 }
 
 /* ---- Reads ---- */
@@ -496,8 +430,8 @@ static int lm_read(struct kv_store *st, const char *what, const char *key, size_
 	MDB_txn *txn;
 	int rc;
 
-	if (klen == 0 || klen > s->max_key)
-		return -ENOENT;
+	if (klen == 0)
+		return -ENOENT;  /* cannot exist (nor can a key over max_key: kv.c's check) */
 	if (lm_read_begin(s, &txn))
 		return -EIO;
 	rc = mdb_get(txn, s->dbi, &k, &v);  /* points into the map */
@@ -524,12 +458,11 @@ static int lm_get(struct kv_store *st, const char *key, size_t klen, char **val,
 	uint64_t size;
 	int rc = lm_read(st, "get", key, klen, val, &size);
 
-	if (rc)
-		return rc;
-	*len = size;
-	if (version)
-		*version = kv_value_version(*val, size);
-	return 0;
+	if (!rc && version)
+		*version = kv_value_version(*val, size);  /* LMDB keeps no version per key */
+	if (!rc)
+		*len = size;
+	return rc;
 }
 
 static int lm_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *size)
@@ -578,16 +511,19 @@ static int lm_scan(struct kv_store *st, const char *from, size_t flen, const cha
 
 /* ---- sync, health, statfs ---- */
 
-static int lm_sync(struct kv_store *st)
+/* Flush every commit to the disk: 0, or -EIO with a log line saying what failed. */
+static int lm_flush(struct lm_store *s, const char *what)
 {
-	struct lm_store *s = kv_store_cast(struct lm_store, st);
 	int rc = mdb_env_sync(s->env, 1);
 
-	if (rc) {
-		kv_log(KV_LOG_ERR, "lmdb: sync: %s", mdb_strerror(rc));
-		return -EIO;
-	}
-	return 0;
+	if (rc)
+		kv_log(KV_LOG_ERR, "lmdb: %s: %s", what, mdb_strerror(rc));
+	return rc ? -EIO : 0;
+}
+
+static int lm_sync(struct kv_store *st)
+{
+	return lm_flush(kv_store_cast(struct lm_store, st), "sync");
 }
 
 /* The map's figures, read in a read transaction: 0 or an LMDB code. */
@@ -660,21 +596,20 @@ static void lm_sync_tick(void *arg)
 {
 	struct lm_store *s = arg;
 	uint64_t now = __atomic_load_n(&s->commits, __ATOMIC_RELAXED);
-	int rc;
 
-	if (now == s->synced)
-		return;
-	rc = mdb_env_sync(s->env, 1);
-	if (rc)
-		kv_log(KV_LOG_ERR, "lmdb: background sync: %s", mdb_strerror(rc));
-	else
+	if (now != s->synced && lm_flush(s, "background sync") == 0)
 		s->synced = now;
 }
 
 /* ---- open and close ---- */
 
-static void lm_free(struct lm_store *s)
+static void lm_close(struct kv_store *st)
 {
+	struct lm_store *s = kv_store_cast(struct lm_store, st);
+
+	kv_ticker_stop(&s->syncer);
+	if (s->max_key)  /* set once the environment is open */
+		lm_flush(s, "final sync");
 	while (s->npool)
 		mdb_txn_abort(s->pool[--s->npool]);
 	if (s->env)
@@ -685,23 +620,9 @@ static void lm_free(struct lm_store *s)
 	free(s);
 }
 
-static void lm_close(struct kv_store *st)
-{
-	struct lm_store *s = kv_store_cast(struct lm_store, st);
-	int rc;
-
-	kv_ticker_stop(&s->syncer);
-	rc = mdb_env_sync(s->env, 1);
-	if (rc)
-		kv_log(KV_LOG_ERR, "lmdb: final sync: %s", mdb_strerror(rc));
-	lm_free(s);
-}
-
 /* "/dir", "dir", "///dir" and "//localhost/dir" name the directory "/dir" or "dir". */
 static int lm_parse_location(const char *loc, const char **path, char *err, size_t errlen)
 {
-	if (!loc)
-		loc = "";
 	if (loc[0] == '/' && loc[1] == '/') {
 		loc += 2;
 		if (strncmp(loc, "localhost/", 10) == 0)
@@ -746,119 +667,93 @@ static int lm_parse_options(struct lm_store *s, const struct kv_open_args *a, si
 	return 0;
 }
 
-/* Create the store's directory if missing; a one-line reason on failure. */
-static int lm_make_dir(const char *path, char *err, size_t errlen)
+/* At open, a read-only place is one we may not write (-EACCES), and no
+ * room to open it in is a failure to open (-EIO). */
+static int lm_open_errno(int rc)
 {
-	struct stat st;
-	int e;
-
-	if (mkdir(path, 0700) == 0)
-		return 0;
-	e = errno;
-	if (e == EEXIST && stat(path, &st) == 0) {
-		if (S_ISDIR(st.st_mode))
-			return 0;
-		snprintf(err, errlen, "lmdb: %s is not a directory", path);
-		return -EINVAL;
-	}
-	snprintf(err, errlen, "lmdb: cannot create %s: %s", path, strerror(e));
-	return lm_open_errno(e);
+	rc = lm_errno(rc);
+	return rc == -EROFS ? -EACCES : rc == -ENOSPC ? -EIO : rc;
 }
 
+/* Create the store's directory if missing, and open the environment in it. */
 static int lm_open_env(struct lm_store *s, const char *path, size_t map_size, char *err,
 		       size_t errlen)
 {
-	unsigned flags = MDB_NOTLS;  /* read transactions are not tied to FUSE threads */
+	static const unsigned sync_flags[] = {
+		[LM_SYNC_INTERVAL] = MDB_NOMETASYNC, [LM_SYNC_ALWAYS] = 0, [LM_SYNC_LAZY] = MDB_NOSYNC,
+	};
+	int rc, dead = 0, e = mkdir(path, 0700) ? errno : 0;
 	unsigned dbflags;
+	struct stat st;
 	MDB_txn *txn;
-	int rc, dead = 0;
 
-	if (s->sync_mode == LM_SYNC_INTERVAL)
-		flags |= MDB_NOMETASYNC;
-	else if (s->sync_mode == LM_SYNC_LAZY)
-		flags |= MDB_NOSYNC;
-	rc = mdb_env_create(&s->env);
-	if (!rc)
-		rc = mdb_env_set_mapsize(s->env, map_size);
-	if (!rc)
-		rc = mdb_env_set_maxreaders(s->env, LM_MAX_READERS);
-	if (!rc)
-		rc = mdb_env_open(s->env, path, flags, 0600);
-	if (rc) {
+	if (e && !(e == EEXIST && stat(path, &st) == 0)) {
+		snprintf(err, errlen, "lmdb: cannot create %s: %s", path, strerror(e));
+		return lm_open_errno(e);
+	}
+	if (e && !S_ISDIR(st.st_mode)) {
+		snprintf(err, errlen, "lmdb: %s is not a directory", path);
+		return -EINVAL;
+	}
+	/* MDB_NOTLS: read transactions are not tied to FUSE threads */
+	if ((rc = mdb_env_create(&s->env)) || (rc = mdb_env_set_mapsize(s->env, map_size)) ||
+	    (rc = mdb_env_set_maxreaders(s->env, LM_MAX_READERS)) ||
+	    (rc = mdb_env_open(s->env, path, MDB_NOTLS | sync_flags[s->sync_mode], 0600))) {
 		snprintf(err, errlen, "lmdb: cannot open %s: %s", path, mdb_strerror(rc));
-		goto fail;
+		return lm_open_errno(rc);
 	}
 	/* Reader slots of killed processes pin old pages until cleared. */
 	mdb_reader_check(s->env, &dead);
-	rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
-	if (!rc) {
-		rc = mdb_dbi_open(txn, NULL, 0, &s->dbi);
-		if (!rc)
-			rc = mdb_dbi_flags(txn, s->dbi, &dbflags);
-		if (!rc)
-			rc = mdb_txn_commit(txn);
-		else
+	if (!(rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn))) {
+		if ((rc = mdb_dbi_open(txn, NULL, 0, &s->dbi)) ||
+		    (rc = mdb_dbi_flags(txn, s->dbi, &dbflags)))
 			mdb_txn_abort(txn);
+		else
+			rc = mdb_txn_commit(txn);
 	}
 	if (rc) {
 		snprintf(err, errlen, "lmdb: cannot read %s: %s", path, mdb_strerror(rc));
-		goto fail;
+		return lm_open_errno(rc);
 	}
 	/* Another client may have given the main database other key rules. */
 	if (dbflags & (MDB_REVERSEKEY | MDB_DUPSORT | MDB_INTEGERKEY)) {
 		snprintf(err, errlen, "lmdb: %s: the main database is not plain (flags 0x%x)", path,
 			 dbflags);
-		rc = EINVAL;
-		goto fail;
+		return -EINVAL;
 	}
 	s->max_key = (size_t)mdb_env_get_maxkeysize(s->env);
 	return 0;
-fail:
-	rc = lm_open_errno(rc);
-	return rc == -ENOSPC ? -EIO : rc;
-}
-
-static int lm_init_locks(struct lm_store *s)
-{
-	pthread_rwlockattr_t ra;
-	int rc;
-
-	pthread_rwlockattr_init(&ra);
-	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-	rc = pthread_rwlock_init(&s->map_lock, &ra);
-	pthread_rwlockattr_destroy(&ra);
-	rc = rc ? rc : pthread_mutex_init(&s->pool_lock, NULL);
-	return rc;
 }
 
 static int lm_open(const struct kv_open_args *args, struct kv_store **out, char *err,
 		   size_t errlen)
 {
 	struct lm_store *s;
+	pthread_rwlockattr_t ra;
 	const char *path;
 	size_t map_size;
-	int rc;
+	int rc = lm_parse_location(args->location, &path, err, errlen);
 
-	rc = lm_parse_location(args->location, &path, err, errlen);
 	if (rc)
 		return rc;
-	s = calloc(1, sizeof(*s));
-	if (!s || lm_init_locks(s)) {
-		free(s);
+	if (!(s = calloc(1, sizeof(*s)))) {
 		snprintf(err, errlen, "lmdb: out of memory");
 		return -ENOMEM;
 	}
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&s->map_lock, &ra);
+	pthread_rwlockattr_destroy(&ra);
+	pthread_mutex_init(&s->pool_lock, NULL);
 	kv_queue_init(&s->queue, lm_batch_commit, s, LM_BATCH_MAX, LM_BATCH_BYTES);
 	rc = lm_parse_options(s, args, &map_size, err, errlen);
-	if (!rc)
-		rc = lm_make_dir(path, err, errlen);
 	if (!rc)
 		rc = lm_open_env(s, path, map_size, err, errlen);
 	if (!rc && s->sync_mode != LM_SYNC_ALWAYS &&
 	    (rc = kv_ticker_start(&s->syncer, lm_sync_tick, s, s->sync_ms)))
 		snprintf(err, errlen, "lmdb: cannot start the sync thread");
 	if (rc) {
-		lm_free(s);
+		lm_close(&s->base);
 		return rc;
 	}
 	*out = &s->base;
