@@ -108,27 +108,15 @@ struct lm_store {
 static int lm_errno(int rc)
 {
 	switch (rc) {
-	case 0:
-		return 0;
-	case MDB_NOTFOUND:
-	case ENOENT:
-	case ENOTDIR:
+	case MDB_NOTFOUND: case ENOENT: case ENOTDIR:
 		return -ENOENT;
-	case MDB_MAP_FULL:
-	case MDB_TXN_FULL:
-	case ENOSPC:
-	case EDQUOT:
+	case MDB_MAP_FULL: case MDB_TXN_FULL: case ENOSPC: case EDQUOT:
 		return -ENOSPC;
-	case EACCES:
-	case EPERM:
+	case EACCES: case EPERM:
 	case MDB_INCOMPATIBLE:  /* e.g. the key is another client's named database */
 		return -EACCES;
-	case EROFS:
-		return -EROFS;
-	case ENOMEM:
-		return -ENOMEM;
-	case EINVAL:
-		return -EINVAL;
+	case 0: case EROFS: case ENOMEM: case EINVAL:
+		return -rc;
 	default:
 		return -EIO;  /* MDB_INVALID, MDB_VERSION_MISMATCH, I/O errors */
 	}
