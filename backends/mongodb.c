@@ -182,6 +182,8 @@ struct mg_call {
 	struct mg_store *s;
 	mongoc_client_t *client;
 	mongoc_collection_t *coll;
+	const char *op, *key;    /* for the log */
+	size_t klen;
 };
 
 /* A try's result besides 0 and a negative errno: it failed, as *e says. */
@@ -198,7 +200,8 @@ static int mg_run(struct mg_store *s, const char *op, const char *key, size_t kl
 		  mg_try_fn *try, void *arg)
 {
 	int64_t deadline = kv_deadline(s->timeout_ms);
-	struct mg_call c = {.s = s, .client = mongoc_client_pool_pop(s->pool)};
+	struct mg_call c = {.s = s, .client = mongoc_client_pool_pop(s->pool), .op = op,
+			    .key = key, .klen = klen};
 	bson_error_t e;
 	int rc, attempt = 0;
 
@@ -217,60 +220,100 @@ static int mg_run(struct mg_store *s, const char *op, const char *key, size_t kl
 	return rc;
 }
 
-/* ---- get, stat ---- */
+/* ---- finds: get, stat, scan ---- */
 
-/* A find of one document: filter and opts in, a copy of the document out. */
-struct mg_one {
+/*
+ * A find, filter and opts in.  Out: with cb, up to max kvfs keys to cb
+ * (with n, the value's size); without, a copy of the first document.
+ */
+struct mg_find {
 	bson_t filter, opts;
+	kv_key_cb *cb;
+	void *ctx;
+	size_t max, n;            /* documents taken, at most max */
 	bson_t *doc;
+	struct kv_buf key;
 };
 
-static void mg_one_init(struct mg_one *f, const bson_t *projection)
+static void mg_find_init(struct mg_find *f, size_t max, const bson_t *projection)
 {
-	*f = (struct mg_one){.filter = BSON_INITIALIZER, .opts = BSON_INITIALIZER};
-	BSON_APPEND_INT64(&f->opts, "limit", 1);
-	BSON_APPEND_BOOL(&f->opts, "singleBatch", true);
+	*f = (struct mg_find){.filter = BSON_INITIALIZER, .opts = BSON_INITIALIZER, .max = max};
 	BSON_APPEND_DOCUMENT(&f->opts, "projection", projection);
+	if (max == 1) {
+		BSON_APPEND_INT64(&f->opts, "limit", 1);
+		BSON_APPEND_BOOL(&f->opts, "singleBatch", true);
+	}
 }
 
-static void mg_one_free(struct mg_one *f)
+static void mg_find_free(struct mg_find *f)
 {
 	bson_destroy(&f->filter);
 	bson_destroy(&f->opts);
 	if (f->doc)
 		bson_destroy(f->doc);
+	kv_buf_free(&f->key);
 }
 
-/* 0 with f->doc, -ENOENT, or MG_FAILED. */
-static int mg_one_try(struct mg_call *c, void *arg, bson_error_t *e)
+/* Documents kvfs could not have written are skipped (the cursor then
+ * simply reads on). */
+static int mg_find_try(struct mg_call *c, void *arg, bson_error_t *e)
 {
-	struct mg_one *f = arg;
-	mongoc_cursor_t *cur = mongoc_collection_find_with_opts(c->coll, &f->filter, &f->opts, NULL);
-	const bson_t *d;
-	int rc = -ENOENT;
+	struct mg_find *f = arg;
+	mongoc_cursor_t *cur = mongoc_collection_find_with_opts(c->coll, &f->filter, &f->opts,
+								NULL);
+	const bson_t *doc;
+	bson_iter_t it;
+	const char *sid;
+	uint32_t slen;
+	size_t klen;
+	int rc = 0;
 
-	if (mongoc_cursor_next(cur, &d))
-		rc = (f->doc = bson_copy(d)) ? 0 : -ENOMEM;
-	else if (mongoc_cursor_error(cur, e))
-		rc = MG_FAILED;
+	while (!rc && f->n < f->max && mongoc_cursor_next(cur, &doc)) {
+		if (!f->cb) {
+			f->doc = bson_copy(doc);
+			f->n++;
+			continue;
+		}
+		if (!bson_iter_init_find(&it, doc, "_id") || !BSON_ITER_HOLDS_UTF8(&it))
+			continue;
+		sid = bson_iter_utf8(&it, &slen);
+		if ((rc = kv_buf_reserve(&f->key, slen)))
+			break;
+		if (!mg_key(sid, slen, f->key.p, &klen)) {
+			kv_log(KV_LOG_WARN, "mongodb: list: skipping _id %s: not a kvfs key",
+			       kv_printable(sid, slen));
+			continue;
+		}
+		f->n++;
+		rc = f->cb(f->ctx, f->key.p, klen, (uint64_t)mg_number(doc, "n"));
+	}
+	/* a failure before any document came is worth another try */
+	if (!rc && mongoc_cursor_error(cur, e))
+		rc = f->n ? mg_errno(e, c->op, c->key, c->klen) : MG_FAILED;
+	else if (rc > 0)
+		rc = 0;  /* cb stopped the scan */
 	mongoc_cursor_destroy(cur);
 	return rc;
 }
 
-/* The document of key with the fields of projection, in f->doc (mg_one_free it). */
+/* The document of key with the fields of projection: 0 with f->doc (to
+ * mg_find_free), -ENOENT, or an errno. */
 static int mg_find_one(struct mg_store *s, const char *op, const char *key, size_t klen,
-		       const bson_t *projection, struct mg_one *f)
+		       const bson_t *projection, struct mg_find *f)
 {
-	mg_one_init(f, projection);
+	int rc;
+
+	mg_find_init(f, 1, projection);
 	mg_append_id(&f->filter, "_id", key, klen);
-	return mg_run(s, op, key, klen, mg_one_try, f);
+	rc = mg_run(s, op, key, klen, mg_find_try, f);
+	return rc || f->n ? rc : -ENOENT;
 }
 
 static int mg_get(struct kv_store *st, const char *key, size_t klen, char **val, size_t *len,
 		  uint64_t *version)
 {
 	bson_t proj = BSON_INITIALIZER;
-	struct mg_one f;
+	struct mg_find f;
 	bson_iter_t it;
 	const uint8_t *data = NULL;
 	uint32_t n = 0;
@@ -301,11 +344,11 @@ static int mg_get(struct kv_store *st, const char *key, size_t klen, char **val,
 		if (version)
 			*version = ver ? (uint64_t)ver : MG_VER_NONE;
 	}
-	mg_one_free(&f);
+	mg_find_free(&f);
 	return rc;
 }
 
-/* The projection that gives a value's size, as n, without sending the value. */
+/* The projection {_id, n: the value's size}: keys and sizes without the values. */
 static void mg_size_projection(bson_t *proj)
 {
 	bson_t sz;
@@ -319,7 +362,7 @@ static void mg_size_projection(bson_t *proj)
 static int mg_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *size)
 {
 	bson_t proj = BSON_INITIALIZER;
-	struct mg_one f;
+	struct mg_find f;
 	int rc;
 
 	mg_size_projection(&proj);
@@ -327,7 +370,38 @@ static int mg_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *
 	bson_destroy(&proj);
 	if (!rc)
 		*size = (uint64_t)mg_number(f.doc, "n");
-	mg_one_free(&f);
+	mg_find_free(&f);
+	return rc;
+}
+
+/*
+ * The keys in [from, to) in byte order, at most max of them: one find on
+ * the _id index (the _id order is the keys' byte order), sorted, values'
+ * sizes only.
+ */
+static int mg_scan(struct kv_store *st, const char *from, size_t flen, const char *to,
+		   size_t tlen, size_t max, kv_key_cb *cb, void *ctx)
+{
+	bson_t proj = BSON_INITIALIZER, range, sort;
+	struct mg_find f;
+	int rc;
+
+	mg_size_projection(&proj);
+	mg_find_init(&f, max, &proj);
+	bson_destroy(&proj);
+	f.cb = cb;
+	f.ctx = ctx;
+	BSON_APPEND_DOCUMENT_BEGIN(&f.filter, "_id", &range);
+	mg_append_id(&range, "$gte", from, flen);
+	if (to)
+		mg_append_id(&range, "$lt", to, tlen);
+	bson_append_document_end(&f.filter, &range);
+	BSON_APPEND_DOCUMENT_BEGIN(&f.opts, "sort", &sort);
+	BSON_APPEND_INT32(&sort, "_id", 1);
+	bson_append_document_end(&f.opts, &sort);
+	BSON_APPEND_INT64(&f.opts, "batchSize", (int64_t)(max < 1000 ? max + 1 : 1000));
+	rc = mg_run(kv_store_cast(struct mg_store, st), "list", from, flen, mg_find_try, &f);
+	mg_find_free(&f);
 	return rc;
 }
 
@@ -335,8 +409,9 @@ static int mg_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *
 
 struct mg_update {
 	bson_t filter, upd, opts;
-	bool upsert, matched;
+	bool upsert;
 	int raced;
+	int64_t matched, upserted;  /* the reply's counts */
 };
 
 static int mg_update_try(struct mg_call *c, void *arg, bson_error_t *e)
@@ -346,43 +421,46 @@ static int mg_update_try(struct mg_call *c, void *arg, bson_error_t *e)
 	bool ok;
 
 	do {
-		ok = mongoc_collection_update_one(c->coll, &u->filter, &u->upd, &u->opts, &reply, e);
-		u->matched = ok && (mg_number(&reply, "matchedCount") > 0 ||
-				    mg_number(&reply, "upsertedCount") > 0);
+		ok = mongoc_collection_update_one(c->coll, &u->filter, &u->upd, &u->opts, &reply,
+						  e);
+		u->matched = ok ? mg_number(&reply, "matchedCount") : 0;
+		u->upserted = ok ? mg_number(&reply, "upsertedCount") : 0;
 		bson_destroy(&reply);
 		/* Two upserts of one new key raced and this one lost: the
-		 * document exists now, the retry updates it. */
+		 * document exists now, the retry finds it. */
 	} while (!ok && e->code == MG_DUP_KEY && u->upsert && u->raced++ == 0);
 	return ok ? 0 : MG_FAILED;
 }
 
 /*
- * Give the document of key a new value: with cas, only the document whose
- * ver is still version (-ECANCELED if none is); without, creating it when
- * missing.
+ * Give the document of key a new value.  set: creating it when missing.
+ * cas: only the document whose ver is still version (-ECANCELED if none
+ * is); version 0, only a document that does not exist yet: an upsert that
+ * sets the fields only when it inserts, so a retry that finds its own
+ * insert done says ECANCELED too, as if raced.
  */
 static int mg_update(struct mg_store *s, const char *key, size_t klen, const char *val,
 		     size_t vlen, bool cas, uint64_t version)
 {
 	struct mg_update u = {.filter = BSON_INITIALIZER, .upd = BSON_INITIALIZER,
-			      .opts = BSON_INITIALIZER, .upsert = !cas};
+			      .opts = BSON_INITIALIZER, .upsert = !cas || !version};
 	bson_t set;
 	int rc;
 
 	mg_append_id(&u.filter, "_id", key, klen);
 	if (cas && version == MG_VER_NONE)
 		BSON_APPEND_NULL(&u.filter, "ver");  /* matches a missing field too */
-	else if (cas)
+	else if (cas && version)
 		BSON_APPEND_INT64(&u.filter, "ver", (int64_t)version);
-	BSON_APPEND_DOCUMENT_BEGIN(&u.upd, "$set", &set);
+	BSON_APPEND_DOCUMENT_BEGIN(&u.upd, cas && !version ? "$setOnInsert" : "$set", &set);
 	mg_append_value(&set, val, vlen);
 	bson_append_document_end(&u.upd, &set);
-	BSON_APPEND_BOOL(&u.opts, "upsert", !cas);
+	BSON_APPEND_BOOL(&u.opts, "upsert", u.upsert);
 	rc = mg_run(s, cas ? "cas" : "set", key, klen, mg_update_try, &u);
 	bson_destroy(&u.filter);
 	bson_destroy(&u.upd);
 	bson_destroy(&u.opts);
-	return rc || !cas || u.matched ? rc : -ECANCELED;
+	return rc || !cas || (version ? u.matched : u.upserted) ? rc : -ECANCELED;
 }
 
 static int mg_set(struct kv_store *st, const char *key, size_t klen, const char *val, size_t vlen)
@@ -390,29 +468,10 @@ static int mg_set(struct kv_store *st, const char *key, size_t klen, const char 
 	return mg_update(kv_store_cast(struct mg_store, st), key, klen, val, vlen, false, 0);
 }
 
-static int mg_insert_try(struct mg_call *c, void *arg, bson_error_t *e)
-{
-	if (mongoc_collection_insert_one(c->coll, arg, NULL, NULL, e))
-		return 0;
-	/* a retry that finds its own insert done says ECANCELED: as if raced */
-	return e->code == MG_DUP_KEY ? -ECANCELED : MG_FAILED;
-}
-
 static int mg_cas(struct kv_store *st, const char *key, size_t klen, uint64_t version,
 		  const char *val, size_t vlen)
 {
-	struct mg_store *s = kv_store_cast(struct mg_store, st);
-	bson_t doc = BSON_INITIALIZER;
-	int rc;
-
-	if (version)
-		return mg_update(s, key, klen, val, vlen, true, version);
-	/* Version 0: insert, and a duplicate _id means someone was first. */
-	mg_append_id(&doc, "_id", key, klen);
-	mg_append_value(&doc, val, vlen);
-	rc = mg_run(s, "cas", key, klen, mg_insert_try, &doc);
-	bson_destroy(&doc);
-	return rc;
+	return mg_update(kv_store_cast(struct mg_store, st), key, klen, val, vlen, true, version);
 }
 
 static int mg_del_try(struct mg_call *c, void *arg, bson_error_t *e)
@@ -436,85 +495,6 @@ static int mg_del(struct kv_store *st, const char *key, size_t klen)
 	return rc;
 }
 
-/* ---- scan ---- */
-
-struct mg_scan {
-	bson_t filter, opts;
-	const char *from;
-	size_t flen, max, n;
-	kv_key_cb *cb;
-	void *ctx;
-	struct kv_buf key;
-};
-
-static int mg_scan_try(struct mg_call *c, void *arg, bson_error_t *e)
-{
-	struct mg_scan *sc = arg;
-	mongoc_cursor_t *cur = mongoc_collection_find_with_opts(c->coll, &sc->filter, &sc->opts,
-								NULL);
-	const bson_t *doc;
-	bson_iter_t it;
-	const char *sid;
-	uint32_t slen;
-	size_t klen;
-	int rc = 0;
-
-	while (!rc && sc->n < sc->max && mongoc_cursor_next(cur, &doc)) {
-		if (!bson_iter_init_find(&it, doc, "_id") || !BSON_ITER_HOLDS_UTF8(&it))
-			continue;
-		sid = bson_iter_utf8(&it, &slen);
-		if ((rc = kv_buf_reserve(&sc->key, slen)))
-			break;
-		if (!mg_key(sid, slen, sc->key.p, &klen)) {
-			kv_log(KV_LOG_WARN, "mongodb: list: skipping _id %s: not a kvfs key",
-			       kv_printable(sid, slen));
-			continue;
-		}
-		sc->n++;
-		rc = sc->cb(sc->ctx, sc->key.p, klen, (uint64_t)mg_number(doc, "n"));
-	}
-	/* a failure before any key came is worth another try */
-	if (!rc && mongoc_cursor_error(cur, e))
-		rc = sc->n ? mg_errno(e, "list", sc->from, sc->flen) : MG_FAILED;
-	else if (rc > 0)
-		rc = 0;  /* cb stopped the scan */
-	mongoc_cursor_destroy(cur);
-	return rc;
-}
-
-/*
- * The keys in [from, to) in byte order, at most max of them: one find on
- * the _id index (the _id order is the keys' byte order), sorted, values'
- * sizes only.  Documents kvfs could not have written are skipped (the
- * cursor then simply reads on).
- */
-static int mg_scan(struct kv_store *st, const char *from, size_t flen, const char *to,
-		   size_t tlen, size_t max, kv_key_cb *cb, void *ctx)
-{
-	struct mg_scan sc = {.filter = BSON_INITIALIZER, .opts = BSON_INITIALIZER, .from = from,
-			     .flen = flen, .max = max, .cb = cb, .ctx = ctx};
-	bson_t range, sort, proj;
-	int rc;
-
-	BSON_APPEND_DOCUMENT_BEGIN(&sc.filter, "_id", &range);
-	mg_append_id(&range, "$gte", from, flen);
-	if (to)
-		mg_append_id(&range, "$lt", to, tlen);
-	bson_append_document_end(&sc.filter, &range);
-	BSON_APPEND_DOCUMENT_BEGIN(&sc.opts, "sort", &sort);
-	BSON_APPEND_INT32(&sort, "_id", 1);
-	bson_append_document_end(&sc.opts, &sort);
-	BSON_APPEND_INT64(&sc.opts, "batchSize", (int64_t)(max < 1000 ? max + 1 : 1000));
-	BSON_APPEND_DOCUMENT_BEGIN(&sc.opts, "projection", &proj);
-	mg_size_projection(&proj);
-	bson_append_document_end(&sc.opts, &proj);
-	rc = mg_run(kv_store_cast(struct mg_store, st), "list", from, flen, mg_scan_try, &sc);
-	bson_destroy(&sc.filter);
-	bson_destroy(&sc.opts);
-	kv_buf_free(&sc.key);
-	return rc;
-}
-
 /* ---- health ---- */
 
 /* Tried once: its failure is the report, not a log line. */
@@ -524,7 +504,7 @@ static int mg_health_try(struct mg_call *c, void *arg, bson_error_t *e)
 	mongoc_server_description_t *sd;
 	struct kv_health *h = arg;
 	bson_t cmd = BSON_INITIALIZER, proj = BSON_INITIALIZER, reply;
-	struct mg_one f;
+	struct mg_find f;
 	bson_iter_t it;
 	char version[64] = "?";
 	bool ok;
@@ -534,9 +514,9 @@ static int mg_health_try(struct mg_call *c, void *arg, bson_error_t *e)
 	ok = mongoc_client_command_simple(c->client, "admin", &cmd, NULL, &reply, e);
 	bson_destroy(&reply);
 	BSON_APPEND_INT32(&proj, "_id", 1);
-	mg_one_init(&f, &proj);
-	ok = ok && mg_one_try(c, &f, e) != MG_FAILED;
-	mg_one_free(&f);
+	mg_find_init(&f, 1, &proj);
+	ok = ok && mg_find_try(c, &f, e) != MG_FAILED;
+	mg_find_free(&f);
 	bson_destroy(&proj);
 	bson_reinit(&cmd);
 	BSON_APPEND_INT32(&cmd, "buildInfo", 1);
