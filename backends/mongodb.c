@@ -48,7 +48,8 @@ struct mg_store {
 	struct kv_store base;
 	mongoc_client_pool_t *pool;
 	mongoc_uri_t *uri;
-	char *db, *coll;
+	const char *db;           /* the URL's (in uri), or MG_DEFAULT_DB */
+	char coll[121];
 	int timeout_ms;
 };
 
@@ -579,21 +580,30 @@ static void mg_init_once(void)
 	mongoc_init();
 }
 
-/* The password: the first line of -o password_file, else $KVFS_MONGODB_PASSWORD. */
-static int mg_password(const struct kv_open_args *a, char **out, char *err, size_t errlen)
+/* The password of the URL's user: the first line of -o password_file, else
+ * $KVFS_MONGODB_PASSWORD. */
+static int mg_password(mongoc_uri_t *uri, const struct kv_open_args *a, char *err, size_t errlen)
 {
-	const char *file = kv_option_get(a, "password_file");
-	const char *env = getenv(MG_PASSWORD_ENV);
-	char msg[256];
+	const char *file = kv_option_get(a, "password_file"), *env = getenv(MG_PASSWORD_ENV);
+	char msg[256], *secret = file ? kv_read_secret(file, "password_file", msg, sizeof(msg)) : NULL;
+	const char *password = file ? secret : env && *env ? env : NULL;
+	int rc = -EINVAL;
 
-	*out = NULL;
-	if (file && !(*out = kv_read_secret(file, "password_file", msg, sizeof(msg)))) {
+	if (file && !secret) {
 		snprintf(err, errlen, "mongodb: %s", msg);
 		return -EACCES;
 	}
-	if (!file && env && *env && !(*out = strdup(env)))
-		return -ENOMEM;
-	return 0;
+	if (password && !mongoc_uri_get_username(uri))
+		snprintf(err, errlen, "mongodb: a password is given but the URL names no user "
+			 "(mongodb://user@host/db)");
+	else if (password && !mongoc_uri_set_password(uri, password))
+		snprintf(err, errlen, "mongodb: the password is not valid UTF-8");
+	else
+		rc = 0;
+	if (secret)
+		explicit_bzero(secret, strlen(secret));
+	free(secret);
+	return rc;
 }
 
 /* The TLS files the URL names must be there and readable. */
@@ -631,8 +641,6 @@ static int mg_write_concern(mongoc_uri_t *uri, const struct kv_open_args *a, cha
 		snprintf(err, errlen, "mongodb: bad journal '%s' (true or false)", j);
 		return -EINVAL;
 	}
-	if (!w && !j)
-		return 0;
 	wc = mongoc_write_concern_copy(mongoc_uri_get_write_concern(uri));
 	if (w && strcmp(w, "majority") == 0)
 		mongoc_write_concern_set_wmajority(wc, -1);
@@ -657,8 +665,6 @@ static void mg_close(struct kv_store *st)
 		mongoc_client_pool_destroy(s->pool);
 	if (s->uri)
 		mongoc_uri_destroy(s->uri);
-	free(s->db);
-	free(s->coll);
 	free(s);
 }
 
@@ -668,7 +674,6 @@ static int mg_configure(struct mg_store *s, const struct kv_open_args *a, char *
 {
 	static const char secret[] = "tlsCertificateKeyFilePassword";
 	const char *coll = kv_option_get(a, "collection"), *db;
-	char *password = NULL;
 	int32_t t = a->timeout_ms;
 	/*
 	 * Every network wait is bounded by the mount's timeout unless the
@@ -689,7 +694,8 @@ static int mg_configure(struct mg_store *s, const struct kv_open_args *a, char *
 	if (!s->uri) {
 		/* mongoc's reason may quote the URL, which may hold a secret */
 		if (strchr(a->url, '@') || strcasestr(a->url, "password"))
-			snprintf(err, errlen, "mongodb: bad URL (expected mongodb://[user@]host[:port]/database)");
+			snprintf(err, errlen, "mongodb: bad URL (expected "
+				 "mongodb://[user@]host[:port]/database)");
 		else
 			snprintf(err, errlen, "mongodb: bad URL: %s", e.message);
 		return -EINVAL;
@@ -700,36 +706,22 @@ static int mg_configure(struct mg_store *s, const struct kv_open_args *a, char *
 			 "named by -o password_file=", MG_PASSWORD_ENV);
 		return -EINVAL;
 	}
-	if ((rc = mg_tls_files(s->uri, err, errlen)) ||
-	    (rc = mg_password(a, &password, err, errlen)))
-		return rc;
-	if (password && !mongoc_uri_get_username(s->uri)) {
-		snprintf(err, errlen, "mongodb: a password is given but the URL names no user "
-			 "(mongodb://user@host/db)");
-		rc = -EINVAL;
-	} else if (password && !mongoc_uri_set_password(s->uri, password)) {
-		snprintf(err, errlen, "mongodb: the password is not valid UTF-8");
-		rc = -EINVAL;
-	}
-	if (password)
-		explicit_bzero(password, strlen(password));
-	free(password);
-	if (rc)
+	if ((rc = mg_tls_files(s->uri, err, errlen)) || (rc = mg_password(s->uri, a, err, errlen)))
 		return rc;
 	db = mongoc_uri_get_database(s->uri);
-	s->db = strdup(db && *db ? db : MG_DEFAULT_DB);
-	s->coll = strdup(coll ? coll : MG_DEFAULT_COLL);
-	if (!s->db || !s->coll)
-		return -ENOMEM;
-	if (!*s->coll || strchr(s->coll, '$') || strlen(s->coll) > 120 ||
-	    strncmp(s->coll, "system.", 7) == 0) {
-		snprintf(err, errlen, "mongodb: bad collection '%s'", s->coll);
+	s->db = db && *db ? db : MG_DEFAULT_DB;
+	coll = coll ? coll : MG_DEFAULT_COLL;
+	if (!*coll || strchr(coll, '$') || strlen(coll) >= sizeof(s->coll) ||
+	    strncmp(coll, "system.", 7) == 0) {
+		snprintf(err, errlen, "mongodb: bad collection '%s'", coll);
 		return -EINVAL;
 	}
+	strcpy(s->coll, coll);
 	if ((rc = mg_write_concern(s->uri, a, err, errlen)))
 		return rc;
 	for (size_t i = 0; i < sizeof(timeouts) / sizeof(timeouts[0]); i++) {
-		if (!mongoc_uri_has_option(s->uri, timeouts[i].name) &&  /* the URL says otherwise */
+		/* unless the URL says otherwise */
+		if (!mongoc_uri_has_option(s->uri, timeouts[i].name) &&
 		    !mongoc_uri_set_option_as_int32(s->uri, timeouts[i].name, timeouts[i].ms)) {
 			snprintf(err, errlen, "mongodb: cannot set the timeouts");
 			return -EINVAL;
