@@ -148,19 +148,12 @@ static bool mg_refused(const bson_error_t *e)
 
 static int mg_errno(const bson_error_t *e, const char *op, const char *key, size_t klen)
 {
-	int rc = mg_refused(e) ? -EACCES : -EIO;
+	bool server = e->domain == MONGOC_ERROR_SERVER || e->domain == MONGOC_ERROR_COLLECTION ||
+		      e->domain == MONGOC_ERROR_QUERY;
+	int rc = server && e->code == 10334 ? -EFBIG       /* BSONObjectTooLarge */
+		 : server && e->code == 14031 ? -ENOSPC   /* OutOfDiskSpace */
+		 : mg_refused(e) ? -EACCES : -EIO;
 
-	if (e->domain == MONGOC_ERROR_SERVER || e->domain == MONGOC_ERROR_COLLECTION ||
-	    e->domain == MONGOC_ERROR_QUERY) {
-		switch (e->code) {
-		case 10334:  /* BSONObjectTooLarge */
-			rc = -EFBIG;
-			break;
-		case 14031:  /* OutOfDiskSpace */
-			rc = -ENOSPC;
-			break;
-		}
-	}
 	kv_log(KV_LOG_ERR, "mongodb: %s%s%s: %s%s", op, key ? " " : "",
 	       key ? kv_printable(key, klen) : "", e->message,
 	       e->domain == MONGOC_ERROR_STREAM || e->domain == MONGOC_ERROR_SERVER_SELECTION ?
@@ -223,6 +216,10 @@ static int mg_run(struct mg_store *s, const char *op, const char *key, size_t kl
 
 /* ---- finds: get, stat, scan ---- */
 
+/* What a find returns of each document: _id, and n (the value's size,
+ * without the value) or v and ver. */
+enum mg_fields { MG_ID, MG_SIZE, MG_VALUE };
+
 /*
  * A find, filter and opts in.  Out: with cb, up to max kvfs keys to cb
  * (with n, the value's size); without, a copy of the first document.
@@ -236,10 +233,21 @@ struct mg_find {
 	struct kv_buf key;
 };
 
-static void mg_find_init(struct mg_find *f, size_t max, const bson_t *projection)
+static void mg_find_init(struct mg_find *f, size_t max, enum mg_fields fields)
 {
+	bson_t proj, size;
+
 	*f = (struct mg_find){.filter = BSON_INITIALIZER, .opts = BSON_INITIALIZER, .max = max};
-	BSON_APPEND_DOCUMENT(&f->opts, "projection", projection);
+	BSON_APPEND_DOCUMENT_BEGIN(&f->opts, "projection", &proj);
+	BSON_APPEND_INT32(&proj, fields == MG_VALUE ? "v" : "_id", 1);
+	if (fields == MG_VALUE)
+		BSON_APPEND_INT32(&proj, "ver", 1);
+	if (fields == MG_SIZE) {
+		BSON_APPEND_DOCUMENT_BEGIN(&proj, "n", &size);
+		BSON_APPEND_UTF8(&size, "$binarySize", "$v");
+		bson_append_document_end(&proj, &size);
+	}
+	bson_append_document_end(&f->opts, &proj);
 	if (max == 1) {
 		BSON_APPEND_INT64(&f->opts, "limit", 1);
 		BSON_APPEND_BOOL(&f->opts, "singleBatch", true);
@@ -297,14 +305,13 @@ static int mg_find_try(struct mg_call *c, void *arg, bson_error_t *e)
 	return rc;
 }
 
-/* The document of key with the fields of projection: 0 with f->doc (to
- * mg_find_free), -ENOENT, or an errno. */
+/* The document of key: 0 with f->doc (to mg_find_free), -ENOENT, or an errno. */
 static int mg_find_one(struct mg_store *s, const char *op, const char *key, size_t klen,
-		       const bson_t *projection, struct mg_find *f)
+		       enum mg_fields fields, struct mg_find *f)
 {
 	int rc;
 
-	mg_find_init(f, 1, projection);
+	mg_find_init(f, 1, fields);
 	mg_append_id(&f->filter, "_id", key, klen);
 	rc = mg_run(s, op, key, klen, mg_find_try, f);
 	return rc || f->n ? rc : -ENOENT;
@@ -313,18 +320,13 @@ static int mg_find_one(struct mg_store *s, const char *op, const char *key, size
 static int mg_get(struct kv_store *st, const char *key, size_t klen, char **val, size_t *len,
 		  uint64_t *version)
 {
-	bson_t proj = BSON_INITIALIZER;
 	struct mg_find f;
 	bson_iter_t it;
 	const uint8_t *data = NULL;
 	uint32_t n = 0;
 	bson_subtype_t sub;
-	int rc;
+	int rc = mg_find_one(kv_store_cast(struct mg_store, st), "get", key, klen, MG_VALUE, &f);
 
-	BSON_APPEND_INT32(&proj, "v", 1);
-	BSON_APPEND_INT32(&proj, "ver", 1);
-	rc = mg_find_one(kv_store_cast(struct mg_store, st), "get", key, klen, &proj, &f);
-	bson_destroy(&proj);
 	if (!rc && bson_iter_init_find(&it, f.doc, "v") && BSON_ITER_HOLDS_BINARY(&it)) {
 		bson_iter_binary(&it, &sub, &n, &data);
 	} else if (!rc && bson_iter_init_find(&it, f.doc, "v") && BSON_ITER_HOLDS_UTF8(&it)) {
@@ -349,26 +351,11 @@ static int mg_get(struct kv_store *st, const char *key, size_t klen, char **val,
 	return rc;
 }
 
-/* The projection {_id, n: the value's size}: keys and sizes without the values. */
-static void mg_size_projection(bson_t *proj)
-{
-	bson_t sz;
-
-	BSON_APPEND_INT32(proj, "_id", 1);
-	BSON_APPEND_DOCUMENT_BEGIN(proj, "n", &sz);
-	BSON_APPEND_UTF8(&sz, "$binarySize", "$v");
-	bson_append_document_end(proj, &sz);
-}
-
 static int mg_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *size)
 {
-	bson_t proj = BSON_INITIALIZER;
 	struct mg_find f;
-	int rc;
+	int rc = mg_find_one(kv_store_cast(struct mg_store, st), "stat", key, klen, MG_SIZE, &f);
 
-	mg_size_projection(&proj);
-	rc = mg_find_one(kv_store_cast(struct mg_store, st), "stat", key, klen, &proj, &f);
-	bson_destroy(&proj);
 	if (!rc)
 		*size = (uint64_t)mg_number(f.doc, "n");
 	mg_find_free(&f);
@@ -383,13 +370,11 @@ static int mg_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *
 static int mg_scan(struct kv_store *st, const char *from, size_t flen, const char *to,
 		   size_t tlen, size_t max, kv_key_cb *cb, void *ctx)
 {
-	bson_t proj = BSON_INITIALIZER, range, sort;
+	bson_t range, sort;
 	struct mg_find f;
 	int rc;
 
-	mg_size_projection(&proj);
-	mg_find_init(&f, max, &proj);
-	bson_destroy(&proj);
+	mg_find_init(&f, max, MG_SIZE);
 	f.cb = cb;
 	f.ctx = ctx;
 	BSON_APPEND_DOCUMENT_BEGIN(&f.filter, "_id", &range);
@@ -504,7 +489,7 @@ static int mg_health_try(struct mg_call *c, void *arg, bson_error_t *e)
 	const mongoc_write_concern_t *wc = mongoc_uri_get_write_concern(c->s->uri);
 	mongoc_server_description_t *sd;
 	struct kv_health *h = arg;
-	bson_t cmd = BSON_INITIALIZER, proj = BSON_INITIALIZER, reply;
+	bson_t cmd = BSON_INITIALIZER, reply;
 	struct mg_find f;
 	bson_iter_t it;
 	char version[64] = "?";
@@ -514,11 +499,9 @@ static int mg_health_try(struct mg_call *c, void *arg, bson_error_t *e)
 	BSON_APPEND_INT32(&cmd, "ping", 1);
 	ok = mongoc_client_command_simple(c->client, "admin", &cmd, NULL, &reply, e);
 	bson_destroy(&reply);
-	BSON_APPEND_INT32(&proj, "_id", 1);
-	mg_find_init(&f, 1, &proj);
+	mg_find_init(&f, 1, MG_ID);
 	ok = ok && mg_find_try(c, &f, e) != MG_FAILED;
 	mg_find_free(&f);
-	bson_destroy(&proj);
 	bson_reinit(&cmd);
 	BSON_APPEND_INT32(&cmd, "buildInfo", 1);
 	if (ok && mongoc_client_command_simple(c->client, "admin", &cmd, NULL, &reply, e) &&
