@@ -148,7 +148,7 @@ static bool lm_map_adopt(struct lm_store *s)
 static bool lm_map_grow(struct lm_store *s)
 {
 	MDB_envinfo info;
-	size_t cur, next = 0;
+	size_t cur = 0, next = 0;
 	void *probe;
 	int rc;
 
@@ -307,32 +307,18 @@ static int lm_txn_run(struct lm_store *s, struct lm_write *first, struct lm_writ
 				rc = mdb_txn_commit(txn);
 		}
 		pthread_rwlock_unlock(&s->map_lock);
-	} while ((rc == MDB_MAP_FULL && lm_map_grow(s)) || (rc == MDB_MAP_RESIZED && lm_map_adopt(s)));
+	} while ((rc == MDB_MAP_FULL && lm_map_grow(s)) ||
+		 (rc == MDB_MAP_RESIZED && lm_map_adopt(s)));
 	if (!rc)
 		__atomic_add_fetch(&s->commits, 1, __ATOMIC_RELAXED);
 	return rc;
 }
 
-/* Log why a write failed alone and turn rc into the errno kv.h allows. */
-static int lm_write_failed(const struct lm_write *w, int rc)
+static void lm_batch_commit(void *ctx, struct kv_queued *first)
 {
 	static const char *const verb[] = {
 		[LM_W_SET] = "set", [LM_W_DEL] = "del", [LM_W_CAS] = "cas", [LM_W_APPLY] = "apply",
 	};
-	int e = lm_errno(rc);
-
-	if (w->kind == LM_W_APPLY)
-		kv_log(KV_LOG_ERR, "lmdb: apply of %zu operations: %s", w->nops, mdb_strerror(rc));
-	else
-		kv_log(KV_LOG_ERR, "lmdb: %s %s: %s", verb[w->kind],
-		       kv_printable(w->ops->key, w->ops->key_len), mdb_strerror(rc));
-	if (w->kind == LM_W_DEL || e == -ENOMEM || e == -ENOENT || e == -EINVAL)
-		e = -EIO;
-	return e;
-}
-
-static void lm_batch_commit(void *ctx, struct kv_queued *first)
-{
 	struct lm_write *w, *batch = (struct lm_write *)(void *)first;
 	struct lm_store *s = ctx;
 	int rc;
@@ -345,9 +331,18 @@ static void lm_batch_commit(void *ctx, struct kv_queued *first)
 	 * write fails only itself.  This is still the queue's serial order.
 	 */
 	for (w = batch; w; w = lm_next(w)) {
-		rc = lm_txn_run(s, w, lm_next(w));
-		if (rc)
-			w->rc = lm_write_failed(w, rc);
+		if (!(rc = lm_txn_run(s, w, lm_next(w))))
+			continue;
+		if (w->kind == LM_W_APPLY)
+			kv_log(KV_LOG_ERR, "lmdb: apply of %zu operations: %s", w->nops,
+			       mdb_strerror(rc));
+		else
+			kv_log(KV_LOG_ERR, "lmdb: %s %s: %s", verb[w->kind],
+			       kv_printable(w->ops->key, w->ops->key_len), mdb_strerror(rc));
+		/* only the errno values kv.h allows a write */
+		w->rc = lm_errno(rc);
+		if (w->kind == LM_W_DEL || w->rc == -ENOMEM || w->rc == -ENOENT || w->rc == -EINVAL)
+			w->rc = -EIO;
 	}
 }
 
@@ -612,11 +607,10 @@ static void lm_close(struct kv_store *st)
 static int lm_parse_location(const char *loc, const char **path, char *err, size_t errlen)
 {
 	if (loc[0] == '/' && loc[1] == '/') {
-		loc += 2;
-		if (strncmp(loc, "localhost/", 10) == 0)
-			loc += 9;
+		loc += strncmp(loc + 2, "localhost/", 10) == 0 ? 11 : 2;  /* "/dir" or "dir" */
 		if (*loc && *loc != '/') {
-			snprintf(err, errlen, "lmdb: a store is a local directory: use lmdb:/path or lmdb:///path");
+			snprintf(err, errlen, "lmdb: a store is a local directory: use lmdb:/path or "
+				 "lmdb:///path");
 			return -EINVAL;
 		}
 	}
