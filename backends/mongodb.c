@@ -57,34 +57,33 @@ struct mg_store {
 /* ---- keys: bytes <-> _id strings ---- */
 
 /*
- * The _id of key[0..klen), length in *len (at most 2 * klen).  From
- * bson_malloc, which aborts when memory runs out, as every document libbson
- * builds already does: free with bson_free.
+ * Append {name: the _id of key[0..klen)} to doc: at most 2 * klen bytes,
+ * from bson_malloc, which aborts when memory runs out, as every document
+ * libbson builds already does.
  */
-static char *mg_id(const char *key, size_t klen, size_t *len)
+static void mg_append_id(bson_t *doc, const char *name, const char *key, size_t klen)
 {
-	char *out = bson_malloc(2 * klen + 2);
+	char *id = bson_malloc(2 * klen + 1);
 	size_t o = 0;
 
 	for (size_t i = 0; i < klen; i++) {
 		unsigned char c = (unsigned char)key[i];
 		if (c < 2) {
-			out[o++] = 1;
-			out[o++] = (char)(c + 1);
+			id[o++] = 1;
+			id[o++] = (char)(c + 1);
 		} else if (c < 0x80) {
-			out[o++] = (char)c;
+			id[o++] = (char)c;
 		} else {
-			out[o++] = (char)(0xc0 | (c >> 6));
-			out[o++] = (char)(0x80 | (c & 0x3f));
+			id[o++] = (char)(0xc0 | (c >> 6));
+			id[o++] = (char)(0x80 | (c & 0x3f));
 		}
 	}
-	out[o] = '\0';
-	*len = o;
-	return out;
+	bson_append_utf8(doc, name, -1, id, (int)o);
+	bson_free(id);
 }
 
 /* The key of an _id, into out (room for len bytes); false if the string is
- * not one mg_id() makes (another application's document). */
+ * not one mg_append_id() makes (another application's document). */
 static bool mg_key(const char *id, size_t len, char *out, size_t *klen)
 {
 	size_t o = 0;
@@ -106,16 +105,6 @@ static bool mg_key(const char *id, size_t len, char *out, size_t *klen)
 	}
 	*klen = o;
 	return true;
-}
-
-/* Append {name: <the key's _id>} to doc. */
-static void mg_append_id(bson_t *doc, const char *name, const char *key, size_t klen)
-{
-	size_t idlen;
-	char *id = mg_id(key, klen, &idlen);
-
-	bson_append_utf8(doc, name, -1, id, (int)idlen);
-	bson_free(id);
 }
 
 /* Append v: value and ver: a new version (see the top of this file). */
