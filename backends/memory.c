@@ -80,14 +80,18 @@ static int mem_open(const struct kv_open_args *a, struct kv_store **out, char *e
 	return 0;
 }
 
+static void mem_free_item(struct mem_item it)
+{
+	free(it.key);
+	free(it.val);
+}
+
 static void mem_close(struct kv_store *s)
 {
 	struct mem_store *m = kv_store_cast(struct mem_store, s);
 
-	for (size_t i = 0; i < m->n; i++) {
-		free(m->items[i].key);
-		free(m->items[i].val);
-	}
+	for (size_t i = 0; i < m->n; i++)
+		mem_free_item(m->items[i]);
 	free(m->items);
 	pthread_rwlock_destroy(&m->lock);
 	free(m);
@@ -114,13 +118,12 @@ static int mem_get(struct kv_store *s, const char *key, size_t klen, char **val,
 	size_t i = mem_find(m, key, klen, &found);
 	int rc = found ? 0 : -ENOENT;
 
-	if (found) {
-		*val = dup_bytes(m->items[i].val, m->items[i].vlen);
+	if (found && !(*val = dup_bytes(m->items[i].val, m->items[i].vlen))) {
+		rc = -ENOMEM;
+	} else if (found) {
 		*len = m->items[i].vlen;
 		if (version)
 			*version = m->items[i].version;
-		if (!*val)
-			rc = -ENOMEM;
 	}
 	pthread_rwlock_unlock(&m->lock);
 	return rc;
@@ -138,98 +141,105 @@ static int mem_stat(struct kv_store *s, const char *key, size_t klen, uint64_t *
 	return found ? 0 : -ENOENT;
 }
 
-/* Caller holds the write lock. */
-static int mem_put_locked(struct mem_store *m, const char *key, size_t klen, const char *val,
-			  size_t vlen)
+/*
+ * Make index i hold *it (found: in place of the item there; it->key NULL:
+ * no item) and hand back in *it what was there (key NULL: nothing).  An
+ * item it adds needs room for one more; nothing is allocated.  The write
+ * lock is held, here and below.
+ */
+static void mem_swap(struct mem_store *m, size_t i, bool found, struct mem_item *it)
+{
+	struct mem_item old = found ? m->items[i] : (struct mem_item){0};
+
+	if (found && !it->key) {
+		m->n--;
+		memmove(&m->items[i], &m->items[i + 1], (m->n - i) * sizeof(old));
+	} else if (!found && it->key) {
+		memmove(&m->items[i + 1], &m->items[i], (m->n - i) * sizeof(old));
+		m->n++;
+	}
+	if (it->key)
+		m->items[i] = *it;
+	m->bytes += it->klen + it->vlen - old.klen - old.vlen;
+	*it = old;
+}
+
+/* Perform one operation: 0 with what it replaced or removed in *old (for
+ * the caller to free or put back), or an error, having changed nothing. */
+static int mem_write(struct mem_store *m, const struct kv_op *op, struct mem_item *old)
 {
 	bool found;
-	size_t i = mem_find(m, key, klen, &found);
-	char *v, *k = NULL;
+	size_t i = mem_find(m, op->key, op->key_len, &found);
+	struct mem_item it = {0};
 
-	if (m->quota && m->bytes + vlen + (found ? 0 : klen) - (found ? m->items[i].vlen : 0) >
-	    m->quota)
-		return -ENOSPC;
-	if (!found && m->n == m->cap) {
-		size_t cap = m->cap ? m->cap * 2 : 64;
-		struct mem_item *it = realloc(m->items, cap * sizeof(*it));
-		if (!it)
+	if (op->type == KV_OP_DEL && !found)
+		return -ENOENT;
+	if (op->type == KV_OP_SET) {
+		if (m->quota && m->bytes + op->key_len + op->val_len -
+				(found ? m->items[i].klen + m->items[i].vlen : 0) > m->quota)
+			return -ENOSPC;
+		if (!found && m->n == m->cap) {
+			size_t cap = m->cap ? m->cap * 2 : 64;
+			struct mem_item *items = realloc(m->items, cap * sizeof(*items));
+			if (!items)
+				return -ENOMEM;
+			m->items = items;
+			m->cap = cap;
+		}
+		it = (struct mem_item){dup_bytes(op->key, op->key_len), op->key_len,
+				       dup_bytes(op->val, op->val_len), op->val_len,
+				       ++m->next_version};
+		if (!it.key || !it.val) {
+			mem_free_item(it);
 			return -ENOMEM;
-		m->items = it;
-		m->cap = cap;
+		}
 	}
-	v = dup_bytes(val, vlen);
-	if (!v || (!found && !(k = dup_bytes(key, klen)))) {
-		free(v);
-		return -ENOMEM;
-	}
-	if (found) {
-		m->bytes -= m->items[i].vlen;
-		free(m->items[i].val);
-	} else {
-		memmove(&m->items[i + 1], &m->items[i], (m->n - i) * sizeof(*m->items));
-		m->items[i] = (struct mem_item){.key = k, .klen = klen};
-		m->n++;
-		m->bytes += klen;
-	}
-	m->items[i].val = v;
-	m->items[i].vlen = vlen;
-	m->items[i].version = ++m->next_version;
-	m->bytes += vlen;
+	mem_swap(m, i, found, &it);
+	*old = it;
 	return 0;
 }
 
-static int mem_del_locked(struct mem_store *m, const char *key, size_t klen)
+/* set, del and cas: one operation; cas only while the key has that version. */
+static int mem_write_one(struct kv_store *s, const struct kv_op *op, bool cas, uint64_t version)
 {
+	struct mem_store *m = mem_lock(s, true);
+	struct mem_item old = {0};
 	bool found;
-	size_t i = mem_find(m, key, klen, &found);
+	size_t i = mem_find(m, op->key, op->key_len, &found);
+	int rc = -ECANCELED;
 
-	if (!found)
-		return -ENOENT;
-	m->bytes -= m->items[i].klen + m->items[i].vlen;
-	free(m->items[i].key);
-	free(m->items[i].val);
-	memmove(&m->items[i], &m->items[i + 1], (m->n - i - 1) * sizeof(*m->items));
-	m->n--;
-	return 0;
+	if (!cas || (found ? m->items[i].version == version : version == 0))
+		rc = mem_write(m, op, &old);
+	pthread_rwlock_unlock(&m->lock);
+	mem_free_item(old);
+	return rc;
 }
 
 static int mem_set(struct kv_store *s, const char *key, size_t klen, const char *val, size_t vlen)
 {
-	struct mem_store *m = mem_lock(s, true);
-	int rc = mem_put_locked(m, key, klen, val, vlen);
-
-	pthread_rwlock_unlock(&m->lock);
-	return rc;
+	return mem_write_one(s, &(struct kv_op){KV_OP_SET, key, klen, val, vlen}, false, 0);
 }
 
 static int mem_del(struct kv_store *s, const char *key, size_t klen)
 {
-	struct mem_store *m = mem_lock(s, true);
-	int rc = mem_del_locked(m, key, klen);
-
-	pthread_rwlock_unlock(&m->lock);
-	return rc;
+	return mem_write_one(s, &(struct kv_op){KV_OP_DEL, key, klen, NULL, 0}, false, 0);
 }
 
 static int mem_cas(struct kv_store *s, const char *key, size_t klen, uint64_t version,
 		   const char *val, size_t vlen)
 {
-	struct mem_store *m = mem_lock(s, true);
-	bool found;
-	size_t i = mem_find(m, key, klen, &found);
-	int rc = -ECANCELED;
-
-	if (found ? m->items[i].version == version : version == 0)
-		rc = mem_put_locked(m, key, klen, val, vlen);
-	pthread_rwlock_unlock(&m->lock);
-	return rc;
+	return mem_write_one(s, &(struct kv_op){KV_OP_SET, key, klen, val, vlen}, true, version);
 }
 
-/* All or nothing: each operation saves the old value first, and a failure
- * part-way puts the saved values back before the lock is released. */
+/*
+ * All or nothing: what the operations replace or remove is kept until the
+ * end, and a failure part-way swaps it back before the lock is released,
+ * which needs no memory and so cannot fail.  kv_apply calls it with one
+ * operation at least.
+ */
 static int mem_apply(struct kv_store *s, const struct kv_op *ops, size_t n)
 {
-	struct { char *val; size_t vlen; bool had; } *undo = calloc(n ? n : 1, sizeof(*undo));
+	struct mem_item *undo = calloc(n, sizeof(*undo));
 	struct mem_store *m;
 	size_t done = 0;
 	int rc = 0;
@@ -238,33 +248,23 @@ static int mem_apply(struct kv_store *s, const struct kv_op *ops, size_t n)
 		return -ENOMEM;
 	m = mem_lock(s, true);
 	for (; done < n; done++) {
-		const struct kv_op *op = &ops[done];
-		size_t i = mem_find(m, op->key, op->key_len, &undo[done].had);
-
-		if (undo[done].had) {
-			undo[done].vlen = m->items[i].vlen;
-			undo[done].val = dup_bytes(m->items[i].val, m->items[i].vlen);
-		}
-		if (undo[done].had && !undo[done].val)
-			rc = -ENOMEM;
-		else if (op->type == KV_OP_SET)
-			rc = mem_put_locked(m, op->key, op->key_len, op->val, op->val_len);
-		else if (undo[done].had)
-			rc = mem_del_locked(m, op->key, op->key_len);
+		rc = mem_write(m, &ops[done], &undo[done]);
+		if (rc == -ENOENT)
+			rc = 0;  /* a delete of a missing key is not an error here */
 		if (rc)
-			break;  /* undo[done] is freed with the others below */
+			break;  /* this one changed nothing */
 	}
-	/* On failure, undo in reverse order so repeated keys end as they began. */
+	/* On failure, undo in reverse order so repeated keys end as they began;
+	 * undo[] then holds what the operations wrote. */
 	while (rc && done-- > 0) {
-		const struct kv_op *op = &ops[done];
-		if (undo[done].had)
-			mem_put_locked(m, op->key, op->key_len, undo[done].val, undo[done].vlen);
-		else
-			mem_del_locked(m, op->key, op->key_len);
+		bool found;
+		size_t i = mem_find(m, ops[done].key, ops[done].key_len, &found);
+
+		mem_swap(m, i, found, &undo[done]);
 	}
 	pthread_rwlock_unlock(&m->lock);
 	for (size_t i = 0; i < n; i++)
-		free(undo[i].val);
+		mem_free_item(undo[i]);
 	free(undo);
 	return rc;
 }
