@@ -316,9 +316,6 @@ static int lm_txn_run(struct lm_store *s, struct lm_write *first, struct lm_writ
 
 static void lm_batch_commit(void *ctx, struct kv_queued *first)
 {
-	static const char *const verb[] = {
-		[LM_W_SET] = "set", [LM_W_DEL] = "del", [LM_W_CAS] = "cas", [LM_W_APPLY] = "apply",
-	};
 	struct lm_write *w, *batch = (struct lm_write *)(void *)first;
 	struct lm_store *s = ctx;
 	int rc;
@@ -337,7 +334,8 @@ static void lm_batch_commit(void *ctx, struct kv_queued *first)
 			kv_log(KV_LOG_ERR, "lmdb: apply of %zu operations: %s", w->nops,
 			       mdb_strerror(rc));
 		else
-			kv_log(KV_LOG_ERR, "lmdb: %s %s: %s", verb[w->kind],
+			kv_log(KV_LOG_ERR, "lmdb: %s %s: %s", w->kind == LM_W_CAS ? "cas" :
+			       w->kind == LM_W_DEL ? "del" : "set",
 			       kv_printable(w->ops->key, w->ops->key_len), mdb_strerror(rc));
 		/* only the errno values kv.h allows a write */
 		w->rc = lm_errno(rc);
