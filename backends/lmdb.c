@@ -167,14 +167,15 @@ static bool lm_map_grow(struct lm_store *s)
 	probe = next ? mmap(NULL, next, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
 			    -1, 0) : NULL;
 	if (probe == MAP_FAILED) {
-		kv_log(KV_LOG_ERR, "lmdb: cannot grow the map to %zu bytes: %s", next, strerror(errno));
+		kv_log(KV_LOG_ERR, "lmdb: cannot grow the map to %zu bytes: %s", next,
+		       strerror(errno));
 		next = 0;
 	} else if (next) {
 		munmap(probe, next);
 		if ((rc = mdb_env_set_mapsize(s->env, next))) {
 			s->broken = true;
-			kv_log(KV_LOG_ERR, "lmdb: remapping to %zu bytes failed, store unusable: %s",
-			       next, mdb_strerror(rc));
+			kv_log(KV_LOG_ERR, "lmdb: remapping to %zu bytes failed, store unusable: "
+			       "%s", next, mdb_strerror(rc));
 			next = 0;
 		} else {
 			kv_log(KV_LOG_INFO, "lmdb: map grown from %zu to %zu bytes", cur, next);
@@ -360,8 +361,8 @@ static int lm_write(struct kv_store *st, int kind, const struct kv_op *ops, size
 		if (ops[i].type == KV_OP_DEL)
 			continue;
 		if (ops[i].key_len == 0) {
-			kv_log(KV_LOG_INFO, "lmdb: the empty key cannot be stored (LMDB keys are 1 to "
-			       "%zu bytes)", s->max_key);
+			kv_log(KV_LOG_INFO, "lmdb: the empty key cannot be stored (LMDB keys are "
+			       "1 to %zu bytes)", s->max_key);
 			return -EINVAL;
 		}
 		w.q.bytes += ops[i].val_len;
@@ -374,24 +375,18 @@ static int lm_write(struct kv_store *st, int kind, const struct kv_op *ops, size
 
 static int lm_set(struct kv_store *st, const char *key, size_t klen, const char *val, size_t vlen)
 {
-	struct kv_op op = {KV_OP_SET, key, klen, val, vlen};
-
-	return lm_write(st, LM_W_SET, &op, 1, 0);
+	return lm_write(st, LM_W_SET, &(struct kv_op){KV_OP_SET, key, klen, val, vlen}, 1, 0);
 }
 
 static int lm_cas(struct kv_store *st, const char *key, size_t klen, uint64_t version,
 		  const char *val, size_t vlen)
 {
-	struct kv_op op = {KV_OP_SET, key, klen, val, vlen};
-
-	return lm_write(st, LM_W_CAS, &op, 1, version);
+	return lm_write(st, LM_W_CAS, &(struct kv_op){KV_OP_SET, key, klen, val, vlen}, 1, version);
 }
 
 static int lm_del(struct kv_store *st, const char *key, size_t klen)
 {
-	struct kv_op op = {KV_OP_DEL, key, klen, NULL, 0};
-
-	return lm_write(st, LM_W_DEL, &op, 1, 0);
+	return lm_write(st, LM_W_DEL, &(struct kv_op){KV_OP_DEL, key, klen, NULL, 0}, 1, 0);
 }
 
 /* kv_apply calls it with one operation at least. */
@@ -424,7 +419,8 @@ static int lm_read(struct kv_store *st, const char *what, const char *key, size_
 	if (rc == MDB_NOTFOUND)
 		return -ENOENT;
 	if (rc) {
-		kv_log(KV_LOG_ERR, "lmdb: %s %s: %s", what, kv_printable(key, klen), mdb_strerror(rc));
+		kv_log(KV_LOG_ERR, "lmdb: %s %s: %s", what, kv_printable(key, klen),
+		       mdb_strerror(rc));
 		return -EIO;
 	}
 	if (val && !*val)
@@ -607,8 +603,8 @@ static int lm_parse_location(const char *loc, const char **path, char *err, size
 	if (loc[0] == '/' && loc[1] == '/') {
 		loc += strncmp(loc + 2, "localhost/", 10) == 0 ? 11 : 2;  /* "/dir" or "dir" */
 		if (*loc && *loc != '/') {
-			snprintf(err, errlen, "lmdb: a store is a local directory: use lmdb:/path or "
-				 "lmdb:///path");
+			snprintf(err, errlen, "lmdb: a store is a local directory: use lmdb:/path "
+				 "or lmdb:///path");
 			return -EINVAL;
 		}
 	}
@@ -660,7 +656,7 @@ static int lm_open_env(struct lm_store *s, const char *path, size_t map_size, ch
 		       size_t errlen)
 {
 	static const unsigned sync_flags[] = {
-		[LM_SYNC_INTERVAL] = MDB_NOMETASYNC, [LM_SYNC_ALWAYS] = 0, [LM_SYNC_LAZY] = MDB_NOSYNC,
+		[LM_SYNC_INTERVAL] = MDB_NOMETASYNC, [LM_SYNC_LAZY] = MDB_NOSYNC,
 	};
 	int rc, dead = 0, e = mkdir(path, 0700) ? errno : 0;
 	unsigned dbflags;

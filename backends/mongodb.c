@@ -557,7 +557,8 @@ static void mg_init_once(void)
 static int mg_password(mongoc_uri_t *uri, const struct kv_open_args *a, char *err, size_t errlen)
 {
 	const char *file = kv_option_get(a, "password_file"), *env = getenv(MG_PASSWORD_ENV);
-	char msg[256], *secret = file ? kv_read_secret(file, "password_file", msg, sizeof(msg)) : NULL;
+	char msg[256], *secret = file ? kv_read_secret(file, "password_file", msg, sizeof(msg))
+				      : NULL;
 	const char *password = file ? secret : env && *env ? env : NULL;
 	int rc = -EINVAL;
 
@@ -673,9 +674,9 @@ static int mg_configure(struct mg_store *s, const struct kv_open_args *a, char *
 		return -EINVAL;
 	}
 	if (mongoc_uri_get_password(s->uri) || mongoc_uri_has_option(s->uri, secret)) {
-		snprintf(err, errlen, "mongodb: the URL holds a password, which would show in ps and "
-			 "logs: keep the user in the URL and put the password in $%s or in a file "
-			 "named by -o password_file=", MG_PASSWORD_ENV);
+		snprintf(err, errlen, "mongodb: the URL holds a password, which would show in ps "
+			 "and logs: keep the user in the URL and put the password in $%s or in a "
+			 "file named by -o password_file=", MG_PASSWORD_ENV);
 		return -EINVAL;
 	}
 	if ((rc = mg_tls_files(s->uri, err, errlen)) || (rc = mg_password(s->uri, a, err, errlen)))
