@@ -636,8 +636,7 @@ static void mg_close(struct kv_store *st)
 
 	if (s->pool)
 		mongoc_client_pool_destroy(s->pool);
-	if (s->uri)
-		mongoc_uri_destroy(s->uri);
+	mongoc_uri_destroy(s->uri);
 	free(s);
 }
 
