@@ -12,10 +12,10 @@
  * or misread.
  *
  * Writers queue up and share one write transaction (group commit, the
- * toolkit's kv_queue): the first waiting writer becomes the leader, commits
- * everything queued in one transaction and hands each writer its own result.  If the shared
- * transaction fails, each write is redone alone so that it fails only
- * itself.  MDB_MAP_FULL grows the map (doubling, up to map_max) and retries.
+ * toolkit's kv_queue: the leader commits everything queued and hands each
+ * writer its own result).  If the shared transaction fails, each write is
+ * redone alone so that it fails only itself.  MDB_MAP_FULL grows the map
+ * (doubling, up to map_max) and retries.
  *
  * Durability: every commit is in the OS before set() returns, so it
  * survives kill -9.  sync=interval (default) opens with MDB_NOMETASYNC:
@@ -558,12 +558,10 @@ static int lm_statfs(struct kv_store *st, struct kv_statfs *out)
 	return 0;
 }
 
+/* The environment's own key size (max_value stays the backend's default). */
 static void lm_store_limits(struct kv_store *st, struct kv_limits *out)
 {
-	struct lm_store *s = kv_store_cast(struct lm_store, st);
-
-	out->max_key = s->max_key;
-	out->max_value = LM_MAX_VALUE;
+	out->max_key = kv_store_cast(struct lm_store, st)->max_key;
 }
 
 /* ---- The syncer thread ---- */

@@ -247,8 +247,7 @@ static void mg_find_free(struct mg_find *f)
 {
 	bson_destroy(&f->filter);
 	bson_destroy(&f->opts);
-	if (f->doc)
-		bson_destroy(f->doc);
+	bson_destroy(f->doc);
 	kv_buf_free(&f->key);
 }
 
