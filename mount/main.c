@@ -214,12 +214,8 @@ static int sort_options(struct options *o, const char *url, struct fuse_args *ar
 			fprintf(stderr, "kvfs: bad value in option '%s' (a number is needed)\n", arg);
 			return -1;
 		} else if (named(fuse_passthrough, arg)) {
-			char *opt = malloc(strlen(arg) + 3);
-			if (!opt)
+			if (fuse_opt_add_arg(args, "-o") || fuse_opt_add_arg(args, arg))
 				return -1;
-			sprintf(opt, "-o%s", arg);
-			fuse_opt_add_arg(args, opt);
-			free(opt);
 			if (strncmp(arg, "entry_timeout=", 14) == 0)
 				entry = eq + 1;
 		} else if (!named(fstab_noise, arg)) {
