@@ -33,10 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kv.h"
-#include "toolkit.h"
-
-extern const struct kv_backend kv_backend_mysql;  /* defined at the bottom */
+#include "sql.h"
 
 /* InnoDB's longest index key (DYNAMIC rows, 16 kB pages) is 3072 bytes. */
 #define MY_MAX_KEY 3072
@@ -44,45 +41,52 @@ extern const struct kv_backend kv_backend_mysql;  /* defined at the bottom */
  * (learned on the first connection) and fs/ holds a whole value in memory. */
 #define MY_MAX_VALUE ((size_t)128 << 20)
 #define MY_PACKET_SLACK (MY_MAX_KEY + 1024)  /* header, key and ver around a value */
-#define MY_POOL 8            /* connections at most, shared by the FUSE threads */
-#define MY_DEFAULT_TABLE "kv"
 
-enum my_sql { MY_GET, MY_STAT, MY_SET, MY_DEL, MY_CAS_NEW, MY_CAS_UPD, MY_SCAN, MY_SCAN_TO,
-	      MY_NSQL };
-
-/* Files Connector/C reads for TLS (-o options), checked at open. */
-enum { MY_SSL_CA, MY_SSL_CERT, MY_SSL_KEY, MY_NSSL };
-static const char *const my_ssl_names[MY_NSSL] = { "ssl_ca", "ssl_cert", "ssl_key" };
-static const int my_ssl_opts[MY_NSSL] = { MYSQL_OPT_SSL_CA, MYSQL_OPT_SSL_CERT, MYSQL_OPT_SSL_KEY };
+/* The connection parameters in sql.str; the files among them (-o options)
+ * are checked at open, and given to Connector/C with these options. */
+enum { MY_HOST, MY_USER, MY_DB, MY_OPTION_FILE, MY_SSL_CA, MY_SSL_CERT, MY_SSL_KEY };
+static const char *const my_files[] = {
+	[MY_OPTION_FILE] = "option_file", [MY_SSL_CA] = "ssl_ca", [MY_SSL_CERT] = "ssl_cert",
+	[MY_SSL_KEY] = "ssl_key",
+};
+static const int my_file_opts[] = {
+	[MY_OPTION_FILE] = MYSQL_READ_DEFAULT_FILE, [MY_SSL_CA] = MYSQL_OPT_SSL_CA,
+	[MY_SSL_CERT] = MYSQL_OPT_SSL_CERT, [MY_SSL_KEY] = MYSQL_OPT_SSL_KEY,
+};
 
 /* One connection with its prepared statements, made on first use. */
 struct my_conn {
 	MYSQL *db;
-	MYSQL_STMT *st[MY_NSQL];
+	MYSQL_STMT *st[SQL_CHECK];
 	bool broken;
 };
 
 struct my_store {
-	struct kv_store base;
-	char *host, *user, *db, *option_file, *ssl[MY_NSSL];
+	struct sql_store sql;
 	unsigned port;
-	char *table_name;
-	int timeout_ms;
 	size_t max_key, max_value;  /* atomic: learned on the first connection */
-	char *sql[MY_NSQL];
-	struct kv_once ready;       /* the table checked, the limits learned, the SQL built */
-	struct kv_pool pool;        /* of struct my_conn */
+};
+
+/* The statements, for the table (%1$s) and its size column or expression
+ * (%2$s: sz, or LENGTH(v) in a table without it).  3072 is MY_MAX_KEY. */
+static const char *const my_sql[SQL_NSTMT] = {
+	[SQL_GET] = "SELECT v, ver FROM `%1$s` WHERE k = ?",
+	[SQL_STAT] = "SELECT %2$s FROM `%1$s` WHERE k = ?",
+	[SQL_SET] = "INSERT INTO `%1$s` (k, v, ver) VALUES (?, ?, ?) "
+		    "ON DUPLICATE KEY UPDATE v = VALUES(v), ver = VALUES(ver)",
+	[SQL_DEL] = "DELETE FROM `%1$s` WHERE k = ?",
+	[SQL_CAS_NEW] = "INSERT INTO `%1$s` (k, v, ver) VALUES (?, ?, ?) "
+			"ON DUPLICATE KEY UPDATE k = k",
+	[SQL_CAS_UPD] = "UPDATE `%1$s` SET v = ?, ver = ? WHERE k = ? AND ver = ?",
+	[SQL_SCAN] = "SELECT k, %2$s FROM `%1$s` WHERE k >= ? ORDER BY k LIMIT ?",
+	[SQL_SCAN_TO] = "SELECT k, %2$s FROM `%1$s` WHERE k >= ? AND k < ? ORDER BY k LIMIT ?",
+	[SQL_CHECK] = "SELECT k, v, ver FROM `%1$s` LIMIT 0",
+	[SQL_CREATE] = "CREATE TABLE IF NOT EXISTS `%1$s` (k VARBINARY(3072) NOT NULL PRIMARY KEY, "
+		       "v LONGBLOB NOT NULL, ver BIGINT NOT NULL DEFAULT (FLOOR(RAND() * 9e18) + 1), "
+		       "sz BIGINT AS (LENGTH(v)) STORED) ENGINE=InnoDB",
 };
 
 /* ---- Small helpers ---- */
-
-/* A new version: random, nonzero, positive as a BIGINT. */
-static long long my_new_version(void)
-{
-	uint64_t v = kv_random64() & INT64_MAX;
-
-	return v ? (long long)v : 1;
-}
 
 /* A binary string parameter (an empty one must not be a NULL pointer). */
 static MYSQL_BIND my_blob(const char *p, size_t len, unsigned long *lenp)
@@ -133,13 +137,6 @@ static bool my_passing(unsigned e)
 	       e == 4031 /* MySQL's idle disconnect */ || e == 1213 /* ER_LOCK_DEADLOCK */;
 }
 
-/* What a read may say: a failure that passes, or is ours (memory,
- * credentials); anything else went wrong with the store. */
-static int my_read_errno(int e)
-{
-	return e == -EAGAIN || e == -ENOMEM || e == -EACCES || e == -ENOENT || e >= 0 ? e : -EIO;
-}
-
 /*
  * The errno of a failed call: -EAGAIN for a failure that passes (its
  * reason in kv_why), otherwise logged.  A client error (CR_*) means the
@@ -158,33 +155,24 @@ static int my_fail(struct my_conn *c, unsigned code, const char *msg, const char
 	return my_errno(code);
 }
 
+
 /* ---- Connections ---- */
 
 static void my_conn_free(struct my_conn *c)
 {
-	if (!c)
-		return;
-	for (int i = 0; i < MY_NSQL; i++)
+	for (int i = 0; i < SQL_CHECK; i++)
 		if (c->st[i])
 			mysql_stmt_close(c->st[i]);
-	if (c->db)
-		mysql_close(c->db);
+	mysql_close(c->db);
 	free(c);
 }
-
-/* The first connection checks the table (my_prepare_table). */
-struct my_ready {
-	struct my_store *s;
-	struct my_conn *c;
-};
-
-static int my_prepare_table(void *arg);
 
 /* The pool's connect; the password comes from MYSQL_PWD or an option file. */
 static int my_connect(void *ctx, int64_t deadline, void **out)
 {
 	struct my_store *s = ctx;
-	unsigned secs = (unsigned)((s->timeout_ms + 999) / 1000);
+	char **str = s->sql.str;
+	unsigned secs = (unsigned)((s->sql.timeout_ms + 999) / 1000);
 	unsigned csecs = (unsigned)((kv_ms_left(deadline) + 999) / 1000);
 	unsigned long packet = 1UL << 30;
 	my_bool off = 0, on = 1;
@@ -209,14 +197,13 @@ static int my_connect(void *ctx, int64_t deadline, void **out)
 	mysql_optionsv(c->db, MYSQL_OPT_MAX_ALLOWED_PACKET, &packet);
 	mysql_optionsv(c->db, MYSQL_INIT_COMMAND, init);
 	mysql_optionsv(c->db, MYSQL_READ_DEFAULT_GROUP, "kvfs");
-	if (s->option_file)
-		mysql_optionsv(c->db, MYSQL_READ_DEFAULT_FILE, s->option_file);
-	for (int i = 0; i < MY_NSSL; i++)
-		if (s->ssl[i])
-			mysql_optionsv(c->db, my_ssl_opts[i], s->ssl[i]);
-	if (s->ssl[MY_SSL_CA])  /* a CA given: TLS, and the server proves who it is */
+	for (int i = MY_OPTION_FILE; i <= MY_SSL_KEY; i++)
+		if (str[i])
+			mysql_optionsv(c->db, my_file_opts[i], str[i]);
+	if (str[MY_SSL_CA])  /* a CA given: TLS, and the server proves who it is */
 		mysql_optionsv(c->db, MYSQL_OPT_SSL_VERIFY_SERVER_CERT, &on);
-	if (!mysql_real_connect(c->db, s->host, s->user, NULL, s->db, s->port, NULL, 0)) {
+	if (!mysql_real_connect(c->db, str[MY_HOST], str[MY_USER], NULL, str[MY_DB], s->port,
+				NULL, 0)) {
 		code = mysql_errno(c->db);
 		kv_why_set("%s", mysql_error(c->db));
 		kv_log(KV_LOG_DEBUG, "mysql: cannot connect: %s", kv_why());
@@ -224,11 +211,10 @@ static int my_connect(void *ctx, int64_t deadline, void **out)
 		/* A refusal stays; the server down, starting or full passes. */
 		return my_errno(code) == -EACCES ? -EACCES : code == 1049 ? -ENOENT : -EIO;
 	}
-	if ((rc = kv_once(&s->ready, my_prepare_table, &(struct my_ready){ s, c }))) {
+	if ((rc = sql_connected(&s->sql, c))) {
 		my_conn_free(c);
 		return rc;
 	}
-	kv_why_set("%s", "");
 	*out = c;
 	return 0;
 }
@@ -237,10 +223,8 @@ static int my_connect(void *ctx, int64_t deadline, void **out)
  * a shutdown or restart closes it, and the socket turns readable. */
 static bool my_usable(void *ctx, void *conn)
 {
-	struct my_conn *c = conn;
-
 	(void)ctx;
-	return !c->broken && kv_socket_idle((int)mysql_get_socket(c->db));
+	return kv_socket_idle((int)mysql_get_socket(((struct my_conn *)conn)->db));
 }
 
 static void my_disconnect(void *ctx, void *conn)
@@ -255,36 +239,29 @@ static const struct kv_pool_ops my_pool_ops = {
 
 /* ---- Statements ---- */
 
-static const char *const my_sql_names[MY_NSQL] = {
-	[MY_GET] = "get", [MY_STAT] = "stat", [MY_SET] = "set", [MY_DEL] = "del",
-	[MY_CAS_NEW] = "cas", [MY_CAS_UPD] = "cas", [MY_SCAN] = "scan", [MY_SCAN_TO] = "scan",
-};
-
 /*
- * Execute statement id with params on c (preparing it on first use).
+ * Execute r's statement with params on c (preparing it on first use).
  * Returns the statement, or NULL with *e set to its errno (my_fail).
  */
-static MYSQL_STMT *my_execute(struct my_store *s, struct my_conn *c, enum my_sql id,
-			      MYSQL_BIND *params, const char *key, size_t klen, int *e)
+static MYSQL_STMT *my_execute(struct sql_store *s, struct my_conn *c, struct sql_req *r,
+			      MYSQL_BIND *params, int *e)
 {
-	MYSQL_STMT *st = c->st[id];
+	MYSQL_STMT *st = c->st[r->id];
 
 	if (!st) {
 		if (!(st = mysql_stmt_init(c->db))) {
 			*e = -ENOMEM;
 			return NULL;
 		}
-		if (mysql_stmt_prepare(st, s->sql[id], strlen(s->sql[id]))) {
-			*e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), my_sql_names[id],
-				     NULL, 0);
+		if (mysql_stmt_prepare(st, s->sql[r->id], strlen(s->sql[r->id]))) {
+			*e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), r->what, NULL, 0);
 			mysql_stmt_close(st);
 			return NULL;
 		}
-		c->st[id] = st;
+		c->st[r->id] = st;
 	}
 	if (mysql_stmt_bind_param(st, params) || mysql_stmt_execute(st)) {
-		*e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), my_sql_names[id], key,
-			     klen);
+		*e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), r->what, r->key, r->klen);
 		mysql_stmt_reset(st);
 		return NULL;
 	}
@@ -300,239 +277,80 @@ static int my_query(struct my_conn *c, const char *sql)
 }
 
 /*
- * Run fn on a pooled connection, again while it fails for a passing
- * reason, within the timeout (kv_pool_run); not after a lost connection
- * when the call is not idempotent (cas).
+ * A statement about one key: get and stat read the row, a write says
+ * -ENOENT when it changed none.  A cas of version 0 inserts unless the key
+ * exists ("ON DUPLICATE KEY UPDATE k = k" changes nothing and so reports 0
+ * rows); otherwise it updates only the row that still carries the version.
  */
-typedef int my_call_fn(struct my_store *s, struct my_conn *c, void *arg);
-
-struct my_call {
-	struct my_store *s;
-	my_call_fn *fn;
-	void *arg;
-};
-
-static int my_call_on(void *conn, void *arg, bool *broken)
+static int my_key_on(struct sql_store *s, struct my_conn *c, struct sql_req *r)
 {
-	struct my_call *m = arg;
-	struct my_conn *c = conn;
-	int rc = m->fn(m->s, c, m->arg);
-
-	*broken = c->broken;
-	return rc;
-}
-
-static int my_call(struct my_store *s, my_call_fn *fn, void *arg, bool idempotent)
-{
-	struct my_call m = { .s = s, .fn = fn, .arg = arg };
-
-	return kv_pool_run(&s->pool, kv_deadline(s->timeout_ms), idempotent, my_call_on, &m);
-}
-
-/* ---- get, stat, set, del, cas ---- */
-
-/* One statement about one key, and what it found. */
-struct my_key_arg {
-	enum my_sql id;
-	const char *key, *val;
-	size_t klen, vlen;
-	uint64_t version;     /* cas: the one expected; get: the one found */
-	char *out;            /* get: the value */
-	size_t len;           /* get: its length; stat: the size */
-};
-
-static int my_get_on(struct my_store *s, struct my_conn *c, void *arg)
-{
-	struct my_key_arg *a = arg;
-	unsigned long klen, vlen = 0;
-	long long ver = 0, size = 0;
-	MYSQL_BIND p[1] = { my_blob(a->key, a->klen, &klen) };
-	MYSQL_BIND r[2] = { { .buffer_type = MYSQL_TYPE_BLOB, .length = &vlen }, my_int(&ver) };
+	unsigned long kl, vl, vlen = 0;
+	long long ver = (long long)r->ver, old = (long long)r->old, size = 0;
+	MYSQL_BIND p[4] = { my_blob(r->key, r->klen, &kl), my_blob(r->val, r->vlen, &vl),
+			    my_int(&ver), my_int(&old) };
+	MYSQL_BIND q[4] = { p[1], p[2], p[0], p[3] };  /* UPDATE ... SET v, ver WHERE k, ver */
+	MYSQL_BIND res[2] = { { .buffer_type = MYSQL_TYPE_BLOB, .length = &vlen }, my_int(&ver) };
 	MYSQL_STMT *st;
 	int e = 0, rc;
 
-	if (!(st = my_execute(s, c, a->id, p, a->key, a->klen, &e)))
-		return my_read_errno(e);
-	if (a->id == MY_STAT)
-		r[0] = my_int(&size);
-	if (mysql_stmt_bind_result(st, r) || (rc = mysql_stmt_fetch(st)) == 1) {
-		e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), "get", a->key, a->klen);
+	if (!(st = my_execute(s, c, r, r->id == SQL_CAS_UPD ? q : p, &e)))
+		return e;
+	if (r->id != SQL_GET && r->id != SQL_STAT)
+		return mysql_stmt_affected_rows(st) ? 0 : -ENOENT;
+	if (r->id == SQL_STAT)
+		res[0] = my_int(&size);
+	if (mysql_stmt_bind_result(st, res) || (rc = mysql_stmt_fetch(st)) == 1) {
+		e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), "get", r->key, r->klen);
 	} else if (rc == MYSQL_NO_DATA) {
 		e = -ENOENT;
-	} else if (a->id == MY_STAT) {
-		a->len = (size_t)size;
-	} else if (!(a->out = malloc(vlen + 1))) {
+	} else if (r->id == SQL_STAT) {
+		r->len = (size_t)size;
+	} else if (!(r->out = malloc(vlen + 1))) {
 		e = -ENOMEM;
 	} else {
-		r[0].buffer = a->out;
-		r[0].buffer_length = vlen;
-		if (vlen && mysql_stmt_fetch_column(st, &r[0], 0, 0)) {
-			e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), "get", a->key,
-				    a->klen);
-			free(a->out);
-			a->out = NULL;
+		res[0].buffer = r->out;
+		res[0].buffer_length = vlen;
+		if (vlen && mysql_stmt_fetch_column(st, &res[0], 0, 0)) {
+			e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), "get", r->key,
+				    r->klen);
+			free(r->out);
+			r->out = NULL;
 		} else {
-			a->out[vlen] = '\0';
-			a->len = vlen;
-			a->version = (uint64_t)ver;
+			r->out[vlen] = '\0';
+			r->len = vlen;
+			r->version = (uint64_t)ver;
 		}
 	}
 	mysql_stmt_free_result(st);
-	return my_read_errno(e);
+	return e;
 }
 
-static int my_get(struct kv_store *st, const char *key, size_t klen, char **val, size_t *len,
-		  uint64_t *version)
+static int my_scan_on(struct sql_store *s, struct my_conn *c, struct sql_req *r)
 {
-	struct my_key_arg a = { .id = MY_GET, .key = key, .klen = klen };
-	int rc = my_call(kv_store_cast(struct my_store, st), my_get_on, &a, true);
-
-	if (rc)
-		return rc;
-	*val = a.out;
-	*len = a.len;
-	if (version)
-		*version = a.version;
-	return 0;
-}
-
-static int my_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *size)
-{
-	struct my_key_arg a = { .id = MY_STAT, .key = key, .klen = klen };
-	int rc = my_call(kv_store_cast(struct my_store, st), my_get_on, &a, true);
-
-	if (!rc)
-		*size = a.len;
-	return rc;
-}
-
-/*
- * A set, a delete or a cas: 0, or -ENOENT (a delete found no row), or
- * -ECANCELED (a cas found no row to change: someone else won).  A cas of
- * version 0 inserts unless the key exists ("ON DUPLICATE KEY UPDATE k = k"
- * changes nothing and so reports 0 rows); otherwise it updates only the
- * row that still carries the version.
- */
-static int my_write_on(struct my_store *s, struct my_conn *c, void *arg)
-{
-	struct my_key_arg *a = arg;
-	unsigned long kl, vl;
-	long long ver = my_new_version(), old = (long long)a->version;
-	MYSQL_BIND p[4] = { my_blob(a->key, a->klen, &kl), my_blob(a->val, a->vlen, &vl),
-			    my_int(&ver), my_int(&old) };
-	MYSQL_BIND q[4] = { p[1], p[2], p[0], p[3] };  /* UPDATE ... SET v, ver WHERE k, ver */
-	int e;
-	MYSQL_STMT *st = my_execute(s, c, a->id, a->id == MY_CAS_UPD ? q : p,
-				    a->key, a->klen, &e);
-
-	if (!st)
-		return e;
-	if (a->id == MY_SET || mysql_stmt_affected_rows(st))
-		return 0;
-	return a->id == MY_DEL ? -ENOENT : -ECANCELED;
-}
-
-static int my_set(struct kv_store *st, const char *key, size_t klen, const char *val, size_t vlen)
-{
-	struct my_key_arg a = { .id = MY_SET, .key = key, .klen = klen, .val = val, .vlen = vlen };
-
-	return my_call(kv_store_cast(struct my_store, st), my_write_on, &a, true);
-}
-
-static int my_del(struct kv_store *st, const char *key, size_t klen)
-{
-	struct my_key_arg a = { .id = MY_DEL, .key = key, .klen = klen };
-	int rc = my_call(kv_store_cast(struct my_store, st), my_write_on, &a, true);
-
-	return rc == 0 || rc == -ENOENT || rc == -EACCES ? rc : -EIO;
-}
-
-static int my_cas(struct kv_store *st, const char *key, size_t klen, uint64_t version,
-		  const char *val, size_t vlen)
-{
-	struct my_key_arg a = { .id = version ? MY_CAS_UPD : MY_CAS_NEW, .key = key, .klen = klen,
-				.val = val, .vlen = vlen, .version = version };
-
-	if (version > INT64_MAX)
-		return -ECANCELED;  /* not a version this backend hands out */
-	return my_call(kv_store_cast(struct my_store, st), my_write_on, &a, false);
-}
-
-/* ---- apply: one transaction ---- */
-
-struct my_apply_arg {
-	const struct kv_op *ops;
-	size_t n;
-};
-
-static int my_apply_on(struct my_store *s, struct my_conn *c, void *arg)
-{
-	struct my_apply_arg *a = arg;
-	int rc = my_query(c, "START TRANSACTION");
-
-	for (size_t i = 0; i < a->n && !rc; i++) {
-		const struct kv_op *op = &a->ops[i];
-		struct my_key_arg w = { .id = op->type == KV_OP_SET ? MY_SET : MY_DEL, .key = op->key,
-					.klen = op->key_len, .val = op->val, .vlen = op->val_len };
-
-		if ((rc = my_write_on(s, c, &w)) == -ENOENT)
-			rc = 0;
-	}
-	if (c->broken)
-		return rc ? rc : -EIO;
-	if (rc) {
-		/* ROLLBACK undoes what InnoDB may have kept of the failed statement */
-		my_query(c, "ROLLBACK");
-		return rc;
-	}
-	return my_query(c, "COMMIT");
-}
-
-static int my_apply(struct kv_store *st, const struct kv_op *ops, size_t n)
-{
-	struct my_apply_arg a = { .ops = ops, .n = n };
-
-	/* Sets are upserts and a missing key's delete is no error here:
-	 * running it all again after a lost connection is harmless. */
-	return n ? my_call(kv_store_cast(struct my_store, st), my_apply_on, &a, true) : 0;
-}
-
-/* ---- scan ---- */
-
-struct my_scan_arg {
-	const char *from, *to;
-	size_t flen, tlen, max;
-	kv_key_cb *cb;
-	void *ctx;
-};
-
-static int my_scan_on(struct my_store *s, struct my_conn *c, void *arg)
-{
-	struct my_scan_arg *a = arg;
 	char kbuf[MY_MAX_KEY + 1];
 	unsigned long fl, tl, klen = 0;
-	long long lim = (long long)a->max, size = 0;
-	MYSQL_BIND p[3] = { my_blob(a->from, a->flen, &fl), my_blob(a->to, a->tlen, &tl),
+	long long lim = (long long)r->max, size = 0;
+	MYSQL_BIND p[3] = { my_blob(r->key, r->klen, &fl), my_blob(r->val, r->vlen, &tl),
 			    my_int(&lim) };
 	MYSQL_BIND q[2] = { p[0], p[2] };
-	MYSQL_BIND r[2] = { { .buffer_type = MYSQL_TYPE_BLOB, .buffer = kbuf,
-			      .buffer_length = sizeof kbuf, .length = &klen }, my_int(&size) };
+	MYSQL_BIND res[2] = { { .buffer_type = MYSQL_TYPE_BLOB, .buffer = kbuf,
+				.buffer_length = sizeof kbuf, .length = &klen }, my_int(&size) };
 	struct kv_buf big = { 0 };
 	MYSQL_STMT *st;
 	int e = 0, rc;
 
-	if (!(st = my_execute(s, c, a->to ? MY_SCAN_TO : MY_SCAN, a->to ? p : q, a->from, a->flen, &e)))
-		return my_read_errno(e);
+	if (!(st = my_execute(s, c, r, r->val ? p : q, &e)))
+		return e;
 	/* All rows to the client first: a failure after that is not worth a
 	 * retry, which would hand the callback the same keys twice. */
-	if (mysql_stmt_bind_result(st, r) || mysql_stmt_store_result(st)) {
-		e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), "scan", a->from, a->flen);
+	if (mysql_stmt_bind_result(st, res) || mysql_stmt_store_result(st)) {
+		e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), "scan", r->key, r->klen);
 		mysql_stmt_free_result(st);
 		return e == -EAGAIN ? e : -EIO;
 	}
 	while (!e && ((rc = mysql_stmt_fetch(st)) == 0 || rc == MYSQL_DATA_TRUNCATED)) {
 		if (klen <= sizeof kbuf) {
-			e = a->cb(a->ctx, kbuf, klen, (uint64_t)size);
+			e = r->cb(r->ctx, kbuf, klen, (uint64_t)size);
 			continue;
 		}
 		/* A key longer than ours, from another client's wider column. */
@@ -544,7 +362,7 @@ static int my_scan_on(struct my_store *s, struct my_conn *c, void *arg)
 		if (mysql_stmt_fetch_column(st, &b, 0, 0))
 			e = -EIO;
 		else
-			e = a->cb(a->ctx, big.p, klen, (uint64_t)size);
+			e = r->cb(r->ctx, big.p, klen, (uint64_t)size);
 	}
 	if (!e && rc == 1) {
 		kv_log(KV_LOG_ERR, "mysql: scan: %s", mysql_stmt_error(st));
@@ -555,24 +373,12 @@ static int my_scan_on(struct my_store *s, struct my_conn *c, void *arg)
 	return e < 0 ? e : 0;
 }
 
-static int my_scan(struct kv_store *st, const char *from, size_t flen, const char *to,
-		   size_t tlen, size_t max, kv_key_cb *cb, void *ctx)
-{
-	struct my_scan_arg a = { .from = from, .flen = flen, .to = to, .tlen = tlen, .max = max,
-				 .cb = cb, .ctx = ctx };
-
-	return my_call(kv_store_cast(struct my_store, st), my_scan_on, &a, true);
-}
-
-/* ---- health ---- */
-
-static int my_health_on(struct my_store *s, struct my_conn *c, void *arg)
+static int my_health_on(struct sql_store *s, struct my_conn *c, struct kv_health *h)
 {
 	static const char *const names[] = {
 		"server_version", "database", "user", "max_allowed_packet",
 		"innodb_flush_log_at_trx_commit", "read_only",
 	};
-	struct kv_health *h = arg;
 	MYSQL_RES *res;
 	MYSQL_ROW row;
 	int rc = my_query(c, "SELECT VERSION(), DATABASE(), CURRENT_USER(), @@max_allowed_packet,"
@@ -586,27 +392,32 @@ static int my_health_on(struct my_store *s, struct my_conn *c, void *arg)
 		mysql_free_result(res);
 		return rc;
 	}
-	h->nfacts = 0;
-	snprintf(h->detail, sizeof h->detail, "%s, table %s", row[0] ? row[0] : "?",
-		 s->table_name);
+	snprintf(h->detail, sizeof h->detail, "%s, table %s", row[0] ? row[0] : "?", s->table);
 	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
 		kv_health_fact(h, names[i], "%s", row[i] ? row[i] : "NULL");
 	mysql_free_result(res);
 	return 0;
 }
 
+static int my_exec(struct sql_store *s, void *conn, struct sql_req *r, bool *broken)
+{
+	struct my_conn *c = conn;
+	int rc = r->id == SQL_TEXT ? my_query(c, r->sql)
+		 : r->id == SQL_HEALTH ? my_health_on(s, c, r->h)
+		 : r->id == SQL_SCAN || r->id == SQL_SCAN_TO ? my_scan_on(s, c, r)
+		 : my_key_on(s, c, r);
+
+	*broken = c->broken;
+	return rc;
+}
+
 static int my_health(struct kv_store *st, struct kv_health *h)
 {
-	struct my_store *s = kv_store_cast(struct my_store, st);
-	int rc = my_call(s, my_health_on, h, true);
+	int rc = sql_health(st, h);
 
-	if (rc) {
-		snprintf(h->detail, sizeof h->detail, "%s", kv_why()[0] ? kv_why() : strerror(-rc));
-		return rc;
-	}
-	kv_health_fact(h, "connections", "%zu in use of %d", kv_pool_busy(&s->pool), MY_POOL);
-	kv_health_fact(h, "max_value", "%zu", s->max_value);
-	return 0;
+	if (!rc)
+		kv_health_fact(h, "max_value", "%zu", kv_store_cast(struct my_store, st)->max_value);
+	return rc;
 }
 
 static void my_store_limits(struct kv_store *st, struct kv_limits *out)
@@ -618,32 +429,6 @@ static void my_store_limits(struct kv_store *st, struct kv_limits *out)
 }
 
 /* ---- The table, once per store on its first connection ---- */
-
-/* The statements, for the table (%1$s) and its size column or expression (%2$s). */
-static const char *const my_sql_formats[MY_NSQL] = {
-	[MY_GET] = "SELECT v, ver FROM `%1$s` WHERE k = ?",
-	[MY_STAT] = "SELECT %2$s FROM `%1$s` WHERE k = ?",
-	[MY_SET] = "INSERT INTO `%1$s` (k, v, ver) VALUES (?, ?, ?) "
-		   "ON DUPLICATE KEY UPDATE v = VALUES(v), ver = VALUES(ver)",
-	[MY_DEL] = "DELETE FROM `%1$s` WHERE k = ?",
-	[MY_CAS_NEW] = "INSERT INTO `%1$s` (k, v, ver) VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE k = k",
-	[MY_CAS_UPD] = "UPDATE `%1$s` SET v = ?, ver = ? WHERE k = ? AND ver = ?",
-	[MY_SCAN] = "SELECT k, %2$s FROM `%1$s` WHERE k >= ? ORDER BY k LIMIT ?",
-	[MY_SCAN_TO] = "SELECT k, %2$s FROM `%1$s` WHERE k >= ? AND k < ? ORDER BY k LIMIT ?",
-};
-
-static int my_build_sql(struct my_store *s, bool has_sz)
-{
-	char buf[300];
-
-	for (int i = 0; i < MY_NSQL; i++) {
-		snprintf(buf, sizeof buf, my_sql_formats[i], s->table_name, has_sz ? "sz" : "LENGTH(v)");
-		free(s->sql[i]);
-		if (!(s->sql[i] = strdup(buf)))
-			return -ENOMEM;
-	}
-	return 0;
-}
 
 /* One text statement on the first connection: the server's error number,
  * or 0 (its result read and dropped). */
@@ -673,30 +458,21 @@ static long long my_setup_number(struct my_conn *c, const char *sql)
 
 /*
  * Make sure the table is there (create it if missing), learn whether it has
- * sz, the width of k and max_allowed_packet, and build the SQL.
+ * sz, the width of k and max_allowed_packet, and word the SQL for it.
  */
-static int my_prepare_table(void *arg)
+static int my_prepare_table(struct sql_store *ss, void *conn)
 {
-	struct my_ready *a = arg;
-	struct my_store *s = a->s;
-	struct my_conn *c = a->c;
+	struct my_store *s = (struct my_store *)ss;
+	struct my_conn *c = conn;
+	unsigned code = my_setup_query(c, ss->sql[SQL_CHECK]);
 	char sql[400];
-	unsigned code;
 	long long n;
 	bool has_sz;
 
-	snprintf(sql, sizeof sql, "SELECT k, v, ver FROM `%s` LIMIT 0", s->table_name);
-	code = my_setup_query(c, sql);
-	if (code == 1146) {  /* ER_NO_SUCH_TABLE */
-		snprintf(sql, sizeof sql,
-			 "CREATE TABLE IF NOT EXISTS `%s` (k VARBINARY(%d) NOT NULL PRIMARY KEY, "
-			 "v LONGBLOB NOT NULL, ver BIGINT NOT NULL DEFAULT (FLOOR(RAND() * 9e18) + 1), "
-			 "sz BIGINT AS (LENGTH(v)) STORED) ENGINE=InnoDB", s->table_name, MY_MAX_KEY);
-		if (!(code = my_setup_query(c, sql)))
-			kv_log(KV_LOG_INFO, "mysql: created table %s", s->table_name);
-	}
+	if (code == 1146 && !(code = my_setup_query(c, ss->sql[SQL_CREATE])))  /* ER_NO_SUCH_TABLE */
+		kv_log(KV_LOG_INFO, "mysql: created table %s", ss->table);
 	if (code) {
-		kv_why_set("table %s: %s", s->table_name,
+		kv_why_set("table %s: %s", ss->table,
 			   code == 1054 ? "exists but lacks the columns k VARBINARY, v LONGBLOB, ver BIGINT"
 			   : code == 1046 ? "no database: name one in the URL (mysql://host/database) "
 					    "or as database= in an option file"
@@ -704,42 +480,21 @@ static int my_prepare_table(void *arg)
 		return code >= CR_MIN_ERROR && code <= CR_MAX_ERROR ? -EIO
 		       : my_errno(code) == -EACCES ? -EACCES : -EINVAL;
 	}
-	snprintf(sql, sizeof sql, "SELECT sz FROM `%s` LIMIT 0", s->table_name);
+	snprintf(sql, sizeof sql, "SELECT sz FROM `%s` LIMIT 0", ss->table);
 	has_sz = my_setup_query(c, sql) == 0;
 	snprintf(sql, sizeof sql, "SELECT CHARACTER_OCTET_LENGTH FROM information_schema.COLUMNS "
 		 "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '%s' AND COLUMN_NAME = 'k'",
-		 s->table_name);
+		 ss->table);
 	n = my_setup_number(c, sql);
 	__atomic_store_n(&s->max_key, n > 0 && n < MY_MAX_KEY ? (size_t)n : MY_MAX_KEY,
 			 __ATOMIC_RELAXED);
 	n = my_setup_number(c, "SELECT @@max_allowed_packet");
 	if (n > MY_PACKET_SLACK && (size_t)(n - MY_PACKET_SLACK) < MY_MAX_VALUE)
 		__atomic_store_n(&s->max_value, (size_t)(n - MY_PACKET_SLACK), __ATOMIC_RELAXED);
-	return my_build_sql(s, has_sz);
+	return has_sz ? 0 : sql_build(ss, "LENGTH(v)");
 }
 
-/* ---- open and close ---- */
-
-static void my_free(struct my_store *s)
-{
-	kv_pool_destroy(&s->pool);
-	kv_once_destroy(&s->ready);
-	for (int i = 0; i < MY_NSQL; i++)
-		free(s->sql[i]);
-	for (int i = 0; i < MY_NSSL; i++)
-		free(s->ssl[i]);
-	free(s->host);
-	free(s->user);
-	free(s->db);
-	free(s->option_file);
-	free(s->table_name);
-	free(s);
-}
-
-static void my_close(struct kv_store *st)
-{
-	my_free(kv_store_cast(struct my_store, st));
-}
+/* ---- open ---- */
 
 /*
  * "//[user@]host[:port][/database]": no password, no query.  libcurl
@@ -753,7 +508,7 @@ static int my_parse_url(struct my_store *s, const struct kv_open_args *a, char *
 		CURLUPART_PASSWORD, CURLUPART_QUERY, CURLUPART_FRAGMENT, CURLUPART_HOST,
 		CURLUPART_USER, CURLUPART_PORT, CURLUPART_PATH,
 	};
-	char *v[NPARTS] = { NULL };
+	char *v[NPARTS] = { NULL }, **str = s->sql.str;
 	CURLU *u = curl_url();
 	CURLUcode cu = u ? curl_url_set(u, CURLUPART_URL, a->url, CURLU_NON_SUPPORT_SCHEME)
 			 : CURLUE_OUT_OF_MEMORY;
@@ -783,12 +538,12 @@ static int my_parse_url(struct my_store *s, const struct kv_open_args *a, char *
 		rc = 0;
 	if (!rc) {
 		/* [ipv6]: Connector/C takes it bare */
-		s->host = v[HOST][0] == '[' ? strndup(v[HOST] + 1, strcspn(v[HOST] + 1, "]"))
+		str[MY_HOST] = v[HOST][0] == '[' ? strndup(v[HOST] + 1, strcspn(v[HOST] + 1, "]"))
 					    : strdup(v[HOST]);
-		s->user = v[USER] ? strdup(v[USER]) : NULL;
-		s->db = v[PATH] && v[PATH][1] ? strdup(v[PATH] + 1) : NULL;
+		str[MY_USER] = v[USER] ? strdup(v[USER]) : NULL;
+		str[MY_DB] = v[PATH] && v[PATH][1] ? strdup(v[PATH] + 1) : NULL;
 		s->port = v[PORT] ? (unsigned)strtoul(v[PORT], NULL, 10) : 0;  /* libcurl checked it */
-		if (!s->host || (v[USER] && !s->user) || (v[PATH] && v[PATH][1] && !s->db))
+		if (!str[MY_HOST] || (v[USER] && !str[MY_USER]) || (v[PATH] && v[PATH][1] && !str[MY_DB]))
 			rc = -ENOMEM;
 	}
 	for (int i = 0; i < NPARTS; i++)
@@ -797,65 +552,41 @@ static int my_parse_url(struct my_store *s, const struct kv_open_args *a, char *
 	return rc;
 }
 
-/* The options: the table name, and files that must be there. */
-static int my_parse_options(struct my_store *s, const struct kv_open_args *a, char *err,
-			    size_t errlen)
+/* The options (files that must be there), then the URL. */
+static int my_parse(struct sql_store *ss, const struct kv_open_args *a, char *err, size_t errlen)
 {
-	const char *table = kv_option_get(a, "table"), *file;
+	struct my_store *s = (struct my_store *)ss;
+	const char *file;
 	char why[300];
 	int rc;
 
-	if (!table)
-		table = MY_DEFAULT_TABLE;
-	if (!kv_is_identifier(table, 64)) {
-		snprintf(err, errlen, "mysql: bad table name '%s' (letters, digits and _, "
-			 "not starting with a digit, at most 64)", table);
-		return -EINVAL;
-	}
-	if (!(s->table_name = strdup(table)))
-		return -ENOMEM;
-	for (int i = -1; i < MY_NSSL; i++) {
-		const char *name = i < 0 ? "option_file" : my_ssl_names[i];
-		char **dst = i < 0 ? &s->option_file : &s->ssl[i];
-
-		if (!(file = kv_option_get(a, name)))
+	for (int i = MY_OPTION_FILE; i <= MY_SSL_KEY; i++) {
+		if (!(file = kv_option_get(a, my_files[i])))
 			continue;
-		if ((rc = kv_check_file(file, name, why, sizeof why))) {
+		if ((rc = kv_check_file(file, my_files[i], why, sizeof why))) {
 			snprintf(err, errlen, "mysql: %s", why);
 			return rc;
 		}
-		if (!(*dst = strdup(file)))
+		if (!(ss->str[i] = strdup(file)))
 			return -ENOMEM;
 	}
+	if ((rc = my_parse_url(s, a, err, errlen)))
+		return rc;
+	s->max_key = MY_MAX_KEY;
+	s->max_value = MY_MAX_VALUE;
+	mysql_library_init(0, NULL, NULL);  /* once, before the FUSE threads */
 	return 0;
 }
+
+static const struct sql_client my_client = {
+	.name = "mysql", .max_table = 64, .sql = my_sql, .size_expr = "sz", .pool = &my_pool_ops,
+	.parse = my_parse, .prepare = my_prepare_table, .exec = my_exec,
+};
 
 static int my_open(const struct kv_open_args *args, struct kv_store **out, char *err,
 		   size_t errlen)
 {
-	struct my_store *s = calloc(1, sizeof(*s));
-	int rc;
-
-	if (!s) {
-		snprintf(err, errlen, "mysql: out of memory");
-		return -ENOMEM;
-	}
-	kv_once_init(&s->ready);
-	kv_pool_init(&s->pool, "mysql", &my_pool_ops, s, MY_POOL);
-	s->max_key = MY_MAX_KEY;
-	s->max_value = MY_MAX_VALUE;
-	s->timeout_ms = args->timeout_ms;
-	err[0] = '\0';
-	if ((rc = my_parse_options(s, args, err, errlen)) || (rc = my_parse_url(s, args, err, errlen))) {
-		if (!err[0])
-			snprintf(err, errlen, "mysql: out of memory");
-		my_free(s);
-		return rc;
-	}
-	mysql_library_init(0, NULL, NULL);  /* once, before the FUSE threads */
-	s->base.be = &kv_backend_mysql;
-	*out = &s->base;
-	return 0;
+	return sql_open(args, &my_client, sizeof(struct my_store), out, err, errlen);
 }
 
 /*
@@ -878,14 +609,14 @@ const struct kv_backend kv_backend_mysql = {
 	.persistent = true,
 	.limits = { .max_key = MY_MAX_KEY, .max_value = MY_MAX_VALUE },
 	.open = my_open,
-	.close = my_close,
-	.get = my_get,
-	.set = my_set,
-	.del = my_del,
-	.scan = my_scan,
+	.close = sql_close,
+	.get = sql_get,
+	.set = sql_set,
+	.del = sql_del,
+	.scan = sql_scan,
 	.health = my_health,
-	.stat = my_stat,
-	.cas = my_cas,
-	.apply = my_apply,
+	.stat = sql_stat,
+	.cas = sql_cas,
+	.apply = sql_apply,
 	.store_limits = my_store_limits,
 };

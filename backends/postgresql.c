@@ -28,7 +28,7 @@
  * up", a deadlock) is tried again until the timeout.  open() only checks
  * the URL and the files it names; the table is checked (created if
  * missing) on the first connection.
- */
+ */#include <endian.h>
 #include <errno.h>
 #include <libpq-fe.h>
 #include <poll.h>
@@ -36,10 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kv.h"
-#include "toolkit.h"
-
-extern const struct kv_backend kv_backend_postgresql;  /* defined at the bottom */
+#include "sql.h"
 
 /*
  * A btree index entry holds at most 2704 bytes (PostgreSQL 12+, 8 kB pages),
@@ -50,8 +47,6 @@ extern const struct kv_backend kv_backend_postgresql;  /* defined at the bottom 
 /* bytea takes up to 1 GB, but fs/ holds a whole value in memory and the
  * server needs several copies of it; the same 128 MiB as lmdb. */
 #define PG_MAX_VALUE ((size_t)128 << 20)
-#define PG_POOL 8            /* connections at most, shared by the FUSE threads */
-#define PG_DEFAULT_TABLE "kv"
 #define PG_NTLS 4            /* the TLS file options below */
 
 /* Type OIDs of the parameters (pg_type.h, stable since forever). */
@@ -66,57 +61,55 @@ static const char *const pg_tls[PG_NTLS][2] = {
 };
 
 struct pg_store {
-	struct kv_store base;
-	/* connection keywords: fallback_application_name, dbname (the URL,
-	 * expanded by libpq) and the TLS options given with -o */
+	struct sql_store sql;
+	/* connection keywords, their values in sql.str: fallback_application_name,
+	 * dbname (the URL, expanded by libpq) and the TLS options given with -o */
 	const char *keys[3 + PG_NTLS];
-	char *vals[3 + PG_NTLS];
-	char *table_name;
-	int timeout_ms;
-	struct kv_once ready;     /* the table checked or created */
-	struct kv_pool pool;      /* of PGconn */
-	char sql_get[160], sql_stat[160], sql_set[256], sql_del[160], sql_cas_new[200];
-	char sql_cas_upd[200], sql_scan[200], sql_scan_to[200], sql_check[160], sql_create[300];
 };
 
-/* One statement: up to four binary parameters. */
+/* One statement: up to four binary parameters, ($1 key, $2 value, $3 new
+ * version, $4 old one) or for a scan ($1 from, $2 to, $3 limit). */
 struct pg_stmt {
 	const char *sql;
 	int n;
-	const Oid *types;
 	const char *vals[4];
 	int lens[4];
 	int format;               /* of the result: 1 binary, 0 text */
 };
 
-static const Oid pg_key_types[] = { BYTEAOID, BYTEAOID, INT8OID, INT8OID };
-static const Oid pg_scan_types[] = { BYTEAOID, INT8OID, BYTEAOID };
+static const Oid pg_types[] = { BYTEAOID, BYTEAOID, INT8OID, INT8OID };
 
-/* ---- Bytes ---- */
+/* The statements; the table is a plain identifier: double quotes make it one to SQL. */
+static const char *const pg_sql[SQL_NSTMT] = {
+	[SQL_GET] = "SELECT v, ver FROM \"%1$s\" WHERE k = $1",
+	[SQL_STAT] = "SELECT %2$s FROM \"%1$s\" WHERE k = $1",
+	[SQL_SET] = "INSERT INTO \"%1$s\" (k, v, ver) VALUES ($1, $2, $3) "
+		    "ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v, ver = EXCLUDED.ver",
+	[SQL_DEL] = "DELETE FROM \"%1$s\" WHERE k = $1",
+	[SQL_CAS_NEW] = "INSERT INTO \"%1$s\" (k, v, ver) VALUES ($1, $2, $3) "
+			"ON CONFLICT (k) DO NOTHING",
+	[SQL_CAS_UPD] = "UPDATE \"%1$s\" SET v = $2, ver = $3 WHERE k = $1 AND ver = $4",
+	[SQL_SCAN] = "SELECT k, %2$s FROM \"%1$s\" WHERE k >= $1 ORDER BY k LIMIT $3",
+	[SQL_SCAN_TO] = "SELECT k, %2$s FROM \"%1$s\" WHERE k >= $1 AND k < $2 "
+			"ORDER BY k LIMIT $3",
+	[SQL_CHECK] = "SELECT k, v, ver FROM \"%1$s\" LIMIT 0",
+	[SQL_CREATE] = "CREATE TABLE IF NOT EXISTS \"%1$s\" (k bytea PRIMARY KEY, "
+		       "v bytea NOT NULL, ver bigint NOT NULL "
+		       "DEFAULT (floor(random() * 9e18)::bigint + 1))",
+};
 
-static void pg_put64(char out[8], uint64_t v)
+/* ---- Bytes and messages ---- */
+
+/* A binary int8 (or shorter) column, big-endian. */
+static uint64_t pg_int(const PGresult *res, int row, int col)
 {
-	for (int i = 7; i >= 0; i--, v >>= 8)
-		out[i] = (char)(v & 0xff);
-}
-
-static uint64_t pg_get_be(const char *p, int len)
-{
+	const char *p = PQgetvalue(res, row, col);
 	uint64_t v = 0;
 
-	for (int i = 0; i < len; i++)
+	for (int i = 0; i < PQgetlength(res, row, col); i++)
 		v = v << 8 | (unsigned char)p[i];
 	return v;
 }
-
-/* A new version: random, nonzero, positive as a bigint. */
-static void pg_new_version(char out[8])
-{
-	uint64_t v = kv_random64() & INT64_MAX;
-
-	pg_put64(out, v ? v : 1);
-}
-
 /* Where a verbose libpq message has its SQLSTATE (":  28P01: "), or NULL. */
 static const char *pg_msg_state(const char *m)
 {
@@ -199,7 +192,7 @@ static int pg_run(PGconn *c, const struct pg_stmt *q, int timeout_ms, PGresult *
 	int rc = 0;
 
 	*out = NULL;
-	if (!PQsendQueryParams(c, q->sql, q->n, q->types, q->vals, q->lens, binary, q->format))
+	if (!PQsendQueryParams(c, q->sql, q->n, pg_types, q->vals, q->lens, binary, q->format))
 		goto fail;
 	while ((rc = PQflush(c)) == 1) {
 		if ((rc = pg_wait(c, POLLOUT | POLLIN, deadline)) || !PQconsumeInput(c))
@@ -238,6 +231,7 @@ fail:
 	kv_why_set("%s", pg_msg(PQerrorMessage(c), buf, sizeof buf));
 	return -EAGAIN;
 }
+
 
 /* The errno of a failed statement (an error result), logged once. */
 static int pg_failed(const char *what, const char *key, size_t klen, PGresult *res)
@@ -279,26 +273,17 @@ static int pg_connect_errno(PGconn *c, bool before_network)
 	return -EIO;                         /* refused, reset, starting up: try again */
 }
 
-/* The first connection checks the table (pg_prepare_table). */
-struct pg_ready {
-	struct pg_store *s;
-	PGconn *c;
-};
-
-static int pg_prepare_table(void *arg);
 
 /* The pool's connect: libpq reads the URL, PGPASSWORD and ~/.pgpass. */
 static int pg_connect(void *ctx, int64_t deadline, void **out)
 {
 	struct pg_store *s = ctx;
 	PostgresPollingStatusType st = PGRES_POLLING_WRITING;
-	struct pg_stmt q = { .sql = NULL };
-	struct pg_ready ready;
 	char setting[64], buf[200];
 	PGresult *res = NULL;
 	bool broken = false;
 	int rc = 0;
-	PGconn *c = PQconnectStartParams(s->keys, (const char *const *)s->vals, 1);
+	PGconn *c = PQconnectStartParams(s->keys, (const char *const *)s->sql.str, 1);
 
 	if (!c)
 		return -ENOMEM;
@@ -306,44 +291,35 @@ static int pg_connect(void *ctx, int64_t deadline, void **out)
 	if (PQstatus(c) == CONNECTION_BAD)
 		rc = pg_connect_errno(c, true);
 	while (!rc && st != PGRES_POLLING_OK) {
-		if (st == PGRES_POLLING_FAILED || PQstatus(c) == CONNECTION_BAD) {
+		if (st == PGRES_POLLING_FAILED || PQstatus(c) == CONNECTION_BAD)
 			rc = pg_connect_errno(c, false);
-		} else if (pg_wait(c, st == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline)) {
-			if (!kv_why()[0])  /* else the last attempt's reason says more */
-				kv_why_set("no answer to the connection within the timeout "
-					   "(-o timeout raises it)");
-			PQfinish(c);
-			return -EIO;
-		} else
+		else if (pg_wait(c, st == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline))
+			break;
+		else
 			st = PQconnectPoll(c);
 	}
 	if (rc) {
 		kv_why_set("%s", pg_msg(PQerrorMessage(c), buf, sizeof buf));
 		kv_log(KV_LOG_DEBUG, "postgresql: %s", kv_why());
-		PQfinish(c);
-		return rc;
-	}
-	PQsetErrorVerbosity(c, PQERRORS_DEFAULT);
-	if (PQsetnonblocking(c, 1) != 0) {
-		PQfinish(c);
-		return -EIO;
-	}
-	/* The server abandons what the client stopped waiting for. */
-	snprintf(setting, sizeof setting, "SET statement_timeout = %d", s->timeout_ms);
-	q.sql = setting;
-	if ((rc = pg_run(c, &q, s->timeout_ms, &res, &broken)) ||
-	    PQresultStatus(res) != PGRES_COMMAND_OK) {
+	} else if (st != PGRES_POLLING_OK) {
+		if (!kv_why()[0])  /* else the last attempt's reason says more */
+			kv_why_set("no answer to the connection within the timeout "
+				   "(-o timeout raises it)");
+		rc = -EIO;
+	} else {
+		PQsetErrorVerbosity(c, PQERRORS_DEFAULT);
+		/* The server abandons what the client stopped waiting for. */
+		snprintf(setting, sizeof setting, "SET statement_timeout = %d", s->sql.timeout_ms);
+		if (PQsetnonblocking(c, 1) != 0 ||
+		    pg_run(c, &(struct pg_stmt){ .sql = setting }, s->sql.timeout_ms, &res, &broken) ||
+		    PQresultStatus(res) != PGRES_COMMAND_OK)
+			rc = -EIO;
 		PQclear(res);
-		PQfinish(c);
-		return -EIO;
 	}
-	PQclear(res);
-	ready = (struct pg_ready){ s, c };
-	if ((rc = kv_once(&s->ready, pg_prepare_table, &ready))) {
+	if (rc || (rc = sql_connected(&s->sql, c))) {
 		PQfinish(c);
 		return rc;
 	}
-	kv_why_set("%s", "");
 	*out = c;
 	return 0;
 }
@@ -370,303 +346,82 @@ static const struct kv_pool_ops pg_pool_ops = {
 	.connect = pg_connect, .usable = pg_usable, .close = pg_disconnect,
 };
 
-/* ---- Statements through the pool ---- */
+/* ---- Requests ---- */
 
-struct pg_call {
-	const struct pg_stmt *q;
-	int timeout_ms;
-	PGresult *res;
-};
-
-static int pg_call_on(void *conn, void *arg, bool *broken)
+/* Run r on conn: one statement, its result read into r. */
+static int pg_exec(struct sql_store *s, void *conn, struct sql_req *r, bool *broken)
 {
-	struct pg_call *a = arg;
+	static const char *const facts[] = {
+		"server_version", "database", "user", "in_recovery", "synchronous_commit", "fsync",
+	};
+	bool scan = r->id == SQL_SCAN || r->id == SQL_SCAN_TO, health = r->id == SQL_HEALTH;
+	bool rows = scan || health || r->id == SQL_GET || r->id == SQL_STAT;
+	uint64_t ver = htobe64(scan ? r->max : r->ver), old = htobe64(r->old);
+	struct pg_stmt q = {
+		.sql = r->id < SQL_NSTMT ? s->sql[r->id] : r->id == SQL_TEXT ? r->sql :
+		       "SELECT current_setting('server_version'), current_database(), current_user,"
+		       " pg_is_in_recovery()::text, current_setting('synchronous_commit'),"
+		       " current_setting('fsync')",
+		.n = r->id < SQL_CHECK ? 4 : 0, .format = !health,
+		.vals = { r->klen ? r->key : "", r->vlen ? r->val : "", (const char *)&ver, (const char *)&old },
+		.lens = { (int)r->klen, (int)r->vlen, 8, 8 } };
 	const char *state;
 	char buf[200];
-	int rc = pg_run(conn, a->q, a->timeout_ms, &a->res, broken);
-
-	if (rc)
-		return rc == -ETIMEDOUT ? -EIO : rc;
-	state = PQresultErrorField(a->res, PG_DIAG_SQLSTATE);
-	if (PQresultStatus(a->res) == PGRES_FATAL_ERROR && state && pg_passing(state)) {
-		kv_why_set("%s",
-			 pg_msg(PQresultErrorMessage(a->res), buf, sizeof buf));
-		*broken = PQstatus(conn) != CONNECTION_OK;
-		PQclear(a->res);
-		a->res = NULL;
-		return -EAGAIN;
-	}
-	return 0;
-}
-
-/* One statement; *res is a result to check (PQresultStatus) and clear. */
-static int pg_exec(struct pg_store *s, const struct pg_stmt *q, bool idempotent, PGresult **res)
-{
-	struct pg_call a = { .q = q, .timeout_ms = s->timeout_ms };
-	int rc = kv_pool_run(&s->pool, kv_deadline(s->timeout_ms), idempotent, pg_call_on, &a);
-
-	*res = a.res;
-	return rc;
-}
-
-/* A statement about one key: ($1 = key, $2 = value, $3 = new version, $4 = old). */
-static struct pg_stmt pg_key_stmt(const char *sql, int n, const char *key, size_t klen,
-				  const char *val, size_t vlen, const char ver[8], const char old[8])
-{
-	return (struct pg_stmt){ .sql = sql, .n = n, .types = pg_key_types, .format = 1,
-				 .vals = { klen ? key : "", vlen ? val : "", ver, old },
-				 .lens = { (int)klen, (int)vlen, 8, 8 } };
-}
-
-/* ---- get, stat, set, del, cas ---- */
-
-static int pg_get(struct kv_store *st, const char *key, size_t klen, char **val, size_t *len,
-		  uint64_t *version)
-{
-	struct pg_store *s = kv_store_cast(struct pg_store, st);
-	struct pg_stmt q = pg_key_stmt(s->sql_get, 1, key, klen, NULL, 0, NULL, NULL);
 	PGresult *res;
-	size_t n;
-	int rc = pg_exec(s, &q, true, &res);
+	int rc = pg_run(conn, &q, s->timeout_ms, &res, broken), n;
 
 	if (rc)
 		return rc;
-	if (PQresultStatus(res) != PGRES_TUPLES_OK)
-		rc = pg_failed("get", key, klen, res) == -EACCES ? -EACCES : -EIO;
-	else if (PQntuples(res) == 0)
-		rc = -ENOENT;
-	else {
-		n = (size_t)PQgetlength(res, 0, 0);
-		if (!(*val = malloc(n + 1)))
+	state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+	n = PQntuples(res);
+	if (PQresultStatus(res) == PGRES_FATAL_ERROR && state && pg_passing(state)) {
+		kv_why_set("%s", pg_msg(PQresultErrorMessage(res), buf, sizeof buf));
+		*broken = PQstatus(conn) != CONNECTION_OK;
+		rc = -EAGAIN;
+	} else if (PQresultStatus(res) != (rows ? PGRES_TUPLES_OK : PGRES_COMMAND_OK)) {
+		if (health)
+			kv_why_set("%s", pg_msg(PQresultErrorMessage(res), buf, sizeof buf));
+		rc = health ? -EIO : pg_failed(r->txn ? "apply" : r->what, r->key, r->klen, res);
+	} else if (health) {
+		snprintf(r->h->detail, sizeof r->h->detail, "PostgreSQL %s, table %s",
+			 PQgetvalue(res, 0, 0), s->table);
+		for (size_t i = 0; i < sizeof facts / sizeof facts[0]; i++)
+			kv_health_fact(r->h, facts[i], "%s", PQgetvalue(res, 0, (int)i));
+	} else if (scan) {
+		for (int i = 0; i < n && !rc; i++)
+			rc = r->cb(r->ctx, PQgetvalue(res, i, 0), (size_t)PQgetlength(res, i, 0),
+				   pg_int(res, i, 1));
+		rc = rc < 0 ? rc : 0;
+	} else if (rows ? n == 0 : strcmp(PQcmdTuples(res), "0") == 0) {
+		rc = -ENOENT;  /* no such key; a write touched no row */
+	} else if (r->id == SQL_STAT) {
+		r->len = pg_int(res, 0, 0);
+	} else if (r->id == SQL_GET) {
+		r->len = (size_t)PQgetlength(res, 0, 0);
+		if (!(r->out = malloc(r->len + 1)))
 			rc = -ENOMEM;
 		else {
-			memcpy(*val, PQgetvalue(res, 0, 0), n);
-			(*val)[n] = '\0';
-			*len = n;
-			if (version)
-				*version = pg_get_be(PQgetvalue(res, 0, 1), 8);
+			memcpy(r->out, PQgetvalue(res, 0, 0), r->len);
+			r->out[r->len] = '\0';
+			r->version = pg_int(res, 0, 1);
 		}
 	}
 	PQclear(res);
 	return rc;
 }
 
-static int pg_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *size)
-{
-	struct pg_store *s = kv_store_cast(struct pg_store, st);
-	struct pg_stmt q = pg_key_stmt(s->sql_stat, 1, key, klen, NULL, 0, NULL, NULL);
-	PGresult *res;
-	int rc = pg_exec(s, &q, true, &res);
-
-	if (rc)
-		return rc;
-	if (PQresultStatus(res) != PGRES_TUPLES_OK)
-		rc = pg_failed("stat", key, klen, res) == -EACCES ? -EACCES : -EIO;
-	else if (PQntuples(res) == 0)
-		rc = -ENOENT;
-	else
-		*size = pg_get_be(PQgetvalue(res, 0, 0), PQgetlength(res, 0, 0));
-	PQclear(res);
-	return rc;
-}
-
-/* A write's outcome: 0, -ENOENT when it touched no row, or the errno. */
-static int pg_write(struct pg_store *s, const struct pg_stmt *q, bool idempotent,
-		    const char *what, const char *key, size_t klen)
-{
-	PGresult *res;
-	int rc = pg_exec(s, q, idempotent, &res);
-
-	if (rc)
-		return rc;
-	if (PQresultStatus(res) != PGRES_COMMAND_OK)
-		rc = pg_failed(what, key, klen, res);
-	else if (strcmp(PQcmdTuples(res), "0") == 0)
-		rc = -ENOENT;
-	PQclear(res);
-	return rc;
-}
-
-static int pg_set(struct kv_store *st, const char *key, size_t klen, const char *val, size_t vlen)
-{
-	struct pg_store *s = kv_store_cast(struct pg_store, st);
-	char ver[8];
-	struct pg_stmt q = pg_key_stmt(s->sql_set, 3, key, klen, val, vlen, ver, NULL);
-
-	pg_new_version(ver);
-	return pg_write(s, &q, true, "set", key, klen);
-}
-
-static int pg_del(struct kv_store *st, const char *key, size_t klen)
-{
-	struct pg_store *s = kv_store_cast(struct pg_store, st);
-	struct pg_stmt q = pg_key_stmt(s->sql_del, 1, key, klen, NULL, 0, NULL, NULL);
-	int rc = pg_write(s, &q, true, "del", key, klen);
-
-	return rc == -ENOENT || rc == 0 || rc == -EACCES ? rc : -EIO;
-}
-
-/*
- * One statement each way: version 0 inserts unless the key exists, any
- * other version updates only the row that still carries it.  No row
- * touched means someone else got there first.
- */
-static int pg_cas(struct kv_store *st, const char *key, size_t klen, uint64_t version,
-		  const char *val, size_t vlen)
-{
-	struct pg_store *s = kv_store_cast(struct pg_store, st);
-	char ver[8], old[8];
-	struct pg_stmt q = pg_key_stmt(version ? s->sql_cas_upd : s->sql_cas_new, version ? 4 : 3,
-				       key, klen, val, vlen, ver, old);
-	int rc;
-
-	if (version > INT64_MAX)
-		return -ECANCELED;  /* not a version this backend hands out */
-	pg_new_version(ver);
-	pg_put64(old, version);
-	rc = pg_write(s, &q, false, "cas", key, klen);
-	return rc == -ENOENT ? -ECANCELED : rc;
-}
-
-/* ---- apply: one transaction ---- */
-
-struct pg_apply_arg {
-	struct pg_store *s;
-	const struct kv_op *ops;
-	size_t n;
-};
-
-/* One step of the transaction: 0, -EAGAIN to run it all again, or -errno. */
-static int pg_step(PGconn *c, const struct pg_stmt *q, int timeout_ms, bool *broken,
-		   const char *key, size_t klen)
-{
-	struct pg_call a = { .q = q, .timeout_ms = timeout_ms };
-	int rc = pg_call_on(c, &a, broken);
-
-	if (!rc && PQresultStatus(a.res) != PGRES_COMMAND_OK)
-		rc = pg_failed("apply", key, klen, a.res);
-	PQclear(a.res);
-	return rc;
-}
-
-static int pg_apply_on(void *conn, void *arg, bool *broken)
-{
-	struct pg_apply_arg *a = arg;
-	int tmo = a->s->timeout_ms, rc;
-	struct pg_stmt q = { .sql = "BEGIN", .format = 1 };
-	char ver[8];
-
-	rc = pg_step(conn, &q, tmo, broken, NULL, 0);
-	for (size_t i = 0; i < a->n && !rc; i++) {
-		const struct kv_op *op = &a->ops[i];
-
-		if (op->type == KV_OP_DEL)
-			q = pg_key_stmt(a->s->sql_del, 1, op->key, op->key_len, NULL, 0, NULL, NULL);
-		else
-			q = pg_key_stmt(a->s->sql_set, 3, op->key, op->key_len, op->val,
-					op->val_len, ver, NULL);
-		pg_new_version(ver);
-		rc = pg_step(conn, &q, tmo, broken, op->key, op->key_len);
-	}
-	if (*broken)
-		return rc;
-	q = (struct pg_stmt){ .sql = rc ? "ROLLBACK" : "COMMIT", .format = 1 };
-	if (rc) {
-		pg_step(conn, &q, tmo, broken, NULL, 0);
-		return rc;
-	}
-	return pg_step(conn, &q, tmo, broken, NULL, 0);
-}
-
-static int pg_apply(struct kv_store *st, const struct kv_op *ops, size_t n)
-{
-	struct pg_store *s = kv_store_cast(struct pg_store, st);
-	struct pg_apply_arg a = { .s = s, .ops = ops, .n = n };
-
-	/* Sets are upserts and a missing key's delete is no error here:
-	 * running it all again after a lost connection is harmless. */
-	return n ? kv_pool_run(&s->pool, kv_deadline(s->timeout_ms), true, pg_apply_on, &a) : 0;
-}
-
-/* ---- scan ---- */
-
-static int pg_scan(struct kv_store *st, const char *from, size_t flen, const char *to,
-		   size_t tlen, size_t max, kv_key_cb *cb, void *ctx)
-{
-	struct pg_store *s = kv_store_cast(struct pg_store, st);
-	char lim[8];
-	struct pg_stmt q = { .sql = to ? s->sql_scan_to : s->sql_scan, .n = to ? 3 : 2,
-			     .types = pg_scan_types, .format = 1,
-			     .vals = { flen ? from : "", lim, to && tlen ? to : "" },
-			     .lens = { (int)flen, 8, (int)tlen } };
-	PGresult *res;
-	int rc, n;
-
-	pg_put64(lim, max);
-	if ((rc = pg_exec(s, &q, true, &res)))
-		return rc;
-	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-		rc = pg_failed("scan", from, flen, res) == -EACCES ? -EACCES : -EIO;
-		PQclear(res);
-		return rc;
-	}
-	n = PQntuples(res);
-	for (int i = 0; i < n && !rc; i++)
-		rc = cb(ctx, PQgetvalue(res, i, 0), (size_t)PQgetlength(res, i, 0),
-			pg_get_be(PQgetvalue(res, i, 1), PQgetlength(res, i, 1)));
-	PQclear(res);
-	return rc < 0 ? rc : 0;
-}
-
-/* ---- health ---- */
-
-static int pg_health(struct kv_store *st, struct kv_health *h)
-{
-	struct pg_store *s = kv_store_cast(struct pg_store, st);
-	static const struct pg_stmt q = { .sql =
-		"SELECT current_setting('server_version'), current_database(), current_user,"
-		" pg_is_in_recovery()::text, current_setting('synchronous_commit'),"
-		" current_setting('fsync')" };
-	static const char *const names[] = {
-		"server_version", "database", "user", "in_recovery", "synchronous_commit", "fsync",
-	};
-	char buf[200];
-	PGresult *res;
-	int rc = pg_exec(s, &q, true, &res);
-
-	if (rc) {
-		snprintf(h->detail, sizeof h->detail, "%s", kv_why()[0] ? kv_why() : strerror(-rc));
-		return rc;
-	}
-	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-		snprintf(h->detail, sizeof h->detail, "%s",
-			 pg_msg(PQresultErrorMessage(res), buf, sizeof buf));
-		PQclear(res);
-		return -EIO;
-	}
-	snprintf(h->detail, sizeof h->detail, "PostgreSQL %s, table %s", PQgetvalue(res, 0, 0),
-		 s->table_name);
-	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-		kv_health_fact(h, names[i], "%s", PQgetvalue(res, 0, (int)i));
-	PQclear(res);
-	kv_health_fact(h, "connections", "%zu in use of %d", kv_pool_busy(&s->pool), PG_POOL);
-	return 0;
-}
-
 /* ---- The table, once per store on its first connection ---- */
 
-static int pg_prepare_table(void *arg)
+static int pg_prepare_table(struct sql_store *s, void *conn)
 {
-	struct pg_ready *a = arg;
-	struct pg_store *s = a->s;
-	struct pg_stmt check = { .sql = s->sql_check }, create = { .sql = s->sql_create };
+	struct pg_stmt check = { .sql = s->sql[SQL_CHECK] }, create = { .sql = s->sql[SQL_CREATE] };
 	char buf[200];
 	PGresult *res = NULL;
 	bool broken = false;
 	int rc;
 
 	for (int tries = 0; tries < 2; tries++) {
-		if ((rc = pg_run(a->c, &check, s->timeout_ms, &res, &broken)))
+		if (pg_run(conn, &check, s->timeout_ms, &res, &broken))
 			return -EIO;
 		if (PQresultStatus(res) == PGRES_TUPLES_OK) {
 			PQclear(res);
@@ -675,82 +430,42 @@ static int pg_prepare_table(void *arg)
 		if (!pg_is(res, "42P01"))  /* undefined_table */
 			break;
 		PQclear(res);
-		if ((rc = pg_run(a->c, &create, s->timeout_ms, &res, &broken)))
+		if (pg_run(conn, &create, s->timeout_ms, &res, &broken))
 			return -EIO;
 		/* Two mounts creating it at once: one loses on the catalog; look again. */
 		if (PQresultStatus(res) != PGRES_COMMAND_OK && !pg_is(res, "23505") &&
 		    !pg_is(res, "42P07"))
 			break;
-		kv_log(KV_LOG_INFO, "postgresql: created table %s", s->table_name);
+		kv_log(KV_LOG_INFO, "postgresql: created table %s", s->table);
 		PQclear(res);
 		res = NULL;
 	}
 	if (pg_is(res, "42703"))
 		kv_why_set("table %s exists but lacks the columns "
-			 "k bytea, v bytea, ver bigint", s->table_name);
+			 "k bytea, v bytea, ver bigint", s->table);
 	else
-		kv_why_set("table %s: %s", s->table_name,
+		kv_why_set("table %s: %s", s->table,
 			 pg_msg(PQresultErrorMessage(res), buf, sizeof buf));
 	rc = pg_is(res, "42501") ? -EACCES : pg_is(res, "42703") ? -EINVAL : -EIO;
 	PQclear(res);
 	return rc;
 }
 
-/* The table is a plain identifier: double quotes make it one to SQL. */
-static void pg_build_sql(struct pg_store *s)
-{
-	char t[70];
-
-	snprintf(t, sizeof t, "\"%s\"", s->table_name);
-	snprintf(s->sql_get, sizeof s->sql_get, "SELECT v, ver FROM %s WHERE k = $1", t);
-	snprintf(s->sql_stat, sizeof s->sql_stat, "SELECT octet_length(v)::int8 FROM %s WHERE k = $1", t);
-	snprintf(s->sql_set, sizeof s->sql_set,
-		 "INSERT INTO %s (k, v, ver) VALUES ($1, $2, $3) "
-		 "ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v, ver = EXCLUDED.ver", t);
-	snprintf(s->sql_del, sizeof s->sql_del, "DELETE FROM %s WHERE k = $1", t);
-	snprintf(s->sql_cas_new, sizeof s->sql_cas_new,
-		 "INSERT INTO %s (k, v, ver) VALUES ($1, $2, $3) ON CONFLICT (k) DO NOTHING", t);
-	snprintf(s->sql_cas_upd, sizeof s->sql_cas_upd,
-		 "UPDATE %s SET v = $2, ver = $3 WHERE k = $1 AND ver = $4", t);
-	snprintf(s->sql_scan, sizeof s->sql_scan,
-		 "SELECT k, octet_length(v)::int8 FROM %s WHERE k >= $1 ORDER BY k LIMIT $2", t);
-	snprintf(s->sql_scan_to, sizeof s->sql_scan_to,
-		 "SELECT k, octet_length(v)::int8 FROM %s WHERE k >= $1 AND k < $3 "
-		 "ORDER BY k LIMIT $2", t);
-	snprintf(s->sql_check, sizeof s->sql_check, "SELECT k, v, ver FROM %s LIMIT 0", t);
-	snprintf(s->sql_create, sizeof s->sql_create,
-		 "CREATE TABLE IF NOT EXISTS %s (k bytea PRIMARY KEY, v bytea NOT NULL, "
-		 "ver bigint NOT NULL DEFAULT (floor(random() * 9e18)::bigint + 1))", t);
-}
-
-/* ---- open and close ---- */
-
-static void pg_free(struct pg_store *s)
-{
-	kv_pool_destroy(&s->pool);
-	kv_once_destroy(&s->ready);
-	for (size_t i = 0; i < sizeof s->vals / sizeof s->vals[0]; i++)
-		free(s->vals[i]);
-	free(s->table_name);
-	free(s);
-}
-
-static void pg_close(struct kv_store *st)
-{
-	pg_free(kv_store_cast(struct pg_store, st));
-}
+/* ---- open ---- */
 
 /*
  * What can be known without the server: libpq can parse the URL, it holds
  * no password (that would be on the command line and in `ps`), and the
  * TLS files it names (or -o options or the environment name) are there.
+ * Then the connection keywords.
  */
-static int pg_check_url(const struct kv_open_args *a, char *err, size_t errlen)
+static int pg_parse(struct sql_store *s, const struct kv_open_args *a, char *err, size_t errlen)
 {
+	const char **keys = ((struct pg_store *)s)->keys;
 	PQconninfoOption *opts, *o;
 	const char *file;
 	char *msg = NULL, buf[200];
-	int rc = 0;
+	int rc = 0, n = 2;
 
 	if (strncmp(a->location ? a->location : "", "//", 2) != 0) {
 		snprintf(err, errlen,
@@ -763,6 +478,12 @@ static int pg_check_url(const struct kv_open_args *a, char *err, size_t errlen)
 		PQfreemem(msg);
 		return -EINVAL;
 	}
+	/* expand_dbname: the URL in dbname is parsed as a whole connection
+	 * string, and the keywords after it override what it says. */
+	keys[0] = "fallback_application_name";
+	keys[1] = "dbname";
+	if (!(s->str[0] = strdup("kvfs")) || !(s->str[1] = strdup(a->url)))
+		rc = -ENOMEM;
 	for (o = opts; o->keyword && !rc; o++) {
 		if (strcmp(o->keyword, "password") == 0 && o->val && *o->val) {
 			snprintf(err, errlen, "postgresql: a password in the URL would show in ps: "
@@ -772,9 +493,12 @@ static int pg_check_url(const struct kv_open_args *a, char *err, size_t errlen)
 		for (int i = 0; i < PG_NTLS && !rc; i++) {
 			if (strcmp(o->keyword, pg_tls[i][0]) != 0)
 				continue;
-			if (!(file = kv_option_get(a, pg_tls[i][0])) && !(file = o->val))
+			if ((file = kv_option_get(a, pg_tls[i][0]))) {
+				keys[n] = pg_tls[i][0];
+				rc = (s->str[n++] = strdup(file)) ? 0 : -ENOMEM;
+			} else if (!(file = o->val))
 				file = getenv(pg_tls[i][1]);
-			if (file && *file && strcmp(file, "system") != 0 &&
+			if (!rc && file && *file && strcmp(file, "system") != 0 &&
 			    (rc = kv_check_file(file, pg_tls[i][0], buf, sizeof buf)))
 				snprintf(err, errlen, "postgresql: %s", buf);
 		}
@@ -783,55 +507,15 @@ static int pg_check_url(const struct kv_open_args *a, char *err, size_t errlen)
 	return rc;
 }
 
+static const struct sql_client pg_client = {
+	.name = "postgresql", .max_table = 63, .sql = pg_sql, .size_expr = "octet_length(v)::int8",
+	.pool = &pg_pool_ops, .parse = pg_parse, .prepare = pg_prepare_table, .exec = pg_exec,
+};
+
 static int pg_open(const struct kv_open_args *args, struct kv_store **out, char *err,
 		   size_t errlen)
 {
-	const char *table = kv_option_get(args, "table");
-	struct pg_store *s;
-	size_t n = 2;
-	int rc;
-
-	if (!table)
-		table = PG_DEFAULT_TABLE;
-	if (!kv_is_identifier(table, 63)) {
-		snprintf(err, errlen, "postgresql: bad table name '%s' (letters, digits and _, "
-			 "not starting with a digit, at most 63)", table);
-		return -EINVAL;
-	}
-	if ((rc = pg_check_url(args, err, errlen)))
-		return rc;
-	if (!(s = calloc(1, sizeof(*s)))) {
-		snprintf(err, errlen, "postgresql: out of memory");
-		return -ENOMEM;
-	}
-	kv_once_init(&s->ready);
-	kv_pool_init(&s->pool, "postgresql", &pg_pool_ops, s, PG_POOL);
-	s->timeout_ms = args->timeout_ms;
-	s->table_name = strdup(table);
-	/* expand_dbname: the URL in dbname is parsed as a whole connection
-	 * string, and the keywords after it override what it says. */
-	s->keys[0] = "fallback_application_name";
-	s->vals[0] = strdup("kvfs");
-	s->keys[1] = "dbname";
-	s->vals[1] = strdup(args->url);
-	rc = !s->table_name || !s->vals[0] || !s->vals[1];
-	for (int i = 0; i < PG_NTLS && !rc; i++) {
-		const char *v = kv_option_get(args, pg_tls[i][0]);
-
-		if (!v)
-			continue;
-		s->keys[n] = pg_tls[i][0];
-		rc = !(s->vals[n++] = strdup(v));
-	}
-	if (rc) {
-		pg_free(s);
-		snprintf(err, errlen, "postgresql: out of memory");
-		return -ENOMEM;
-	}
-	pg_build_sql(s);
-	s->base.be = &kv_backend_postgresql;
-	*out = &s->base;
-	return 0;
+	return sql_open(args, &pg_client, sizeof(struct pg_store), out, err, errlen);
 }
 
 /*
@@ -852,13 +536,13 @@ const struct kv_backend kv_backend_postgresql = {
 	.persistent = true,
 	.limits = { .max_key = PG_MAX_KEY, .max_value = PG_MAX_VALUE },
 	.open = pg_open,
-	.close = pg_close,
-	.get = pg_get,
-	.set = pg_set,
-	.del = pg_del,
-	.scan = pg_scan,
-	.health = pg_health,
-	.stat = pg_stat,
-	.cas = pg_cas,
-	.apply = pg_apply,
+	.close = sql_close,
+	.get = sql_get,
+	.set = sql_set,
+	.del = sql_del,
+	.scan = sql_scan,
+	.health = sql_health,
+	.stat = sql_stat,
+	.cas = sql_cas,
+	.apply = sql_apply,
 };

@@ -1,0 +1,91 @@
+/*
+ * sql.h - what the SQL backends (postgresql.c, mysql.c) share.  Every key
+ * is one row (k, v, ver) of a table, over a pool of client connections.
+ * The operations of struct kv_backend live in sql.c; a backend words the
+ * statements for its server and runs one request on one connection.
+ */
+#ifndef KVFS_SQL_H
+#define KVFS_SQL_H
+
+#include "kv.h"
+#include "toolkit.h"
+
+/* The statements a backend words (struct sql_client.sql), then the others. */
+enum sql_id {
+	SQL_GET, SQL_STAT, SQL_SET, SQL_DEL, SQL_CAS_NEW, SQL_CAS_UPD, SQL_SCAN, SQL_SCAN_TO,
+	SQL_CHECK, SQL_CREATE, SQL_NSTMT,
+	SQL_TEXT = SQL_NSTMT,     /* req.sql as it is: START TRANSACTION, COMMIT, ROLLBACK */
+	SQL_HEALTH,               /* fill req.h */
+};
+
+struct sql_store;
+
+/* One request on one connection, and what it found. */
+struct sql_req {
+	struct sql_store *s;
+	enum sql_id id;
+	const char *what;         /* for log lines: "get", ..., or the text statement */
+	bool txn;                 /* a step of apply's transaction */
+	const char *sql;          /* SQL_TEXT */
+	const char *key, *val;    /* scan: from and to (NULL: no upper bound) */
+	size_t klen, vlen;
+	size_t max;               /* scan: at most max keys, to cb */
+	kv_key_cb *cb;
+	void *ctx;
+	uint64_t ver, old;        /* the new version, and the one cas expects */
+	struct kv_health *h;
+	char *out;                /* get: the value, malloc'd and NUL-terminated */
+	size_t len;               /* get: its length; stat: the size */
+	uint64_t version;         /* get */
+};
+
+struct sql_client {
+	const char *name;         /* the scheme, for messages */
+	size_t max_table;         /* the longest table name the server takes */
+	/* formats of the statements: %1$s the table, %2$s size_expr */
+	const char *const *sql;
+	const char *size_expr;
+	const struct kv_pool_ops *pool;
+	/* The URL and options past the table, at open: 0 or -errno with err set
+	 * (empty for -ENOMEM). */
+	int (*parse)(struct sql_store *s, const struct kv_open_args *a, char *err, size_t errlen);
+	/* The table checked (created if missing), on the first connection. */
+	int (*prepare)(struct sql_store *s, void *conn);
+	/* Run r on conn: 0, -ENOENT (no row found or changed), -EAGAIN (a
+	 * failure that passes) or -errno; *broken if conn must not be reused. */
+	int (*exec)(struct sql_store *s, void *conn, struct sql_req *r, bool *broken);
+};
+
+#define SQL_POOL 8           /* connections at most, shared by the FUSE threads */
+#define SQL_NSTR 8
+
+struct sql_store {
+	struct kv_store base;
+	const struct sql_client *client;
+	char *table;
+	int timeout_ms;
+	char *sql[SQL_NSTMT];
+	char *str[SQL_NSTR];      /* the backend's connection parameters, freed with the store */
+	struct kv_once ready;     /* the table checked or created */
+	struct kv_pool pool;
+};
+
+/* A new store of `size` bytes (a struct starting with struct sql_store). */
+int sql_open(const struct kv_open_args *a, const struct sql_client *cl, size_t size,
+	     struct kv_store **out, char *err, size_t errlen);
+/* (Re)build s->sql from the client's formats. */
+int sql_build(struct sql_store *s, const char *size_expr);
+/* A new connection is ready once the table is (kv_once); 0 or -errno. */
+int sql_connected(struct sql_store *s, void *conn);
+
+kv_close_fn sql_close;
+kv_get_fn sql_get;
+kv_stat_fn sql_stat;
+kv_set_fn sql_set;
+kv_del_fn sql_del;
+kv_cas_fn sql_cas;
+kv_apply_fn sql_apply;
+kv_scan_fn sql_scan;
+kv_health_fn sql_health;
+
+#endif
