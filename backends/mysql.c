@@ -12,18 +12,15 @@
  * BIGINT, sz BIGINT AS (LENGTH(v)) STORED.  VARBINARY compares bytewise,
  * so scan() is one range query "k >= ? AND k < ? ORDER BY k LIMIT ?" on
  * the primary key through binary prepared statements.  sz spares a scan
- * reading values off-page (without it, LENGTH(v)).  ver is a random 63-bit
- * number written with each value; cas is one statement that updates only
- * the row still carrying the expected ver.
+ * reading values off-page (without it, LENGTH(v)).
  *
  * Connector/C bounds every socket read and write by the timeout (whole
  * seconds), so a silent server fails the call while a large value that
- * keeps moving may take longer.  Its automatic reconnection is off:
- * connections come from the toolkit's pool, which replaces one the server
- * closed while idle, and a failure that passes (server gone, connection
- * lost, a deadlock) is tried again until the timeout.  open() only checks
- * the URL and files; the first connection checks the table and learns the
- * limits (the value limit from the server's max_allowed_packet).
+ * keeps moving may take longer.  Its automatic reconnection is off: the
+ * pool replaces a connection the server closed while idle.  Failures that
+ * pass (sql.c) are the server gone, a connection lost and a deadlock.  The
+ * first connection also learns the limits (the value limit from the
+ * server's max_allowed_packet).
  */
 #include <curl/curl.h>
 #include <errno.h>
@@ -43,15 +40,11 @@
 #define MY_PACKET_SLACK (MY_MAX_KEY + 1024)  /* header, key and ver around a value */
 
 /* The connection parameters in sql.str; the files among them (-o options)
- * are checked at open, and given to Connector/C with these options. */
+ * are checked at open. */
 enum { MY_HOST, MY_USER, MY_DB, MY_OPTION_FILE, MY_SSL_CA, MY_SSL_CERT, MY_SSL_KEY };
 static const char *const my_files[] = {
 	[MY_OPTION_FILE] = "option_file", [MY_SSL_CA] = "ssl_ca", [MY_SSL_CERT] = "ssl_cert",
 	[MY_SSL_KEY] = "ssl_key",
-};
-static const int my_file_opts[] = {
-	[MY_OPTION_FILE] = MYSQL_READ_DEFAULT_FILE, [MY_SSL_CA] = MYSQL_OPT_SSL_CA,
-	[MY_SSL_CERT] = MYSQL_OPT_SSL_CERT, [MY_SSL_KEY] = MYSQL_OPT_SSL_KEY,
 };
 
 /* One connection with its prepared statements, made on first use. */
@@ -81,9 +74,10 @@ static const char *const my_sql[SQL_NSTMT] = {
 	[SQL_SCAN] = "SELECT k, %2$s FROM `%1$s` WHERE k >= ? ORDER BY k LIMIT ?",
 	[SQL_SCAN_TO] = "SELECT k, %2$s FROM `%1$s` WHERE k >= ? AND k < ? ORDER BY k LIMIT ?",
 	[SQL_CHECK] = "SELECT k, v, ver FROM `%1$s` LIMIT 0",
-	[SQL_CREATE] = "CREATE TABLE IF NOT EXISTS `%1$s` (k VARBINARY(3072) NOT NULL PRIMARY KEY, "
-		       "v LONGBLOB NOT NULL, ver BIGINT NOT NULL DEFAULT (FLOOR(RAND() * 9e18) + 1), "
-		       "sz BIGINT AS (LENGTH(v)) STORED) ENGINE=InnoDB",
+	[SQL_CREATE] = "CREATE TABLE IF NOT EXISTS `%1$s` (k VARBINARY(3072) NOT NULL "
+		       "PRIMARY KEY, v LONGBLOB NOT NULL, ver BIGINT NOT NULL "
+		       "DEFAULT (FLOOR(RAND() * 9e18) + 1), sz BIGINT AS (LENGTH(v)) STORED) "
+		       "ENGINE=InnoDB",
 };
 
 /* ---- Small helpers ---- */
@@ -173,11 +167,20 @@ static int my_connect(void *ctx, int64_t deadline, void **out)
 	struct my_store *s = ctx;
 	char **str = s->sql.str;
 	unsigned secs = (unsigned)((s->sql.timeout_ms + 999) / 1000);
-	unsigned csecs = (unsigned)((kv_ms_left(deadline) + 999) / 1000);
+	unsigned csecs = (unsigned)((kv_ms_left(deadline) + 999) / 1000), code;
 	unsigned long packet = 1UL << 30;
 	my_bool off = 0, on = 1;
 	char init[200];
-	unsigned code;
+	const struct { enum mysql_option opt; const void *arg; } opts[] = {
+		{ MYSQL_OPT_CONNECT_TIMEOUT, &csecs }, { MYSQL_OPT_READ_TIMEOUT, &secs },
+		{ MYSQL_OPT_WRITE_TIMEOUT, &secs }, { MYSQL_OPT_RECONNECT, &off },
+		{ MYSQL_OPT_MAX_ALLOWED_PACKET, &packet }, { MYSQL_INIT_COMMAND, init },
+		{ MYSQL_READ_DEFAULT_GROUP, "kvfs" },
+		{ MYSQL_READ_DEFAULT_FILE, str[MY_OPTION_FILE] }, { MYSQL_OPT_SSL_CA, str[MY_SSL_CA] },
+		{ MYSQL_OPT_SSL_CERT, str[MY_SSL_CERT] }, { MYSQL_OPT_SSL_KEY, str[MY_SSL_KEY] },
+		/* a CA given: TLS, and the server proves who it is */
+		{ MYSQL_OPT_SSL_VERIFY_SERVER_CERT, str[MY_SSL_CA] ? &on : NULL },
+	};
 	int rc;
 	struct my_conn *c = calloc(1, sizeof(*c));
 
@@ -190,18 +193,9 @@ static int my_connect(void *ctx, int64_t deadline, void **out)
 	snprintf(init, sizeof init, "SET SESSION innodb_lock_wait_timeout = %u"
 		 " /*M!100100 , max_statement_time = %u */", secs, secs);
 	csecs = csecs ? csecs : 1;
-	mysql_optionsv(c->db, MYSQL_OPT_CONNECT_TIMEOUT, &csecs);
-	mysql_optionsv(c->db, MYSQL_OPT_READ_TIMEOUT, &secs);
-	mysql_optionsv(c->db, MYSQL_OPT_WRITE_TIMEOUT, &secs);
-	mysql_optionsv(c->db, MYSQL_OPT_RECONNECT, &off);
-	mysql_optionsv(c->db, MYSQL_OPT_MAX_ALLOWED_PACKET, &packet);
-	mysql_optionsv(c->db, MYSQL_INIT_COMMAND, init);
-	mysql_optionsv(c->db, MYSQL_READ_DEFAULT_GROUP, "kvfs");
-	for (int i = MY_OPTION_FILE; i <= MY_SSL_KEY; i++)
-		if (str[i])
-			mysql_optionsv(c->db, my_file_opts[i], str[i]);
-	if (str[MY_SSL_CA])  /* a CA given: TLS, and the server proves who it is */
-		mysql_optionsv(c->db, MYSQL_OPT_SSL_VERIFY_SERVER_CERT, &on);
+	for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++)
+		if (opts[i].arg)
+			mysql_optionsv(c->db, opts[i].opt, opts[i].arg);
 	if (!mysql_real_connect(c->db, str[MY_HOST], str[MY_USER], NULL, str[MY_DB], s->port,
 				NULL, 0)) {
 		code = mysql_errno(c->db);
@@ -254,14 +248,16 @@ static MYSQL_STMT *my_execute(struct sql_store *s, struct my_conn *c, struct sql
 			return NULL;
 		}
 		if (mysql_stmt_prepare(st, s->sql[r->id], strlen(s->sql[r->id]))) {
-			*e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), r->what, NULL, 0);
+			*e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), r->what,
+				     NULL, 0);
 			mysql_stmt_close(st);
 			return NULL;
 		}
 		c->st[r->id] = st;
 	}
 	if (mysql_stmt_bind_param(st, params) || mysql_stmt_execute(st)) {
-		*e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), r->what, r->key, r->klen);
+		*e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), r->what, r->key,
+			     r->klen);
 		mysql_stmt_reset(st);
 		return NULL;
 	}
@@ -327,15 +323,14 @@ static int my_key_on(struct sql_store *s, struct my_conn *c, struct sql_req *r)
 
 static int my_scan_on(struct sql_store *s, struct my_conn *c, struct sql_req *r)
 {
-	char kbuf[MY_MAX_KEY + 1];
 	unsigned long fl, tl, klen = 0;
 	long long lim = (long long)r->max, size = 0;
 	MYSQL_BIND p[3] = { my_blob(r->key, r->klen, &fl), my_blob(r->val, r->vlen, &tl),
 			    my_int(&lim) };
 	MYSQL_BIND q[2] = { p[0], p[2] };
-	MYSQL_BIND res[2] = { { .buffer_type = MYSQL_TYPE_BLOB, .buffer = kbuf,
-				.buffer_length = sizeof kbuf, .length = &klen }, my_int(&size) };
-	struct kv_buf big = { 0 };
+	MYSQL_BIND res[2] = { { .buffer_type = MYSQL_TYPE_BLOB, .length = &klen }, my_int(&size) };
+	MYSQL_BIND b = { .buffer_type = MYSQL_TYPE_BLOB };
+	struct kv_buf key = { 0 };
 	MYSQL_STMT *st;
 	int e = 0, rc;
 
@@ -349,27 +344,22 @@ static int my_scan_on(struct sql_store *s, struct my_conn *c, struct sql_req *r)
 		return e == -EAGAIN ? e : -EIO;
 	}
 	while (!e && ((rc = mysql_stmt_fetch(st)) == 0 || rc == MYSQL_DATA_TRUNCATED)) {
-		if (klen <= sizeof kbuf) {
-			e = r->cb(r->ctx, kbuf, klen, (uint64_t)size);
-			continue;
-		}
-		/* A key longer than ours, from another client's wider column. */
-		MYSQL_BIND b = { .buffer_type = MYSQL_TYPE_BLOB, .buffer_length = klen };
-
-		if ((e = kv_buf_set(&big, NULL, 0)) || (e = kv_buf_reserve(&big, klen)))
+		/* Each key into a buffer of its length: another client's column
+		 * may be wider than ours. */
+		key.len = 0;
+		if ((e = kv_buf_reserve(&key, klen)))
 			break;
-		b.buffer = big.p;
-		if (mysql_stmt_fetch_column(st, &b, 0, 0))
-			e = -EIO;
-		else
-			e = r->cb(r->ctx, big.p, klen, (uint64_t)size);
+		b.buffer = key.p;
+		b.buffer_length = klen;
+		e = klen && mysql_stmt_fetch_column(st, &b, 0, 0) ? -EIO
+		    : r->cb(r->ctx, key.p, klen, (uint64_t)size);
 	}
 	if (!e && rc == 1) {
 		kv_log(KV_LOG_ERR, "mysql: scan: %s", mysql_stmt_error(st));
 		e = -EIO;
 	}
 	mysql_stmt_free_result(st);
-	kv_buf_free(&big);
+	kv_buf_free(&key);
 	return e < 0 ? e : 0;
 }
 
@@ -413,10 +403,11 @@ static int my_exec(struct sql_store *s, void *conn, struct sql_req *r, bool *bro
 
 static int my_health(struct kv_store *st, struct kv_health *h)
 {
+	struct my_store *s = kv_store_cast(struct my_store, st);
 	int rc = sql_health(st, h);
 
 	if (!rc)
-		kv_health_fact(h, "max_value", "%zu", kv_store_cast(struct my_store, st)->max_value);
+		kv_health_fact(h, "max_value", "%zu", s->max_value);
 	return rc;
 }
 
@@ -431,29 +422,20 @@ static void my_store_limits(struct kv_store *st, struct kv_limits *out)
 /* ---- The table, once per store on its first connection ---- */
 
 /* One text statement on the first connection: the server's error number,
- * or 0 (its result read and dropped). */
-static unsigned my_setup_query(struct my_conn *c, const char *sql)
-{
-	if (mysql_real_query(c->db, sql, strlen(sql)))
-		return mysql_errno(c->db);
-	mysql_free_result(mysql_store_result(c->db));
-	return 0;
-}
-
-/* One number from a one-row query, or -1. */
-static long long my_setup_number(struct my_conn *c, const char *sql)
+ * or 0 with *n the number in its first row (-1 if none). */
+static unsigned my_setup(struct my_conn *c, const char *sql, long long *n)
 {
 	MYSQL_RES *res;
 	MYSQL_ROW row;
-	long long n = -1;
 
+	*n = -1;
 	if (mysql_real_query(c->db, sql, strlen(sql)))
-		return -1;
+		return mysql_errno(c->db);
 	res = mysql_store_result(c->db);
 	if ((row = res ? mysql_fetch_row(res) : NULL) && row[0])
-		n = strtoll(row[0], NULL, 10);
+		*n = strtoll(row[0], NULL, 10);
 	mysql_free_result(res);
-	return n;
+	return 0;
 }
 
 /*
@@ -464,12 +446,12 @@ static int my_prepare_table(struct sql_store *ss, void *conn)
 {
 	struct my_store *s = (struct my_store *)ss;
 	struct my_conn *c = conn;
-	unsigned code = my_setup_query(c, ss->sql[SQL_CHECK]);
 	char sql[400];
 	long long n;
+	unsigned code = my_setup(c, ss->sql[SQL_CHECK], &n);
 	bool has_sz;
 
-	if (code == 1146 && !(code = my_setup_query(c, ss->sql[SQL_CREATE])))  /* ER_NO_SUCH_TABLE */
+	if (code == 1146 && !(code = my_setup(c, ss->sql[SQL_CREATE], &n)))  /* ER_NO_SUCH_TABLE */
 		kv_log(KV_LOG_INFO, "mysql: created table %s", ss->table);
 	if (code) {
 		kv_why_set("table %s: %s", ss->table,
@@ -481,14 +463,14 @@ static int my_prepare_table(struct sql_store *ss, void *conn)
 		       : my_errno(code) == -EACCES ? -EACCES : -EINVAL;
 	}
 	snprintf(sql, sizeof sql, "SELECT sz FROM `%s` LIMIT 0", ss->table);
-	has_sz = my_setup_query(c, sql) == 0;
+	has_sz = my_setup(c, sql, &n) == 0;
 	snprintf(sql, sizeof sql, "SELECT CHARACTER_OCTET_LENGTH FROM information_schema.COLUMNS "
 		 "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '%s' AND COLUMN_NAME = 'k'",
 		 ss->table);
-	n = my_setup_number(c, sql);
+	my_setup(c, sql, &n);
 	__atomic_store_n(&s->max_key, n > 0 && n < MY_MAX_KEY ? (size_t)n : MY_MAX_KEY,
 			 __ATOMIC_RELAXED);
-	n = my_setup_number(c, "SELECT @@max_allowed_packet");
+	my_setup(c, "SELECT @@max_allowed_packet", &n);
 	if (n > MY_PACKET_SLACK && (size_t)(n - MY_PACKET_SLACK) < MY_MAX_VALUE)
 		__atomic_store_n(&s->max_value, (size_t)(n - MY_PACKET_SLACK), __ATOMIC_RELAXED);
 	return has_sz ? 0 : sql_build(ss, "LENGTH(v)");
@@ -543,7 +525,8 @@ static int my_parse_url(struct my_store *s, const struct kv_open_args *a, char *
 		str[MY_USER] = v[USER] ? strdup(v[USER]) : NULL;
 		str[MY_DB] = v[PATH] && v[PATH][1] ? strdup(v[PATH] + 1) : NULL;
 		s->port = v[PORT] ? (unsigned)strtoul(v[PORT], NULL, 10) : 0;  /* libcurl checked it */
-		if (!str[MY_HOST] || (v[USER] && !str[MY_USER]) || (v[PATH] && v[PATH][1] && !str[MY_DB]))
+		if (!str[MY_HOST] || (v[USER] && !str[MY_USER]) ||
+		    (v[PATH] && v[PATH][1] && !str[MY_DB]))
 			rc = -ENOMEM;
 	}
 	for (int i = 0; i < NPARTS; i++)

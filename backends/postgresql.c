@@ -15,20 +15,17 @@
  * bytea compares bytewise (memcmp, then length), so the primary key's
  * btree is the keys' byte order and scan() is one range query "k >= $1
  * AND k < $2 ORDER BY k LIMIT $3" with binary parameters, never a LIKE
- * pattern.  ver is a random 63-bit number written with each value: cas
- * compares it in the UPDATE's WHERE, which PostgreSQL re-checks on the
- * latest row version, so a single statement is an atomic cas.
+ * pattern.  PostgreSQL re-checks a cas's UPDATE ... WHERE ver = $4 on the
+ * latest row version.
  *
  * libpq is blocking, so every round trip runs in nonblocking mode and polls
  * the socket: a wait for the server longer than the timeout drops the
  * connection and fails the call, while a large value that keeps moving
  * may take longer.  The server also gets a statement_timeout, so it gives
- * up on what the client gave up on.  Connections come from the toolkit's
- * pool; a failure that passes (a restart, "the database system is starting
- * up", a deadlock) is tried again until the timeout.  open() only checks
- * the URL and the files it names; the table is checked (created if
- * missing) on the first connection.
- */#include <endian.h>
+ * up on what the client gave up on.  Failures that pass (sql.c) are a
+ * restart, "the database system is starting up" and a deadlock.
+ */
+#include <endian.h>
 #include <errno.h>
 #include <libpq-fe.h>
 #include <poll.h>
@@ -47,25 +44,22 @@
 /* bytea takes up to 1 GB, but fs/ holds a whole value in memory and the
  * server needs several copies of it; the same 128 MiB as lmdb. */
 #define PG_MAX_VALUE ((size_t)128 << 20)
-#define PG_NTLS 4            /* the TLS file options below */
 
 /* Type OIDs of the parameters (pg_type.h, stable since forever). */
 #define BYTEAOID 17
 #define INT8OID 20
 
-/* Files libpq reads for TLS: -o options, URL parameters or the environment.
- * Checked at open, so a typo fails the mount instead of every call. */
-static const char *const pg_tls[PG_NTLS][2] = {
-	{ "sslrootcert", "PGSSLROOTCERT" }, { "sslcert", "PGSSLCERT" },
-	{ "sslkey", "PGSSLKEY" }, { "sslcrl", "PGSSLCRL" },
-};
-
-struct pg_store {
-	struct sql_store sql;
-	/* connection keywords, their values in sql.str: fallback_application_name,
-	 * dbname (the URL, expanded by libpq) and the TLS options given with -o */
-	const char *keys[3 + PG_NTLS];
-};
+/*
+ * The connection keywords, their values in sql.str (libpq skips a NULL one):
+ * fallback_application_name, dbname (the URL, expanded by libpq) and from
+ * PG_TLS on the files libpq reads for TLS, given as -o options, URL
+ * parameters or in the environment.  Those are checked at open, so a typo
+ * fails the mount instead of every call.
+ */
+#define PG_TLS 2
+static const char *const pg_keys[] = { "fallback_application_name", "dbname", "sslrootcert",
+				       "sslcert", "sslkey", "sslcrl", NULL };
+static const char *const pg_tls_env[] = { "PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY", "PGSSLCRL" };
 
 /* One statement: up to four binary parameters, ($1 key, $2 value, $3 new
  * version, $4 old one) or for a scan ($1 from, $2 to, $3 limit). */
@@ -110,6 +104,7 @@ static uint64_t pg_int(const PGresult *res, int row, int col)
 		v = v << 8 | (unsigned char)p[i];
 	return v;
 }
+
 /* Where a verbose libpq message has its SQLSTATE (":  28P01: "), or NULL. */
 static const char *pg_msg_state(const char *m)
 {
@@ -232,7 +227,6 @@ fail:
 	return -EAGAIN;
 }
 
-
 /* The errno of a failed statement (an error result), logged once. */
 static int pg_failed(const char *what, const char *key, size_t klen, PGresult *res)
 {
@@ -273,17 +267,16 @@ static int pg_connect_errno(PGconn *c, bool before_network)
 	return -EIO;                         /* refused, reset, starting up: try again */
 }
 
-
 /* The pool's connect: libpq reads the URL, PGPASSWORD and ~/.pgpass. */
 static int pg_connect(void *ctx, int64_t deadline, void **out)
 {
-	struct pg_store *s = ctx;
+	struct sql_store *s = ctx;
 	PostgresPollingStatusType st = PGRES_POLLING_WRITING;
 	char setting[64], buf[200];
 	PGresult *res = NULL;
 	bool broken = false;
 	int rc = 0;
-	PGconn *c = PQconnectStartParams(s->keys, (const char *const *)s->sql.str, 1);
+	PGconn *c = PQconnectStartParams(pg_keys, (const char *const *)s->str, 1);
 
 	if (!c)
 		return -ENOMEM;
@@ -309,14 +302,14 @@ static int pg_connect(void *ctx, int64_t deadline, void **out)
 	} else {
 		PQsetErrorVerbosity(c, PQERRORS_DEFAULT);
 		/* The server abandons what the client stopped waiting for. */
-		snprintf(setting, sizeof setting, "SET statement_timeout = %d", s->sql.timeout_ms);
+		snprintf(setting, sizeof setting, "SET statement_timeout = %d", s->timeout_ms);
 		if (PQsetnonblocking(c, 1) != 0 ||
-		    pg_run(c, &(struct pg_stmt){ .sql = setting }, s->sql.timeout_ms, &res, &broken) ||
+		    pg_run(c, &(struct pg_stmt){ .sql = setting }, s->timeout_ms, &res, &broken) ||
 		    PQresultStatus(res) != PGRES_COMMAND_OK)
 			rc = -EIO;
 		PQclear(res);
 	}
-	if (rc || (rc = sql_connected(&s->sql, c))) {
+	if (rc || (rc = sql_connected(s, c))) {
 		PQfinish(c);
 		return rc;
 	}
@@ -363,7 +356,8 @@ static int pg_exec(struct sql_store *s, void *conn, struct sql_req *r, bool *bro
 		       " pg_is_in_recovery()::text, current_setting('synchronous_commit'),"
 		       " current_setting('fsync')",
 		.n = r->id < SQL_CHECK ? 4 : 0, .format = !health,
-		.vals = { r->klen ? r->key : "", r->vlen ? r->val : "", (const char *)&ver, (const char *)&old },
+		.vals = { r->klen ? r->key : "", r->vlen ? r->val : "", (const char *)&ver,
+			  (const char *)&old },
 		.lens = { (int)r->klen, (int)r->vlen, 8, 8 } };
 	const char *state;
 	char buf[200];
@@ -461,11 +455,10 @@ static int pg_prepare_table(struct sql_store *s, void *conn)
  */
 static int pg_parse(struct sql_store *s, const struct kv_open_args *a, char *err, size_t errlen)
 {
-	const char **keys = ((struct pg_store *)s)->keys;
 	PQconninfoOption *opts, *o;
 	const char *file;
 	char *msg = NULL, buf[200];
-	int rc = 0, n = 2;
+	int rc = 0;
 
 	if (strncmp(a->location ? a->location : "", "//", 2) != 0) {
 		snprintf(err, errlen,
@@ -480,8 +473,6 @@ static int pg_parse(struct sql_store *s, const struct kv_open_args *a, char *err
 	}
 	/* expand_dbname: the URL in dbname is parsed as a whole connection
 	 * string, and the keywords after it override what it says. */
-	keys[0] = "fallback_application_name";
-	keys[1] = "dbname";
 	if (!(s->str[0] = strdup("kvfs")) || !(s->str[1] = strdup(a->url)))
 		rc = -ENOMEM;
 	for (o = opts; o->keyword && !rc; o++) {
@@ -490,16 +481,15 @@ static int pg_parse(struct sql_store *s, const struct kv_open_args *a, char *err
 				 "remove it and put it in PGPASSWORD or ~/.pgpass (PGPASSFILE)");
 			rc = -EINVAL;
 		}
-		for (int i = 0; i < PG_NTLS && !rc; i++) {
-			if (strcmp(o->keyword, pg_tls[i][0]) != 0)
+		for (int i = PG_TLS; pg_keys[i] && !rc; i++) {
+			if (strcmp(o->keyword, pg_keys[i]) != 0)
 				continue;
-			if ((file = kv_option_get(a, pg_tls[i][0]))) {
-				keys[n] = pg_tls[i][0];
-				rc = (s->str[n++] = strdup(file)) ? 0 : -ENOMEM;
-			} else if (!(file = o->val))
-				file = getenv(pg_tls[i][1]);
+			if ((file = kv_option_get(a, pg_keys[i])))
+				rc = (s->str[i] = strdup(file)) ? 0 : -ENOMEM;
+			else if (!(file = o->val))
+				file = getenv(pg_tls_env[i - PG_TLS]);
 			if (!rc && file && *file && strcmp(file, "system") != 0 &&
-			    (rc = kv_check_file(file, pg_tls[i][0], buf, sizeof buf)))
+			    (rc = kv_check_file(file, pg_keys[i], buf, sizeof buf)))
 				snprintf(err, errlen, "postgresql: %s", buf);
 		}
 	}
@@ -515,7 +505,7 @@ static const struct sql_client pg_client = {
 static int pg_open(const struct kv_open_args *args, struct kv_store **out, char *err,
 		   size_t errlen)
 {
-	return sql_open(args, &pg_client, sizeof(struct pg_store), out, err, errlen);
+	return sql_open(args, &pg_client, sizeof(struct sql_store), out, err, errlen);
 }
 
 /*

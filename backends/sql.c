@@ -1,6 +1,9 @@
 /*
  * sql.c - the operations of the SQL backends (sql.h), built on their
- * exec(): one request on one pooled connection.
+ * exec(): one request on one connection from the toolkit's pool.  A
+ * failure that passes is tried again until the timeout.  open() only
+ * checks the URL and the files it names; the table is checked (created if
+ * missing) on the first connection.
  *
  * ver is a random 63-bit number written with each value: cas is one
  * statement that changes only the row still carrying the version it
@@ -130,36 +133,33 @@ struct sql_txn {
 	size_t n;
 };
 
-/* A text statement, or one op (a delete of a missing key is no error here). */
-static int sql_step(struct sql_store *s, void *conn, const char *sql, const struct kv_op *op,
-		    bool *broken)
+/* A text statement of the transaction. */
+static int sql_text(struct sql_store *s, void *conn, const char *sql, bool *broken)
 {
 	struct sql_req r = { .s = s, .id = SQL_TEXT, .sql = sql, .txn = true };
-	int rc;
 
-	if (op)
-		r = (struct sql_req){ .s = s, .id = op->type == KV_OP_SET ? SQL_SET : SQL_DEL,
-				      .txn = true, .key = op->key, .klen = op->key_len,
-				      .val = op->val, .vlen = op->val_len, .ver = sql_version() };
-	rc = sql_exec(conn, &r, broken);
-	return rc == -ENOENT ? 0 : rc;
+	return sql_exec(conn, &r, broken);
 }
 
 static int sql_apply_on(void *conn, void *arg, bool *broken)
 {
 	struct sql_txn *t = arg;
-	int rc = sql_step(t->s, conn, "START TRANSACTION", NULL, broken);
+	int rc = sql_text(t->s, conn, "START TRANSACTION", broken), end;
 
-	for (size_t i = 0; i < t->n && !rc; i++)
-		rc = sql_step(t->s, conn, NULL, &t->ops[i], broken);
+	for (size_t i = 0; i < t->n && !rc; i++) {
+		const struct kv_op *op = &t->ops[i];
+		struct sql_req r = { .s = t->s, .id = op->type == KV_OP_SET ? SQL_SET : SQL_DEL,
+				     .txn = true, .key = op->key, .klen = op->key_len,
+				     .val = op->val, .vlen = op->val_len, .ver = sql_version() };
+
+		if ((rc = sql_exec(conn, &r, broken)) == -ENOENT)
+			rc = 0;  /* a delete of a missing key is no error here */
+	}
 	if (*broken)
 		return rc;
-	if (rc) {
-		/* ROLLBACK undoes what the server may have kept of the failed statement */
-		sql_step(t->s, conn, "ROLLBACK", NULL, broken);
-		return rc;
-	}
-	return sql_step(t->s, conn, "COMMIT", NULL, broken);
+	/* ROLLBACK undoes what the server may have kept of the failed statement */
+	end = sql_text(t->s, conn, rc ? "ROLLBACK" : "COMMIT", broken);
+	return rc ? rc : end;
 }
 
 int sql_apply(struct kv_store *st, const struct kv_op *ops, size_t n)
