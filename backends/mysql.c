@@ -377,7 +377,7 @@ static int my_health_on(struct sql_store *s, struct my_conn *c, struct kv_health
 	if (rc)
 		return rc;
 	res = mysql_store_result(c->db);
-	if (!(row = res ? mysql_fetch_row(res) : NULL) || mysql_num_fields(res) != 6) {
+	if (!(row = res ? mysql_fetch_row(res) : NULL)) {
 		rc = my_fail(c, mysql_errno(c->db), mysql_error(c->db), "health", NULL, 0);
 		mysql_free_result(res);
 		return rc;

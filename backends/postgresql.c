@@ -252,15 +252,13 @@ static int pg_failed(const char *what, const char *key, size_t klen, PGresult *r
  * refusal, from the verbose message, or libpq's own verdict. */
 static int pg_connect_errno(PGconn *c, bool before_network)
 {
-	const char *st = pg_msg_state(PQerrorMessage(c));
-	char state[6] = "";
+	const char *state = pg_msg_state(PQerrorMessage(c));
 
-	if (st)
-		snprintf(state, sizeof state, "%.5s", st + 3);
-	if (strcmp(state, "28P01") == 0 || strcmp(state, "28000") == 0 ||
+	state = state ? state + 3 : "";      /* five characters, then ':' */
+	if (strncmp(state, "28P01", 5) == 0 || strncmp(state, "28000", 5) == 0 ||
 	    PQconnectionNeedsPassword(c))
 		return -EACCES;              /* wrong password, no pg_hba.conf entry */
-	if (strcmp(state, "3D000") == 0)
+	if (strncmp(state, "3D000", 5) == 0)
 		return -ENOENT;              /* no such database */
 	if (before_network && !state[0])
 		return -EINVAL;              /* the parameters, e.g. a port out of range */
