@@ -23,11 +23,17 @@
 #define NOTES_PRUNE 1024   /* prune notes no walk needs beyond this many */
 #define NOTES_MAX 8192     /* and forget every walk beyond this many */
 
+/* A key and its value's size. */
+struct kref {
+	const char *key;
+	size_t len;
+	uint64_t size;
+};
+
 /* Keys in byte order, their bytes in one block. */
 struct keyset {
-	char *text;
-	size_t tlen, tcap;
-	struct kent { size_t off, len; uint64_t size; } *e;
+	struct kv_buf text;
+	struct kref *e;
 	size_t n, cap;
 };
 
@@ -35,8 +41,7 @@ struct keyset {
  * notes numbered above `seq`. */
 struct walked {
 	struct keyset ks;
-	char *prefix;
-	size_t plen;
+	struct kv_buf prefix;
 	int64_t at;
 	uint64_t seq, used;
 	bool live;
@@ -44,9 +49,8 @@ struct walked {
 
 /* The last write through this mount to a key. */
 struct note {
-	char *key;
-	size_t klen;
-	uint64_t size, seq;
+	struct kref k;        /* k.key is malloc'd */
+	uint64_t seq;
 	bool gone;
 };
 
@@ -58,7 +62,7 @@ struct kv_keycache {
 	uint64_t seq, tick, gen;
 	unsigned flights;     /* walks under way */
 	uint64_t flight_low;  /* no walk under way began before this note */
-	int ms;               /* how long a walk answers */
+	int ms;               /* how long a walk answers; 0: a store kept nowhere */
 };
 
 struct kv_keycache *keycache_new(int ms)
@@ -72,37 +76,45 @@ struct kv_keycache *keycache_new(int ms)
 	return c;
 }
 
-static void keyset_free(struct keyset *k)
-{
-	free(k->text);
-	free(k->e);
-	memset(k, 0, sizeof(*k));
-}
-
 static void walked_free(struct walked *w)
 {
-	keyset_free(&w->ks);
-	free(w->prefix);
+	kv_buf_free(&w->ks.text);
+	free(w->ks.e);
+	kv_buf_free(&w->prefix);
 	memset(w, 0, sizeof(*w));
 }
 
-static void notes_clear(struct kv_keycache *c)
+/* Forget every walk and note: the next listing walks again. */
+static void forget_locked(struct kv_keycache *c)
 {
+	for (int i = 0; i < SLOTS; i++)
+		walked_free(&c->w[i]);
 	for (size_t i = 0; i < c->nn; i++)
-		free(c->notes[i].key);
+		free((char *)c->notes[i].k.key);
 	c->nn = 0;
+	c->gen++;
 }
 
 void keycache_free(struct kv_keycache *c)
 {
 	if (!c)
 		return;
-	for (int i = 0; i < SLOTS; i++)
-		walked_free(&c->w[i]);
-	notes_clear(c);
+	forget_locked(c);
 	free(c->notes);
 	pthread_mutex_destroy(&c->mu);
 	free(c);
+}
+
+/* The array p of *cap items of `size` bytes with room for `need`; NULL
+ * (p untouched) when there is no memory. */
+static void *grow(void *p, size_t *cap, size_t need, size_t size)
+{
+	if (need > *cap) {
+		if (!(p = realloc(p, (need * 2 + 32) * size)))
+			return NULL;
+		*cap = need * 2 + 32;
+	}
+	return p;
 }
 
 /* ---- a walk, collected and sorted ---- */
@@ -110,62 +122,52 @@ void keycache_free(struct kv_keycache *c)
 static int keyset_add(void *ctx, const char *key, size_t klen, uint64_t size)
 {
 	struct keyset *k = ctx;
+	struct kref *e = grow(k->e, &k->cap, k->n + 1, sizeof(*e));
 
-	if (k->n == k->cap) {
-		size_t cap = k->cap ? k->cap * 2 : 64;
-		void *e = realloc(k->e, cap * sizeof(*k->e));
-		if (!e)
-			return -ENOMEM;
-		k->e = e;
-		k->cap = cap;
-	}
-	if (k->tlen + klen > k->tcap) {
-		size_t cap = (k->tlen + klen) * 2 + 64;
-		char *t = realloc(k->text, cap);
-		if (!t)
-			return -ENOMEM;
-		k->text = t;
-		k->tcap = cap;
-	}
-	if (klen)
-		memcpy(k->text + k->tlen, key, klen);
-	k->e[k->n++] = (struct kent){.off = k->tlen, .len = klen, .size = size};
-	k->tlen += klen;
-	return 0;
+	if (!e)
+		return -ENOMEM;
+	k->e = e;
+	e[k->n++] = (struct kref){.len = klen, .size = size};   /* .key once the text stays */
+	return kv_buf_add(&k->text, key, klen);
 }
 
-static int kent_cmp(const void *a, const void *b, void *ctx)
+static int kref_cmp(const void *a, const void *b)
 {
-	const char *text = ctx;
-	const struct kent *x = a, *y = b;
+	const struct kref *x = a, *y = b;
 
-	return kv_key_cmp(text + x->off, x->len, text + y->off, y->len);
+	return kv_key_cmp(x->key, x->len, y->key, y->len);
 }
 
-/* Sort, and keep one of each key (a store's walk may meet one twice). */
+/* Point at the keys, sort, and keep one of each (a walk may meet one twice). */
 static void keyset_sort(struct keyset *k)
 {
-	size_t o = 0;
+	size_t o = 0, off = 0;
 
-	if (k->n < 2)
-		return;   /* nothing to order (and k->e may be NULL) */
-	qsort_r(k->e, k->n, sizeof(*k->e), kent_cmp, k->text);
+	if (!k->n)
+		return;   /* k->e may be NULL */
+	for (size_t i = 0; i < k->n; i++) {
+		k->e[i].key = k->text.p + off;
+		off += k->e[i].len;
+	}
+	qsort(k->e, k->n, sizeof(*k->e), kref_cmp);
 	for (size_t i = 0; i < k->n; i++)
-		if (!o || kent_cmp(&k->e[o - 1], &k->e[i], k->text) != 0)
+		if (!o || kref_cmp(&k->e[o - 1], &k->e[i]) != 0)
 			k->e[o++] = k->e[i];
 	k->n = o;
 }
 
 /* ---- finding and merging ---- */
 
-/* The first entry of k at or after key. */
-static size_t keyset_find(const struct keyset *k, const char *key, size_t klen)
+/* The first of n entries (stride bytes apart, each starting with a kref)
+ * at or after key. */
+static size_t find(const void *base, size_t n, size_t stride, const char *key, size_t klen)
 {
-	size_t lo = 0, hi = k->n;
+	size_t lo = 0, hi = n;
 
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		if (kv_key_cmp(k->text + k->e[mid].off, k->e[mid].len, key, klen) < 0)
+		const struct kref *r = (const void *)((const char *)base + mid * stride);
+		if (kv_key_cmp(r->key, r->len, key, klen) < 0)
 			lo = mid + 1;
 		else
 			hi = mid;
@@ -173,58 +175,41 @@ static size_t keyset_find(const struct keyset *k, const char *key, size_t klen)
 	return lo;
 }
 
-static size_t notes_find(const struct kv_keycache *c, const char *key, size_t klen)
+static bool under(const struct kref *r, const char *prefix, size_t plen)
 {
-	size_t lo = 0, hi = c->nn;
-
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (kv_key_cmp(c->notes[mid].key, c->notes[mid].klen, key, klen) < 0)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return lo;
-}
-
-static bool under(const char *key, size_t klen, const char *prefix, size_t plen)
-{
-	return klen >= plen && memcmp(key, prefix, plen) == 0;
+	return r->len >= plen && memcmp(r->key, prefix, plen) == 0;
 }
 
 /* The keys of walk w under prefix with the notes after it laid over, in
- * order, to cb.  Called locked; cb only copies. */
+ * order, to cb; *n counts them.  Called locked; cb only copies. */
 static int serve(struct kv_keycache *c, struct walked *w, const char *prefix, size_t plen,
-		 kv_key_cb *cb, void *ctx)
+		 kv_key_cb *cb, void *ctx, size_t *n)
 {
 	const struct keyset *k = &w->ks;
-	size_t i = keyset_find(k, prefix, plen), j = notes_find(c, prefix, plen);
+	size_t i = find(k->e, k->n, sizeof(*k->e), prefix, plen);
+	size_t j = find(c->notes, c->nn, sizeof(*c->notes), prefix, plen);
 	int rc = 0;
 
 	w->used = ++c->tick;
-	while (rc == 0) {
-		const struct kent *e = i < k->n && under(k->text + k->e[i].off, k->e[i].len,
-							   prefix, plen) ? &k->e[i] : NULL;
+	for (*n = 0; rc == 0;) {
+		const struct kref *e = i < k->n && under(&k->e[i], prefix, plen) ? &k->e[i] : NULL;
 		const struct note *nt = NULL;
 
-		for (; j < c->nn && under(c->notes[j].key, c->notes[j].klen, prefix, plen); j++)
+		for (; j < c->nn && under(&c->notes[j].k, prefix, plen); j++)
 			if (c->notes[j].seq > w->seq) {
 				nt = &c->notes[j];
 				break;
 			}
 		if (!e && !nt)
 			break;
-		int cmp = !nt ? -1 : !e ? 1 : kv_key_cmp(k->text + e->off, e->len, nt->key, nt->klen);
-		if (cmp < 0) {
-			rc = cb(ctx, k->text + e->off, e->len, e->size);
-			i++;
-			continue;
+		int cmp = !nt ? -1 : !e ? 1 : kref_cmp(e, &nt->k);
+		if (cmp < 0 || !nt->gone) {
+			const struct kref *r = cmp < 0 ? e : &nt->k;
+			++*n;
+			rc = cb(ctx, r->key, r->len, r->size);
 		}
-		if (cmp == 0)
-			i++;   /* the note is newer than the walk */
-		if (!nt->gone)
-			rc = cb(ctx, nt->key, nt->klen, nt->size);
-		j++;
+		i += cmp <= 0;   /* 0: the note is newer than the walk */
+		j += cmp >= 0;
 	}
 	return rc;
 }
@@ -243,20 +228,22 @@ static struct walked *covering(struct kv_keycache *c, const char *prefix, size_t
 {
 	drop_stale(c);
 	for (int i = 0; i < SLOTS; i++)
-		if (c->w[i].live && under(prefix, plen, c->w[i].prefix, c->w[i].plen))
+		if (c->w[i].live && c->w[i].prefix.len <= plen &&
+		    memcmp(prefix, c->w[i].prefix.p, c->w[i].prefix.len) == 0)
 			return &c->w[i];
 	return NULL;
 }
 
 /* Where a new walk of prefix goes: the slot of the same prefix, a free
  * one, or the one used least lately. */
-static struct walked *slot_for(struct kv_keycache *c, const char *prefix, size_t plen)
+static struct walked *slot_for(struct kv_keycache *c, const struct kv_buf *prefix)
 {
 	struct walked *best = &c->w[0];
 
 	for (int i = 0; i < SLOTS; i++) {
 		struct walked *w = &c->w[i];
-		if (w->live && w->plen == plen && memcmp(w->prefix, prefix, plen) == 0)
+		if (w->live && w->prefix.len == prefix->len &&
+		    memcmp(w->prefix.p, prefix->p, prefix->len) == 0)
 			return w;
 		if (!w->live)
 			best = w;
@@ -277,20 +264,6 @@ static size_t parent_len(const char *prefix, size_t plen, char delim)
 	return 0;
 }
 
-struct counted {
-	kv_key_cb *cb;
-	void *ctx;
-	size_t n;
-};
-
-static int count(void *ctx, const char *key, size_t klen, uint64_t size)
-{
-	struct counted *c = ctx;
-
-	c->n++;
-	return c->cb(c->ctx, key, klen, size);
-}
-
 /*
  * A probe the kept walk says no to: the key equal to the prefix, read
  * afresh.  A directory made through another mount has that key (its
@@ -301,16 +274,9 @@ static int count(void *ctx, const char *key, size_t klen, uint64_t size)
 static int probe_key(struct kv_store *s, const char *prefix, size_t plen, kv_key_cb *cb,
 		     void *ctx)
 {
-	uint64_t size = 0;
-	char *val = NULL;
-	size_t len;
-	int rc;
+	uint64_t size;
+	int rc = kv_stat(s, prefix, plen, &size);
 
-	if (s->be->stat)
-		rc = s->be->stat(s, prefix, plen, &size);
-	else if ((rc = s->be->get(s, prefix, plen, &val, &len, NULL)) == 0)
-		size = len;
-	free(val);
 	if (rc == -ENOENT)
 		return 0;
 	return rc ? rc : cb(ctx, prefix, plen, size);
@@ -319,27 +285,19 @@ static int probe_key(struct kv_store *s, const char *prefix, size_t plen, kv_key
 int keycache_keys(struct kv_store *s, const char *prefix, size_t plen, char delim, bool probe,
 		  kv_key_cb *cb, void *ctx)
 {
-	struct kv_keycache *c = s->keycache;
+	/* a store kept nowhere: its walks are served once, then dropped */
+	struct kv_keycache bare = {.mu = PTHREAD_MUTEX_INITIALIZER};
+	struct kv_keycache *c = s->keycache ? s->keycache : &bare;
 	struct walked fresh = {0}, *w;
-	size_t wlen = probe ? parent_len(prefix, plen, delim) : plen;
+	size_t n;
 	uint64_t gen;
 	int rc;
 
-	if (!c) {   /* a store kept nowhere: one walk, served as it is */
-		rc = s->be->keys(s, prefix, plen, keyset_add, &fresh.ks);
-		keyset_sort(&fresh.ks);
-		for (size_t i = 0; i < fresh.ks.n && rc == 0; i++)
-			rc = cb(ctx, fresh.ks.text + fresh.ks.e[i].off, fresh.ks.e[i].len,
-				fresh.ks.e[i].size);
-		keyset_free(&fresh.ks);
-		return rc;
-	}
 	pthread_mutex_lock(&c->mu);
 	if ((w = covering(c, prefix, plen))) {
-		struct counted n = {.cb = cb, .ctx = ctx};
-		rc = serve(c, w, prefix, plen, count, &n);
+		rc = serve(c, w, prefix, plen, cb, ctx, &n);
 		pthread_mutex_unlock(&c->mu);
-		return rc || n.n || !probe ? rc : probe_key(s, prefix, plen, cb, ctx);
+		return rc || n || !probe ? rc : probe_key(s, prefix, plen, cb, ctx);
 	}
 	fresh.seq = c->seq;
 	fresh.at = kv_now_ms();
@@ -348,22 +306,19 @@ int keycache_keys(struct kv_store *s, const char *prefix, size_t plen, char deli
 		c->flight_low = c->seq;
 	pthread_mutex_unlock(&c->mu);
 
-	fresh.prefix = malloc(wlen + 1);
-	rc = fresh.prefix ? 0 : -ENOMEM;
-	if (!rc) {
-		memcpy(fresh.prefix, prefix, wlen);
-		fresh.plen = wlen;
-		rc = s->be->keys(s, prefix, wlen, keyset_add, &fresh.ks);
-	}
+	rc = kv_buf_set(&fresh.prefix, prefix, probe && c->ms ? parent_len(prefix, plen, delim)
+							    : plen);
+	if (!rc)
+		rc = s->be->keys(s, fresh.prefix.p, fresh.prefix.len, keyset_add, &fresh.ks);
 	if (!rc)
 		keyset_sort(&fresh.ks);
 
 	pthread_mutex_lock(&c->mu);
 	c->flights--;
 	if (!rc) {
-		rc = serve(c, &fresh, prefix, plen, cb, ctx);
-		if (gen == c->gen) {   /* nothing forgotten meanwhile */
-			w = slot_for(c, fresh.prefix, fresh.plen);
+		rc = serve(c, &fresh, prefix, plen, cb, ctx, &n);
+		if (gen == c->gen && c->ms) {   /* nothing forgotten meanwhile */
+			w = slot_for(c, &fresh.prefix);
 			walked_free(w);
 			*w = fresh;
 			w->live = true;
@@ -376,14 +331,6 @@ int keycache_keys(struct kv_store *s, const char *prefix, size_t plen, char deli
 }
 
 /* ---- this mount's writes ---- */
-
-static void forget_locked(struct kv_keycache *c)
-{
-	for (int i = 0; i < SLOTS; i++)
-		walked_free(&c->w[i]);
-	notes_clear(c);
-	c->gen++;
-}
 
 void keycache_forget(struct kv_store *s)
 {
@@ -410,7 +357,7 @@ static void prune(struct kv_keycache *c)
 		if (c->notes[i].seq > low)
 			c->notes[o++] = c->notes[i];
 		else
-			free(c->notes[i].key);
+			free((char *)c->notes[i].k.key);
 	}
 	c->nn = o;
 }
@@ -418,6 +365,7 @@ static void prune(struct kv_keycache *c)
 void keycache_note(struct kv_store *s, const char *key, size_t klen, uint64_t size, bool gone)
 {
 	struct kv_keycache *c = s->keycache;
+	struct note *nt;
 	size_t at;
 	char *k;
 
@@ -426,33 +374,23 @@ void keycache_note(struct kv_store *s, const char *key, size_t klen, uint64_t si
 	pthread_mutex_lock(&c->mu);
 	if (c->nn >= NOTES_PRUNE)
 		prune(c);
-	at = notes_find(c, key, klen);
-	if (at < c->nn && c->notes[at].klen == klen && memcmp(c->notes[at].key, key, klen) == 0) {
-		c->notes[at].size = size;
-		c->notes[at].gone = gone;
-		c->notes[at].seq = ++c->seq;
-		goto out;
-	}
-	if (c->nn >= NOTES_MAX || !(k = malloc(klen + 1))) {
-		forget_locked(c);   /* too much to lay over: walk again */
-		goto out;
-	}
-	if (c->nn == c->ncap) {
-		size_t cap = c->ncap ? c->ncap * 2 : 64;
-		struct note *n = realloc(c->notes, cap * sizeof(*n));
-		if (!n) {
-			free(k);
-			forget_locked(c);
-			goto out;
+	at = find(c->notes, c->nn, sizeof(*c->notes), key, klen);
+	if (at == c->nn || kv_key_cmp(c->notes[at].k.key, c->notes[at].k.len, key, klen) != 0) {
+		nt = c->nn < NOTES_MAX ? grow(c->notes, &c->ncap, c->nn + 1, sizeof(*nt)) : NULL;
+		if (nt)
+			c->notes = nt;
+		if (!nt || !(k = malloc(klen + 1))) {
+			forget_locked(c);   /* too much to lay over: walk again */
+			pthread_mutex_unlock(&c->mu);
+			return;
 		}
-		c->notes = n;
-		c->ncap = cap;
+		memcpy(k, key, klen);
+		memmove(nt + at + 1, nt + at, (c->nn - at) * sizeof(*nt));
+		c->nn++;
+		nt[at] = (struct note){.k = {.key = k, .len = klen}};
 	}
-	memcpy(k, key, klen);
-	memmove(c->notes + at + 1, c->notes + at, (c->nn - at) * sizeof(*c->notes));
-	c->notes[at] = (struct note){.key = k, .klen = klen, .size = size, .gone = gone,
-				     .seq = ++c->seq};
-	c->nn++;
-out:
+	c->notes[at].k.size = size;
+	c->notes[at].gone = gone;
+	c->notes[at].seq = ++c->seq;
 	pthread_mutex_unlock(&c->mu);
 }
