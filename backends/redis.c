@@ -13,7 +13,6 @@
 #include <errno.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,8 +53,6 @@ struct rd_store {
 	bool down;            /* atomic: the last call could not connect; log once */
 	struct kv_pool pool;
 };
-
-static __thread char rd_why[400];  /* why this thread's last call failed */
 
 /* One command of a pipeline: up to RD_MAX_ARGS binary-safe arguments. */
 struct rd_cmd {
@@ -192,7 +189,7 @@ fail:
  * disabled or refused, then Redis's default stands) in one round trip,
  * before deadline.  -EIO (refused, reset, no answer, loading: worth a
  * retry), -EACCES (the password is refused) or -EINVAL (no such
- * database); rd_why says which.
+ * database); kv_why says which.
  */
 static int rd_connect(void *ctx, int64_t deadline, void **out)
 {
@@ -201,7 +198,7 @@ static int rd_connect(void *ctx, int64_t deadline, void **out)
 	struct rd_cmd cmds[3];
 	redisReply *r[3], *lim;
 	char db[16];
-	size_t n = 0, auth = s->password ? 0 : SIZE_MAX, sel = s->db ? !!s->password : SIZE_MAX;
+	size_t n = 0;
 	redisContext *c = s->sock ? redisConnectUnixWithTimeout(s->sock, tv)
 				  : redisConnectWithTimeout(s->host, s->port, tv);
 	int64_t waited;
@@ -213,24 +210,25 @@ static int rd_connect(void *ctx, int64_t deadline, void **out)
 		goto io;
 	if (!s->sock)
 		redisEnableKeepAlive(c);
-	if (s->password && s->user)
-		rd_cmd_init(&cmds[n++], 3, RD_ARG("AUTH"), RD_ARG(s->user), RD_ARG(s->password));
-	else if (s->password)
-		rd_cmd_init(&cmds[n++], 2, RD_ARG("AUTH"), RD_ARG(s->password));
+	if (s->password)  /* AUTH [user] password */
+		rd_cmd_init(&cmds[n++], 2 + !!s->user, RD_ARG("AUTH"),
+			    RD_ARG(s->user ? s->user : s->password), RD_ARG(s->password));
 	snprintf(db, sizeof(db), "%d", s->db);
 	if (s->db)
 		rd_cmd_init(&cmds[n++], 2, RD_ARG("SELECT"), RD_ARG(db));
 	rd_cmd_init(&cmds[n++], 3, RD_ARG("CONFIG"), RD_ARG("GET"), RD_ARG("proto-max-bulk-len"));
 	if ((rc = rd_pipeline(c, cmds, n, r, tv, &waited)))
 		goto io;
-	for (size_t i = 0; i < n - 1 && !rc; i++) {
-		if (!rd_error_of(r[i]))
+	for (size_t i = 0; i + 1 < n && !rc; i++) {
+		const struct rd_error *e = rd_error_of(r[i]);
+		bool auth = s->password && i == 0;
+
+		if (!e)
 			continue;
-		rc = rd_error_of(r[i])->transient ? -EIO : i == auth ? -EACCES : -EINVAL;
-		snprintf(rd_why, sizeof(rd_why), "%s %s%s: %.*s", s->where,
-			 rc == -EIO ? "is not ready" : i == auth ? "refuses the password" :
-			 "has no database ", i == sel ? db : s->user ? " for that user" : "",
-			 (int)(r[i]->len < 120 ? r[i]->len : 120), r[i]->str);
+		rc = e->transient ? -EIO : auth ? -EACCES : -EINVAL;
+		kv_why_set("%s %s%s: %.*s", s->where, rc == -EIO ? "is not ready" : auth ?
+			   "refuses the password" : "has no database ", !auth ? db : s->user ?
+			   " for that user" : "", (int)(r[i]->len < 120 ? r[i]->len : 120), r[i]->str);
 	}
 	lim = r[n - 1];
 	if (!rc && lim->type == REDIS_REPLY_ARRAY && lim->elements == 2 &&
@@ -243,27 +241,24 @@ static int rd_connect(void *ctx, int64_t deadline, void **out)
 			__atomic_store_n(&s->max_key, (size_t)v, __ATOMIC_RELAXED);
 	}
 	rd_free_replies(r, n);
-	if (!rc && redisSetTimeout(c, s->tv) != REDIS_OK)
-		rc = -EIO;
-	if (rc)
-		redisFree(c);
-	else
+	if (!rc && redisSetTimeout(c, s->tv) == REDIS_OK) {
 		*out = c;
-	return rc;
+		return 0;
+	}
+	redisFree(c);
+	return rc ? rc : -EIO;
 io:
-	snprintf(rd_why, sizeof(rd_why), rc == -ETIMEDOUT ? "%s did not answer in time%.0s "
-		 "(-o timeout=T raises the limit)" : "cannot reach %s: %s", s->where, c->errstr);
+	kv_why_set(rc == -ETIMEDOUT ? "%s did not answer in time%.0s (-o timeout=T raises the "
+		   "limit)" : "cannot reach %s: %s", s->where, c->errstr);
 	redisFree(c);
 	return -EIO;
 }
 
-/* An idle connection the server has closed (restart, idle timeout) shows
- * as readable with end of file: poll says so without a round trip. */
+/* An idle connection the server has closed (restart, idle timeout). */
 static bool rd_usable(void *ctx, void *conn)
 {
-	struct pollfd p = { .fd = ((redisContext *)conn)->fd, .events = POLLIN };
-
-	return ctx && poll(&p, 1, 0) == 0;
+	(void)ctx;
+	return kv_socket_idle(((redisContext *)conn)->fd);
 }
 
 static void rd_disconnect(void *ctx, void *conn)
@@ -280,7 +275,7 @@ static const struct kv_pool_ops rd_pool_ops = {
 static void rd_outage(struct rd_store *s, bool down)
 {
 	if (__atomic_exchange_n(&s->down, down, __ATOMIC_RELAXED) != down)
-		kv_log(down ? KV_LOG_ERR : KV_LOG_INFO, "redis: %s", down ? rd_why : "connected again");
+		kv_log(down ? KV_LOG_ERR : KV_LOG_INFO, "redis: %s", down ? kv_why() : "connected again");
 }
 
 enum { RD_ONCE = 1, RD_QUIET = 2 };
@@ -291,7 +286,7 @@ enum { RD_ONCE = 1, RD_QUIET = 2 };
  * retried with backoff within the timeout, but a call that may have run is
  * not sent again unless idempotent (RD_ONCE: del, cas are not), nor one
  * the server did not answer in time.  0, -EIO, -EROFS or -EACCES (the
- * password is refused); rd_why says why.  RD_QUIET: no log lines.
+ * password is refused); kv_why says why.  RD_QUIET: no log lines.
  */
 static int rd_run(struct rd_store *s, const char *op, const char *key, size_t klen,
 		  unsigned flags, const struct rd_cmd *cmds, size_t n, redisReply **r)
@@ -301,26 +296,26 @@ static int rd_run(struct rd_store *s, const char *op, const char *key, size_t kl
 	bool reused;
 	int rc;
 
-	snprintf(rd_why, sizeof(rd_why), "all connections stayed busy");
+	kv_why_set("all connections stayed busy");
 	for (int attempt = 0;; attempt++) {
 		if ((rc = kv_pool_get(&s->pool, deadline, (void **)&c, &reused))) {
 			if (!(flags & RD_QUIET))
 				rd_outage(s, true);
 			return rc == -EACCES ? -EACCES : -EIO;
 		}
-		rc = rd_pipeline(c, cmds, n, r, s->tv, &waited);
-		if (rc == -ETIMEDOUT)
-			snprintf(rd_why, sizeof(rd_why), "%s did not answer within %" PRId64 " ms "
-				 "(-o timeout=T raises the limit)", s->where, waited);
+		if ((rc = rd_pipeline(c, cmds, n, r, s->tv, &waited)) == -ETIMEDOUT)
+			kv_why_set("%s did not answer within %" PRId64 " ms (-o timeout=T raises the "
+				   "limit)", s->where, waited);
 		else if (rc)
-			snprintf(rd_why, sizeof(rd_why), "%s: %s", s->where,
-				 c->errstr[0] ? c->errstr : "connection lost");
+			kv_why_set("%s: %s", s->where, c->errstr[0] ? c->errstr : "connection lost");
 		for (size_t i = 0; !rc && i < n; i++) {
-			if (!rd_error_of(r[i]) || !rd_error_of(r[i])->transient)
+			const struct rd_error *e = rd_error_of(r[i]);
+
+			if (!e || !e->transient)
 				continue;
-			snprintf(rd_why, sizeof(rd_why), "%s: %.*s", s->where,
-				 (int)(r[i]->len < 120 ? r[i]->len : 120), r[i]->str);
-			rc = rd_error_of(r[i])->err == -EROFS ? -EROFS : -EAGAIN;
+			kv_why_set("%s: %.*s", s->where, (int)(r[i]->len < 120 ? r[i]->len : 120),
+				   r[i]->str);
+			rc = e->err == -EROFS ? -EROFS : -EAGAIN;
 			rd_free_replies(r, n);
 		}
 		kv_pool_put(&s->pool, c, rc && rc != -EAGAIN);
@@ -332,7 +327,7 @@ static int rd_run(struct rd_store *s, const char *op, const char *key, size_t kl
 	}
 	if (rc && !(flags & RD_QUIET))
 		kv_log(rc == -EROFS ? KV_LOG_WARN : KV_LOG_ERR, "redis: %s %s: %s", op,
-		       key ? kv_printable(key, klen) : "", rd_why);
+		       key ? kv_printable(key, klen) : "", kv_why());
 	return rc == -EROFS || !rc ? rc : -EIO;
 }
 
@@ -591,7 +586,7 @@ static int rd_keys(struct kv_store *st, const char *prefix, size_t plen, kv_key_
 /* ---- health, statfs ---- */
 
 /* The value of "name:" in an INFO reply, or "unknown". */
-static const char *rd_info_field(const redisReply *r, const char *name, char *out, size_t outlen)
+static void rd_info_field(const redisReply *r, const char *name, char *out, size_t outlen)
 {
 	char pat[64];
 	const char *p;
@@ -600,48 +595,49 @@ static const char *rd_info_field(const redisReply *r, const char *name, char *ou
 	p = r->type == REDIS_REPLY_STRING ? strstr(r->str, pat) : NULL;
 	snprintf(out, outlen, "%.*s", p ? (int)strcspn(p + strlen(pat), "\r\n") : 7,
 		 p ? p + strlen(pat) : "unknown");
-	return out;
 }
 
-/* The facts .health shows, from INFO fields ("aof_enabled" becomes yes/no). */
-static const char *const rd_facts[][2] = {
-	{ "redis_version", "redis_version" }, { "role", "role" },
-	{ "used_memory", "used_memory" }, { "maxmemory", "maxmemory" },
-	{ "maxmemory_policy", "maxmemory_policy" }, { "appendonly", "aof_enabled" },
+/* The INFO fields read: all but "loading" are .health's facts, under
+ * their own names but for aof_enabled ("appendonly", yes or no). */
+static const char *const rd_fields[] = {
+	"redis_version", "role", "used_memory", "maxmemory", "maxmemory_policy", "aof_enabled",
+	"loading",
 };
-enum { RD_F_VERSION, RD_F_ROLE, RD_F_USED, RD_F_MAX, RD_F_POLICY, RD_F_AOF, RD_F_N };
+enum { RD_F_VERSION, RD_F_ROLE, RD_F_USED, RD_F_MAX, RD_F_POLICY, RD_F_AOF, RD_F_LOADING,
+       RD_F_N };
 
 /* The server's state: PING, INFO, CONFIG GET appendfsync and DBSIZE in one
  * round trip, all reads.  INFO gives the settings even where CONFIG is
- * disabled or renamed; only appendfsync then reads "unknown". */
+ * disabled or renamed; only appendfsync then reads "unknown".  For
+ * health (h), quietly and with the reason of a failure in h->detail. */
 struct rd_state {
-	char v[RD_F_N][64], loading[8], fsync[32], keys[32];
+	char v[RD_F_N][64], fsync[32], keys[32];
 };
 
-static int rd_state(struct rd_store *s, unsigned flags, struct rd_state *o, char *why, size_t len)
+static int rd_state(struct rd_store *s, struct kv_health *h, struct rd_state *o)
 {
 	struct rd_cmd cmds[4];
 	redisReply *r[4];
+	char why[sizeof(h->detail)];
 	int rc;
 
 	rd_cmd_init(&cmds[0], 1, RD_ARG("PING"));
 	rd_cmd_init(&cmds[1], 1, RD_ARG("INFO"));
 	rd_cmd_init(&cmds[2], 3, RD_ARG("CONFIG"), RD_ARG("GET"), RD_ARG("appendfsync"));
 	rd_cmd_init(&cmds[3], 1, RD_ARG("DBSIZE"));
-	if ((rc = rd_run(s, "statfs", NULL, 0, flags, cmds, 4, r))) {
-		snprintf(why, len, "redis: %.240s", rd_why);
+	if ((rc = rd_run(s, "statfs", NULL, 0, h ? RD_QUIET : 0, cmds, 4, r))) {
+		snprintf(h ? h->detail : why, sizeof(why), "redis: %.240s", kv_why());
 		return rc;
 	}
 	if (rd_error_of(r[0])) {
 		rc = rd_error_of(r[0])->err == -EACCES ? -EACCES : -EIO;
-		snprintf(why, len, "redis at %.60s: %.*s%s", s->where,
+		snprintf(h ? h->detail : why, sizeof(why), "redis at %.60s: %.*s%s", s->where,
 			 (int)(r[0]->len < 120 ? r[0]->len : 120), r[0]->str,
 			 rc == -EACCES && !s->password ? " (no password given: put it in "
 			 RD_PASSWORD_ENV " or -o password_file=FILE)" : "");
 	}
 	for (size_t i = 0; i < RD_F_N; i++)
-		rd_info_field(r[1], rd_facts[i][1], o->v[i], sizeof(o->v[i]));
-	rd_info_field(r[1], "loading", o->loading, sizeof(o->loading));
+		rd_info_field(r[1], rd_fields[i], o->v[i], sizeof(o->v[i]));
 	snprintf(o->fsync, sizeof(o->fsync), "%s", r[2]->type == REDIS_REPLY_ARRAY &&
 		 r[2]->elements == 2 ? r[2]->element[1]->str : "unknown");
 	snprintf(o->keys, sizeof(o->keys), r[3]->type == REDIS_REPLY_INTEGER ? "%lld" : "?",
@@ -658,7 +654,7 @@ static int rd_health(struct kv_store *st, struct kv_health *h)
 	struct rd_store *s = kv_store_cast(struct rd_store, st);
 	struct rd_state o;
 	const char *warn = "";
-	int rc = rd_state(s, RD_QUIET, &o, h->detail, sizeof(h->detail));
+	int rc = rd_state(s, h, &o);
 
 	if (rc)
 		return rc;
@@ -666,10 +662,11 @@ static int rd_health(struct kv_store *st, struct kv_health *h)
 		warn = "; appendonly is off: writes since the last snapshot die with the server";
 	else if (strcmp(o.v[RD_F_POLICY], "noeviction") && strcmp(o.v[RD_F_POLICY], "unknown"))
 		warn = "; maxmemory-policy evicts: keys may vanish under memory pressure";
-	snprintf(h->detail, sizeof(h->detail), "redis %.20s %.20s, db %d, %s keys%s%s", o.v[RD_F_VERSION],
-		 o.v[RD_F_ROLE], s->db, o.keys, strcmp(o.loading, "1") == 0 ? ", loading" : "", warn);
-	for (size_t i = 0; i < RD_F_N; i++)
-		kv_health_fact(h, rd_facts[i][0], "%s", o.v[i]);
+	snprintf(h->detail, sizeof(h->detail), "redis %.20s %.20s, db %d, %s keys%s%s",
+		 o.v[RD_F_VERSION], o.v[RD_F_ROLE], s->db, o.keys,
+		 strcmp(o.v[RD_F_LOADING], "1") == 0 ? ", loading" : "", warn);
+	for (size_t i = 0; i < RD_F_LOADING; i++)
+		kv_health_fact(h, i == RD_F_AOF ? "appendonly" : rd_fields[i], "%s", o.v[i]);
 	kv_health_fact(h, "appendfsync", "%s", o.fsync);
 	kv_health_fact(h, "keys", "%s", o.keys);
 	return 0;
@@ -679,8 +676,7 @@ static int rd_health(struct kv_store *st, struct kv_health *h)
 static int rd_statfs(struct kv_store *st, struct kv_statfs *out)
 {
 	struct rd_state o;
-	char why[256];
-	int rc = rd_state(kv_store_cast(struct rd_store, st), 0, &o, why, sizeof(why));
+	int rc = rd_state(kv_store_cast(struct rd_store, st), NULL, &o);
 	uint64_t u, m;
 
 	if (rc)
