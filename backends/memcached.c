@@ -446,20 +446,18 @@ static int walk_server(struct walk *w, size_t i, struct kv_buf *b)
 	int64_t deadline = kv_deadline(w->m->timeout_ms);
 	int rc, attempt = 0;
 
-	for (;;) {
-		if ((rc = raw_request(w->m, s, cmd, b, deadline)) < 0) {
-			kv_log(KV_LOG_WARN, "memcached: %s:%u: cannot list keys: %s", s->host,
-			       s->port, raw_error(rc));
-			return rc == -ENOMEM ? rc : -EIO;
-		}
+	while ((rc = raw_request(w->m, s, cmd, b, deadline)) == 0) {
 		if (strncmp(b->p, "BUSY", 4) == 0 && kv_backoff(attempt++, deadline))
 			continue;   /* another client's crawl: memcached runs one at a time */
-		if ((strncmp(b->p, "CLIENT_ERROR", 12) == 0 || strncmp(b->p, "ERROR", 5) == 0) &&
-		    strstr(cmd, "hash")) {
-			cmd = "lru_crawler metadump all\r\n";   /* memcached before 1.6 */
-			continue;
-		}
-		break;
+		if (!strstr(cmd, "hash") ||
+		    (strncmp(b->p, "CLIENT_ERROR", 12) != 0 && strncmp(b->p, "ERROR", 5) != 0))
+			break;
+		cmd = "lru_crawler metadump all\r\n";   /* memcached before 1.6 */
+	}
+	if (rc) {
+		kv_log(KV_LOG_WARN, "memcached: %s:%u: cannot list keys: %s", s->host, s->port,
+		       raw_error(rc));
+		return rc == -ENOMEM ? rc : -EIO;
 	}
 	if (strncmp(b->p, "key=", 4) != 0 && strcmp(b->p, "END\r\n") != 0) {
 		kv_log(KV_LOG_WARN, "memcached: %s:%u: cannot list keys: %.*s (is the LRU "
@@ -824,6 +822,16 @@ static void mcs_close(struct kv_store *s)
 static int mcs_open(const struct kv_open_args *a, struct kv_store **out, char *err, size_t errlen)
 {
 	struct mc_store *m = calloc(1, sizeof(*m));
+	uint64_t ms = (uint64_t)a->timeout_ms;
+	const struct { memcached_behavior_t b; uint64_t v; } behaviors[] = {
+		{MEMCACHED_BEHAVIOR_KETAMA, 1}, {MEMCACHED_BEHAVIOR_SUPPORT_CAS, 1},
+		{MEMCACHED_BEHAVIOR_TCP_NODELAY, 1}, {MEMCACHED_BEHAVIOR_NO_BLOCK, 1},
+		/* a failed server is tried again at the next call (see mc_call), and
+		 * never given up on: the mount recovers when it is back */
+		{MEMCACHED_BEHAVIOR_RETRY_TIMEOUT, 0}, {MEMCACHED_BEHAVIOR_SERVER_FAILURE_LIMIT, 1u << 30},
+		{MEMCACHED_BEHAVIOR_CONNECT_TIMEOUT, ms}, {MEMCACHED_BEHAVIOR_POLL_TIMEOUT, ms},
+		{MEMCACHED_BEHAVIOR_RCV_TIMEOUT, ms * 1000}, {MEMCACHED_BEHAVIOR_SND_TIMEOUT, ms * 1000},
+	};
 	int rc = -ENOMEM;
 
 	if (!m)
@@ -847,18 +855,8 @@ static int mcs_open(const struct kv_open_args *a, struct kv_store **out, char *e
 			goto fail;
 		}
 	}
-	memcached_behavior_set(m->master, MEMCACHED_BEHAVIOR_KETAMA, 1);
-	memcached_behavior_set(m->master, MEMCACHED_BEHAVIOR_SUPPORT_CAS, 1);
-	memcached_behavior_set(m->master, MEMCACHED_BEHAVIOR_TCP_NODELAY, 1);
-	memcached_behavior_set(m->master, MEMCACHED_BEHAVIOR_NO_BLOCK, 1);
-	/* a failed server is tried again at the next call (see mc_call), and
-	 * never given up on: the mount recovers when it is back */
-	memcached_behavior_set(m->master, MEMCACHED_BEHAVIOR_RETRY_TIMEOUT, 0);
-	memcached_behavior_set(m->master, MEMCACHED_BEHAVIOR_SERVER_FAILURE_LIMIT, 1u << 30);
-	memcached_behavior_set(m->master, MEMCACHED_BEHAVIOR_CONNECT_TIMEOUT, a->timeout_ms);
-	memcached_behavior_set(m->master, MEMCACHED_BEHAVIOR_POLL_TIMEOUT, a->timeout_ms);
-	memcached_behavior_set(m->master, MEMCACHED_BEHAVIOR_RCV_TIMEOUT, a->timeout_ms * 1000ull);
-	memcached_behavior_set(m->master, MEMCACHED_BEHAVIOR_SND_TIMEOUT, a->timeout_ms * 1000ull);
+	for (size_t i = 0; i < sizeof(behaviors) / sizeof(behaviors[0]); i++)
+		memcached_behavior_set(m->master, behaviors[i].b, behaviors[i].v);
 	if (!(m->pool = memcached_pool_create(m->master, 1, MC_POOL_MAX))) {
 		rc = -ENOMEM;
 		goto fail;

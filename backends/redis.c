@@ -757,7 +757,8 @@ static const CURLUPart rd_url_part[RD_U_N] = {
  * rd_url_part[i], NULL if absent); NULL, or what is wrong. */
 static const char *rd_url_parts(struct rd_store *s, char **u, bool unix_sock)
 {
-	const char *host = u[RD_U_HOST] ? u[RD_U_HOST] : "", *path = u[RD_U_PATH] ? u[RD_U_PATH] : "";
+	const char *host = u[RD_U_HOST] ? u[RD_U_HOST] : "";
+	const char *path = u[RD_U_PATH] ? u[RD_U_PATH] : "";
 
 	s->port = u[RD_U_PORT] ? atoi(u[RD_U_PORT]) : RD_DEFAULT_PORT;
 	if (u[RD_U_PASSWORD])
@@ -812,7 +813,8 @@ static int rd_parse_url(struct rd_store *s, const char *url, char *err, size_t e
 	if (!why)
 		why = rd_url_parts(s, u, unix_sock);
 	if (why)
-		snprintf(err, errlen, "%s%s", strncmp(why, "redis: ", 7) ? "redis: bad URL: " : "", why);
+		snprintf(err, errlen, "%s%s", strncmp(why, "redis: ", 7) ? "redis: bad URL: " : "",
+			 why);
 	for (size_t i = 0; i < RD_U_N; i++)
 		curl_free(u[i]);
 	free(fixed);
@@ -820,34 +822,19 @@ static int rd_parse_url(struct rd_store *s, const char *url, char *err, size_t e
 	return !why ? 0 : strstr(why, "out of memory") ? -ENOMEM : -EINVAL;
 }
 
-/* -o password_file=FILE (its first line), else $REDISCLI_AUTH, else none;
- * -o scan_count=N.  NULL, or what is wrong. */
-static const char *rd_options_of(struct rd_store *s, const struct kv_open_args *a, char *why,
-				 size_t len)
-{
-	const char *file = kv_option_get(a, "password_file"), *env = getenv(RD_PASSWORD_ENV);
-	const char *count = kv_option_get(a, "scan_count");
-	uint64_t n = RD_SCAN_COUNT;
-
-	if (count && (kv_parse_size(count, &n) || n < 10 || n > 1000000))
-		return "bad scan_count (10 to 1000000)";
-	snprintf(s->scan_count, sizeof(s->scan_count), "%" PRIu64, n);
-	if (file)
-		s->password = kv_read_secret(file, "password_file", why, len);
-	else if (env && env[0])
-		s->password = strdup(env);
-	else if (s->user)
-		return "a user but no password: set " RD_PASSWORD_ENV " or -o password_file=FILE";
-	return (file || (env && env[0])) && !s->password ? why : NULL;
-}
-
-/* Parse and check only: the first call connects (kv_open's probe, unless
- * -o lazy), so a server that is down does not fail the open itself. */
+/*
+ * Parse and check only: the first call connects (kv_open's probe, unless
+ * -o lazy), so a server that is down does not fail the open itself.  The
+ * password: -o password_file=FILE (its first line), else $REDISCLI_AUTH,
+ * else none.
+ */
 static int rd_open(const struct kv_open_args *a, struct kv_store **out, char *err, size_t errlen)
 {
 	struct rd_store *s = calloc(1, sizeof(*s));
+	const char *file = kv_option_get(a, "password_file"), *env = getenv(RD_PASSWORD_ENV);
+	const char *count = kv_option_get(a, "scan_count");
+	uint64_t n = RD_SCAN_COUNT;
 	char why[300] = "out of memory";
-	const char *bad;
 	int rc;
 
 	if (!s)
@@ -857,11 +844,22 @@ static int rd_open(const struct kv_open_args *a, struct kv_store **out, char *er
 	s->timeout_ms = a->timeout_ms;
 	s->tv = rd_tv(a->timeout_ms);
 	kv_pool_init(&s->pool, "redis", &rd_pool_ops, s, RD_POOL);
-	rc = rd_parse_url(s, a->url, err, errlen);
-	if (!rc && (bad = rd_options_of(s, a, why, sizeof(why)))) {
-		snprintf(err, errlen, "redis: %s", bad);
-		rc = -EINVAL;
+	env = env && env[0] ? env : NULL;
+	if ((rc = rd_parse_url(s, a->url, err, errlen)) == 0) {
+		if (count && (kv_parse_size(count, &n) || n < 10 || n > 1000000))
+			snprintf(err, errlen, "redis: bad scan_count (10 to 1000000)");
+		else if (file)
+			s->password = kv_read_secret(file, "password_file", why, sizeof(why));
+		else if (env)
+			s->password = strdup(env);
+		else if (s->user)
+			snprintf(err, errlen, "redis: a user but no password: set " RD_PASSWORD_ENV
+				 " or -o password_file=FILE");
+		if (!err[0] && (file || env) && !s->password)
+			snprintf(err, errlen, "redis: %s", why);
+		rc = err[0] ? -EINVAL : 0;
 	}
+	snprintf(s->scan_count, sizeof(s->scan_count), "%" PRIu64, n);
 	if (rc)
 		rd_close(&s->base);
 	else
