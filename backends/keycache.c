@@ -41,10 +41,9 @@ struct keyset {
  * notes numbered above `seq`. */
 struct walked {
 	struct keyset ks;
-	struct kv_buf prefix;
+	struct kv_buf prefix;  /* .p is NULL in a free slot */
 	int64_t at;
 	uint64_t seq, used;
-	bool live;
 };
 
 /* The last write through this mount to a key. */
@@ -219,7 +218,7 @@ static void drop_stale(struct kv_keycache *c)
 	int64_t now = kv_now_ms();
 
 	for (int i = 0; i < SLOTS; i++)
-		if (c->w[i].live && now - c->w[i].at >= c->ms)
+		if (c->w[i].prefix.p && now - c->w[i].at >= c->ms)
 			walked_free(&c->w[i]);
 }
 
@@ -228,7 +227,7 @@ static struct walked *covering(struct kv_keycache *c, const char *prefix, size_t
 {
 	drop_stale(c);
 	for (int i = 0; i < SLOTS; i++)
-		if (c->w[i].live && c->w[i].prefix.len <= plen &&
+		if (c->w[i].prefix.p && c->w[i].prefix.len <= plen &&
 		    memcmp(prefix, c->w[i].prefix.p, c->w[i].prefix.len) == 0)
 			return &c->w[i];
 	return NULL;
@@ -242,12 +241,12 @@ static struct walked *slot_for(struct kv_keycache *c, const struct kv_buf *prefi
 
 	for (int i = 0; i < SLOTS; i++) {
 		struct walked *w = &c->w[i];
-		if (w->live && w->prefix.len == prefix->len &&
+		if (w->prefix.p && w->prefix.len == prefix->len &&
 		    memcmp(w->prefix.p, prefix->p, prefix->len) == 0)
 			return w;
-		if (!w->live)
+		if (!w->prefix.p)
 			best = w;
-		else if (best->live && w->used < best->used)
+		else if (best->prefix.p && w->used < best->used)
 			best = w;
 	}
 	return best;
@@ -321,7 +320,6 @@ int keycache_keys(struct kv_store *s, const char *prefix, size_t plen, char deli
 			w = slot_for(c, &fresh.prefix);
 			walked_free(w);
 			*w = fresh;
-			w->live = true;
 			fresh = (struct walked){0};
 		}
 	}
@@ -336,8 +334,6 @@ void keycache_forget(struct kv_store *s)
 {
 	struct kv_keycache *c = s->keycache;
 
-	if (!c)
-		return;
 	pthread_mutex_lock(&c->mu);
 	forget_locked(c);
 	pthread_mutex_unlock(&c->mu);
@@ -351,7 +347,7 @@ static void prune(struct kv_keycache *c)
 
 	drop_stale(c);
 	for (int i = 0; i < SLOTS; i++)
-		if (c->w[i].live && c->w[i].seq < low)
+		if (c->w[i].prefix.p && c->w[i].seq < low)
 			low = c->w[i].seq;
 	for (size_t i = 0; i < c->nn; i++) {
 		if (c->notes[i].seq > low)
@@ -369,8 +365,6 @@ void keycache_note(struct kv_store *s, const char *key, size_t klen, uint64_t si
 	size_t at;
 	char *k;
 
-	if (!c)
-		return;
 	pthread_mutex_lock(&c->mu);
 	if (c->nn >= NOTES_PRUNE)
 		prune(c);

@@ -27,11 +27,11 @@ void keycache_free(struct kv_keycache *c);
 int keycache_keys(struct kv_store *s, const char *prefix, size_t plen, char delim, bool probe,
 		  kv_key_cb *cb, void *ctx);
 
-/* A write through this mount succeeded: key now holds size bytes, or
- * (gone) no longer exists. */
+/* For a store that keeps its walks (s->keycache): a write through this
+ * mount succeeded: key now holds size bytes, or (gone) no longer exists. */
 void keycache_note(struct kv_store *s, const char *key, size_t klen, uint64_t size, bool gone);
 
-/* A write failed, and may or may not have happened: walk again. */
+/* The same, when a write failed and may or may not have happened: walk again. */
 void keycache_forget(struct kv_store *s);
 
 #endif
