@@ -192,9 +192,7 @@ struct mc_item {
 static memcached_return_t mc_get_once(memcached_st *c, const struct mckey *mk,
 				      struct mc_item *it)
 {
-	const char *keys[1] = {mk->k};
-	size_t lens[1] = {mk->n};
-	memcached_return_t rc = memcached_mget(c, keys, lens, 1);
+	memcached_return_t rc = memcached_mget(c, (const char *const[]){mk->k}, &mk->n, 1);
 	memcached_result_st *r;
 
 	if (rc != MEMCACHED_SUCCESS)
