@@ -826,9 +826,11 @@ static int mcs_open(const struct kv_open_args *a, struct kv_store **out, char *e
 		{MEMCACHED_BEHAVIOR_TCP_NODELAY, 1}, {MEMCACHED_BEHAVIOR_NO_BLOCK, 1},
 		/* a failed server is tried again at the next call (see mc_call), and
 		 * never given up on: the mount recovers when it is back */
-		{MEMCACHED_BEHAVIOR_RETRY_TIMEOUT, 0}, {MEMCACHED_BEHAVIOR_SERVER_FAILURE_LIMIT, 1u << 30},
+		{MEMCACHED_BEHAVIOR_RETRY_TIMEOUT, 0},
+		{MEMCACHED_BEHAVIOR_SERVER_FAILURE_LIMIT, 1u << 30},
 		{MEMCACHED_BEHAVIOR_CONNECT_TIMEOUT, ms}, {MEMCACHED_BEHAVIOR_POLL_TIMEOUT, ms},
-		{MEMCACHED_BEHAVIOR_RCV_TIMEOUT, ms * 1000}, {MEMCACHED_BEHAVIOR_SND_TIMEOUT, ms * 1000},
+		{MEMCACHED_BEHAVIOR_RCV_TIMEOUT, ms * 1000},
+		{MEMCACHED_BEHAVIOR_SND_TIMEOUT, ms * 1000},
 	};
 	int rc = -ENOMEM;
 

@@ -227,8 +227,9 @@ static int rd_connect(void *ctx, int64_t deadline, void **out)
 			continue;
 		rc = e->transient ? -EIO : auth ? -EACCES : -EINVAL;
 		kv_why_set("%s %s%s: %.*s", s->where, rc == -EIO ? "is not ready" : auth ?
-			   "refuses the password" : "has no database ", !auth ? db : s->user ?
-			   " for that user" : "", (int)(r[i]->len < 120 ? r[i]->len : 120), r[i]->str);
+			   "refuses the password" : "has no database ",
+			   !auth ? db : s->user ? " for that user" : "",
+			   (int)(r[i]->len < 120 ? r[i]->len : 120), r[i]->str);
 	}
 	lim = r[n - 1];
 	if (!rc && lim->type == REDIS_REPLY_ARRAY && lim->elements == 2 &&
@@ -275,7 +276,8 @@ static const struct kv_pool_ops rd_pool_ops = {
 static void rd_outage(struct rd_store *s, bool down)
 {
 	if (__atomic_exchange_n(&s->down, down, __ATOMIC_RELAXED) != down)
-		kv_log(down ? KV_LOG_ERR : KV_LOG_INFO, "redis: %s", down ? kv_why() : "connected again");
+		kv_log(down ? KV_LOG_ERR : KV_LOG_INFO, "redis: %s",
+		       down ? kv_why() : "connected again");
 }
 
 enum { RD_ONCE = 1, RD_QUIET = 2 };
@@ -304,8 +306,8 @@ static int rd_run(struct rd_store *s, const char *op, const char *key, size_t kl
 			return rc == -EACCES ? -EACCES : -EIO;
 		}
 		if ((rc = rd_pipeline(c, cmds, n, r, s->tv, &waited)) == -ETIMEDOUT)
-			kv_why_set("%s did not answer within %" PRId64 " ms (-o timeout=T raises the "
-				   "limit)", s->where, waited);
+			kv_why_set("%s did not answer within %" PRId64 " ms (-o timeout=T "
+				   "raises the limit)", s->where, waited);
 		else if (rc)
 			kv_why_set("%s: %s", s->where, c->errstr[0] ? c->errstr : "connection lost");
 		for (size_t i = 0; !rc && i < n; i++) {
