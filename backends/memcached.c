@@ -72,7 +72,6 @@ static bool is_plain(const char *k, size_t n)
 /* The memcached key of a kvfs key.  0 or -ENOMEM. */
 static int key_encode(const char *k, size_t n, struct mckey *out)
 {
-	static const char hex[] = "0123456789ABCDEF", lower[] = "0123456789abcdef";
 	unsigned char md[EVP_MAX_MD_SIZE];
 	unsigned int mdlen = 0;
 	size_t o = 2;
@@ -89,9 +88,7 @@ static int key_encode(const char *k, size_t n, struct mckey *out)
 		if (c > 0x20 && c != 0x7f && c != '%') {
 			out->k[o++] = (char)c;
 		} else if (o + 3 <= MC_KEY_MAX) {
-			out->k[o++] = '%';
-			out->k[o++] = hex[c >> 4];
-			out->k[o++] = hex[c & 15];
+			o += (size_t)snprintf(out->k + o, 4, "%%%02X", c);
 		} else {
 			o = MC_KEY_MAX + 1;
 		}
@@ -102,10 +99,8 @@ static int key_encode(const char *k, size_t n, struct mckey *out)
 		return 0;
 	if (!EVP_Digest(k, n, md, &mdlen, EVP_sha256(), NULL) || mdlen != 32)
 		return -ENOMEM;
-	for (unsigned i = 0; i < mdlen; i++) {
-		out->k[2 + 2 * i] = lower[md[i] >> 4];
-		out->k[3 + 2 * i] = lower[md[i] & 15];
-	}
+	for (unsigned i = 0; i < mdlen; i++)
+		snprintf(out->k + 2 + 2 * i, 3, "%02x", md[i]);
 	out->k[1] = '#';
 	out->n = MC_HASHED_LEN;
 	return 0;
