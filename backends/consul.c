@@ -71,13 +71,11 @@ static bool path_safe(const char *s, size_t n, bool prefix)
 
 struct consul {
 	struct kv_store base;
-	struct kv_http http;
-	char *base_url;        /* "http://host:port" */
+	struct kv_http http;   /* one endpoint: "http://host:port" */
 	char *kprefix;         /* Consul spelling of the URL's path prefix: "" or ".../" */
 	size_t kplen;
 	char *dc;              /* ?dc= value, percent-encoded, or NULL */
 	const char *token_from;   /* which variable gave the token, or NULL */
-	struct curl_slist *headers;
 	bool warned_foreign;
 };
 
@@ -91,34 +89,34 @@ static bool cs_transient(long status, const struct kv_buf *body)
 				  strstr(b, "rpc error")));
 }
 
-/*
- * One request (rq: method, body and flags) to base + path + escaped Consul
- * key + ?query [&dc=].
- * 0 when an answer came (in r), -EIO when none did, -ENOMEM.
- */
-static int cs_call(struct consul *c, struct kv_http_req rq, const char *path, const char *ck,
-		   size_t cklen, const char *query, struct kv_http_resp *r)
+/* path + escaped Consul key + ?query [&dc=], malloc'd, or NULL. */
+static char *cs_path(struct consul *c, const char *path, const char *ck, size_t cklen,
+		     const char *query)
 {
 	/* Every byte but the unreserved ones escaped, '/' too: Consul takes the
 	 * key from the decoded path. */
-	char *e = cklen ? curl_easy_escape(NULL, ck, (int)cklen) : NULL;
-	struct kv_buf u = {0};
-	int rc = (cklen && !e) || kv_buf_printf(&u, "%s%s%s%s%s%s%s%s", c->base_url, path, e ?: "",
-						 query || c->dc ? "?" : "", query ?: "",
-						 query && c->dc ? "&" : "", c->dc ? "dc=" : "",
-						 c->dc ?: "");
+	char *e = cklen ? curl_easy_escape(NULL, ck, (int)cklen) : NULL, *out = NULL;
 
+	if ((!cklen || e) && asprintf(&out, "%s%s%s%s%s%s%s", path, e ?: "",
+				      query || c->dc ? "?" : "", query ?: "",
+				      query && c->dc ? "&" : "", c->dc ? "dc=" : "", c->dc ?: "") < 0)
+		out = NULL;
 	curl_free(e);
-	if (rc) {
-		kv_buf_free(&u);
+	return out;
+}
+
+/* One request (rq: method, body and flags) to cs_path(...).  0 when an
+ * answer came (in r), -EIO when none did, -ENOMEM. */
+static int cs_call(struct consul *c, struct kv_http_req rq, const char *path, const char *ck,
+		   size_t cklen, const char *query, struct kv_http_resp *r)
+{
+	int rc;
+
+	if (!(rq.path = cs_path(c, path, ck, cklen, query)))
 		return -ENOMEM;
-	}
-	rq.url = u.p;
-	rq.headers = c->headers;
-	rq.deadline = kv_deadline(c->http.timeout_ms);
 	rq.transient = cs_transient;
 	rc = kv_http_request(&c->http, &rq, r);
-	kv_buf_free(&u);
+	free((char *)rq.path);
 	return rc;
 }
 
@@ -192,33 +190,26 @@ static int txn_error(json_t *root, int *op_index)
 static int txn_run(struct consul *c, json_t *ops, bool idempotent, json_t **root,
 		   int *op_index)
 {
-	char *body = ops ? json_dumps(ops, JSON_COMPACT) : NULL;
-	size_t len = body ? strlen(body) : 0;
+	struct kv_http_req rq = {.method = "PUT", .path = cs_path(c, "/v1/txn", "", 0, NULL),
+				 .bulk = true, .idempotent = idempotent, .transient = cs_transient};
 	struct kv_http_resp r;
-	int rc;
+	int rc = -ENOMEM;
 
 	*root = NULL;
+	if (rq.path)
+		rc = kv_http_json_request(&c->http, rq, ops, CS_TXN_BODY_MAX, &r, root);
 	json_decref(ops);
-	if (!body || len > CS_TXN_BODY_MAX) {
-		free(body);
-		return body ? -EFBIG : -ENOMEM;
-	}
-	rc = cs_call(c, (struct kv_http_req){.method = "PUT", .body = body, .blen = len,
-		     .bulk = true, .idempotent = idempotent}, "/v1/txn", "", 0, NULL, &r);
-	free(body);
+	free((char *)rq.path);
 	if (rc)
 		return rc;
-	if (r.status == 200 || r.status == 409) {
-		*root = kv_http_json(&r);
-		rc = *root ? 0 : -EIO;
-		if (!*root)
-			kv_log(KV_LOG_WARN, "consul: %s: unreadable transaction answer",
-			       c->base.endpoint);
-		else if (r.status == 409)
-			rc = txn_error(*root, op_index);
-	} else {
+	if (r.status != 200 && r.status != 409) {
 		rc = status_errno(c, "transaction", &r);
 		rc = rc == -ENOENT ? -EIO : rc;
+	} else if (!*root) {
+		kv_log(KV_LOG_WARN, "consul: %s: unreadable transaction answer", c->base.endpoint);
+		rc = -EIO;
+	} else if (r.status == 409) {
+		rc = txn_error(*root, op_index);
 	}
 	if (rc) {
 		json_decref(*root);
@@ -693,7 +684,7 @@ static int cs_health(struct kv_store *s, struct kv_health *h)
 		kv_buf_free(&r.body);
 	}
 	kv_health_fact(h, "datacenter", "%s", c->dc ? c->dc : "(the agent's)");
-	kv_health_fact(h, "tls", "%s", strncmp(c->base_url, "https:", 6) ? "off" : "on, verified");
+	kv_health_fact(h, "tls", "%s", strncmp(c->http.eps[0], "https:", 6) ? "off" : "on, verified");
 	kv_health_fact(h, "token", "%s", c->token_from ? c->token_from : "none");
 	kv_health_fact(h, "key_prefix", "%s", c->kplen ? c->kprefix : "(none)");
 	return 0;
@@ -707,21 +698,22 @@ static int cs_health(struct kv_store *s, struct kv_health *h)
 static int read_token(struct consul *c, char *err, size_t errlen)
 {
 	const char *file = getenv("CONSUL_HTTP_TOKEN_FILE"), *env = getenv("CONSUL_HTTP_TOKEN");
-	char why[200], *tok, *line = NULL;
+	bool from_file = file && *file;
+	char why[200], *tok;
 	const char *t;
-	struct curl_slist *l = c->headers;
 	size_t n;
 	int rc = 0;
 
-	c->token_from = file && *file ? "CONSUL_HTTP_TOKEN_FILE" : env && *env ?
-			"CONSUL_HTTP_TOKEN" : NULL;
-	tok = !c->token_from ? NULL : file && *file ?
-	      kv_read_secret(file, "CONSUL_HTTP_TOKEN_FILE", why, sizeof(why)) : strdup(env);
-	if (!tok && c->token_from) {
-		snprintf(err, errlen, "consul: %s", file && *file ? why : "out of memory");
-		return file && *file ? -EACCES : -ENOMEM;
+	c->token_from = from_file ? "CONSUL_HTTP_TOKEN_FILE" : env && *env ? "CONSUL_HTTP_TOKEN"
+								       : NULL;
+	if (!c->token_from)
+		return 0;
+	tok = from_file ? kv_read_secret(file, c->token_from, why, sizeof(why)) : strdup(env);
+	if (!tok) {
+		snprintf(err, errlen, "consul: %s", from_file ? why : "out of memory");
+		return from_file ? -EACCES : -ENOMEM;
 	}
-	for (t = tok ?: ""; isspace((unsigned char)*t); t++)
+	for (t = tok; isspace((unsigned char)*t); t++)
 		;
 	for (n = strlen(t); n && isspace((unsigned char)t[n - 1]); n--)
 		;
@@ -731,38 +723,27 @@ static int read_token(struct consul *c, char *err, size_t errlen)
 	if (rc)
 		snprintf(err, errlen, "consul: the ACL token from %s has a control character",
 			 c->token_from);
-	else if (n && asprintf(&line, "X-Consul-Token: %.*s", (int)n, t) < 0)
-		line = NULL;
-	if (!rc && n && (!line || !(l = curl_slist_append(c->headers, line))))
-		rc = -ENOMEM;
-	c->headers = l;
+	else if (n)
+		rc = kv_http_header(&c->http, "X-Consul-Token: %.*s", (int)n, t);
 	c->token_from = n ? c->token_from : NULL;
-	if (tok)
-		explicit_bzero(tok, strlen(tok));
-	if (line)
-		explicit_bzero(line, strlen(line));
+	explicit_bzero(tok, strlen(tok));
 	free(tok);
-	free(line);
 	return rc;
 }
 
 /* "?dc=x": the only query parameter; a token or anything else is refused. */
 static int parse_query(struct consul *c, const char *q, char *err, size_t errlen)
 {
-	struct kv_option dc;
-	char *text = NULL;
-	size_t n;
 	int rc = -EINVAL;
 
 	if (strstr(q, "token"))
 		snprintf(err, errlen, "consul: no token in the URL: put the ACL token in "
 			 "CONSUL_HTTP_TOKEN_FILE (a file) or CONSUL_HTTP_TOKEN");
-	else if ((rc = kv_http_query("consul", q, (const char *const[]){"dc", NULL}, &dc, 1, &n,
-				     &text, err, errlen)) == -EINVAL)
+	else if ((rc = kv_http_query(&c->http, q, (const char *const[]){"dc", NULL}, 1, err,
+				     errlen)) == -EINVAL)
 		snprintf(err, errlen, "consul: bad URL parameters '%.40s' (only dc= is known)", q);
-	else if (!rc && !(c->dc = curl_easy_escape(NULL, dc.value, 0)))
+	else if (!rc && !(c->dc = curl_easy_escape(NULL, c->http.query[0].value, 0)))
 		rc = -ENOMEM;
-	free(text);
 	return rc;
 }
 
@@ -808,7 +789,8 @@ static int parse_location(struct consul *c, const struct kv_open_args *a, char *
 	if (!rc && (kv_key_to_text(&kp, u.prefix, u.prefix_len) || kv_buf_add(&kp, "", 0)))
 		rc = -ENOMEM;
 	c->kprefix = kv_buf_take(&kp, &c->kplen);
-	c->base_url = u.origin;
+	c->http.eps[0] = u.origin;
+	c->http.neps = u.origin ? 1 : 0;
 	u.origin = NULL;
 	kv_http_url_free(&u);
 	free(agent);
@@ -821,10 +803,6 @@ static void cs_close(struct kv_store *s)
 	struct consul *c = kv_store_cast(struct consul, s);
 
 	kv_http_destroy(&c->http);
-	for (struct curl_slist *l = c->headers; l; l = l->next)
-		explicit_bzero(l->data, strlen(l->data));
-	curl_slist_free_all(c->headers);
-	free(c->base_url);
 	free(c->kprefix);
 	curl_free(c->dc);
 	free(c);
@@ -832,23 +810,18 @@ static void cs_close(struct kv_store *s)
 
 static int cs_open(const struct kv_open_args *a, struct kv_store **out, char *err, size_t errlen)
 {
+	static const char *const tls_env[4] = {"CONSUL_CACERT", "CONSUL_CAPATH",
+					       "CONSUL_CLIENT_CERT", "CONSUL_CLIENT_KEY"};
 	struct consul *c = calloc(1, sizeof(*c));
-	struct kv_http_tls tls = {
-		.cacert = kv_http_setting(a, NULL, 0, "cacert", "CONSUL_CACERT"),
-		.capath = kv_http_setting(a, NULL, 0, "capath", "CONSUL_CAPATH"),
-		.cert = kv_http_setting(a, NULL, 0, "cert", "CONSUL_CLIENT_CERT"),
-		.key = kv_http_setting(a, NULL, 0, "key", "CONSUL_CLIENT_KEY"),
-	};
 	int rc;
 
 	if (!c)
 		return -ENOMEM;
-	rc = kv_http_init(&c->http, "consul", a->timeout_ms, &tls, err, errlen);
+	rc = kv_http_init(&c->http, "consul", a->timeout_ms, err, errlen);
+	if (!rc)
+		rc = kv_http_tls(&c->http, a, tls_env, err, errlen);
 	if (!rc)
 		rc = parse_location(c, a, err, errlen);
-	/* Expect: off, so a PUT body goes at once instead of after 1 s. */
-	if (!rc && !(c->headers = curl_slist_append(NULL, "Expect:")))
-		rc = -ENOMEM;
 	if (!rc)
 		rc = read_token(c, err, errlen);
 	if (rc) {

@@ -44,15 +44,9 @@ extern const struct kv_backend kv_backend_etcd;  /* defined at the bottom */
 /* Room in a request for everything but the value: a cas names its key twice. */
 #define ED_REQUEST_SLACK ((size_t)16 << 10)
 #define ED_SCAN_KEYS 64     /* values per range answer of a scan: bounds its size */
-#define ED_MAX_ENDPOINTS 16
-
 struct ed_store {
 	struct kv_store base;
-	struct kv_http http;
-	char *eps[ED_MAX_ENDPOINTS];   /* "http://127.0.0.1:2379" */
-	size_t neps;
-	unsigned cur;                  /* atomic: the endpoint to try first */
-	int64_t down_until[ED_MAX_ENDPOINTS];  /* atomic: monotonic ms */
+	struct kv_http http;           /* the endpoints, settings from the URL's ?query */
 	char *ns;                      /* namespace prefix from the URL path */
 	size_t nslen;
 	size_t max_value;
@@ -61,11 +55,6 @@ struct ed_store {
 	pthread_mutex_t tok_lock;
 	char *token;                   /* "Authorization:" header line, or NULL */
 	unsigned tok_gen;
-
-	/* open only: settings from the URL's ?query (-o options win) */
-	struct kv_option query[8];
-	size_t nquery;
-	char *query_text;
 };
 
 /* int64 fields come as JSON strings ("5"), absent when zero. */
@@ -80,117 +69,111 @@ static uint64_t json_u64(json_t *o, const char *name)
 	return 0;
 }
 
-/* The full etcd key of a kvfs key: namespace + key, as base64 JSON
- * ("\0" for the empty key: the start of every range). */
+/* A key as base64 JSON; "\0" for the empty key: the start of every range. */
+static json_t *b64key(const char *p, size_t n)
+{
+	return n ? kv_json_base64(p, n) : kv_json_base64("", 1);
+}
+
+/* The full etcd key of a kvfs key: namespace + key. */
 static json_t *key_json(struct ed_store *s, const char *key, size_t klen)
 {
 	struct kv_buf full = {0};
 	json_t *j = NULL;
 
 	if (!kv_buf_add(&full, s->ns, s->nslen) && !kv_buf_add(&full, key, klen))
-		j = full.len ? kv_json_base64(full.p, full.len) : kv_json_base64("", 1);
+		j = b64key(full.p, full.len);
 	kv_buf_free(&full);
 	return j;
 }
 
-/* ---- One attempt: one POST to one endpoint ---- */
+/* ---- What an answer says ---- */
 
-/* How one attempt ended. */
-enum ed_outcome {
-	ED_OK,          /* HTTP 200 and JSON: *resp set */
-	ED_REFUSED,     /* the store answered with an error: rc says which */
-	ED_RETRY,       /* the member cannot serve now (no leader...): try another */
-	ED_DOWN,        /* transport failure: mark the endpoint down */
-	ED_AUTH,        /* the token expired: authenticate again */
-};
+#define ED_AUTH 1   /* the token expired: authenticate again */
+#define ED_RETRY 2  /* the member cannot serve now (no leader...): try another */
 
-struct ed_attempt {
-	int rc;          /* for ED_REFUSED */
-	bool sent;       /* the request may have reached the store */
-	char why[160];   /* for logs: no credentials in here */
-};
-
-/* etcd's error answer ({"error": "...", "code": N}) to an outcome and errno. */
-static enum ed_outcome classify_error(long http, json_t *resp, struct ed_attempt *a)
+/* etcd's error answer ({"error": "...", "code": N}, or NULL when the answer
+ * is no JSON) to ED_AUTH, ED_RETRY or an errno, and why (for logs). */
+static int classify(long http, json_t *resp, char *why, size_t wlen)
 {
 	const char *msg = json_string_value(json_object_get(resp, "error"));
 	int code = (int)json_integer_value(json_object_get(resp, "code"));
 
-	snprintf(a->why, sizeof(a->why), "HTTP %ld: %s", http, msg ? msg : "(no message)");
+	if (!resp)
+		snprintf(why, wlen, "HTTP %ld with no JSON answer", http);
+	else
+		snprintf(why, wlen, "HTTP %ld: %s", http, msg ? msg : "(no message)");
 	if (!msg)
 		msg = "";
-	a->rc = -EIO;
 	/* an expired token, or none since auth was enabled after we opened */
-	if (code == 16 || strstr(msg, "invalid auth token") || strstr(msg, "user name is empty"))
+	if (resp && (code == 16 || strstr(msg, "invalid auth token") ||
+		     strstr(msg, "user name is empty")))
 		return ED_AUTH;
 	if (strstr(msg, "request is too large") || strstr(msg, "too many operations"))
-		a->rc = -EFBIG;
-	else if (strstr(msg, "key is not provided"))
-		a->rc = -EINVAL;
-	else if (strstr(msg, "database space exceeded") || code == 8)
-		a->rc = -ENOSPC;
-	else if (code == 7 || strstr(msg, "permission denied") ||
-		 strstr(msg, "authentication failed"))
-		a->rc = -EACCES;
-	else if (code == 14 || code == 4 || http >= 500)
+		return -EFBIG;
+	if (strstr(msg, "key is not provided"))
+		return -EINVAL;
+	if (strstr(msg, "database space exceeded") || code == 8)
+		return -ENOSPC;
+	if (code == 7 || strstr(msg, "permission denied") || strstr(msg, "authentication failed"))
+		return -EACCES;
+	if (code == 14 || code == 4 || http >= 500)
 		return ED_RETRY;  /* no leader, leader changed, request timed out */
-	return ED_REFUSED;
+	return -EIO;
 }
 
-static enum ed_outcome attempt(struct ed_store *s, size_t ep, const char *path, const char *body,
-			       const char *token, int64_t deadline, bool bulk, json_t **resp,
-			       struct ed_attempt *a)
+/* For http.c: an answer to try again (at another member, after a backoff). */
+static bool ed_transient(long status, const struct kv_buf *body)
 {
-	const char *lines[] = {"Content-Type: application/json", "Expect:", token};
-	struct curl_slist *hdr = NULL, *l = NULL;
-	struct kv_http_resp r;
-	char *url = NULL;
-	enum ed_outcome o;
+	char why[160];
+	json_t *resp;
+	bool again;
+
+	if (status == 200)
+		return false;
+	resp = json_loadb(body->p ? body->p : "", body->len, JSON_DECODE_ANY, NULL);
+	again = classify(status, resp, why, sizeof(why)) == ED_RETRY;
+	json_decref(resp);
+	return again;
+}
+
+/* A call's options and what it tells besides the answer. */
+struct ed_call {
+	bool bulk;            /* the answer may hold values: bound waiting, not transfer */
+	bool quiet;           /* the caller reports failures itself (health) */
+	bool ambiguous;       /* out: an earlier attempt may have been applied */
+	bool answered;        /* out: an endpoint answered */
+	const char *endpoint; /* out: the one that answered */
+	char why[160];        /* out: the last failure */
+};
+
+/*
+ * One POST of req to path over the endpoints (http.c fails over between
+ * them).  0 and the JSON object answered in *resp; else ED_AUTH, ED_RETRY
+ * or a negative errno, with o->why.
+ */
+static int post(struct ed_store *s, const char *path, const char *token, json_t *req,
+		json_t **resp, struct ed_call *o)
+{
+	struct kv_http_req rq = {.method = "POST", .path = path, .auth = token, .bulk = o->bulk,
+				 .idempotent = true, .quiet = o->quiet, .transient = ed_transient};
+	struct kv_http_resp r = {0};
 	int rc;
 
 	*resp = NULL;
-	a->sent = false;
-	for (size_t i = 0; i < 3 && (hdr || !i); i++) {
-		l = lines[i] ? curl_slist_append(hdr, lines[i]) : hdr;
-		if (!l)
-			curl_slist_free_all(hdr);
-		hdr = l;
-	}
-	if (!hdr || asprintf(&url, "%s%s", s->eps[ep], path) < 0) {
-		curl_slist_free_all(hdr);
-		a->rc = -ENOMEM;
-		snprintf(a->why, sizeof(a->why), "out of memory");
-		return ED_REFUSED;
-	}
-	rc = kv_http_request(&s->http, &(struct kv_http_req){
-		.method = "POST", .url = url, .body = body, .blen = strlen(body), .headers = hdr,
-		.deadline = deadline, .bulk = bulk, .once = true, .quiet = true}, &r);
-	curl_slist_free_all(hdr);
-	free(url);
-	a->sent = r.sent;
-	if (rc == -ENOMEM) {
-		a->rc = rc;
-		snprintf(a->why, sizeof(a->why), "out of memory");
-		return ED_REFUSED;
-	}
-	if (rc) {
-		snprintf(a->why, sizeof(a->why), "%s", r.why);
-		return ED_DOWN;
-	}
-	*resp = kv_http_json(&r);
-	if (r.status == 200 && json_is_object(*resp)) {
-		o = ED_OK;
-	} else if (*resp) {
-		o = classify_error(r.status, *resp, a);
+	rc = req ? kv_http_json_request(&s->http, rq, req, 0, &r, resp) : -ENOMEM;
+	o->answered = rc == 0;
+	o->ambiguous = o->ambiguous || r.ambiguous;
+	o->endpoint = r.endpoint;
+	if (rc == 0 && (r.status != 200 || !json_is_object(*resp))) {
+		rc = classify(r.status, *resp, o->why, sizeof(o->why));
 		json_decref(*resp);
 		*resp = NULL;
-	} else {
-		snprintf(a->why, sizeof(a->why), "HTTP %ld with no JSON answer", r.status);
-		a->rc = -EIO;
-		o = r.status >= 500 ? ED_RETRY : ED_REFUSED;
+	} else if (rc) {
+		snprintf(o->why, sizeof(o->why), "%s", rc == -ENOMEM ? "out of memory" : r.why);
 	}
 	kv_buf_free(&r.body);
-	return o;
+	return rc;
 }
 
 /* ---- Authentication ---- */
@@ -207,26 +190,21 @@ static char *token_get(struct ed_store *s, unsigned *gen)
 	return t;
 }
 
-/* Ask endpoint ep for a token; 0 and the header line in s->token. */
-static int authenticate(struct ed_store *s, size_t ep, unsigned gen, struct ed_attempt *a)
+/* Ask for a token; 0 and the header line in s->token, or -EACCES, -EIO,
+ * -ENOMEM with o->why. */
+static int authenticate(struct ed_store *s, unsigned gen, struct ed_call *o)
 {
 	json_t *req = json_pack("{s:s, s:s}", "name", s->user, "password", s->password);
-	char *body = req ? json_dumps(req, JSON_COMPACT) : NULL, *line = NULL;
 	json_t *resp = NULL;
-	enum ed_outcome o;
+	char *line = NULL;
 	const char *t;
+	int rc = post(s, "/v3/auth/authenticate", NULL, req, &resp, o);
 
 	json_decref(req);
-	if (!body)
-		return -ENOMEM;
-	o = attempt(s, ep, "/v3/auth/authenticate", body, NULL, kv_deadline(s->http.timeout_ms),
-		    false, &resp, a);
-	explicit_bzero(body, strlen(body));  /* it held the password */
-	free(body);
-	if (o == ED_REFUSED && strstr(a->why, "authentication is not enabled"))
+	if (rc == -EIO && o->answered && strstr(o->why, "authentication is not enabled"))
 		return 0;  /* a cluster without auth: calls go without a token */
-	if (o != ED_OK)
-		return o == ED_REFUSED || o == ED_AUTH ? -EACCES : o == ED_DOWN ? -ETIMEDOUT : -EIO;
+	if (rc)
+		return !o->answered || rc == ED_RETRY ? -EIO : rc == -ENOMEM ? rc : -EACCES;
 	t = json_string_value(json_object_get(resp, "token"));
 	if (t && asprintf(&line, "Authorization: %s", t) < 0)
 		line = NULL;
@@ -245,131 +223,45 @@ static int authenticate(struct ed_store *s, size_t ep, unsigned gen, struct ed_a
 	return 0;
 }
 
-/* ---- One call, over the endpoints ---- */
-
-static bool ep_down(struct ed_store *s, size_t i, int64_t now)
-{
-	return __atomic_load_n(&s->down_until[i], __ATOMIC_RELAXED) > now;
-}
-
-/* A call's options and what it tells besides the answer. */
-struct ed_call {
-	bool bulk;         /* the answer may hold values: bound waiting, not transfer */
-	bool quiet;        /* the caller reports failures itself (health) */
-	bool ambiguous;    /* out: an earlier attempt may have been applied */
-	size_t answered;   /* out: the endpoint that answered */
-	char why[160];     /* out: the last failure */
-};
-
-/* The log line of a failed call. */
-static void call_failed(const char *path, int rc, bool refused, const char *why)
-{
-	if (!refused && rc == -EIO)
-		kv_log(KV_LOG_ERR, "etcd: %s: no endpoint answered (last: %s)", path,
-		       why[0] ? why : "timed out");
-	else if (rc == -EFBIG)
-		kv_log(KV_LOG_WARN, "etcd: %s refused: %s (see --max-request-bytes and "
-		       "--max-txn-ops of the cluster, and -o max_request_bytes)", path, why);
-	else if (rc == -EIO)
-		kv_log(KV_LOG_ERR, "etcd: %s: %s", path, why);
-	else if (rc && rc != -EINVAL)
-		kv_log(KV_LOG_WARN, "etcd: %s refused: %s", path, why);
-}
+/* ---- One call ---- */
 
 /*
- * POST req to path, failing over between endpoints as the top of this
- * file describes.  0 and the JSON answer in *resp (the caller frees it), or
- * a negative errno.
+ * POST req (taken; NULL: -ENOMEM) to path with the token, authenticating
+ * again once when it expired.  0 and the JSON answer in *resp (the caller
+ * frees it), or a negative errno.  A refusal is logged here unless quiet;
+ * no answer at all by http.c.
  */
 static int call(struct ed_store *s, const char *path, json_t *req, json_t **resp,
 		struct ed_call *o)
 {
-	char *body = json_dumps(req, JSON_COMPACT);
-	int64_t start = kv_now_ms(), again_until = start + s->http.timeout_ms;
-	int64_t deadline = start + (int64_t)s->http.timeout_ms * (int64_t)s->neps;
-	unsigned failed = 0, every = (1u << s->neps) - 1;  /* endpoints down in this call */
-	struct ed_attempt a = {.rc = -EIO};
 	struct ed_call none = {0};
-	bool all_down = true, reauthed = false, refused = false;
-	size_t tries = 0, skipped = 0, ep = __atomic_load_n(&s->cur, __ATOMIC_RELAXED) % s->neps;
-	int rc = -EIO, round = 0;
+	bool reauthed = false;
+	unsigned gen;
+	int rc;
 
 	o = o ? o : &none;
-	o->ambiguous = false;
-	*resp = NULL;
-	if (!body)
-		return -ENOMEM;
-	for (size_t i = 0; i < s->neps; i++)
-		all_down = all_down && ep_down(s, i, start);
 	for (;;) {
-		int64_t now = kv_now_ms();
-		unsigned gen;
-		char *token;
-		enum ed_outcome out;
+		char *token = token_get(s, &gen);
 
-		if (failed == every || (all_down && tries >= 1)) {
-			/* Every endpoint failed: start over while the call timeout lasts. */
-			if (!kv_backoff(round++, again_until < deadline ? again_until : deadline))
-				break;
-			failed = 0;
-			all_down = false;
-			continue;
-		}
-		if (now >= deadline || tries >= 200)
-			break;
-		if ((failed & 1u << ep) ||
-		    (!all_down && ep_down(s, ep, now) && skipped++ < s->neps)) {
-			ep = (ep + 1) % s->neps;  /* failed already, or seen down a moment ago */
-			continue;
-		}
-		token = token_get(s, &gen);
-		out = attempt(s, ep, path, body, token, now + s->http.timeout_ms < deadline ?
-			      now + s->http.timeout_ms : deadline, o->bulk, resp, &a);
+		rc = post(s, path, token, req, resp, o);
 		free(token);
-		tries++;
-		if (a.sent && out != ED_OK)
-			o->ambiguous = true;
-		if (out == ED_OK) {
-			__atomic_store_n(&s->cur, (unsigned)ep, __ATOMIC_RELAXED);
-			__atomic_store_n(&s->down_until[ep], 0, __ATOMIC_RELAXED);
-			o->answered = ep;
-			rc = 0;
+		if (rc != ED_AUTH || !s->user || reauthed)
 			break;
-		}
-		if (out == ED_REFUSED || (out == ED_AUTH && (!s->user || reauthed))) {
-			rc = out == ED_AUTH ? -EACCES : a.rc;
-			refused = true;
+		reauthed = true;
+		if ((rc = authenticate(s, gen, o)))
 			break;
-		}
-		if (out == ED_AUTH) {
-			reauthed = true;
-			rc = authenticate(s, ep, gen, &a);
-			if (rc == 0)
-				continue;  /* same endpoint, new token */
-			if (rc != -ETIMEDOUT) {
-				refused = true;
-				break;
-			}
-			out = ED_DOWN;
-		}
-		if (out == ED_DOWN) {
-			int hold = s->http.timeout_ms > 1000 ? s->http.timeout_ms : 1000;
-			__atomic_store_n(&s->down_until[ep], kv_now_ms() + hold, __ATOMIC_RELAXED);
-			failed |= 1u << ep;
-			if (failed != every && !all_down && !o->quiet)
-				kv_log(KV_LOG_WARN, "etcd: %s: %s; trying the next endpoint",
-				       s->eps[ep], a.why);
-		} else if (!kv_backoff(round++, deadline)) {  /* "no leader": an election */
-			break;
-		}
-		ep = (ep + 1) % s->neps;
-		__atomic_store_n(&s->cur, (unsigned)ep, __ATOMIC_RELAXED);
-		rc = -EIO;
 	}
-	free(body);
-	snprintf(o->why, sizeof(o->why), "%s", a.why[0] ? a.why : "timed out");
-	if (!o->quiet)
-		call_failed(path, rc, refused, a.why);
+	json_decref(req);
+	rc = rc == ED_AUTH ? -EACCES : rc == ED_RETRY ? -EIO : rc;
+	if (!rc || !o->answered || o->quiet)
+		return rc;
+	if (rc == -EFBIG)
+		kv_log(KV_LOG_WARN, "etcd: %s refused: %s (see --max-request-bytes and "
+		       "--max-txn-ops of the cluster, and -o max_request_bytes)", path, o->why);
+	else if (rc == -EIO)
+		kv_log(KV_LOG_ERR, "etcd: %s: %s", path, o->why);
+	else if (rc && rc != -EINVAL)
+		kv_log(KV_LOG_WARN, "etcd: %s refused: %s", path, o->why);
 	return rc;
 }
 
@@ -379,26 +271,19 @@ static int ed_get(struct kv_store *st, const char *key, size_t klen, char **val,
 		  uint64_t *version)
 {
 	struct ed_store *s = kv_store_cast(struct ed_store, st);
-	json_t *req, *resp, *kv;
+	json_t *resp, *kv;
 	int rc;
 
 	if (s->nslen + klen == 0)
 		return -ENOENT;  /* etcd has no empty key */
-	req = json_pack("{s:o}", "key", key_json(s, key, klen));
-	if (!req)
-		return -ENOMEM;
-	rc = call(s, "/v3/kv/range", req, &resp, &(struct ed_call){.bulk = true});
-	json_decref(req);
+	rc = call(s, "/v3/kv/range", json_pack("{s:o}", "key", key_json(s, key, klen)), &resp,
+		  &(struct ed_call){.bulk = true});
 	if (rc)
 		return rc == -EINVAL ? -EIO : rc;
 	kv = json_array_get(json_object_get(resp, "kvs"), 0);
-	if (!kv) {
-		rc = -ENOENT;
-	} else {
-		rc = kv_json_unbase64(json_object_get(kv, "value"), val, len);
-		if (version)
-			*version = json_u64(kv, "mod_revision");
-	}
+	rc = kv ? kv_json_unbase64(json_object_get(kv, "value"), val, len) : -ENOENT;
+	if (kv && version)
+		*version = json_u64(kv, "mod_revision");
 	json_decref(resp);
 	return rc;
 }
@@ -410,45 +295,32 @@ static json_t *put_op(struct ed_store *s, const char *key, size_t klen, const ch
 			 "value", kv_json_base64(val, vlen));
 }
 
-/* Send req to path, and only tell how it went. */
-static int call_done(struct ed_store *s, const char *path, json_t *req)
-{
-	json_t *resp;
-	int rc;
-
-	if (!req)
-		return -ENOMEM;
-	rc = call(s, path, req, &resp, NULL);
-	json_decref(req);
-	json_decref(resp);
-	return rc;
-}
-
 static int ed_set(struct kv_store *st, const char *key, size_t klen, const char *val,
 		  size_t vlen)
 {
 	struct ed_store *s = kv_store_cast(struct ed_store, st);
+	json_t *resp;
+	int rc;
 
 	if (s->nslen + klen == 0)
 		return -EINVAL;
-	return call_done(s, "/v3/kv/put", json_pack("{s:o, s:o}", "key", key_json(s, key, klen),
-						    "value", kv_json_base64(val, vlen)));
+	rc = call(s, "/v3/kv/put", json_pack("{s:o, s:o}", "key", key_json(s, key, klen),
+					     "value", kv_json_base64(val, vlen)), &resp, NULL);
+	json_decref(resp);
+	return rc;
 }
 
 static int ed_del(struct kv_store *st, const char *key, size_t klen)
 {
 	struct ed_store *s = kv_store_cast(struct ed_store, st);
 	struct ed_call o = {0};
-	json_t *req, *resp;
+	json_t *resp;
 	int rc;
 
 	if (s->nslen + klen == 0)
 		return -ENOENT;
-	req = json_pack("{s:o}", "key", key_json(s, key, klen));
-	if (!req)
-		return -ENOMEM;
-	rc = call(s, "/v3/kv/deleterange", req, &resp, &o);
-	json_decref(req);
+	rc = call(s, "/v3/kv/deleterange", json_pack("{s:o}", "key", key_json(s, key, klen)),
+		  &resp, &o);
 	if (rc)
 		return rc == -EINVAL ? -EIO : rc;
 	/* After a lost answer the first attempt may be the one that deleted it. */
@@ -463,7 +335,9 @@ static int ed_cas(struct kv_store *st, const char *key, size_t klen, uint64_t ve
 {
 	struct ed_store *s = kv_store_cast(struct ed_store, st);
 	struct ed_call o = {0};
-	json_t *cmp, *req, *resp;
+	json_t *cmp, *resp;
+	char *cur;
+	size_t clen;
 	int rc;
 
 	if (s->nslen + klen == 0)
@@ -476,25 +350,18 @@ static int ed_cas(struct kv_store *st, const char *key, size_t klen, uint64_t ve
 		cmp = json_pack("{s:o, s:s, s:s, s:I}", "key", key_json(s, key, klen),
 				"target", "MOD", "result", "EQUAL", "mod_revision",
 				(json_int_t)version);
-	req = json_pack("{s:[o], s:[o]}", "compare", cmp, "success", put_op(s, key, klen, val, vlen));
-	if (!req)
-		return -ENOMEM;
-	rc = call(s, "/v3/kv/txn", req, &resp, &o);
-	json_decref(req);
+	rc = call(s, "/v3/kv/txn", json_pack("{s:[o], s:[o]}", "compare", cmp, "success",
+					     put_op(s, key, klen, val, vlen)), &resp, &o);
 	if (rc)
 		return rc;
 	if (!json_is_true(json_object_get(resp, "succeeded")))
 		rc = -ECANCELED;
 	json_decref(resp);
-	if (rc == -ECANCELED && o.ambiguous) {
-		/* Our lost first attempt may have won: then the key holds our value. */
-		char *cur;
-		size_t clen;
-		if (ed_get(st, key, klen, &cur, &clen, NULL) == 0) {
-			if (clen == vlen && (vlen == 0 || memcmp(cur, val, vlen) == 0))
-				rc = 0;
-			free(cur);
-		}
+	/* Our lost first attempt may have won: then the key holds our value. */
+	if (rc == -ECANCELED && o.ambiguous && ed_get(st, key, klen, &cur, &clen, NULL) == 0) {
+		if (clen == vlen && (vlen == 0 || memcmp(cur, val, vlen) == 0))
+			rc = 0;
+		free(cur);
 	}
 	return rc;
 }
@@ -502,12 +369,13 @@ static int ed_cas(struct kv_store *st, const char *key, size_t klen, uint64_t ve
 static int ed_apply(struct kv_store *st, const struct kv_op *ops, size_t n)
 {
 	struct ed_store *s = kv_store_cast(struct ed_store, st);
-	json_t *list = json_array();
+	json_t *list, *resp;
+	int rc;
 
 	for (size_t i = 0; i < n; i++)
 		if (ops[i].type == KV_OP_SET && s->nslen + ops[i].key_len == 0)
 			return -EINVAL;
-	if (!list)
+	if (!(list = json_array()))
 		return -ENOMEM;
 	for (size_t i = 0; i < n; i++) {
 		const struct kv_op *op = &ops[i];
@@ -533,7 +401,9 @@ static int ed_apply(struct kv_store *st, const struct kv_op *ops, size_t n)
 		json_decref(list);
 		return 0;
 	}
-	return call_done(s, "/v3/kv/txn", json_pack("{s:o}", "success", list));
+	rc = call(s, "/v3/kv/txn", json_pack("{s:o}", "success", list), &resp, NULL);
+	json_decref(resp);
+	return rc;
 }
 
 /* ---- scan ---- */
@@ -552,16 +422,13 @@ static int ed_scan(struct kv_store *st, const char *from, size_t flen, const cha
 	if (!rc && !to && !kv_key_successor(hi.p, &hi.len))
 		hi.len = 0;
 	while (!rc && more && done < max) {
-		json_t *req, *resp, *kvs, *kv;
+		json_t *resp, *kvs, *kv;
 		size_t want = max - done < ED_SCAN_KEYS ? max - done : ED_SCAN_KEYS, i;
 
-		req = json_pack("{s:o, s:o, s:I}", "key", lo.len ? kv_json_base64(lo.p, lo.len) :
-				kv_json_base64("", 1), "range_end", hi.len ?
-				kv_json_base64(hi.p, hi.len) : kv_json_base64("", 1),
-				"limit", (json_int_t)want);
-		rc = req ? call(s, "/v3/kv/range", req, &resp, &(struct ed_call){.bulk = true})
-			 : -ENOMEM;
-		json_decref(req);
+		rc = call(s, "/v3/kv/range", json_pack("{s:o, s:o, s:I}", "key", b64key(lo.p, lo.len),
+						       "range_end", b64key(hi.p, hi.len),
+						       "limit", (json_int_t)want),
+			  &resp, &(struct ed_call){.bulk = true});
 		if (rc)
 			break;
 		kvs = json_object_get(resp, "kvs");
@@ -597,24 +464,22 @@ static int ed_scan(struct kv_store *st, const char *from, size_t flen, const cha
  * yet, then read one key (keys only), which a cluster with auth on refuses
  * to a client without a good token.  0, -EACCES or -EIO, with h->detail.
  */
-static int check_access(struct ed_store *s, size_t ep, struct kv_health *h)
+static int check_access(struct ed_store *s, struct kv_health *h)
 {
-	struct ed_attempt a = {0};
 	struct ed_call o = {.quiet = true};
 	unsigned gen;
 	char *token = token_get(s, &gen);
-	json_t *req, *resp = NULL;
+	json_t *resp;
 	int rc = 0;
 
-	if (s->user && !token && (rc = authenticate(s, ep, gen, &a))) {
+	free(token);
+	if (s->user && !token && (rc = authenticate(s, gen, &o))) {
 		snprintf(h->detail, sizeof(h->detail), "etcd: authentication as %s failed: %s",
-			 s->user, a.why);
+			 s->user, o.why);
 		return rc == -EACCES || rc == -ENOMEM ? rc : -EIO;
 	}
-	free(token);
-	req = json_pack("{s:o, s:b}", "key", key_json(s, "", 0), "keys_only", 1);
-	rc = req ? call(s, "/v3/kv/range", req, &resp, &o) : -ENOMEM;
-	json_decref(req);
+	rc = call(s, "/v3/kv/range", json_pack("{s:o, s:b}", "key", key_json(s, "", 0),
+					       "keys_only", 1), &resp, &o);
 	json_decref(resp);
 	if (rc)
 		snprintf(h->detail, sizeof(h->detail), "etcd refused a read%s%s: %s",
@@ -626,41 +491,36 @@ static int ed_health(struct kv_store *st, struct kv_health *h)
 {
 	struct ed_store *s = kv_store_cast(struct ed_store, st);
 	struct ed_call o = {.quiet = true};
-	json_t *req = json_object(), *resp;
-	uint64_t leader, self;
+	json_t *resp, *header, *errs;
+	uint64_t leader;
 	const char *version;
-	int rc;
+	int rc = call(s, "/v3/maintenance/status", json_object(), &resp, &o);
 
-	if (!req)
-		return -ENOMEM;
-	rc = call(s, "/v3/maintenance/status", req, &resp, &o);
-	json_decref(req);
 	if (rc) {
 		snprintf(h->detail, sizeof(h->detail), "etcd: no endpoint answered (%s)", o.why);
-		return -EIO;
+		return rc == -ENOMEM ? rc : -EIO;
 	}
+	header = json_object_get(resp, "header");
 	leader = json_u64(resp, "leader");
-	self = json_u64(json_object_get(resp, "header"), "member_id");
-	version = json_string_value(json_object_get(resp, "version"));
-	kv_health_fact(h, "answered_by", "%s", s->eps[o.answered]);
-	kv_health_fact(h, "version", "%s", version ? version : "?");
+	version = json_string_value(json_object_get(resp, "version")) ?: "?";
+	kv_health_fact(h, "answered_by", "%s", o.endpoint);
+	kv_health_fact(h, "version", "%s", version);
 	kv_health_fact(h, "leader", "%016llx%s", (unsigned long long)leader,
-		       leader && leader == self ? " (this member)" : "");
+		       leader && leader == json_u64(header, "member_id") ? " (this member)" : "");
 	kv_health_fact(h, "raft_index", "%llu", (unsigned long long)json_u64(resp, "raftIndex"));
 	kv_health_fact(h, "raft_term", "%llu", (unsigned long long)json_u64(resp, "raftTerm"));
 	kv_health_fact(h, "db_size", "%llu", (unsigned long long)json_u64(resp, "dbSize"));
-	kv_health_fact(h, "revision", "%llu",
-		       (unsigned long long)json_u64(json_object_get(resp, "header"), "revision"));
-	kv_health_fact(h, "endpoints", "%zu", s->neps);
+	kv_health_fact(h, "revision", "%llu", (unsigned long long)json_u64(header, "revision"));
+	kv_health_fact(h, "endpoints", "%zu", s->http.neps);
+	errs = json_object_get(resp, "errors");
 	if (!leader) {
 		snprintf(h->detail, sizeof(h->detail), "etcd %s at %s: no leader (no quorum)",
-			 version ? version : "?", s->eps[o.answered]);
+			 version, o.endpoint);
 		rc = -EIO;
-	} else if (!(rc = check_access(s, o.answered, h))) {
-		json_t *errs = json_object_get(resp, "errors");
+	} else if (!(rc = check_access(s, h))) {
 		snprintf(h->detail, sizeof(h->detail), "etcd %s, %zu endpoint%s, answered by %s%s%s",
-			 version ? version : "?", s->neps, s->neps == 1 ? "" : "s",
-			 s->eps[o.answered], json_array_size(errs) ? ": " : "",
+			 version, s->http.neps, s->http.neps == 1 ? "" : "s", o.endpoint,
+			 json_array_size(errs) ? ": " : "",
 			 json_array_size(errs) ? json_string_value(json_array_get(errs, 0)) : "");
 	}
 	json_decref(resp);
@@ -681,10 +541,7 @@ static void ed_close(struct kv_store *st)
 {
 	struct ed_store *s = kv_store_cast(struct ed_store, st);
 
-	if (s->http.name)
-		kv_http_destroy(&s->http);
-	for (size_t i = 0; i < s->neps; i++)
-		free(s->eps[i]);
+	kv_http_destroy(&s->http);
 	if (s->password)
 		explicit_bzero(s->password, strlen(s->password));
 	if (s->token)
@@ -693,38 +550,8 @@ static void ed_close(struct kv_store *st)
 	free(s->token);
 	free(s->user);
 	free(s->ns);
-	free(s->query_text);
 	pthread_mutex_destroy(&s->tok_lock);
 	free(s);
-}
-
-/* Add the endpoints of a list "host[:port],http(s)://host[:port],...". */
-static int add_endpoints(struct ed_store *s, const char *list, size_t n, bool tls, char *err,
-			 size_t errlen)
-{
-	char *copy = strndup(list, n), *save = NULL, *one;
-	int rc = copy ? 0 : -ENOMEM;
-
-	for (one = copy ? strtok_r(copy, ",", &save) : NULL; one && !rc;
-	     one = strtok_r(NULL, ",", &save)) {
-		if (s->neps == ED_MAX_ENDPOINTS) {
-			snprintf(err, errlen, "etcd: more than %d endpoints", ED_MAX_ENDPOINTS);
-			rc = -EINVAL;
-		} else if (!(s->eps[s->neps] = kv_http_base_url("etcd", one, tls, 2379, err, errlen))) {
-			rc = err[0] ? -EINVAL : -ENOMEM;
-		} else {
-			s->neps++;
-		}
-	}
-	free(copy);
-	return rc;
-}
-
-/* A setting from -o, else from the URL's query, else from the environment. */
-static const char *setting(struct ed_store *s, const struct kv_open_args *a, const char *name,
-			   const char *env)
-{
-	return kv_http_setting(a, s->query, s->nquery, name, env);
 }
 
 /*
@@ -735,7 +562,7 @@ static const char *setting(struct ed_store *s, const struct kv_open_args *a, con
 static int parse_location(struct ed_store *s, const struct kv_open_args *a, char *err,
 			  size_t errlen)
 {
-	const char *loc = a->location ? a->location : "", *env = getenv("ETCDCTL_ENDPOINTS");
+	const char *loc = a->location, *env = getenv("ETCDCTL_ENDPOINTS");
 	bool tls = strncasecmp(a->url, "etcd+https:", 11) == 0;
 	bool hosts = loc[0] == '/' && loc[1] == '/';
 	size_t hlen = hosts ? strcspn(loc + 2, "/?") : 0, first = hosts ? strcspn(loc + 2, ",/?") : 0;
@@ -762,18 +589,17 @@ static int parse_location(struct ed_store *s, const struct kv_open_args *a, char
 	s->nslen = u.prefix_len;
 	u.user = u.prefix = NULL;
 	if (!rc && u.query)   /* the same settings as -o (not secrets) */
-		rc = kv_http_query("etcd", u.query, kv_backend_etcd.options, s->query,
-				   sizeof(s->query) / sizeof(s->query[0]), &s->nquery,
-				   &s->query_text, err, errlen);
+		rc = kv_http_query(&s->http, u.query, kv_backend_etcd.options, 8, err, errlen);
 	/* The endpoints: the URL's hosts (without user@), else $ETCDCTL_ENDPOINTS. */
 	if (!rc && hlen) {
 		const char *at = memchr(loc + 2, '@', hlen), *h = at ? at + 1 : loc + 2;
-		rc = add_endpoints(s, h, hlen - (size_t)(h - loc - 2), tls, err, errlen);
+		rc = kv_http_add_endpoints(&s->http, h, hlen - (size_t)(h - loc - 2), tls, 2379, err,
+					   errlen);
 	} else if (!rc) {
 		env = env && *env ? env : ED_DEFAULT_ENDPOINT;
-		rc = add_endpoints(s, env, strlen(env), tls, err, errlen);
+		rc = kv_http_add_endpoints(&s->http, env, strlen(env), tls, 2379, err, errlen);
 	}
-	if (!rc && !s->neps) {
+	if (!rc && !s->http.neps) {
 		snprintf(err, errlen, "etcd: no endpoint in the URL");
 		rc = -EINVAL;
 	}
@@ -790,7 +616,8 @@ static int parse_location(struct ed_store *s, const struct kv_open_args *a, char
 static int parse_credentials(struct ed_store *s, const struct kv_open_args *a, char *err,
 			     size_t errlen)
 {
-	const char *user = setting(s, a, "user", NULL), *pwfile = setting(s, a, "password_file", NULL);
+	const char *user = kv_http_setting(&s->http, a, "user", NULL);
+	const char *pwfile = kv_http_setting(&s->http, a, "password_file", NULL);
 	const char *env = getenv("ETCDCTL_USER"), *envpw = getenv("ETCDCTL_PASSWORD");
 	char why[200];
 
@@ -824,6 +651,8 @@ static int parse_credentials(struct ed_store *s, const struct kv_open_args *a, c
 static int ed_open(const struct kv_open_args *args, struct kv_store **out, char *err,
 		   size_t errlen)
 {
+	static const char *const tls_env[4] = {"ETCDCTL_CACERT", NULL, "ETCDCTL_CERT",
+					       "ETCDCTL_KEY"};
 	struct ed_store *s = calloc(1, sizeof(*s));
 	uint64_t req = ED_MAX_REQUEST;
 	const char *v;
@@ -832,8 +661,12 @@ static int ed_open(const struct kv_open_args *args, struct kv_store **out, char 
 	if (!s)
 		return -ENOMEM;
 	pthread_mutex_init(&s->tok_lock, NULL);
-	rc = parse_location(s, args, err, errlen);
-	v = rc ? NULL : setting(s, args, "max_request_bytes", NULL);
+	rc = kv_http_init(&s->http, "etcd", args->timeout_ms, err, errlen);
+	if (!rc)
+		rc = kv_http_header(&s->http, "Content-Type: application/json");
+	if (!rc)
+		rc = parse_location(s, args, err, errlen);
+	v = rc ? NULL : kv_http_setting(&s->http, args, "max_request_bytes", NULL);
 	if (v && (kv_parse_size(v, &req) || req < 4 * ED_REQUEST_SLACK || req > ED_MAX_REQUEST_OPT)) {
 		snprintf(err, errlen, "etcd: bad max_request_bytes '%s' (etcd's --max-request-bytes, "
 			 "64K to 128M)", v);
@@ -843,10 +676,7 @@ static int ed_open(const struct kv_open_args *args, struct kv_store **out, char 
 	if (!rc)
 		rc = parse_credentials(s, args, err, errlen);
 	if (!rc)
-		rc = kv_http_init(&s->http, "etcd", args->timeout_ms, &(struct kv_http_tls){
-			.cacert = setting(s, args, "cacert", "ETCDCTL_CACERT"),
-			.cert = setting(s, args, "cert", "ETCDCTL_CERT"),
-			.key = setting(s, args, "key", "ETCDCTL_KEY")}, err, errlen);
+		rc = kv_http_tls(&s->http, args, tls_env, err, errlen);
 	if (rc) {
 		ed_close(&s->base);
 		return rc;

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,26 +53,9 @@ static const struct kv_pool_ops handle_ops = {
 	.close = handle_close,
 };
 
-static int keep_file(const char *path, const char *what, char **slot, char *err, size_t errlen)
+int kv_http_init(struct kv_http *h, const char *name, int timeout_ms, char *err, size_t errlen)
 {
-	int rc;
-
-	if (!path || !*path)
-		return 0;
-	rc = kv_check_file(path, what, err, errlen);
-	if (rc)
-		return rc;
-	*slot = strdup(path);
-	return *slot ? 0 : -ENOMEM;
-}
-
-int kv_http_init(struct kv_http *h, const char *name, int timeout_ms,
-		 const struct kv_http_tls *tls, char *err, size_t errlen)
-{
-	char line[200];
-	int rc = 0;
-
-	*h = (struct kv_http){.name = name, .timeout_ms = timeout_ms > 0 ? timeout_ms : 5000};
+	*h = (struct kv_http){.name = name, .timeout_ms = timeout_ms};
 	pthread_mutex_init(&h->lock, NULL);
 	kv_pool_init(&h->pool, name, &handle_ops, h, KV_POOL_MAX);
 	pthread_once(&curl_once, curl_init_once);
@@ -79,28 +63,68 @@ int kv_http_init(struct kv_http *h, const char *name, int timeout_ms,
 		snprintf(err, errlen, "%s: libcurl: %s", name, curl_easy_strerror(curl_init_rc));
 		return -EIO;
 	}
-	line[0] = '\0';
-	if (tls && !rc)
-		rc = keep_file(tls->cacert, "cacert", &h->cacert, line, sizeof(line));
-	if (tls && !rc)
-		rc = keep_file(tls->cert, "cert", &h->cert, line, sizeof(line));
-	if (tls && !rc)
-		rc = keep_file(tls->key, "key", &h->key, line, sizeof(line));
-	if (tls && !rc && tls->capath && !(h->capath = strdup(tls->capath)))
-		rc = -ENOMEM;
-	if (rc && line[0])
-		snprintf(err, errlen, "%s: %s", name, line);
-	return rc;
+	return kv_http_header(h, "Expect:");
 }
 
 void kv_http_destroy(struct kv_http *h)
 {
 	kv_pool_destroy(&h->pool);
 	pthread_mutex_destroy(&h->lock);
-	free(h->cacert);
-	free(h->capath);
-	free(h->cert);
-	free(h->key);
+	for (size_t i = 0; i < 4; i++)
+		free(h->tls[i]);
+	for (struct curl_slist *l = h->headers; l; l = l->next)
+		explicit_bzero(l->data, strlen(l->data));
+	curl_slist_free_all(h->headers);
+	for (size_t i = 0; i < h->neps; i++)
+		free(h->eps[i]);
+	free(h->query_text);
+}
+
+int kv_http_header(struct kv_http *h, const char *fmt, ...)
+{
+	struct curl_slist *l = NULL;
+	char *line;
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vasprintf(&line, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return -ENOMEM;
+	l = curl_slist_append(h->headers, line);  /* copies the line */
+	explicit_bzero(line, (size_t)n);
+	free(line);
+	if (!l)
+		return -ENOMEM;
+	h->headers = l;
+	return 0;
+}
+
+static const char *const tls_names[4] = {"cacert", "capath", "cert", "key"};
+static const CURLoption tls_options[4] = {CURLOPT_CAINFO, CURLOPT_CAPATH, CURLOPT_SSLCERT,
+					  CURLOPT_SSLKEY};
+
+int kv_http_tls(struct kv_http *h, const struct kv_open_args *a, const char *const env[4],
+		char *err, size_t errlen)
+{
+	char line[200];
+
+	for (size_t i = 0; i < 4; i++) {
+		const char *path = env[i] ? kv_http_setting(h, a, tls_names[i], env[i]) : NULL;
+		int rc;
+
+		if (!path || !*path)
+			continue;
+		/* a CA directory is left to curl; the files must be there */
+		if (i != 1 && (rc = kv_check_file(path, tls_names[i], line, sizeof(line)))) {
+			snprintf(err, errlen, "%s: %s", h->name, line);
+			return rc;
+		}
+		if (!(h->tls[i] = strdup(path)))
+			return -ENOMEM;
+	}
+	return 0;
 }
 
 /* ---- one request ---- */
@@ -135,11 +159,12 @@ static int on_progress(void *ctx, curl_off_t dltotal, curl_off_t dlnow, curl_off
 }
 
 static void set_options(struct kv_http *h, CURL *c, const struct kv_http_req *rq,
+			const char *url, const struct curl_slist *headers, int64_t deadline,
 			struct kv_http_resp *r, struct xfer *x)
 {
-	long left = kv_ms_left(rq->deadline);
+	long left = kv_ms_left(deadline);
 
-	curl_easy_setopt(c, CURLOPT_URL, rq->url);
+	curl_easy_setopt(c, CURLOPT_URL, url);
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
@@ -147,19 +172,14 @@ static void set_options(struct kv_http *h, CURL *c, const struct kv_http_req *rq
 	curl_easy_setopt(c, CURLOPT_PROXY, "");  /* never hand a token to an env proxy */
 	curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
 	curl_easy_setopt(c, CURLOPT_USERAGENT, "kvfs/" KVFS_VERSION);
-	curl_easy_setopt(c, CURLOPT_HTTPHEADER, rq->headers);
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, &r->body);
 	curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
 	curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
-	if (h->cacert)
-		curl_easy_setopt(c, CURLOPT_CAINFO, h->cacert);
-	if (h->capath)
-		curl_easy_setopt(c, CURLOPT_CAPATH, h->capath);
-	if (h->cert)
-		curl_easy_setopt(c, CURLOPT_SSLCERT, h->cert);
-	if (h->key)
-		curl_easy_setopt(c, CURLOPT_SSLKEY, h->key);
+	for (size_t i = 0; i < 4; i++)
+		if (h->tls[i])
+			curl_easy_setopt(c, tls_options[i], h->tls[i]);
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, left > 0 ? left : 1L);
 	if (rq->bulk || rq->blen > HTTP_BULK_BODY) {
 		/* Bound the waiting, not the transfer of a large value. */
@@ -180,29 +200,58 @@ static void set_options(struct kv_http *h, CURL *c, const struct kv_http_req *rq
 	}
 }
 
-/* One exchange on one handle: the curl result, the answer in r. */
-static CURLcode exchange(struct kv_http *h, CURL *c, const struct kv_http_req *rq,
-			 struct kv_http_resp *r)
+/*
+ * One exchange with endpoint ep on a handle from the pool: 0 (an answer,
+ * in r), -ENOMEM, -ETIMEDOUT (no handle came), or -EIO with r->why;
+ * *passing when another try may go better, *sent when the request may
+ * have reached the store.
+ */
+static int exchange(struct kv_http *h, size_t ep, const struct kv_http_req *rq, int64_t deadline,
+		    struct kv_http_resp *r, bool *passing, bool *sent)
 {
+	/* the request's own header goes first, on the stack */
+	struct curl_slist auth = {.data = (char *)rq->auth, .next = h->headers};
 	struct xfer x = {0};
-	curl_off_t sent = 0;
+	curl_off_t up = 0;
 	CURLcode cc;
+	char *url;
+	bool reused;
+	void *c;
 
-	curl_easy_reset(c);  /* keeps the connections */
 	r->status = 0;
 	r->body.len = 0;
-	set_options(h, c, rq, r, &x);
+	*passing = *sent = false;
+	if (kv_pool_get(&h->pool, deadline, &c, &reused)) {
+		snprintf(r->why, sizeof(r->why), "no free connection (-o timeout raises it)");
+		return -ETIMEDOUT;
+	}
+	if (asprintf(&url, "%s%s", h->eps[ep], rq->path) < 0) {
+		kv_pool_put(&h->pool, c, false);
+		return -ENOMEM;
+	}
+	curl_easy_reset(c);  /* keeps the connections */
+	set_options(h, c, rq, url, rq->auth ? &auth : h->headers, deadline, r, &x);
 	cc = curl_easy_perform(c);
 	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
-	curl_easy_getinfo(c, CURLINFO_SIZE_UPLOAD_T, &sent);
-	r->sent = cc == CURLE_OK || sent > 0 || cc == CURLE_OPERATION_TIMEDOUT || x.stalled ||
-		  cc == CURLE_GOT_NOTHING || cc == CURLE_RECV_ERROR;
+	curl_easy_getinfo(c, CURLINFO_SIZE_UPLOAD_T, &up);
+	kv_pool_put(&h->pool, c, false);
+	free(url);
+	*sent = cc == CURLE_OK || up > 0 || cc == CURLE_OPERATION_TIMEDOUT || x.stalled ||
+		cc == CURLE_GOT_NOTHING || cc == CURLE_RECV_ERROR;
+	/* an answer, or a failure that may pass: refused, or reset before an answer */
+	*passing = cc == CURLE_OK || cc == CURLE_COULDNT_CONNECT ||
+		   (rq->idempotent && (cc == CURLE_SEND_ERROR || cc == CURLE_RECV_ERROR ||
+				       cc == CURLE_GOT_NOTHING));
+	if (cc == CURLE_OK)
+		return 0;
+	if (cc == CURLE_OUT_OF_MEMORY || cc == CURLE_WRITE_ERROR)
+		return -ENOMEM;
 	if (cc == CURLE_OPERATION_TIMEDOUT || x.stalled)
 		snprintf(r->why, sizeof(r->why), "%s for %d ms (-o timeout raises it)",
 			 x.stalled ? "the transfer stalled" : "no answer", h->timeout_ms);
-	else if (cc != CURLE_OK)
+	else
 		snprintf(r->why, sizeof(r->why), "%s", curl_easy_strerror(cc));
-	return cc;
+	return -EIO;
 }
 
 static bool transient_503(long status, const struct kv_buf *body)
@@ -213,7 +262,8 @@ static bool transient_503(long status, const struct kv_buf *body)
 
 /* Log transport trouble at most once a second: a dead store under a busy
  * mount would flood the log. */
-static void warn_limited(struct kv_http *h, const struct kv_http_req *rq, const char *why)
+static void warn_limited(struct kv_http *h, const struct kv_http_req *rq, size_t ep,
+			 const char *why)
 {
 	int64_t now = kv_now_ms();
 	bool say;
@@ -224,47 +274,102 @@ static void warn_limited(struct kv_http *h, const struct kv_http_req *rq, const 
 		h->last_warn = now;
 	pthread_mutex_unlock(&h->lock);
 	if (say)
-		kv_log(KV_LOG_WARN, "%s: %s %s: %s", h->name, rq->method, rq->url, why);
+		kv_log(KV_LOG_WARN, "%s: %s %s%s: %s", h->name, rq->method, h->eps[ep], rq->path,
+		       why);
+}
+
+static bool ep_down(struct kv_http *h, size_t i, int64_t now)
+{
+	return __atomic_load_n(&h->down_until[i], __ATOMIC_RELAXED) > now;
 }
 
 int kv_http_request(struct kv_http *h, const struct kv_http_req *rq, struct kv_http_resp *r)
 {
 	bool (*transient)(long, const struct kv_buf *) = rq->transient ? rq->transient
 								       : transient_503;
-	bool reused;
-	void *c;
-	int rc;
+	int64_t start = kv_now_ms(), again_until = start + h->timeout_ms;
+	int64_t deadline = start + (int64_t)h->timeout_ms * (int64_t)h->neps;
+	unsigned failed = 0, every = (1u << h->neps) - 1;  /* endpoints failed in this call */
+	size_t tries = 0, skipped = 0, ep = __atomic_load_n(&h->cur, __ATOMIC_RELAXED) % h->neps;
+	bool all_down = true, passing = true, sent;
+	int rc = -EIO, round = 0;
 
 	*r = (struct kv_http_resp){0};
-	for (int attempt = 0;; attempt++) {
-		CURLcode cc;
-		bool again;
+	snprintf(r->why, sizeof(r->why), "timed out");
+	for (size_t i = 0; i < h->neps; i++)
+		all_down = all_down && ep_down(h, i, start);
+	for (;;) {
+		int64_t now = kv_now_ms();
 
-		rc = kv_pool_get(&h->pool, rq->deadline, &c, &reused);
-		if (rc) {
-			snprintf(r->why, sizeof(r->why), "no free connection (-o timeout raises it)");
+		if (failed == every || (all_down && tries >= 1)) {
+			/* Every endpoint failed: start over while one timeout lasts. */
+			if (!passing || !kv_backoff(round++, again_until < deadline ? again_until
+										     : deadline))
+				break;
+			failed = 0;
+			all_down = false;
+			continue;
+		}
+		if (now >= deadline || tries >= 200)
+			break;
+		if ((failed & 1u << ep) || (!all_down && ep_down(h, ep, now) && skipped++ < h->neps)) {
+			ep = (ep + 1) % h->neps;  /* failed already, or seen down a moment ago */
+			continue;
+		}
+		tries++;
+		rc = exchange(h, ep, rq, now + h->timeout_ms < deadline ? now + h->timeout_ms
+									: deadline, r, &passing, &sent);
+		if (rc == 0 && !transient(r->status, &r->body)) {
+			__atomic_store_n(&h->cur, (unsigned)ep, __ATOMIC_RELAXED);
+			__atomic_store_n(&h->down_until[ep], 0, __ATOMIC_RELAXED);
+			r->endpoint = h->eps[ep];
 			break;
 		}
-		cc = exchange(h, c, rq, r);
-		kv_pool_put(&h->pool, c, false);
-		if (cc == CURLE_OUT_OF_MEMORY || cc == CURLE_WRITE_ERROR) {
-			rc = -ENOMEM;
+		if (rc == -ENOMEM || rc == -ETIMEDOUT || (rc && sent && !rq->idempotent))
 			break;
+		r->ambiguous = r->ambiguous || sent || rc == 0;
+		if (rc == 0) {
+			/* "not now": an election */
+			if (!kv_backoff(round++, deadline))
+				break;
+		} else {
+			int hold = h->timeout_ms > 1000 ? h->timeout_ms : 1000;
+			__atomic_store_n(&h->down_until[ep], kv_now_ms() + hold, __ATOMIC_RELAXED);
+			failed |= 1u << ep;
+			if (failed != every && !all_down && !rq->quiet)
+				kv_log(KV_LOG_WARN, "%s: %s: %s; trying the next endpoint", h->name,
+				       h->eps[ep], r->why);
 		}
-		rc = cc == CURLE_OK ? 0 : -EIO;
-		if (cc == CURLE_OK)
-			again = transient(r->status, &r->body);
-		else
-			again = cc == CURLE_COULDNT_CONNECT ||
-				(rq->idempotent && (cc == CURLE_SEND_ERROR || cc == CURLE_RECV_ERROR ||
-						    cc == CURLE_GOT_NOTHING));
-		if (rq->once || !again || !kv_backoff(attempt, rq->deadline))
-			break;
+		ep = (ep + 1) % h->neps;
+		__atomic_store_n(&h->cur, (unsigned)ep, __ATOMIC_RELAXED);
 	}
+	rc = rc == -ETIMEDOUT ? -EIO : rc;
 	if (rc == -EIO && !rq->quiet)
-		warn_limited(h, rq, r->why);
+		warn_limited(h, rq, ep, r->why);
 	if (rc)
 		kv_buf_free(&r->body);
+	return rc;
+}
+
+int kv_http_json_request(struct kv_http *h, struct kv_http_req rq, const json_t *req, size_t max,
+			 struct kv_http_resp *r, json_t **answer)
+{
+	char *body = json_dumps(req, JSON_COMPACT);
+	int rc;
+
+	*answer = NULL;
+	*r = (struct kv_http_resp){0};
+	if (!body || (max && strlen(body) > max)) {
+		free(body);
+		return body ? -EFBIG : -ENOMEM;
+	}
+	rq.body = body;
+	rq.blen = strlen(body);
+	rc = kv_http_request(h, &rq, r);
+	explicit_bzero(body, rq.blen);
+	free(body);
+	if (!rc)
+		*answer = kv_http_json(r);
 	return rc;
 }
 
@@ -276,7 +381,9 @@ json_t *kv_http_json(const struct kv_http_resp *r)
 
 /* ---- URLs ---- */
 
-char *kv_http_origin(CURLU *u, unsigned default_port)
+/* "scheme://host:port" of a parsed URL (default_port if it names none), or
+ * NULL when it is not http(s) with a host.  malloc'd. */
+static char *origin(CURLU *u, unsigned default_port)
 {
 	char *scheme = NULL, *host = NULL, *port = NULL, *out = NULL;
 
@@ -304,7 +411,7 @@ int kv_http_parse(const char *url, unsigned default_port, struct kv_http_url *ou
 
 	*out = (struct kv_http_url){0};
 	if (!rc && (curl_url_set(u, CURLUPART_URL, url, CURLU_PATH_AS_IS) != CURLUE_OK ||
-		    !(out->origin = kv_http_origin(u, default_port))))
+		    !(out->origin = origin(u, default_port))))
 		rc = -EINVAL;
 	if (!rc && curl_url_get(u, CURLUPART_USER, &part, CURLU_URLDECODE) == CURLUE_OK &&
 	    !(out->user = strdup(part)))
@@ -348,16 +455,14 @@ void kv_http_url_free(struct kv_http_url *u)
 	*u = (struct kv_http_url){0};
 }
 
-int kv_http_query(const char *scheme, const char *q, const char *const *allowed,
-		  struct kv_option *opts, size_t max, size_t *n, char **text, char *err,
-		  size_t errlen)
+int kv_http_query(struct kv_http *h, const char *q, const char *const *allowed, size_t max,
+		  char *err, size_t errlen)
 {
 	char *save = NULL, *tok;
 
-	*n = 0;
-	if (!(*text = strdup(q)))
+	if (!(h->query_text = strdup(q)))
 		return -ENOMEM;
-	for (tok = strtok_r(*text, "&", &save); tok; tok = strtok_r(NULL, "&", &save)) {
+	for (tok = strtok_r(h->query_text, "&", &save); tok; tok = strtok_r(NULL, "&", &save)) {
 		char *eq = strchr(tok, '='), *v = NULL;
 		bool known = false;
 		int len = 0;
@@ -366,28 +471,28 @@ int kv_http_query(const char *scheme, const char *q, const char *const *allowed,
 			*eq = '\0';
 		for (const char *const *o = allowed; *o && !known; o++)
 			known = strcmp(*o, tok) == 0;
-		if (known && eq && *n < max)
+		if (known && eq && h->nquery < max)
 			v = curl_easy_unescape(NULL, eq + 1, 0, &len);
 		if (!v || !len || memchr(v, 0, (size_t)len)) {
 			curl_free(v);
-			snprintf(err, errlen, "%s: unknown or bad URL parameter '%.40s'", scheme, tok);
+			snprintf(err, errlen, "%s: unknown or bad URL parameter '%.40s'", h->name, tok);
 			return -EINVAL;
 		}
 		memcpy(eq + 1, v, (size_t)len + 1);  /* never longer than the escaped text */
 		curl_free(v);
-		opts[(*n)++] = (struct kv_option){.name = tok, .value = eq + 1};
+		h->query[h->nquery++] = (struct kv_option){.name = tok, .value = eq + 1};
 	}
 	return 0;
 }
 
-const char *kv_http_setting(const struct kv_open_args *a, const struct kv_option *query,
-			    size_t nquery, const char *name, const char *env)
+const char *kv_http_setting(const struct kv_http *h, const struct kv_open_args *a,
+			    const char *name, const char *env)
 {
 	const char *v = kv_option_get(a, name);
 
-	for (size_t i = 0; !v && i < nquery; i++)
-		if (strcmp(query[i].name, name) == 0)
-			v = query[i].value;
+	for (size_t i = 0; !v && i < h->nquery; i++)
+		if (strcmp(h->query[i].name, name) == 0)
+			v = h->query[i].value;
 	return v ? v : env ? getenv(env) : NULL;
 }
 
@@ -417,6 +522,29 @@ char *kv_http_base_url(const char *name, const char *hostport, bool tls, unsigne
 	kv_http_url_free(&u);
 	free(in);
 	return out;
+}
+
+int kv_http_add_endpoints(struct kv_http *h, const char *list, size_t n, bool tls,
+			  unsigned default_port, char *err, size_t errlen)
+{
+	char *copy = strndup(list, n), *save = NULL, *one;
+	int rc = copy ? 0 : -ENOMEM;
+
+	for (one = copy ? strtok_r(copy, ",", &save) : NULL; one && !rc;
+	     one = strtok_r(NULL, ",", &save)) {
+		if (h->neps == KV_HTTP_MAX_ENDPOINTS) {
+			snprintf(err, errlen, "%s: more than %d endpoints", h->name,
+				 KV_HTTP_MAX_ENDPOINTS);
+			rc = -EINVAL;
+		} else if (!(h->eps[h->neps] = kv_http_base_url(h->name, one, tls, default_port, err,
+								errlen))) {
+			rc = err[0] ? -EINVAL : -ENOMEM;
+		} else {
+			h->neps++;
+		}
+	}
+	free(copy);
+	return rc;
 }
 
 /* ---- binary keys as text ---- */

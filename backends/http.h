@@ -1,8 +1,9 @@
 /*
  * http.h - what the HTTP stores (Consul, etcd, the next ones) share: one
- * pool of libcurl easy handles per store over the toolkit's kv_pool, a
- * request bounded by a deadline and retried on passing failures, TLS files
- * checked at open, and base64 for values that travel in JSON.  JSON itself
+ * pool of libcurl easy handles per store over the toolkit's kv_pool, its
+ * endpoints with failover between them, a request bounded by the timeout
+ * and retried on passing failures, TLS files checked at open, settings
+ * from the URL's query, and base64 for values that travel in JSON.  JSON itself
  * is built and read with jansson only.  Compiled only with a backend that
  * needs it (meson.build).
  */
@@ -18,42 +19,61 @@
 #include "kv.h"
 #include "toolkit.h"
 
-/* TLS files, each optional: CA bundle, CA directory, client certificate and key. */
-struct kv_http_tls {
-	const char *cacert, *capath, *cert, *key;
-};
+#define KV_HTTP_MAX_ENDPOINTS 16
 
 struct kv_http {
 	struct kv_pool pool;     /* CURL * handles; each keeps its own connections */
 	const char *name;        /* the backend's scheme, for log lines */
 	int timeout_ms;          /* -o timeout: waiting for the store, per call */
-	char *cacert, *capath, *cert, *key;
+	char *tls[4];            /* cacert, capath, cert, key: NULL if not given */
+	struct curl_slist *headers;    /* sent with every request; wiped when freed */
+	char *eps[KV_HTTP_MAX_ENDPOINTS];   /* "http://127.0.0.1:2379" */
+	size_t neps;
+	unsigned cur;                       /* atomic: the endpoint to try first */
+	int64_t down_until[KV_HTTP_MAX_ENDPOINTS];  /* atomic: monotonic ms */
+	struct kv_option query[8];     /* settings from the URL's ?query */
+	size_t nquery;
+	char *query_text;
 	pthread_mutex_t lock;
 	int64_t last_warn;       /* transport trouble is logged once a second at most */
 };
 
 /*
  * Set up h for one store: curl_global_init (once per process), the pool,
- * and the TLS files, each checked with kv_check_file so that a missing one
- * fails the open.  0, or -ENOENT/-EACCES/-EIO/-ENOMEM with one line in err.
+ * and the header "Expect:" (a PUT body goes at once, not after 1 s).
+ * 0, or -EIO/-ENOMEM with one line in err.  kv_http_destroy frees what
+ * this and the calls below kept, also after a failure.
  */
-int kv_http_init(struct kv_http *h, const char *name, int timeout_ms,
-		 const struct kv_http_tls *tls, char *err, size_t errlen);
+int kv_http_init(struct kv_http *h, const char *name, int timeout_ms, char *err, size_t errlen);
 void kv_http_destroy(struct kv_http *h);
+/* A header line for every request ("Name: value"); it may hold a secret.
+ * 0 or -ENOMEM. */
+int kv_http_header(struct kv_http *h, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/*
+ * The TLS files: the settings (kv_http_setting) cacert, capath, cert and
+ * key, else the variables env[0..3]; a NULL env[i] means the store has no
+ * such option.  The files are checked with kv_check_file so that a missing
+ * one fails the open.  0, or -ENOENT/-EACCES/-ENOMEM with one line in err.
+ */
+int kv_http_tls(struct kv_http *h, const struct kv_open_args *a, const char *const env[4],
+		char *err, size_t errlen);
+/* Add the endpoints of a list "host[:port],http(s)://host[:port],..."
+ * (kv_http_base_url).  0, -EINVAL with one line in err, or -ENOMEM. */
+int kv_http_add_endpoints(struct kv_http *h, const char *list, size_t n, bool tls,
+			  unsigned default_port, char *err, size_t errlen);
 
 struct kv_http_req {
 	const char *method;            /* "GET", "PUT", "POST", "DELETE" */
-	const char *url;
+	const char *path;              /* after the endpoint: "/v1/kv/x?raw" */
 	const char *body;              /* NULL: none */
 	size_t blen;
-	const struct curl_slist *headers;
-	int64_t deadline;              /* waiting for the store ends here (kv_deadline) */
+	const char *auth;              /* one more header line (a token), or NULL */
 	bool bulk;                     /* the answer may be large (a value): bound the wait
 	                                  for each byte, not the transfer; a body over
 	                                  64 KiB makes a request bulk by itself */
-	bool once;                     /* no retries here: the caller fails over itself */
-	bool idempotent;               /* a reset after sending may be retried too */
-	bool quiet;                    /* the caller logs a failure itself */
+	bool idempotent;               /* a request that may have reached the store may
+	                                  be sent again */
+	bool quiet;                    /* the caller logs failures itself */
 	/* An answer that means "not now" (no leader, an election): retried.
 	 * NULL: 503 only. */
 	bool (*transient)(long status, const struct kv_buf *body);
@@ -62,20 +82,34 @@ struct kv_http_req {
 struct kv_http_resp {
 	long status;                   /* 0 when no answer came */
 	struct kv_buf body;
-	bool sent;                     /* the request may have reached the store */
+	bool ambiguous;                /* an attempt before this answer may have reached
+	                                  the store (and been applied) */
+	const char *endpoint;          /* the one that answered */
 	char why[160];                 /* transport failure, for logs */
 };
 
 /*
- * One request, retried with kv_backoff while the failure passes (refused,
- * reset before an answer, a transient status) and the deadline allows.
+ * One request, to the endpoint that last answered.  A transport failure
+ * (refused, reset, timed out: a dead or SIGSTOPped member) marks that
+ * endpoint down for a while and the request moves on to the next one, as
+ * does a transient answer after a backoff.  When every endpoint has
+ * failed for a passing reason, the request starts over with kv_backoff
+ * while one timeout lasts (a restarting store), and never lasts longer
+ * than the timeout times the number of endpoints; while every endpoint is
+ * marked down only one is tried, so a dead store costs one timeout.
  * 0: an answer came (any status, in r; free r->body), -EIO: none did (the
  * reason in r->why, logged at most once a second), -ENOMEM.
  */
 int kv_http_request(struct kv_http *h, const struct kv_http_req *rq, struct kv_http_resp *r);
-
 /* The answer's body as JSON (any value), or NULL. */
 json_t *kv_http_json(const struct kv_http_resp *r);
+/*
+ * The same with the JSON req as the body (wiped after: it may hold a
+ * password): -EFBIG without sending when it is over max bytes (0: any).
+ * *answer is kv_http_json of the answer.
+ */
+int kv_http_json_request(struct kv_http *h, struct kv_http_req rq, const json_t *req, size_t max,
+			 struct kv_http_resp *r, json_t **answer);
 
 /* A store's URL, parsed with curl_url(). */
 struct kv_http_url {
@@ -94,19 +128,15 @@ int kv_http_parse(const char *url, unsigned default_port, struct kv_http_url *ou
 void kv_http_url_free(struct kv_http_url *u);
 /*
  * The settings of a URL query "name=value&...", each name one of allowed
- * (NULL-terminated): at most max of them into opts, their values
- * %-decoded into *text (malloc'd; the caller frees it after the last use).
- * 0, or -EINVAL with one line in err naming the scheme, or -ENOMEM.
+ * (NULL-terminated): at most max (up to 8) of them into h->query, their values
+ * %-decoded.  0, or -EINVAL with one line in err naming the scheme, or
+ * -ENOMEM.
  */
-int kv_http_query(const char *scheme, const char *q, const char *const *allowed,
-		  struct kv_option *opts, size_t max, size_t *n, char **text, char *err,
-		  size_t errlen);
+int kv_http_query(struct kv_http *h, const char *q, const char *const *allowed, size_t max,
+		  char *err, size_t errlen);
 /* A setting: the -o option, else the URL query's, else the variable env. */
-const char *kv_http_setting(const struct kv_open_args *a, const struct kv_option *query,
-			    size_t nquery, const char *name, const char *env);
-/* "scheme://host:port" of a parsed URL (default_port if it names none), or
- * NULL when it is not http(s) with a host.  malloc'd. */
-char *kv_http_origin(CURLU *u, unsigned default_port);
+const char *kv_http_setting(const struct kv_http *h, const struct kv_open_args *a,
+			    const char *name, const char *env);
 /* "scheme://host:port" of a URL given as "[scheme://]host[:port]" (a
  * default scheme and port if none), parsed with curl_url().  malloc'd, or
  * NULL with one line in err. */
