@@ -182,8 +182,8 @@ static int txn_error(json_t *root, int *op_index)
 
 /*
  * Run a transaction (ops: an array, or NULL when building it failed).
- * 0: committed, and *root holds the answer for the caller to free; else a
- * negative errno and *root is NULL: -EFBIG when it does not fit in one
+ * 0: committed, and *root (if root is not NULL) holds the answer for the
+ * caller to free; else a negative errno: -EFBIG when it does not fit in one
  * body, or the first error of a transaction Consul rolled back (409; the
  * operation's index in *op_index if not NULL).
  */
@@ -192,30 +192,28 @@ static int txn_run(struct consul *c, json_t *ops, bool idempotent, json_t **root
 {
 	struct kv_http_req rq = {.method = "PUT", .path = cs_path(c, "/v1/txn", "", 0, NULL),
 				 .bulk = true, .idempotent = idempotent, .transient = cs_transient};
-	struct kv_http_resp r;
+	struct kv_http_resp r = {0};
+	json_t *ans = NULL;
 	int rc = -ENOMEM;
 
-	*root = NULL;
 	if (rq.path)
-		rc = kv_http_json_request(&c->http, rq, ops, CS_TXN_BODY_MAX, &r, root);
+		rc = kv_http_json_request(&c->http, rq, ops, CS_TXN_BODY_MAX, &r, &ans);
 	json_decref(ops);
 	free((char *)rq.path);
-	if (rc)
-		return rc;
-	if (r.status != 200 && r.status != 409) {
+	if (rc == 0 && r.status != 200 && r.status != 409) {
 		rc = status_errno(c, "transaction", &r);
 		rc = rc == -ENOENT ? -EIO : rc;
-	} else if (!*root) {
+	} else if (rc == 0 && !ans) {
 		kv_log(KV_LOG_WARN, "consul: %s: unreadable transaction answer", c->base.endpoint);
 		rc = -EIO;
-	} else if (r.status == 409) {
-		rc = txn_error(*root, op_index);
-	}
-	if (rc) {
-		json_decref(*root);
-		*root = NULL;
+	} else if (rc == 0 && r.status == 409) {
+		rc = txn_error(ans, op_index);
 	}
 	kv_buf_free(&r.body);
+	if (rc || !root)
+		json_decref(ans);
+	if (root)
+		*root = rc ? NULL : ans;
 	return rc;
 }
 
@@ -257,20 +255,14 @@ static int cs_get(struct kv_store *s, const char *key, size_t klen, char **val, 
 	struct kv_http_resp r = {0};
 	int rc = key_of(c, &ck, key, klen);
 
-	if (rc) {
-		kv_buf_free(&ck);
-		return rc == -EINVAL ? -ENOENT : rc;
-	}
-	if (!path_safe(ck.p, ck.len, false)) {
-		rc = get_by_txn(c, &ck, val, len, version);
-		kv_buf_free(&ck);
-		return rc;
-	}
 	/* Without a version the raw form saves the base64 round. */
-	rc = cs_call(c, (struct kv_http_req){.method = "GET", .bulk = true, .idempotent = true},
-		     "/v1/kv/", ck.p, ck.len, version ? NULL : "raw", &r);
+	if (!rc && path_safe(ck.p, ck.len, false))
+		rc = cs_call(c, (struct kv_http_req){.method = "GET", .bulk = true,
+			     .idempotent = true}, "/v1/kv/", ck.p, ck.len, version ? NULL : "raw", &r);
+	else if (!rc)
+		r.status = 400;  /* a key the path cannot carry: as a stricter server says */
 	if (rc)
-		;
+		rc = rc == -EINVAL ? -ENOENT : rc;
 	else if (r.status == 200 && !version) {
 		*val = kv_buf_take(&r.body, len);
 		rc = *val ? 0 : -ENOMEM;
@@ -279,7 +271,7 @@ static int cs_get(struct kv_store *s, const char *key, size_t klen, char **val, 
 		rc = entry_value(json_array_get(root, 0), val, len, version);
 		json_decref(root);
 	} else if (r.status == 400) {
-		rc = get_by_txn(c, &ck, val, len, version);  /* a server stricter about paths */
+		rc = get_by_txn(c, &ck, val, len, version);
 	} else {
 		rc = status_errno(c, "get", &r);
 	}
@@ -298,7 +290,6 @@ static int put_key(struct consul *c, struct kv_buf *ck, const char *val, size_t 
 {
 	struct kv_http_resp r = {0};
 	char q[40];
-	json_t *root;
 	int rc;
 
 	if (path_safe(ck->p, ck->len, false)) {
@@ -319,8 +310,7 @@ static int put_key(struct consul *c, struct kv_buf *ck, const char *val, size_t 
 			return rc == -ENOENT ? -EIO : rc;
 	}
 	rc = txn_run(c, json_pack("[o]", txn_op(cas ? "cas" : "set", ck->p, ck->len, val, vlen,
-						 true, cas ? version : 0)), !cas, &root, NULL);
-	json_decref(root);
+						 true, cas ? version : 0)), !cas, NULL, NULL);
 	if (rc == -EFBIG && vlen <= CS_MAX_VALUE)
 		kv_log(KV_LOG_INFO, "consul: a key with empty, '.' or '..' segments travels in a "
 		       "transaction, which holds values up to about 383 KiB");
@@ -357,7 +347,6 @@ static int cs_del(struct kv_store *s, const char *key, size_t klen)
 {
 	struct consul *c = kv_store_cast(struct consul, s);
 	struct kv_buf ck = {0};
-	json_t *root;
 	int rc = key_of(c, &ck, key, klen);
 
 	if (rc) {
@@ -365,8 +354,7 @@ static int cs_del(struct kv_store *s, const char *key, size_t klen)
 		return rc == -EINVAL ? -ENOENT : rc;
 	}
 	rc = txn_run(c, json_pack("[o, o]", KEY_OP("get", ck.p, ck.len),
-				  KEY_OP("delete", ck.p, ck.len)), false, &root, NULL);
-	json_decref(root);
+				  KEY_OP("delete", ck.p, ck.len)), false, NULL, NULL);
 	kv_buf_free(&ck);
 	return rc == -ECANCELED ? -EIO : rc == -EFBIG ? -ENOENT : rc;
 }
@@ -383,7 +371,6 @@ static int cs_del(struct kv_store *s, const char *key, size_t klen)
 static int apply_in_order(struct consul *c, const struct kv_op *ops, struct kv_buf *cks,
 			  size_t n)
 {
-	json_t *root;
 	int rc = 0;
 
 	kv_log(KV_LOG_INFO, "consul: %zu operations do not fit in one transaction: applied "
@@ -393,9 +380,9 @@ static int apply_in_order(struct consul *c, const struct kv_op *ops, struct kv_b
 			continue;
 		if (ops[i].type == KV_OP_SET)
 			rc = put_key(c, &cks[i], ops[i].val, ops[i].val_len, false, 0);
-		else if (!(rc = txn_run(c, json_pack("[o]", KEY_OP("delete", cks[i].p, cks[i].len)),
-					true, &root, NULL)))
-			json_decref(root);
+		else
+			rc = txn_run(c, json_pack("[o]", KEY_OP("delete", cks[i].p, cks[i].len)), true,
+				     NULL, NULL);
 	}
 	return rc;
 }
@@ -422,9 +409,7 @@ static int cs_apply(struct kv_store *s, const struct kv_op *ops, size_t n)
 			rc = -ENOMEM;
 	}
 	if (!rc && json_array_size(txn)) {
-		json_t *root;
-		rc = txn_run(c, json_incref(txn), true, &root, NULL);
-		json_decref(root);
+		rc = txn_run(c, json_incref(txn), true, NULL, NULL);
 		rc = rc == -ENOENT || rc == -ECANCELED ? -EIO : rc;
 	}
 	if (rc == -EFBIG)
@@ -677,9 +662,10 @@ static int cs_health(struct kv_store *s, struct kv_health *h)
 	kv_health_fact(h, "leader", "%s", leader);
 	if (!cs_call(c, HEALTH_GET, "/v1/agent/self", "", 0, NULL, &r)) {
 		root = r.status == 200 ? kv_http_json(&r) : NULL;
-		if (json_string_value(json_object_get(json_object_get(root, "Config"), "Version")))
-			kv_health_fact(h, "consul_version", "%s", json_string_value(json_object_get(
-				json_object_get(root, "Config"), "Version")));
+		const char *v = json_string_value(json_object_get(json_object_get(root, "Config"),
+								  "Version"));
+		if (v)
+			kv_health_fact(h, "consul_version", "%s", v);
 		json_decref(root);
 		kv_buf_free(&r.body);
 	}

@@ -5,16 +5,11 @@
  * etcdctl sees the keys kvfs shows.  The gateway speaks JSON with keys and
  * values in base64 and int64s as strings.
  *
- * Endpoints.  Calls go to the endpoint that last answered; a transport
- * failure (refused, reset, timed out: a dead or SIGSTOPped member) marks it
- * down for a while and the call moves on to the next one, as do "no leader"
- * answers after a backoff.  When every endpoint has failed, the call starts
- * over after a backoff while its timeout lasts (a restarting cluster), and
- * never lasts longer than timeout_ms times the number of endpoints; while
- * every endpoint is marked down, only one is tried, so a dead cluster costs
- * one timeout per call.  A write that failed in transport may still have
- * been applied: puts are idempotent, and a retried delete or cas treats
- * "already gone" and "already holds my value" as its own success.
+ * Endpoints.  http.c fails over between them (kv_http_request), and moves
+ * on from "no leader" answers too.  A write that failed in transport may
+ * still have been applied: puts are idempotent, and a retried delete or
+ * cas treats "already gone" and "already holds my value" as its own
+ * success.
  *
  * Scans read ranges with their values (etcd tells a value's size in no
  * other way), ED_SCAN_KEYS at a time, with no sort_order (etcd 3.4 would
@@ -31,8 +26,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-extern const struct kv_backend kv_backend_etcd;  /* defined at the bottom */
-
 #define ED_DEFAULT_ENDPOINT "127.0.0.1:2379"
 #define ED_MAX_REQUEST ((uint64_t)1572864)  /* etcd's default --max-request-bytes */
 /* The most -o max_request_bytes may say: fs/ holds a whole value in memory,
@@ -44,6 +37,18 @@ extern const struct kv_backend kv_backend_etcd;  /* defined at the bottom */
 /* Room in a request for everything but the value: a cas names its key twice. */
 #define ED_REQUEST_SLACK ((size_t)16 << 10)
 #define ED_SCAN_KEYS 64     /* values per range answer of a scan: bounds its size */
+
+/*
+ * -o options, also in the URL's query.  user, password_file: etcd
+ * authentication (also $ETCDCTL_USER, $ETCDCTL_PASSWORD).  cacert, cert,
+ * key: TLS files (also $ETCDCTL_CACERT, $ETCDCTL_CERT, $ETCDCTL_KEY).
+ * max_request_bytes: the cluster's --max-request-bytes, from which the
+ * value limit follows.
+ */
+static const char *const ed_options[] = {
+	"user", "password_file", "cacert", "cert", "key", "max_request_bytes", NULL,
+};
+
 struct ed_store {
 	struct kv_store base;
 	struct kv_http http;           /* the endpoints, settings from the URL's ?query */
@@ -589,7 +594,7 @@ static int parse_location(struct ed_store *s, const struct kv_open_args *a, char
 	s->nslen = u.prefix_len;
 	u.user = u.prefix = NULL;
 	if (!rc && u.query)   /* the same settings as -o (not secrets) */
-		rc = kv_http_query(&s->http, u.query, kv_backend_etcd.options, 8, err, errlen);
+		rc = kv_http_query(&s->http, u.query, ed_options, 8, err, errlen);
 	/* The endpoints: the URL's hosts (without user@), else $ETCDCTL_ENDPOINTS. */
 	if (!rc && hlen) {
 		const char *at = memchr(loc + 2, '@', hlen), *h = at ? at + 1 : loc + 2;
@@ -684,16 +689,6 @@ static int ed_open(const struct kv_open_args *args, struct kv_store **out, char 
 	*out = &s->base;
 	return 0;
 }
-
-/*
- * -o options.  user, password_file: etcd authentication (also $ETCDCTL_USER,
- * $ETCDCTL_PASSWORD).  cacert, cert, key: TLS files (also $ETCDCTL_CACERT,
- * $ETCDCTL_CERT, $ETCDCTL_KEY).  max_request_bytes: the cluster's
- * --max-request-bytes, from which the value limit follows.
- */
-static const char *const ed_options[] = {
-	"user", "password_file", "cacert", "cert", "key", "max_request_bytes", NULL,
-};
 
 /* Every write is committed to a quorum's fsynced log before etcd answers:
  * nothing is left for a sync to do. */

@@ -381,65 +381,59 @@ json_t *kv_http_json(const struct kv_http_resp *r)
 
 /* ---- URLs ---- */
 
-/* "scheme://host:port" of a parsed URL (default_port if it names none), or
- * NULL when it is not http(s) with a host.  malloc'd. */
-static char *origin(CURLU *u, unsigned default_port)
+/* Part what of u, malloc'd; NULL when u has none or *rc is set (-ENOMEM
+ * when copying it failed). */
+static char *part(CURLU *u, CURLUPart what, unsigned flags, int *rc)
 {
-	char *scheme = NULL, *host = NULL, *port = NULL, *out = NULL;
+	char *p = NULL, *out = NULL;
 
-	if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
-	    curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK && *host &&
-	    (strcmp(scheme, "http") == 0 || strcmp(scheme, "https") == 0)) {
-		if (curl_url_get(u, CURLUPART_PORT, &port, 0) == CURLUE_OK) {
-			if (asprintf(&out, "%s://%s:%s", scheme, host, port) < 0)
-				out = NULL;
-		} else if (asprintf(&out, "%s://%s:%u", scheme, host, default_port) < 0) {
-			out = NULL;
-		}
-	}
-	curl_free(scheme);
-	curl_free(host);
-	curl_free(port);
+	if (!*rc && curl_url_get(u, what, &p, flags) == CURLUE_OK && !(out = strdup(p)))
+		*rc = -ENOMEM;
+	curl_free(p);
 	return out;
 }
 
 int kv_http_parse(const char *url, unsigned default_port, struct kv_http_url *out)
 {
 	CURLU *u = curl_url();
-	char *part = NULL, *path = NULL;
+	char *scheme, *host, *port, *path, *pw, *dec = NULL, dport[12];
 	int rc = u ? 0 : -ENOMEM, n = 0;
 
 	*out = (struct kv_http_url){0};
-	if (!rc && (curl_url_set(u, CURLUPART_URL, url, CURLU_PATH_AS_IS) != CURLUE_OK ||
-		    !(out->origin = origin(u, default_port))))
+	if (!rc && curl_url_set(u, CURLUPART_URL, url, CURLU_PATH_AS_IS) != CURLUE_OK)
 		rc = -EINVAL;
-	if (!rc && curl_url_get(u, CURLUPART_USER, &part, CURLU_URLDECODE) == CURLUE_OK &&
-	    !(out->user = strdup(part)))
+	scheme = part(u, CURLUPART_SCHEME, 0, &rc);
+	host = part(u, CURLUPART_HOST, 0, &rc);
+	snprintf(dport, sizeof(dport), "%u", default_port);
+	port = part(u, CURLUPART_PORT, 0, &rc);
+	out->user = part(u, CURLUPART_USER, CURLU_URLDECODE, &rc);
+	pw = part(u, CURLUPART_PASSWORD, 0, &rc);
+	out->password = pw != NULL;
+	out->query = part(u, CURLUPART_QUERY, 0, &rc);
+	path = part(u, CURLUPART_PATH, 0, &rc);  /* at least "/" */
+	if (!rc && (!host || !*host || (strcmp(scheme, "http") && strcmp(scheme, "https"))))
+		rc = -EINVAL;  /* not http(s) with a host */
+	if (!rc && asprintf(&out->origin, "%s://%s:%s", scheme, host, port ? port : dport) < 0)
 		rc = -ENOMEM;
-	curl_free(part);
-	part = NULL;
-	out->password = !rc && curl_url_get(u, CURLUPART_PASSWORD, &part, 0) == CURLUE_OK;
-	curl_free(part);
-	part = NULL;
-	if (!rc && curl_url_get(u, CURLUPART_QUERY, &part, 0) == CURLUE_OK &&
-	    !(out->query = strdup(part)))
-		rc = -ENOMEM;
-	curl_free(part);
-	part = NULL;
-	if (!rc && curl_url_get(u, CURLUPART_PATH, &part, 0) == CURLUE_OK &&
-	    !(path = curl_easy_unescape(NULL, part + strspn(part, "/"), 0, &n)))
+	/* the path %-decoded, as a key prefix: "/app/" and "/app" both mean "app/" */
+	if (!rc && !(dec = curl_easy_unescape(NULL, path + strspn(path, "/"), 0, &n)))
 		rc = -ENOMEM;
 	if (!rc && !(out->prefix = malloc((size_t)n + 2)))
 		rc = -ENOMEM;
 	if (!rc) {
-		memcpy(out->prefix, path ? path : "", (size_t)n);
-		out->prefix_len = (size_t)n;
-		if (n && path[n - 1] != '/')
-			out->prefix[out->prefix_len++] = '/';
-		out->prefix[out->prefix_len] = '\0';
+		memcpy(out->prefix, dec, (size_t)n);
+		if (n && dec[n - 1] != '/')
+			out->prefix[n++] = '/';
+		out->prefix[out->prefix_len = (size_t)n] = '\0';
 	}
-	curl_free(part);
-	curl_free(path);
+	curl_free(dec);
+	if (pw)
+		explicit_bzero(pw, strlen(pw));
+	free(scheme);
+	free(host);
+	free(port);
+	free(pw);
+	free(path);
 	curl_url_cleanup(u);
 	if (rc)
 		kv_http_url_free(out);
@@ -664,20 +658,17 @@ json_t *kv_json_base64(const void *p, size_t n)
 int kv_json_unbase64(const json_t *s, char **out, size_t *len)
 {
 	const char *t = json_string_value(s);
-	size_t n = t ? json_string_length(s) : 0, pad = 0;
+	size_t n = t ? json_string_length(s) : 0;
 	char *d = malloc(n / 4 * 3 + 4);
-	int got;
 
 	if (!d)
 		return -ENOMEM;
-	got = n ? EVP_DecodeBlock((unsigned char *)d, (const unsigned char *)t, (int)n) : 0;
-	if (got < 0 || n % 4) {
+	if (n % 4 || (n && EVP_DecodeBlock((unsigned char *)d, (const unsigned char *)t,
+					   (int)n) < 0)) {
 		free(d);
 		return -EIO;
 	}
-	while (pad < 2 && n > pad && t[n - 1 - pad] == '=')
-		pad++;
-	*len = (size_t)got - pad;
+	*len = kv_json_base64_size(s);
 	d[*len] = '\0';
 	*out = d;
 	return 0;
