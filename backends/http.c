@@ -56,7 +56,6 @@ static const struct kv_pool_ops handle_ops = {
 int kv_http_init(struct kv_http *h, const char *name, int timeout_ms, char *err, size_t errlen)
 {
 	*h = (struct kv_http){.name = name, .timeout_ms = timeout_ms};
-	pthread_mutex_init(&h->lock, NULL);
 	kv_pool_init(&h->pool, name, &handle_ops, h, KV_POOL_MAX);
 	pthread_once(&curl_once, curl_init_once);
 	if (curl_init_rc != CURLE_OK) {
@@ -69,7 +68,6 @@ int kv_http_init(struct kv_http *h, const char *name, int timeout_ms, char *err,
 void kv_http_destroy(struct kv_http *h)
 {
 	kv_pool_destroy(&h->pool);
-	pthread_mutex_destroy(&h->lock);
 	for (size_t i = 0; i < 4; i++)
 		free(h->tls[i]);
 	for (struct curl_slist *l = h->headers; l; l = l->next)
@@ -265,15 +263,10 @@ static bool transient_503(long status, const struct kv_buf *body)
 static void warn_limited(struct kv_http *h, const struct kv_http_req *rq, size_t ep,
 			 const char *why)
 {
-	int64_t now = kv_now_ms();
-	bool say;
+	int64_t now = kv_now_ms(), last = __atomic_load_n(&h->last_warn, __ATOMIC_RELAXED);
 
-	pthread_mutex_lock(&h->lock);
-	say = now - h->last_warn >= 1000;
-	if (say)
-		h->last_warn = now;
-	pthread_mutex_unlock(&h->lock);
-	if (say)
+	if (now - last >= 1000 && __atomic_compare_exchange_n(&h->last_warn, &last, now, false,
+							      __ATOMIC_RELAXED, __ATOMIC_RELAXED))
 		kv_log(KV_LOG_WARN, "%s: %s %s%s: %s", h->name, rq->method, h->eps[ep], rq->path,
 		       why);
 }

@@ -34,8 +34,7 @@ struct kv_http {
 	struct kv_option query[8];     /* settings from the URL's ?query */
 	size_t nquery;
 	char *query_text;
-	pthread_mutex_t lock;
-	int64_t last_warn;       /* transport trouble is logged once a second at most */
+	int64_t last_warn;       /* atomic: transport trouble is logged once a second at most */
 };
 
 /*
