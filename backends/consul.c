@@ -285,60 +285,49 @@ static int cs_get(struct kv_store *s, const char *key, size_t klen, char **val, 
  * for a key the path cannot carry.  With cas, version is Consul's
  * ModifyIndex, and 0 means "only if missing" in both forms.
  */
-static int put_key(struct consul *c, struct kv_buf *ck, const char *val, size_t vlen, bool cas,
-		   uint64_t version)
-{
-	struct kv_http_resp r = {0};
-	char q[40];
-	int rc;
-
-	if (path_safe(ck->p, ck->len, false)) {
-		snprintf(q, sizeof(q), "cas=%llu", (unsigned long long)version);
-		rc = cs_call(c, (struct kv_http_req){.method = "PUT", .body = val, .blen = vlen,
-			     .bulk = true, .idempotent = !cas}, "/v1/kv/", ck->p, ck->len,
-			     cas ? q : NULL, &r);
-		if (rc)
-			return rc;
-		if (r.status == 200)
-			rc = strncmp(r.body.p ? r.body.p : "", "true", 4) == 0 ? 0 : -ECANCELED;
-		else if (r.status != 400)
-			rc = status_errno(c, cas ? "cas" : "set", &r);
-		else
-			rc = 1;  /* refused on the path: try the body */
-		kv_buf_free(&r.body);
-		if (rc != 1)
-			return rc == -ENOENT ? -EIO : rc;
-	}
-	rc = txn_run(c, json_pack("[o]", txn_op(cas ? "cas" : "set", ck->p, ck->len, val, vlen,
-						 true, cas ? version : 0)), !cas, NULL, NULL);
-	if (rc == -EFBIG && vlen <= CS_MAX_VALUE)
-		kv_log(KV_LOG_INFO, "consul: a key with empty, '.' or '..' segments travels in a "
-		       "transaction, which holds values up to about 383 KiB");
-	return rc == -ENOENT ? -ECANCELED : rc;
-}
-
-static int put(struct kv_store *s, const char *key, size_t klen, const char *val, size_t vlen,
+static int put(struct consul *c, const char *key, size_t klen, const char *val, size_t vlen,
 	       bool cas, uint64_t version)
 {
-	struct consul *c = kv_store_cast(struct consul, s);
+	struct kv_http_resp r = {0};
 	struct kv_buf ck = {0};
+	char q[40];
 	int rc = key_of(c, &ck, key, klen);
 
-	if (rc == 0)
-		rc = put_key(c, &ck, val, vlen, cas, version);
+	snprintf(q, sizeof(q), "cas=%llu", (unsigned long long)version);
+	if (!rc && path_safe(ck.p, ck.len, false))
+		rc = cs_call(c, (struct kv_http_req){.method = "PUT", .body = val, .blen = vlen,
+			     .bulk = true, .idempotent = !cas}, "/v1/kv/", ck.p, ck.len,
+			     cas ? q : NULL, &r);
+	else if (!rc)
+		r.status = 400;  /* a key the path cannot carry: as a stricter server says */
+	if (rc)
+		;
+	else if (r.status == 200)
+		rc = strncmp(r.body.p ? r.body.p : "", "true", 4) == 0 ? 0 : -ECANCELED;
+	else if (r.status != 400)
+		rc = status_errno(c, cas ? "cas" : "set", &r);
+	else
+		rc = txn_run(c, json_pack("[o]", txn_op(cas ? "cas" : "set", ck.p, ck.len, val,
+							 vlen, true, cas ? version : 0)), !cas,
+			     NULL, NULL);
+	if (r.status == 400 && rc == -EFBIG && vlen <= CS_MAX_VALUE)
+		kv_log(KV_LOG_INFO, "consul: a key with empty, '.' or '..' segments travels in a "
+		       "transaction, which holds values up to about 383 KiB");
+	kv_buf_free(&r.body);
 	kv_buf_free(&ck);
-	return rc;
+	/* missing: a refused cas in a transaction, a store fault on the path */
+	return rc != -ENOENT ? rc : r.status == 400 ? -ECANCELED : -EIO;
 }
 
 static int cs_set(struct kv_store *s, const char *key, size_t klen, const char *val, size_t vlen)
 {
-	return put(s, key, klen, val, vlen, false, 0);
+	return put(kv_store_cast(struct consul, s), key, klen, val, vlen, false, 0);
 }
 
 static int cs_cas(struct kv_store *s, const char *key, size_t klen, uint64_t version,
 		  const char *val, size_t vlen)
 {
-	return put(s, key, klen, val, vlen, true, version);
+	return put(kv_store_cast(struct consul, s), key, klen, val, vlen, true, version);
 }
 
 /* Consul's DELETE answers true for a missing key; a transaction of
@@ -379,7 +368,7 @@ static int apply_in_order(struct consul *c, const struct kv_op *ops, struct kv_b
 		if (!cks[i].len)
 			continue;
 		if (ops[i].type == KV_OP_SET)
-			rc = put_key(c, &cks[i], ops[i].val, ops[i].val_len, false, 0);
+			rc = put(c, ops[i].key, ops[i].key_len, ops[i].val, ops[i].val_len, false, 0);
 		else
 			rc = txn_run(c, json_pack("[o]", KEY_OP("delete", cks[i].p, cks[i].len)), true,
 				     NULL, NULL);

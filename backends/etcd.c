@@ -232,8 +232,8 @@ static int authenticate(struct ed_store *s, unsigned gen, struct ed_call *o)
 
 /*
  * POST req (taken; NULL: -ENOMEM) to path with the token, authenticating
- * again once when it expired.  0 and the JSON answer in *resp (the caller
- * frees it), or a negative errno.  A refusal is logged here unless quiet;
+ * again once when it expired.  0 and the JSON answer in *resp if resp is
+ * not NULL (the caller frees it), or a negative errno.  A refusal is logged here unless quiet;
  * no answer at all by http.c.
  */
 static int call(struct ed_store *s, const char *path, json_t *req, json_t **resp,
@@ -241,6 +241,7 @@ static int call(struct ed_store *s, const char *path, json_t *req, json_t **resp
 {
 	struct ed_call none = {0};
 	bool reauthed = false;
+	json_t *ans;
 	unsigned gen;
 	int rc;
 
@@ -248,7 +249,7 @@ static int call(struct ed_store *s, const char *path, json_t *req, json_t **resp
 	for (;;) {
 		char *token = token_get(s, &gen);
 
-		rc = post(s, path, token, req, resp, o);
+		rc = post(s, path, token, req, &ans, o);
 		free(token);
 		if (rc != ED_AUTH || !s->user || reauthed)
 			break;
@@ -257,6 +258,10 @@ static int call(struct ed_store *s, const char *path, json_t *req, json_t **resp
 			break;
 	}
 	json_decref(req);
+	if (resp)
+		*resp = ans;
+	else
+		json_decref(ans);
 	rc = rc == ED_AUTH ? -EACCES : rc == ED_RETRY ? -EIO : rc;
 	if (!rc || !o->answered || o->quiet)
 		return rc;
@@ -304,15 +309,11 @@ static int ed_set(struct kv_store *st, const char *key, size_t klen, const char 
 		  size_t vlen)
 {
 	struct ed_store *s = kv_store_cast(struct ed_store, st);
-	json_t *resp;
-	int rc;
 
 	if (s->nslen + klen == 0)
 		return -EINVAL;
-	rc = call(s, "/v3/kv/put", json_pack("{s:o, s:o}", "key", key_json(s, key, klen),
-					     "value", kv_json_base64(val, vlen)), &resp, NULL);
-	json_decref(resp);
-	return rc;
+	return call(s, "/v3/kv/put", json_pack("{s:o, s:o}", "key", key_json(s, key, klen),
+					       "value", kv_json_base64(val, vlen)), NULL, NULL);
 }
 
 static int ed_del(struct kv_store *st, const char *key, size_t klen)
@@ -374,8 +375,7 @@ static int ed_cas(struct kv_store *st, const char *key, size_t klen, uint64_t ve
 static int ed_apply(struct kv_store *st, const struct kv_op *ops, size_t n)
 {
 	struct ed_store *s = kv_store_cast(struct ed_store, st);
-	json_t *list, *resp;
-	int rc;
+	json_t *list;
 
 	for (size_t i = 0; i < n; i++)
 		if (ops[i].type == KV_OP_SET && s->nslen + ops[i].key_len == 0)
@@ -406,9 +406,7 @@ static int ed_apply(struct kv_store *st, const struct kv_op *ops, size_t n)
 		json_decref(list);
 		return 0;
 	}
-	rc = call(s, "/v3/kv/txn", json_pack("{s:o}", "success", list), &resp, NULL);
-	json_decref(resp);
-	return rc;
+	return call(s, "/v3/kv/txn", json_pack("{s:o}", "success", list), NULL, NULL);
 }
 
 /* ---- scan ---- */
@@ -474,18 +472,17 @@ static int check_access(struct ed_store *s, struct kv_health *h)
 	struct ed_call o = {.quiet = true};
 	unsigned gen;
 	char *token = token_get(s, &gen);
-	json_t *resp;
-	int rc = 0;
+	bool login = s->user && !token;
+	int rc;
 
 	free(token);
-	if (s->user && !token && (rc = authenticate(s, gen, &o))) {
+	if (login && (rc = authenticate(s, gen, &o))) {
 		snprintf(h->detail, sizeof(h->detail), "etcd: authentication as %s failed: %s",
 			 s->user, o.why);
 		return rc == -EACCES || rc == -ENOMEM ? rc : -EIO;
 	}
 	rc = call(s, "/v3/kv/range", json_pack("{s:o, s:b}", "key", key_json(s, "", 0),
-					       "keys_only", 1), &resp, &o);
-	json_decref(resp);
+					       "keys_only", 1), NULL, &o);
 	if (rc)
 		snprintf(h->detail, sizeof(h->detail), "etcd refused a read%s%s: %s",
 			 s->user ? " by user " : " without a user", s->user ? s->user : "", o.why);
