@@ -349,13 +349,10 @@ static int ed_cas(struct kv_store *st, const char *key, size_t klen, uint64_t ve
 	if (s->nslen + klen == 0)
 		return -EINVAL;
 	/* version 0: the key must not exist, i.e. its create_revision is 0. */
-	if (version == 0)
-		cmp = json_pack("{s:o, s:s, s:s, s:s}", "key", key_json(s, key, klen),
-				"target", "CREATE", "result", "EQUAL", "create_revision", "0");
-	else
-		cmp = json_pack("{s:o, s:s, s:s, s:I}", "key", key_json(s, key, klen),
-				"target", "MOD", "result", "EQUAL", "mod_revision",
-				(json_int_t)version);
+	cmp = json_pack("{s:o, s:s, s:s, s:o}", "key", key_json(s, key, klen), "target",
+			version ? "MOD" : "CREATE", "result", "EQUAL",
+			version ? "mod_revision" : "create_revision",
+			version ? json_integer((json_int_t)version) : json_string("0"));
 	rc = call(s, "/v3/kv/txn", json_pack("{s:[o], s:[o]}", "compare", cmp, "success",
 					     put_op(s, key, klen, val, vlen)), &resp, &o);
 	if (rc)

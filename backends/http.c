@@ -260,15 +260,14 @@ static bool transient_503(long status, const struct kv_buf *body)
 
 /* Log transport trouble at most once a second: a dead store under a busy
  * mount would flood the log. */
-static void warn_limited(struct kv_http *h, const struct kv_http_req *rq, size_t ep,
+static void warn_limited(struct kv_http *h, const struct kv_http_req *rq, const char *ep,
 			 const char *why)
 {
 	int64_t now = kv_now_ms(), last = __atomic_load_n(&h->last_warn, __ATOMIC_RELAXED);
 
 	if (now - last >= 1000 && __atomic_compare_exchange_n(&h->last_warn, &last, now, false,
 							      __ATOMIC_RELAXED, __ATOMIC_RELAXED))
-		kv_log(KV_LOG_WARN, "%s: %s %s%s: %s", h->name, rq->method, h->eps[ep], rq->path,
-		       why);
+		kv_log(KV_LOG_WARN, "%s: %s %s%s: %s", h->name, rq->method, ep, rq->path, why);
 }
 
 static bool ep_down(struct kv_http *h, size_t i, int64_t now)
@@ -312,15 +311,15 @@ int kv_http_request(struct kv_http *h, const struct kv_http_req *rq, struct kv_h
 		tries++;
 		rc = exchange(h, ep, rq, now + h->timeout_ms < deadline ? now + h->timeout_ms
 									: deadline, r, &passing, &sent);
+		r->endpoint = h->eps[ep];
 		if (rc == 0 && !transient(r->status, &r->body)) {
 			__atomic_store_n(&h->cur, (unsigned)ep, __ATOMIC_RELAXED);
 			__atomic_store_n(&h->down_until[ep], 0, __ATOMIC_RELAXED);
-			r->endpoint = h->eps[ep];
 			break;
 		}
 		if (rc == -ENOMEM || rc == -ETIMEDOUT || (rc && sent && !rq->idempotent))
 			break;
-		r->ambiguous = r->ambiguous || sent || rc == 0;
+		r->ambiguous = r->ambiguous || sent;
 		if (rc == 0) {
 			/* "not now": an election */
 			if (!kv_backoff(round++, deadline))
@@ -338,7 +337,7 @@ int kv_http_request(struct kv_http *h, const struct kv_http_req *rq, struct kv_h
 	}
 	rc = rc == -ETIMEDOUT ? -EIO : rc;
 	if (rc == -EIO && !rq->quiet)
-		warn_limited(h, rq, ep, r->why);
+		warn_limited(h, rq, r->endpoint ? r->endpoint : h->eps[ep], r->why);
 	if (rc)
 		kv_buf_free(&r->body);
 	return rc;

@@ -83,7 +83,7 @@ struct kv_http_resp {
 	struct kv_buf body;
 	bool ambiguous;                /* an attempt before this answer may have reached
 	                                  the store (and been applied) */
-	const char *endpoint;          /* the one that answered */
+	const char *endpoint;          /* the one tried last: that answered, when 0 */
 	char why[160];                 /* transport failure, for logs */
 };
 
