@@ -111,8 +111,7 @@ static int classify(long http, json_t *resp, char *why, size_t wlen)
 	if (!msg)
 		msg = "";
 	/* an expired token, or none since auth was enabled after we opened */
-	if (resp && (code == 16 || strstr(msg, "invalid auth token") ||
-		     strstr(msg, "user name is empty")))
+	if (code == 16 || strstr(msg, "invalid auth token") || strstr(msg, "user name is empty"))
 		return ED_AUTH;
 	if (strstr(msg, "request is too large") || strstr(msg, "too many operations"))
 		return -EFBIG;
