@@ -2,10 +2,10 @@
  * http.h - what the HTTP stores (Consul, etcd, the next ones) share: one
  * pool of libcurl easy handles per store over the toolkit's kv_pool, its
  * endpoints with failover between them, a request bounded by the timeout
- * and retried on passing failures, TLS files checked at open, settings
- * from the URL's query, and base64 for values that travel in JSON.  JSON itself
- * is built and read with jansson only.  Compiled only with a backend that
- * needs it (meson.build).
+ * and retried on passing failures, headers, TLS files checked at open,
+ * settings from the URL's query, and base64 for values that travel in
+ * JSON.  JSON itself is built and read with jansson only.  Compiled only
+ * with a backend that needs it (meson.build).
  */
 #ifndef KVFS_HTTP_H
 #define KVFS_HTTP_H
