@@ -810,7 +810,8 @@ static int cs_open(const struct kv_open_args *a, struct kv_store **out, char *er
 const struct kv_backend kv_backend_consul = {
 	.scheme = "consul",
 	.aliases = (const char *const[]){"consul+https", NULL},
-	.summary = "HashiCorp Consul's KV store over HTTP(S); consul+https:, consul: uses $CONSUL_HTTP_ADDR",
+	.summary = "HashiCorp Consul's KV store over HTTP(S); consul+https:, "
+		   "consul: uses $CONSUL_HTTP_ADDR",
 	.usage = "consul://host:8500/[prefix][?dc=DC]",
 	.options = (const char *const[]){"cacert", "capath", "cert", "key", NULL},
 	.persistent = true,
