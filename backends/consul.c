@@ -582,11 +582,8 @@ static int cs_scan(struct kv_store *s, const char *from, size_t flen, const char
 		qsort_r(v, n, sizeof(*v), fkey_cmp, f.text.p);
 	/* Size and hand over a transaction's worth at a time, until max. */
 	while (!rc && i < n && done < max) {
-		size_t m = n - i;
-		if (m > CS_TXN_MAX_OPS)
-			m = CS_TXN_MAX_OPS;
-		if (m > max - done)
-			m = max - done;
+		size_t m = n - i < CS_TXN_MAX_OPS ? n - i : CS_TXN_MAX_OPS;
+		m = m < max - done ? m : max - done;
 		rc = fetch_sizes(c, f.text.p, v + i, m);
 		for (size_t j = i; j < i + m && !rc; j++) {
 			if (v[j].gone)

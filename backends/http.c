@@ -252,12 +252,6 @@ static int exchange(struct kv_http *h, size_t ep, const struct kv_http_req *rq, 
 	return -EIO;
 }
 
-static bool transient_503(long status, const struct kv_buf *body)
-{
-	(void)body;
-	return status == 503;
-}
-
 /* Log transport trouble at most once a second: a dead store under a busy
  * mount would flood the log. */
 static void warn_limited(struct kv_http *h, const struct kv_http_req *rq, const char *ep,
@@ -277,8 +271,6 @@ static bool ep_down(struct kv_http *h, size_t i, int64_t now)
 
 int kv_http_request(struct kv_http *h, const struct kv_http_req *rq, struct kv_http_resp *r)
 {
-	bool (*transient)(long, const struct kv_buf *) = rq->transient ? rq->transient
-								       : transient_503;
 	int64_t start = kv_now_ms(), again_until = start + h->timeout_ms;
 	int64_t deadline = start + (int64_t)h->timeout_ms * (int64_t)h->neps;
 	unsigned failed = 0, every = (1u << h->neps) - 1;  /* endpoints failed in this call */
@@ -312,7 +304,8 @@ int kv_http_request(struct kv_http *h, const struct kv_http_req *rq, struct kv_h
 		rc = exchange(h, ep, rq, now + h->timeout_ms < deadline ? now + h->timeout_ms
 									: deadline, r, &passing, &sent);
 		r->endpoint = h->eps[ep];
-		if (rc == 0 && !transient(r->status, &r->body)) {
+		if (rc == 0 && !(rq->transient ? rq->transient(r->status, &r->body)
+					       : r->status == 503)) {
 			__atomic_store_n(&h->cur, (unsigned)ep, __ATOMIC_RELAXED);
 			__atomic_store_n(&h->down_until[ep], 0, __ATOMIC_RELAXED);
 			break;
