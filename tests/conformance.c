@@ -49,6 +49,8 @@ struct suite {
 	char ns[64];         /* "conf-<pid>-<random>" */
 	size_t full_at;      /* --full-at N: the store was set up to refuse a value
 	                        of N bytes as full (memory's quota, lmdb's map_size) */
+	const char *refused; /* --refused-key NAME: the server was set up to refuse
+	                        to write any key ending in NAME (a SQL constraint) */
 };
 
 /* Something to release when the test ends, however it ends. */
@@ -1634,14 +1636,22 @@ static void t_apply_of_nothing_succeeds(struct t *t)
 
 /*
  * An operation the store must refuse, to make an apply fail: with
- * --full-at, a value the store itself refuses as full (the refusal comes
- * from inside the backend's apply, so its rollback runs); else a value one
+ * --refused-key, a write the server refuses (EIO); with --full-at, a value
+ * the store itself refuses as full (either way the refusal comes from
+ * inside the backend's apply, so its rollback runs); else a value one
  * byte over max_value, else a key one byte over max_key (refused by the
  * dispatch layer before the backend runs).  Returns the expected errno, or
  * 0 when there is no way to make the store refuse.
  */
 static int over_limit_op(struct t *t, struct kv_op *op)
 {
+	if (t->su->refused) {
+		struct bytes k = key(t, t->su->refused);
+
+		*op = (struct kv_op){ .type = KV_OP_SET, .key = k.p, .key_len = k.n,
+			.val = "v", .val_len = 1 };
+		return -EIO;
+	}
 	if (t->su->full_at && t->su->full_at < MAX_ALLOC) {
 		struct bytes k = key(t, "full");
 
@@ -2370,6 +2380,8 @@ static void usage(FILE *f)
 		"  --full-at N     the store is set up to refuse a value of N bytes as full\n"
 		"                  (memory: -o quota, lmdb: -o map_size): failed applies then\n"
 		"                  fail inside the backend\n"
+		"  --refused-key NAME  the server is set up to refuse to write keys ending in\n"
+		"                  NAME (e.g. a CHECK constraint): failed applies fail there\n"
 		"  -v              debug tracing from the backend layer\n");
 }
 
@@ -2459,6 +2471,8 @@ int main(int argc, char **argv)
 			filter = argv[++i];
 		} else if (strncmp(a, "--filter=", 9) == 0) {
 			filter = a + 9;
+		} else if (strcmp(a, "--refused-key") == 0 && i + 1 < argc) {
+			su.refused = argv[++i];
 		} else if (strcmp(a, "--full-at") == 0 && i + 1 < argc) {
 			uint64_t n;
 			if (kv_parse_size(argv[++i], &n)) {

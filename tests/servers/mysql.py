@@ -119,6 +119,16 @@ class Raw:
                  "INSERT INTO `%s` (k, v, ver) VALUES %s ON DUPLICATE KEY UPDATE "
                  "v = VALUES(v), ver = VALUES(ver);\n" % (self.table, rows))
 
+    def refuse(self, suffix):
+        """Make the server refuse to write any key ending in suffix (a CHECK
+        constraint: error 4025); refuse(None) lifts it."""
+        self.sql((CREATE % self.table) + ";\n"
+                 "ALTER TABLE `%s` DROP CONSTRAINT IF EXISTS kvfs_test_refused;\n"
+                 % self.table)
+        if suffix:
+            self.sql("ALTER TABLE `%s` ADD CONSTRAINT kvfs_test_refused CHECK "
+                     "(RIGHT(k, %d) <> %s);\n" % (self.table, len(suffix), _hex(suffix)))
+
     def get(self, key):
         out = self.sql("SELECT CONCAT('x', HEX(v)) FROM `%s` WHERE k = %s;\n"
                        % (self.table, _hex(key))).strip()

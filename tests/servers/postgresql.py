@@ -179,6 +179,18 @@ class Raw:
              "INSERT INTO %s (k, v, ver) VALUES %s ON CONFLICT (k) DO UPDATE "
              "SET v = EXCLUDED.v, ver = EXCLUDED.ver;\n" % (self.table, self.table, rows))
 
+    def refuse(self, suffix):
+        """Make the server refuse to write any key ending in suffix (a CHECK
+        constraint: SQLSTATE 23514); refuse(None) lifts it."""
+        self.put_many({b"kvfs-test-refuse": b""})     # the table exists
+        self.sql("DELETE FROM %s WHERE k = %s;\n"
+                 "ALTER TABLE %s DROP CONSTRAINT IF EXISTS kvfs_test_refused;\n"
+                 % (self.table, _hex(b"kvfs-test-refuse"), self.table))
+        if suffix:
+            self.sql("ALTER TABLE %s ADD CONSTRAINT kvfs_test_refused CHECK "
+                     "(substring(k from length(k) - %d) <> %s);\n"
+                     % (self.table, len(suffix) - 1, _hex(suffix)))
+
     def get(self, key):
         out = self.sql("SELECT 'x' || encode(v, 'hex') FROM %s WHERE k = %s;\n"
                    % (self.table, _hex(key))).strip()
