@@ -20,7 +20,6 @@ struct dirent_item {
 struct dirlist {
 	struct kvfs *fs;
 	char *path;           /* the directory, "/" for the root */
-	bool is_root;
 	size_t pathlen;       /* 0 for the root */
 	const char *marker;   /* this directory's own marker key */
 	size_t marker_len;
@@ -161,7 +160,6 @@ static int dir_load(struct kvfs *fs, const char *path, struct dirlist *d)
 		node_free(&n);
 		return -ENOTDIR;
 	}
-	d->is_root = n.kind == KM_ROOT;
 	size_t plen = dir_prefix(&n);
 	if (n.kind != KM_CONT) {
 		d->marker = n.key;
@@ -216,14 +214,15 @@ int kvfs_releasedir(const char *path, struct fuse_file_info *fi)
 /*
  * Entries carry offsets (index + 1), so libfuse passes each batch to the
  * kernel as it fills, with attributes: readdirplus then needs no lookup
- * per entry (M3).  Index 0 and 1 are "." and "..", 2 is .health at the root.
+ * per entry (M3).  Index 0 and 1 are "." and "..".  .health is not listed
+ * (M9): whole-tree copies see exactly the store's keys.
  */
 int kvfs_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t off,
 		 struct fuse_file_info *fi, enum fuse_readdir_flags flags)
 {
 	struct kvfs *fs = FS();
 	struct dirlist *d = (struct dirlist *)(uintptr_t)fi->fh;
-	size_t fixed = d->is_root ? 3 : 2;
+	size_t fixed = 2;
 	struct stat st;
 
 	(void)path;
@@ -231,13 +230,9 @@ int kvfs_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t off,
 	for (size_t i = (size_t)off; i < fixed + d->n; i++) {
 		const char *name;
 		int full;
-		if (i < 2) {
+		if (i < fixed) {
 			/* "." and ".." carry no attributes: the kernel has them already. */
 			full = filler(buf, i ? ".." : ".", NULL, (off_t)i + 1, 0);
-		} else if (i < fixed) {
-			fill_stat(fs, NULL, 0, NT_FILE, 0, &st);
-			st.st_mode = S_IFREG | 0444;
-			full = filler(buf, KEYMAP_HEALTH_NAME, &st, (off_t)i + 1, FUSE_FILL_DIR_PLUS);
 		} else {
 			struct dirent_item *it = &d->items[i - fixed];
 			uint64_t sz = it->size;

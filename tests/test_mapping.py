@@ -10,13 +10,15 @@ layer's, the same on every backend: a test runs on lmdb and memory only,
 unless it is marked each_backend with what about the store it depends on
 (keys the store cannot hold as they are, long keys, byte order, paging)."""
 import errno
+import json
 import os
 import stat
+import tarfile
 
 import pytest
 
 from util import (assert_errno, assert_open_errno, encode_key, expected_tree,
-                  read_file, seeded_rng, walk_tree, write_file)
+                  read_file, run, seeded_rng, walk_tree, write_file)
 
 pytestmark = pytest.mark.share_mounts
 
@@ -645,7 +647,41 @@ def test_m9_health_is_a_read_only_file_at_root(mnt):
     assert stat.S_ISREG(st.st_mode)
     assert stat.S_IMODE(st.st_mode) == 0o444
     assert isinstance(mnt.health(), dict)
-    assert listdir(mnt).count(b".health") <= 1
+    assert b".health" not in listdir(mnt)
+
+
+@ROOT
+def test_m9_health_is_read_whole_whatever_its_size(mnt):
+    with open(mnt.p(".health"), "rb") as f:
+        text = f.read()
+        size = os.fstat(f.fileno()).st_size
+    assert len(text) > size
+    assert json.loads(text)["status"]
+
+
+@ROOT
+def test_m9_whole_mount_copies_see_exactly_the_keys(mnt, workdir):
+    write_file(mnt.p("a"), b"1")
+    os.mkdir(mnt.p("d"))
+    write_file(mnt.p("d", "b"), b"22")
+    write_file(mnt.p("%.health"), b"a key named .health")
+    names = [b"%.health", b"a", b"d"]
+    assert sorted(listdir(mnt)) == names
+
+    out = os.path.join(workdir, "copy")
+    r = run(["cp", "-a", mnt.path + "/.", out])
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(os.fsencode(out))) == names
+    r = run(["tar", "cf", os.path.join(workdir, "t.tar"), "-C", mnt.path, "."])
+    assert r.returncode == 0, r.stderr
+    with tarfile.open(os.path.join(workdir, "t.tar")) as t:
+        assert sorted(t.getnames()) == [".", "./%.health", "./a", "./d", "./d/b"]
+    # back into the mount, twice: nothing to delete, nothing refused
+    for _ in range(2):
+        r = run(["rsync", "-a", "--delete", out + "/", mnt.path + "/"])
+        assert r.returncode == 0, r.stderr
+    assert sorted(listdir(mnt)) == names
+    assert read_file(mnt.p("%.health")) == b"a key named .health"
 
 
 @ROOT
