@@ -9,6 +9,7 @@
 #include "node.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,9 +27,17 @@ void node_free(struct node *n)
 int node_decode(struct kvfs *fs, const char *path, struct node *n)
 {
 	struct keymap_res r;
-	int rc = keymap_decode(path, &r);
+	int rc;
 
-	if (rc)
+	/* No name the mapping makes is over NAME_MAX (M7): a longer one is
+	 * ENAMETOOLONG, as ext4 answers, not a name that does not decode. */
+	for (const char *p = path, *end; *p; p = *end ? end + 1 : end) {
+		if (!(end = strchr(p, '/')))
+			end = p + strlen(p);
+		if (end - p > NAME_MAX)
+			return -ENAMETOOLONG;
+	}
+	if ((rc = keymap_decode(path, &r)))
 		return rc;
 	n->kind = r.kind;
 	n->klen = fs->root_len + r.key_len;

@@ -498,6 +498,21 @@ def test_m7_255_byte_segment_is_plain_and_256_is_cut(raw, mounts):
     assert read_file(m.p(b"%+" + b"z" * 253, b"zzz")) == b"b"
 
 
+def test_m7_name_over_255_bytes_is_enametoolong(mnt):
+    long = b"n" * 256
+    write_file(mnt.p("f"), b"v")
+    os.mkdir(mnt.p("d"))
+    assert_errno(errno.ENAMETOOLONG, os.stat, mnt.p(long))
+    assert_errno(errno.ENAMETOOLONG, os.stat, mnt.p("d", long))
+    assert_open_errno(errno.ENAMETOOLONG, mnt.p(long), O_NEW)
+    assert_errno(errno.ENAMETOOLONG, os.mkdir, mnt.p(long))
+    assert_errno(errno.ENAMETOOLONG, os.rename, mnt.p("f"), mnt.p("d", long))
+    assert_errno(errno.ENAMETOOLONG, os.unlink, mnt.p(long))
+    assert sorted(listdir(mnt)) == [b"d", b"f"] and listdir(mnt, "d") == []
+    write_file(mnt.p(b"n" * 255), b"255 bytes is a name")
+    assert read_file(mnt.p(b"n" * 255)) == b"255 bytes is a name"
+
+
 # (the lmdb backend takes keys up to 511 bytes)
 @LONG
 @pytest.mark.parametrize("seg", [b"%" * 200, b"\0" * 300, b"." * 500,
