@@ -61,7 +61,7 @@ def test_plain_client_keys_show_under_their_own_names(single):
     assert send(single.port, b"set top 0 0 2\r\nhi\r\n") == b"STORED"
     assert send(single.port, b"set caf\xc3\xa9 5 0 4\r\nlatt\r\n") == b"STORED"
     m = mount(single.url)
-    assert sorted(os.listdir(m.path)) == [".health", "caf\xe9", "foo", "top"]
+    assert sorted(os.listdir(m.path)) == ["caf\xe9", "foo", "top"]
     assert os.listdir(m.p("foo")) == [b"bar"]
     assert read_file(m.p("foo/bar")) == b"abc"
     assert read_file(m.p("top")) == b"hi"
@@ -108,7 +108,7 @@ def test_keys_spread_over_both_servers(pair):
             c.close()
     assert all(len(keys) >= 10 for keys in per_server), [len(k) for k in per_server]
     assert len(per_server[0] | per_server[1]) == 60
-    assert sorted(os.listdir(m.path)) == [".health"] + ["f%02d" % i for i in range(60)]
+    assert sorted(os.listdir(m.path)) == ["f%02d" % i for i in range(60)]
     raw = mc.Raw(pair.url)
     assert raw.get(b"f07") == b"7"
     # every key sits where libmemcached's ketama puts it
@@ -152,7 +152,7 @@ def test_foreign_keys_that_look_encoded_are_hidden(single):
         assert send(single.port, b"set %s 0 0 %d\r\n%s\r\n" % (k, len(v), v)) == b"STORED"
     assert send(single.port, b"set ok 0 0 1\r\n1\r\n") == b"STORED"
     m = mount(single.url)
-    assert sorted(os.listdir(m.path)) == [".health", "ok"]
+    assert sorted(os.listdir(m.path)) == ["ok"]
     assert util.errno_of(read_file, m.p(util.encode_key(b"k" * 300))) == errno.ENOENT
     assert m.health()["status"] == "ok"
     # kvfs's own "%~plain" is a different memcached key, and the junk stays
@@ -262,13 +262,13 @@ def test_server_restart_costs_a_delay_not_an_error(workdir):
         m = mount("memcached://127.0.0.1:%d" % port, ["timeout=5s"])
         m.allow_log(r"kvfs: (WARN|ERROR):")
         write_file(m.p("a"), b"1")
-        assert sorted(os.listdir(m.path)) == [".health", "a"]
+        assert sorted(os.listdir(m.path)) == ["a"]
         srv.stop()
         timer = threading.Timer(0.7, srv.start)
         timer.start()
         try:
             write_file(m.p("b"), b"2")          # waits for the server, then works
-            assert sorted(os.listdir(m.path)) == [".health", "b"]   # a is gone: a cache
+            assert sorted(os.listdir(m.path)) == ["b"]   # a is gone: a cache
         finally:
             timer.join()
     finally:

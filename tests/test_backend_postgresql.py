@@ -152,7 +152,7 @@ def test_keys_written_with_psql_show_up(server):
     keys = {b"psql/a": b"one", b"psql/dir/b": b"\x00\x01two\xff", b"psql/e": b""}
     pg.Raw(server.url).put_many(keys)
     m = util.Mount(server.url, opts=NOCACHE + ["root=psql"]).start()
-    assert sorted(os.listdir(m.bpath)) == [b".health", b"a", b"dir", b"e"]
+    assert sorted(os.listdir(m.bpath)) == [b"a", b"dir", b"e"]
     assert util.read_file(m.p("dir/b")) == b"\x00\x01two\xff"
     assert os.stat(m.p("dir/b")).st_size == 6
     assert util.read_file(m.p("e")) == b""

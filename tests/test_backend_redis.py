@@ -418,7 +418,7 @@ def test_glob_characters_in_the_mount_root(server):
     raw.put_many({b"r[1]*?\\/f": b"in", b"r1/f": b"decoy", b"r[1]X?\\/g": b"decoy",
                   b"r[1]*?\\x/h": b"decoy"})
     m = mount(server.url, opts=["root=r[1]*?\\"])
-    assert sorted(n for n in os.listdir(m.bpath) if n != b".health") == [b"f"]
+    assert sorted(os.listdir(m.bpath)) == [b"f"]
 
 
 def test_keys_written_with_redis_cli_show_up(server):
@@ -426,7 +426,7 @@ def test_keys_written_with_redis_cli_show_up(server):
     assert r.returncode == 0, r.stderr
     assert rd.redis_cli(server.url, "SET", "cli/top", "t").returncode == 0
     m = mount(server.url, opts=["root=cli"])
-    assert sorted(os.listdir(m.bpath)) == [b".health", b"dir", b"top"]
+    assert sorted(os.listdir(m.bpath)) == [b"dir", b"top"]
     assert util.read_file(m.p("dir/value")) == b"from redis-cli\n"
     assert os.stat(m.p("dir/value")).st_size == 15
     # and back: what kvfs writes, redis-cli reads
@@ -434,14 +434,14 @@ def test_keys_written_with_redis_cli_show_up(server):
     r = rd.redis_cli(server.url, "--raw", "GET", "cli/dir/back")
     assert r.stdout == b"from kvfs\n"
     assert rd.redis_cli(server.url, "DEL", "cli/top").returncode == 0
-    assert sorted(os.listdir(m.bpath)) == [b".health", b"dir"]
+    assert sorted(os.listdir(m.bpath)) == [b"dir"]
 
 
 def test_binary_keys_with_nul_round_trip(server):
     raw = rd.Raw(server.url)
     raw.put_many({b"bin/a\x00b": b"\x00\xff", b"bin/a\x00c": b"z"})
     m = mount(server.url, opts=["root=bin"])
-    assert sorted(os.listdir(m.bpath)) == [b"%a%00b", b"%a%00c", b".health"]
+    assert sorted(os.listdir(m.bpath)) == [b"%a%00b", b"%a%00c"]
     assert util.read_file(m.p("%a%00b")) == b"\x00\xff"
     util.write_file(m.p("%n%00"), b"made")
     assert raw.get(b"bin/n\x00") == b"made"
@@ -453,7 +453,7 @@ def test_a_key_of_another_type_is_listed_and_unreadable(server):
     c.call(b"SET", b"typed/s", b"string")
     m = mount(server.url, opts=["root=typed"])
     m.allow_log(r"WRONGTYPE")
-    assert sorted(os.listdir(m.bpath)) == [b".health", b"h", b"s"]
+    assert sorted(os.listdir(m.bpath)) == [b"h", b"s"]
     assert util.errno_of(util.read_file, m.p("h")) == errno.EACCES
     assert c.call(b"TYPE", b"typed/h") == b"hash"
 
