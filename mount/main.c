@@ -10,6 +10,7 @@
  */
 #include "fs.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -27,7 +28,7 @@ struct options {
 	char *timeout;
 	char *health_timeout;
 	char *uid, *gid, *umask, *max_threads;
-	int foreground, debug, single, help, version, backends;
+	int foreground, debug, single, help, version, backends, nonempty;
 	char *pos[3];                 /* URL and mountpoint as given */
 	int npos;
 	char **rest;                  /* -o options for libfuse or the backend */
@@ -45,6 +46,7 @@ static const struct fuse_opt kvfs_opts[] = {
 	OPT("gid=%s", gid, 0),
 	OPT("umask=%s", umask, 0),
 	OPT("max_threads=%s", max_threads, 0),
+	OPT("nonempty", nonempty, 1),
 	OPT("-f", foreground, 1),
 	OPT("-s", single, 1),
 	OPT("-d", debug, 1), OPT("debug", debug, 1),
@@ -121,6 +123,7 @@ static void usage(const char *prog)
 	       "    -o umask=OOO           permission bits to clear (default 022)\n"
 	       "    -o timeout=T           bound on each store call (default 5s)\n"
 	       "    -o lazy                mount even if the store does not answer now\n"
+	       "    -o nonempty            mount over a directory that is not empty\n"
 	       "    -o health_timeout=T    bound on reading .health (default 2s)\n"
 	       "    -o entry_timeout=T,attr_timeout=T   kernel cache times in seconds (default 1)\n"
 	       "    -o list_timeout=T      how long a walk of memcached or Redis answers\n"
@@ -388,6 +391,57 @@ static void options_free(struct options *o)
 	free(o->rest);
 }
 
+/* Is path (a directory) the top of a kvfs mount now?  /proc/self/mountinfo:
+ * "ID PARENT DEV ROOT MOUNTPOINT OPTIONS [TAGS] - TYPE SOURCE ...", the
+ * mount point with " ", tab, newline and backslash as octal escapes. */
+static bool is_kvfs_mount(const char *path)
+{
+	char *real = realpath(path, NULL), *line = NULL, mp[4097], type[64];
+	size_t cap = 0;
+	bool found = false;
+	FILE *f = real ? fopen("/proc/self/mountinfo", "re") : NULL;
+
+	while (f && getline(&line, &cap, f) > 0) {
+		const char *dash = strstr(line, " - ");
+		size_t n = 0;
+
+		if (!dash || sscanf(line, "%*s %*s %*s %*s %4096s", mp) != 1 ||
+		    sscanf(dash + 3, "%63s", type) != 1)
+			continue;
+		for (const char *p = mp; *p; p++) {   /* undo the octal escapes in place */
+			unsigned c;
+			if (p[0] == '\\' && sscanf(p + 1, "%3o", &c) == 1) {
+				mp[n++] = (char)c;
+				p += 3;
+			} else {
+				mp[n++] = *p;
+			}
+		}
+		mp[n] = '\0';
+		if (strcmp(mp, real) == 0)   /* the last one listed is on top */
+			found = strcmp(type, "fuse.kvfs") == 0;
+	}
+	if (f)
+		fclose(f);
+	free(line);
+	free(real);
+	return found;
+}
+
+/* Does the directory hold anything but "." and ".."? */
+static bool dir_has_entries(const char *path)
+{
+	DIR *d = opendir(path);
+	struct dirent *e;
+	bool any = false;
+
+	while (d && !any && (e = readdir(d)))
+		any = strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+	if (d)
+		closedir(d);
+	return any;
+}
+
 /* Everything that can be checked before the store is opened; one line on
  * stderr and -1 when something is wrong. */
 static int check_options(struct options *o, struct kvfs *fs, const char *mnt, int *timeout_ms,
@@ -402,6 +456,15 @@ static int check_options(struct options *o, struct kvfs *fs, const char *mnt, in
 	}
 	if (!S_ISDIR(st.st_mode)) {
 		fprintf(stderr, "kvfs: mountpoint '%s' is not a directory\n", mnt);
+		return -1;
+	}
+	if (is_kvfs_mount(mnt)) {
+		fprintf(stderr, "kvfs: '%s' is already a kvfs mount (fusermount3 -u it first)\n", mnt);
+		return -1;
+	}
+	if (!o->nonempty && dir_has_entries(mnt)) {
+		fprintf(stderr, "kvfs: mountpoint '%s' is not empty (-o nonempty mounts over it)\n",
+			mnt);
 		return -1;
 	}
 	if (o->timeout && (kv_parse_ms(o->timeout, timeout_ms) || *timeout_ms <= 0)) {

@@ -60,6 +60,11 @@ def _file(d):
     return p
 
 
+def _nonempty(m):
+    write_file(os.path.join(m, "hidden-by-a-mount"), b"x")
+    return m
+
+
 def _garbage_lmdb(d):
     s = os.path.join(d, "garbage")
     os.mkdir(s)
@@ -103,6 +108,8 @@ ERRORS = {
     "missing-o-argument": lambda d, m: ["-f", "memory:", m, "-o"],
     "bad-option-daemon-mode": lambda d, m: ["-o", "bogus=1", "memory:", m],
     "bad-url-daemon-mode": lambda d, m: ["bogus:/x", m],
+    "mountpoint-not-empty": lambda d, m: ["-f", "memory:", _nonempty(m)],
+    "mountpoint-not-empty-daemon-mode": lambda d, m: ["memory:", _nonempty(m)],
 }
 
 
@@ -241,3 +248,31 @@ def test_an_option_that_cannot_be_copied_is_one_error_line(workdir):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kvfs: "), err
     assert not is_mounted(mnt)
+
+
+# ---- the mountpoint ----
+
+def test_nonempty_mounts_over_files_and_they_come_back(workdir):
+    mnt = os.path.join(workdir, "mnt")
+    os.mkdir(mnt)
+    write_file(os.path.join(mnt, "under"), b"below the mount")
+    m = Mount("memory:", opts=["nonempty"], mountpoint=mnt).start()
+    assert os.listdir(mnt) == []
+    write_file(m.p("over"), b"in the store")
+    m.unmount()
+    assert os.listdir(mnt) == ["under"]
+    assert read_file(os.path.join(mnt, "under")) == b"below the mount"
+
+
+def test_a_second_mount_on_a_kvfs_mount_is_refused(workdir):
+    m = Mount("memory:").start()
+    write_file(m.p("f"), b"first")
+    for args in (["-f", "memory:", m.path], ["-f", "-o", "nonempty", "memory:", m.path],
+                 ["memory:", m.path + "/"]):
+        r = kvfs(*args)
+        err = r.stderr.decode()
+        assert r.returncode == 1, err
+        assert err.splitlines() == ["kvfs: '%s' is already a kvfs mount "
+                                    "(fusermount3 -u it first)" % args[-1]], err
+    assert read_file(m.p("f")) == b"first"       # the first mount still answers
+    assert len(daemon_pids(m.path)) == 1
