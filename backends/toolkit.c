@@ -47,12 +47,6 @@ int kv_buf_add(struct kv_buf *b, const void *p, size_t n)
 	return 0;
 }
 
-int kv_buf_set(struct kv_buf *b, const void *p, size_t n)
-{
-	b->len = 0;
-	return kv_buf_add(b, p, n);
-}
-
 int kv_buf_printf(struct kv_buf *b, const char *fmt, ...)
 {
 	va_list ap;
@@ -72,14 +66,9 @@ int kv_buf_printf(struct kv_buf *b, const char *fmt, ...)
 
 char *kv_buf_take(struct kv_buf *b, size_t *len)
 {
-	char *p = b->p;
+	char *p = kv_buf_add(b, NULL, 0) ? NULL : b->p;  /* an empty one has no bytes yet */
 
-	if (!p && kv_buf_reserve(b, 0) == 0) {
-		p = b->p;
-		p[0] = '\0';
-	}
-	if (len)
-		*len = b->len;
+	*len = b->len;
 	*b = (struct kv_buf){0};
 	return p;
 }
@@ -120,37 +109,44 @@ void kv_sleep_ms(int ms)
 		;
 }
 
-void kv_abstime(int64_t deadline, struct timespec *ts)
+/* Wait on a condition variable made by cond_init, until deadline at most. */
+static int timedwait(pthread_cond_t *c, pthread_mutex_t *m, int64_t deadline)
 {
-	ts->tv_sec = deadline / 1000;
-	ts->tv_nsec = (long)(deadline % 1000) * 1000000L;
+	struct timespec ts = {.tv_sec = deadline / 1000,
+			      .tv_nsec = (long)(deadline % 1000) * 1000000L};
+
+	return pthread_cond_timedwait(c, m, &ts);
+}
+
+static void cond_init(pthread_cond_t *c)
+{
+	pthread_condattr_t ca;
+
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(c, &ca);
+	pthread_condattr_destroy(&ca);
 }
 
 uint64_t kv_random64(void)
 {
 	static __thread uint64_t x;
-	uint64_t v;
 
 	if (!x && (getrandom(&x, sizeof x, 0) != sizeof x || !x))
 		x = (uint64_t)kv_now_ms() * 0x9e3779b97f4a7c15u | 1;
-	x ^= x << 13;  /* xorshift64 */
+	x ^= x << 13;  /* xorshift64: a nonzero state stays nonzero */
 	x ^= x >> 7;
 	x ^= x << 17;
-	v = x;
-	return v ? v : 1;
+	return x;
 }
 
 bool kv_backoff(int attempt, int64_t deadline)
 {
-	int left = kv_ms_left(deadline), ms = 50;
+	int left = kv_ms_left(deadline), ms = attempt < 5 ? 50 << attempt : 1000;
 
-	for (int i = 0; i < attempt && ms < 1000; i++)
-		ms *= 2;
-	if (ms > 1000)
-		ms = 1000;
-	ms = ms / 2 + (int)(kv_random64() % (uint64_t)(ms / 2 + 1));
 	if (left <= 0)
 		return false;
+	ms = ms / 2 + (int)(kv_random64() % (uint64_t)(ms / 2 + 1));
 	kv_sleep_ms(ms < left ? ms : left);
 	return true;
 }
@@ -165,14 +161,10 @@ uint64_t kv_value_version(const void *data, size_t len)
 	uint64_t h = 0x9e3779b97f4a7c15u ^ (len * 0xff51afd7ed558ccdu);
 	uint64_t w;
 
-	for (; len >= 8; p += 8, len -= 8) {
-		memcpy(&w, p, 8);
-		h = (h ^ w) * 0xc4ceb9fe1a85ec53u;
-		h ^= h >> 32;
-	}
-	if (len) {
-		w = 0;
-		memcpy(&w, p, len);
+	for (size_t n; len; p += n, len -= n) {
+		n = len < 8 ? len : 8;
+		w = 0;  /* a last short word is zero-padded */
+		memcpy(&w, p, n);
 		h = (h ^ w) * 0xc4ceb9fe1a85ec53u;
 		h ^= h >> 32;
 	}
@@ -184,68 +176,62 @@ uint64_t kv_value_version(const void *data, size_t len)
 
 /* ---- files ---- */
 
+/* The regular file at path, open, or -ENOENT or -EACCES with one line in err. */
+static int open_file(const char *path, const char *what, struct stat *st, char *err,
+		     size_t errlen)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC), e = errno;
+
+	if (fd < 0) {
+		snprintf(err, errlen, "cannot read %s %s: %s", what, path, strerror(e));
+		return e == ENOENT ? -ENOENT : -EACCES;
+	}
+	if (fstat(fd, st) || !S_ISREG(st->st_mode)) {
+		snprintf(err, errlen, "%s %s is not a regular file", what, path);
+		close(fd);
+		return -EACCES;
+	}
+	return fd;
+}
+
 char *kv_read_secret(const char *path, const char *what, char *err, size_t errlen)
 {
 	struct stat st;
-	char line[4096];
-	size_t n;
-	FILE *f;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	char line[4096], *s = NULL;
+	FILE *f = NULL;
+	int fd = open_file(path, what, &st, err, errlen);
 
-	if (fd < 0) {
-		snprintf(err, errlen, "cannot read %s %s: %s", what, path, strerror(errno));
+	if (fd < 0)
 		return NULL;
-	}
-	if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
-		snprintf(err, errlen, "%s %s is not a regular file", what, path);
-		close(fd);
-		return NULL;
-	}
-	if (st.st_mode & (S_IRWXG | S_IRWXO)) {
+	if (st.st_mode & (S_IRWXG | S_IRWXO))
 		snprintf(err, errlen, "%s %s may be read by others (mode %04o): chmod 600 it",
 			 what, path, (unsigned)(st.st_mode & 07777));
-		close(fd);
-		return NULL;
-	}
-	f = fdopen(fd, "r");
-	if (!f) {
+	else if (!(f = fdopen(fd, "r")))
 		snprintf(err, errlen, "cannot read %s %s: %s", what, path, strerror(errno));
+	if (!f) {
 		close(fd);
 		return NULL;
 	}
 	if (!fgets(line, sizeof line, f))
 		line[0] = '\0';
 	fclose(f);
-	n = strcspn(line, "\r\n");
-	line[n] = '\0';
-	if (!n) {
+	line[strcspn(line, "\r\n")] = '\0';
+	if (!line[0])
 		snprintf(err, errlen, "%s %s is empty", what, path);
-		return NULL;
-	}
-	char *s = strdup(line);
-	explicit_bzero(line, sizeof line);
-	if (!s)
+	else if (!(s = strdup(line)))
 		snprintf(err, errlen, "out of memory");
+	explicit_bzero(line, sizeof line);
 	return s;
 }
 
 int kv_check_file(const char *path, const char *what, char *err, size_t errlen)
 {
 	struct stat st;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	int e;
+	int fd = open_file(path, what, &st, err, errlen);
 
-	if (fd < 0) {
-		e = errno;
-		snprintf(err, errlen, "cannot read %s %s: %s", what, path, strerror(e));
-		return e == ENOENT ? -ENOENT : -EACCES;
-	}
-	e = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+	if (fd < 0)
+		return fd;
 	close(fd);
-	if (!e) {
-		snprintf(err, errlen, "%s %s is not a regular file", what, path);
-		return -EACCES;
-	}
 	return 0;
 }
 
@@ -254,74 +240,38 @@ int kv_check_file(const char *path, const char *what, char *err, size_t errlen)
 void kv_pool_init(struct kv_pool *p, const char *name, const struct kv_pool_ops *ops,
 		  void *ctx, size_t max)
 {
-	pthread_condattr_t ca;
-
 	*p = (struct kv_pool){.ops = ops, .ctx = ctx, .name = name,
 			      .max = max && max <= KV_POOL_MAX ? max : KV_POOL_MAX};
 	pthread_mutex_init(&p->lock, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&p->freed, &ca);
-	pthread_condattr_destroy(&ca);
-}
-
-void kv_pool_drain(struct kv_pool *p)
-{
-	void *idle[KV_POOL_MAX];
-	size_t n;
-
-	pthread_mutex_lock(&p->lock);
-	n = p->nidle;
-	memcpy(idle, p->idle, n * sizeof(idle[0]));
-	p->nidle = 0;
-	p->nopen -= n;
-	pthread_cond_broadcast(&p->freed);
-	pthread_mutex_unlock(&p->lock);
-	while (n)
-		p->ops->close(p->ctx, idle[--n]);
+	cond_init(&p->freed);
 }
 
 void kv_pool_destroy(struct kv_pool *p)
 {
-	kv_pool_drain(p);
+	while (p->nidle)
+		p->ops->close(p->ctx, p->idle[--p->nidle]);
 	pthread_mutex_destroy(&p->lock);
 	pthread_cond_destroy(&p->freed);
 }
 
-/* Wait for a connection to come back, or room for a new one. */
-static bool pool_wait(struct kv_pool *p, int64_t deadline)
-{
-	struct timespec until;
-
-	if (kv_ms_left(deadline) <= 0)
-		return false;
-	kv_abstime(deadline, &until);
-	return pthread_cond_timedwait(&p->freed, &p->lock, &until) != ETIMEDOUT;
-}
-
 int kv_pool_get(struct kv_pool *p, int64_t deadline, void **conn, bool *reused)
 {
-	void *c;
 	int rc;
 
 	pthread_mutex_lock(&p->lock);
-	for (;;) {
+	while (p->nidle || p->nopen == p->max) {
 		if (p->nidle) {
-			c = p->idle[--p->nidle];
+			*conn = p->idle[--p->nidle];
 			pthread_mutex_unlock(&p->lock);
-			if (p->ops->usable(p->ctx, c)) {
-				*conn = c;
+			if (p->ops->usable(p->ctx, *conn)) {
 				*reused = true;
 				return 0;
 			}
-			p->ops->close(p->ctx, c);
+			p->ops->close(p->ctx, *conn);
 			pthread_mutex_lock(&p->lock);
 			p->nopen--;
-			continue;
-		}
-		if (p->nopen < p->max)
-			break;
-		if (!pool_wait(p, deadline)) {
+		} else if (!kv_ms_left(deadline) ||
+			   timedwait(&p->freed, &p->lock, deadline) == ETIMEDOUT) {
 			pthread_mutex_unlock(&p->lock);
 			kv_log(KV_LOG_ERR, "%s: all %zu connections stayed busy for the whole timeout "
 			       "(-o timeout raises it)", p->name, p->max);
@@ -330,34 +280,24 @@ int kv_pool_get(struct kv_pool *p, int64_t deadline, void **conn, bool *reused)
 	}
 	p->nopen++;
 	pthread_mutex_unlock(&p->lock);
-	for (int attempt = 0;; attempt++) {
-		rc = p->ops->connect(p->ctx, deadline, &c);
-		if (rc != -EIO || !kv_backoff(attempt, deadline) || !kv_ms_left(deadline))
-			break;
-	}
-	if (rc) {
-		pthread_mutex_lock(&p->lock);
-		p->nopen--;
-		pthread_cond_signal(&p->freed);
-		pthread_mutex_unlock(&p->lock);
-		return rc;
-	}
-	*conn = c;
 	*reused = false;
-	return 0;
+	for (int attempt = 0; (rc = p->ops->connect(p->ctx, deadline, conn)) == -EIO &&
+	     kv_backoff(attempt, deadline) && kv_ms_left(deadline); attempt++)
+		;
+	if (rc)
+		kv_pool_put(p, NULL, true);  /* give up the place taken for it */
+	return rc;
 }
 
 void kv_pool_put(struct kv_pool *p, void *conn, bool broken)
 {
-	if (broken) {
+	if (broken && conn)
 		p->ops->close(p->ctx, conn);
-		conn = NULL;
-	}
 	pthread_mutex_lock(&p->lock);
-	if (conn)
-		p->idle[p->nidle++] = conn;
-	else
+	if (broken)
 		p->nopen--;
+	else
+		p->idle[p->nidle++] = conn;
 	pthread_cond_signal(&p->freed);
 	pthread_mutex_unlock(&p->lock);
 }
@@ -367,9 +307,8 @@ void kv_pool_put(struct kv_pool *p, void *conn, bool broken)
 void kv_queue_init(struct kv_queue *q, void (*commit)(void *ctx, struct kv_queued *batch),
 		   void *ctx, size_t max_items, size_t max_bytes)
 {
-	*q = (struct kv_queue){.commit = commit, .ctx = ctx, .max_items = max_items ? max_items : 1,
-			       .max_bytes = max_bytes};
-	q->tail = &q->head;
+	*q = (struct kv_queue){.commit = commit, .ctx = ctx, .max_items = max_items,
+			       .max_bytes = max_bytes, .tail = &q->head};
 	pthread_mutex_init(&q->lock, NULL);
 }
 
@@ -440,12 +379,12 @@ void kv_queue_submit(struct kv_queue *q, struct kv_queued *w)
 static void *ticker_main(void *arg)
 {
 	struct kv_ticker *t = arg;
-	struct timespec due;
 
 	pthread_mutex_lock(&t->lock);
-	while (!t->stopping) {
-		kv_abstime(kv_deadline(t->interval_ms), &due);
-		while (!t->stopping && pthread_cond_timedwait(&t->cond, &t->lock, &due) != ETIMEDOUT)
+	for (;;) {
+		int64_t due = kv_deadline(t->interval_ms);
+
+		while (!t->stopping && timedwait(&t->cond, &t->lock, due) != ETIMEDOUT)
 			;
 		if (t->stopping)
 			break;
@@ -459,14 +398,9 @@ static void *ticker_main(void *arg)
 
 int kv_ticker_start(struct kv_ticker *t, void (*tick)(void *ctx), void *ctx, int interval_ms)
 {
-	pthread_condattr_t ca;
-
 	*t = (struct kv_ticker){.tick = tick, .ctx = ctx, .interval_ms = interval_ms};
 	pthread_mutex_init(&t->lock, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&t->cond, &ca);
-	pthread_condattr_destroy(&ca);
+	cond_init(&t->cond);
 	if (pthread_create(&t->thread, NULL, ticker_main, t) != 0) {
 		pthread_cond_destroy(&t->cond);
 		pthread_mutex_destroy(&t->lock);

@@ -23,10 +23,9 @@ struct kv_buf {
 /* Make room for n more bytes.  0 or -ENOMEM. */
 int kv_buf_reserve(struct kv_buf *b, size_t n);
 int kv_buf_add(struct kv_buf *b, const void *p, size_t n);
-/* Replace the contents. */
-int kv_buf_set(struct kv_buf *b, const void *p, size_t n);
 int kv_buf_printf(struct kv_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Hand the bytes over (malloc'd, NUL-terminated; the buffer is empty after). */
+/* Hand the bytes over (malloc'd, NUL-terminated, even when empty; NULL if out
+ * of memory) and their count in *len; the buffer is empty after. */
 char *kv_buf_take(struct kv_buf *b, size_t *len);
 void kv_buf_free(struct kv_buf *b);
 
@@ -38,10 +37,6 @@ int64_t kv_deadline(int timeout_ms);
 /* Milliseconds left until deadline, at least 0. */
 int kv_ms_left(int64_t deadline);
 void kv_sleep_ms(int ms);
-/* The deadline as a CLOCK_MONOTONIC time for pthread_cond_timedwait (on a
- * condition variable made with that clock, as kv_ticker's is). */
-struct timespec;
-void kv_abstime(int64_t deadline, struct timespec *ts);
 /*
  * Wait before retry number `attempt` (0, 1, ...) of something that failed
  * for a passing reason: 50 ms doubling up to 1 s, with jitter, but never
@@ -111,10 +106,9 @@ void kv_pool_destroy(struct kv_pool *p);
  * 0, -EIO (nothing before the deadline), -EACCES or -EINVAL.
  */
 int kv_pool_get(struct kv_pool *p, int64_t deadline, void **conn, bool *reused);
-/* Give it back; a broken one is closed instead. */
+/* Give it back; a broken one is closed instead (conn NULL and broken: give
+ * up the place of one that never opened). */
 void kv_pool_put(struct kv_pool *p, void *conn, bool broken);
-/* Close every idle connection (a store that restarted). */
-void kv_pool_drain(struct kv_pool *p);
 
 /* ---- A thread that calls a function every interval until stopped ---- */
 
@@ -158,7 +152,7 @@ struct kv_queued {
 struct kv_queue {
 	void (*commit)(void *ctx, struct kv_queued *batch);
 	void *ctx;
-	size_t max_items, max_bytes;   /* a batch's bounds */
+	size_t max_items, max_bytes;   /* a batch's bounds; 0 items acts as 1, 0 bytes as none */
 	pthread_mutex_t lock;
 	struct kv_queued *head, **tail;
 	bool leading;                  /* some writer leads; it hands over before leaving */
