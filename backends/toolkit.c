@@ -259,7 +259,7 @@ int kv_pool_get(struct kv_pool *p, int64_t deadline, void **conn, bool *reused)
 	int rc;
 
 	pthread_mutex_lock(&p->lock);
-	while (p->nidle || p->nopen == p->max) {
+	while (p->nidle || p->nopen >= p->max) {
 		if (p->nidle) {
 			*conn = p->idle[--p->nidle];
 			pthread_mutex_unlock(&p->lock);
@@ -273,8 +273,8 @@ int kv_pool_get(struct kv_pool *p, int64_t deadline, void **conn, bool *reused)
 		} else if (!kv_ms_left(deadline) ||
 			   timedwait(&p->freed, &p->lock, deadline) == ETIMEDOUT) {
 			pthread_mutex_unlock(&p->lock);
-			kv_log(KV_LOG_ERR, "%s: all %zu connections stayed busy for the whole timeout "
-			       "(-o timeout raises it)", p->name, p->max);
+			kv_log(KV_LOG_ERR, "%s: all %zu connections stayed busy for the whole "
+			       "timeout (-o timeout raises it)", p->name, p->max);
 			return -EIO;
 		}
 	}
