@@ -8,6 +8,7 @@
  */
 #include "kv.h"
 #include "keycache.h"
+#include "toolkit.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -23,8 +24,6 @@
 
 static enum kv_log_level log_level = KV_LOG_WARN;
 static bool log_syslog;
-/* The mount probe's failure is one line of its own: the backend's log
- * lines about it would repeat it (debug lines still show). */
 
 void kv_log_to_syslog(void)
 {
@@ -39,7 +38,7 @@ void kv_log_set_level(enum kv_log_level lvl)
 
 /* While kv_open probes the store, what the backend would log is kept here
  * instead (the last error or warning), to end the one line a failed mount
- * prints. */
+ * prints: the backend's own lines would repeat it (debug lines still show). */
 static __thread char *log_capture;
 static __thread size_t log_capture_len;
 
@@ -451,22 +450,20 @@ static int checked(struct kv_store *s, const char *op, const char *key, size_t k
 	return rc;
 }
 
-static int check_key(struct kv_store *s, size_t klen)
+/* A key or value over the store's limits: -ENAMETOOLONG or -EFBIG. */
+static int check(struct kv_store *s, size_t klen, size_t vlen)
 {
 	struct kv_limits l = kv_limits(s);
-	return (l.max_key && klen > l.max_key) ? -ENAMETOOLONG : 0;
-}
 
-static int check_value(struct kv_store *s, size_t vlen)
-{
-	struct kv_limits l = kv_limits(s);
-	return (l.max_value && vlen > l.max_value) ? -EFBIG : 0;
+	if (l.max_key && klen > l.max_key)
+		return -ENAMETOOLONG;
+	return l.max_value && vlen > l.max_value ? -EFBIG : 0;
 }
 
 int kv_get(struct kv_store *s, const char *key, size_t klen, char **val, size_t *len,
 	   uint64_t *version)
 {
-	if (check_key(s, klen))
+	if (check(s, klen, 0))
 		return -ENOENT;  /* a key over the limit cannot exist */
 	return checked(s, "get", key, klen, s->be->get(s, key, klen, val, len, version));
 }
@@ -477,7 +474,7 @@ int kv_stat(struct kv_store *s, const char *key, size_t klen, uint64_t *size)
 	size_t len;
 	int rc;
 
-	if (check_key(s, klen))
+	if (check(s, klen, 0))
 		return -ENOENT;
 	if (s->be->stat)
 		return checked(s, "stat", key, klen, s->be->stat(s, key, klen, size));
@@ -505,10 +502,8 @@ static void noted(struct kv_store *s, const char *key, size_t klen, uint64_t siz
 
 int kv_set(struct kv_store *s, const char *key, size_t klen, const char *val, size_t vlen)
 {
-	int rc = check_key(s, klen);
+	int rc = check(s, klen, vlen);
 
-	if (!rc)
-		rc = check_value(s, vlen);
 	if (rc)
 		return rc;
 	rc = checked(s, "set", key, klen, s->be->set(s, key, klen, val, vlen));
@@ -520,7 +515,7 @@ int kv_del(struct kv_store *s, const char *key, size_t klen)
 {
 	int rc;
 
-	if (check_key(s, klen))
+	if (check(s, klen, 0))
 		return -ENOENT;
 	rc = checked(s, "del", key, klen, s->be->del(s, key, klen));
 	noted(s, key, klen, 0, true, rc == -ENOENT ? 0 : rc);
@@ -532,8 +527,7 @@ int kv_del(struct kv_store *s, const char *key, size_t klen)
 /* A chunk of keys copied out of one scan() call, so that no backend holds a
  * transaction, lock or connection while the caller's callback runs. */
 struct chunk {
-	char *text;
-	size_t text_len, text_cap;
+	struct kv_buf text;
 	struct { size_t off, len; uint64_t size; } *k;
 	size_t n, cap, max;
 };
@@ -550,20 +544,11 @@ static int chunk_add(void *ctx, const char *key, size_t klen, uint64_t size)
 		c->k = k;
 		c->cap = cap;
 	}
-	if (c->text_len + klen + 1 > c->text_cap) {
-		size_t cap = (c->text_len + klen + 1) * 2;
-		char *t = realloc(c->text, cap);
-		if (!t)
-			return -ENOMEM;
-		c->text = t;
-		c->text_cap = cap;
-	}
-	if (klen)
-		memcpy(c->text + c->text_len, key, klen);
-	c->k[c->n].off = c->text_len;
+	c->k[c->n].off = c->text.len;
 	c->k[c->n].len = klen;
 	c->k[c->n].size = size;
-	c->text_len += klen;
+	if (kv_buf_add(&c->text, key, klen))
+		return -ENOMEM;
 	c->n++;
 	/* keys() of an unordered store delivers everything; scan() stops at max */
 	return 0;
@@ -571,28 +556,7 @@ static int chunk_add(void *ctx, const char *key, size_t klen, uint64_t size)
 
 static const char *chunk_key(const struct chunk *c, size_t i)
 {
-	return c->text + c->k[i].off;
-}
-
-/* A growable copy of a key. */
-struct keybuf {
-	char *p;
-	size_t len, cap;
-};
-
-static int keybuf_set(struct keybuf *b, const char *p, size_t len, size_t extra)
-{
-	if (len + extra > b->cap) {
-		char *n = realloc(b->p, len + extra);
-		if (!n)
-			return -ENOMEM;
-		b->p = n;
-		b->cap = len + extra;
-	}
-	if (len)
-		memcpy(b->p, p, len);
-	b->len = len;
-	return 0;
+	return c->text.p + c->k[i].off;
 }
 
 /*
@@ -602,39 +566,34 @@ static int keybuf_set(struct keybuf *b, const char *p, size_t len, size_t extra)
  * comparison, and beyond it by starting the next scan at the group's
  * successor, so a directory listing never reads a subdirectory's keys.
  */
-static int walk(struct kv_store *s, const struct kv_list_req *req, size_t limit,
-		kv_list_cb *cb, void *ctx, bool *more)
+int kv_list(struct kv_store *s, const struct kv_list_req *req, kv_list_cb *cb, void *ctx,
+	    bool *more)
 {
-	struct keybuf lo = {0}, hi = {0}, group = {0};
+	struct kv_buf lo = {0}, hi = {0}, group = {0};
 	struct chunk c = {0};
 	bool has_hi, in_group = false, ordered = s->be->scan != NULL;
-	size_t done = 0, i;
+	size_t limit = req->limit ? req->limit : KV_PAGE, done = 0, i;
 	int rc;
 
 	*more = false;
 	/* From the greater of prefix and start, below the prefix's successor. */
 	if (req->start && kv_key_cmp(req->start, req->start_len, req->prefix, req->prefix_len) > 0)
-		rc = keybuf_set(&lo, req->start, req->start_len, 1);
+		rc = kv_buf_set(&lo, req->start, req->start_len);
 	else
-		rc = keybuf_set(&lo, req->prefix, req->prefix_len, 1);
-	if (!rc)
-		rc = keybuf_set(&hi, req->prefix, req->prefix_len, 0);
-	if (rc)
+		rc = kv_buf_set(&lo, req->prefix, req->prefix_len);
+	if (rc || (rc = kv_buf_set(&hi, req->prefix, req->prefix_len)))
 		goto out;
 	has_hi = kv_key_successor(hi.p, &hi.len);
 	/* Enough for the caller's page plus one (to know whether more follows),
 	 * in chunks that bound the memory a listing holds. */
 	c.max = limit < 255 ? (limit + 1 < 16 ? 16 : limit + 1) : 256;
-	if (!ordered) {
-		/* every key under the prefix, sorted, from the walk kept or a new one */
-		rc = keycache_keys(s, req->prefix, req->prefix_len, req->delim, limit <= 2,
-				   chunk_add, &c);
-		if (rc)
-			goto out;
-	}
+	/* unordered: every key under the prefix, sorted, from the walk kept or a new one */
+	if (!ordered && (rc = keycache_keys(s, req->prefix, req->prefix_len, req->delim,
+					    limit <= 2, chunk_add, &c)))
+		goto out;
 	for (;;) {
 		if (ordered) {
-			c.n = c.text_len = 0;
+			c.n = c.text.len = 0;
 			rc = s->be->scan(s, lo.p, lo.len, has_hi ? hi.p : NULL, hi.len, c.max,
 					 chunk_add, &c);
 			if (rc)
@@ -659,7 +618,7 @@ static int walk(struct kv_store *s, const struct kv_list_req *req, size_t limit,
 			d = req->delim && klen > req->prefix_len
 			    ? memchr(k + req->prefix_len, req->delim, klen - req->prefix_len) : NULL;
 			if (d) {
-				if ((rc = keybuf_set(&group, k, (size_t)(d - k) + 1, 0)))
+				if ((rc = kv_buf_set(&group, k, (size_t)(d - k) + 1)))
 					goto out;
 				in_group = true;
 				e = (struct kv_entry){.key = group.p, .key_len = group.len,
@@ -673,87 +632,54 @@ static int walk(struct kv_store *s, const struct kv_list_req *req, size_t limit,
 			}
 			done++;
 			if ((rc = cb(ctx, &e))) {
-				*more = true;  /* the caller stopped: more is only a guess */
-				goto out;
+				/* the caller stopped: its own error passes through unchanged */
+				rc = rc < 0 ? rc : 0;
+				goto stopped;
 			}
 		}
 		if (!ordered || c.n < c.max)
 			break;  /* the range is exhausted */
-		/* Go on after the last key, or past the group it was in. */
+		/* Go on after the last key (the smallest key after it appends a NUL
+		 * byte), or past the group it was in. */
 		if (in_group) {
-			if ((rc = keybuf_set(&lo, group.p, group.len, 1)))
+			if ((rc = kv_buf_set(&lo, group.p, group.len)))
 				goto out;
 			if (!kv_key_successor(lo.p, &lo.len))
 				break;
-		} else {
-			if ((rc = keybuf_set(&lo, chunk_key(&c, c.n - 1), c.k[c.n - 1].len, 1)))
-				goto out;
-			lo.p[lo.len++] = '\0';  /* the smallest key after it */
+		} else if ((rc = kv_buf_set(&lo, chunk_key(&c, c.n - 1), c.k[c.n - 1].len)) ||
+			   (rc = kv_buf_add(&lo, "", 1))) {
+			goto out;
 		}
 		if (has_hi && kv_key_cmp(lo.p, lo.len, hi.p, hi.len) >= 0)
 			break;
 	}
 out:
-	free(lo.p);
-	free(hi.p);
-	free(group.p);
-	free(c.text);
+	rc = checked(s, "list", req->prefix, req->prefix_len, rc);
+stopped:
+	kv_buf_free(&lo);
+	kv_buf_free(&hi);
+	kv_buf_free(&group);
+	kv_buf_free(&c.text);
 	free(c.k);
 	return rc;
 }
 
-/* The caller's callback, watched: its own error passes through unchanged,
- * and a stop it asked for ends kv_list_all's paging too. */
-struct watched_cb {
-	kv_list_cb *cb;
-	void *ctx;
-	int rc;
-};
-
-static int watched(void *ctx, const struct kv_entry *e)
-{
-	struct watched_cb *w = ctx;
-
-	w->rc = w->cb(w->ctx, e);
-	return w->rc;
-}
-
-static int list_items(struct kv_store *s, const struct kv_list_req *req, size_t limit,
-		      kv_list_cb *cb, void *ctx, bool *more)
-{
-	struct watched_cb w = {.cb = cb, .ctx = ctx};
-	int rc;
-
-	rc = walk(s, req, limit, watched, &w, more);
-	if (w.rc) {
-		*more = false;
-		return w.rc < 0 ? w.rc : 0;
-	}
-	return checked(s, "list", req->prefix, req->prefix_len, rc);
-}
-
-int kv_list(struct kv_store *s, const struct kv_list_req *req, kv_list_cb *cb, void *ctx,
-	    bool *more)
-{
-	return list_items(s, req, req->limit ? req->limit : KV_PAGE, cb, ctx, more);
-}
-
+/* Every item under prefix: one walk, however many store calls it takes. */
 int kv_list_all(struct kv_store *s, const char *prefix, size_t plen, char delim,
 		kv_list_cb *cb, void *ctx)
 {
-	struct kv_list_req req = {.prefix = prefix, .prefix_len = plen, .delim = delim};
+	struct kv_list_req req = {.prefix = prefix, .prefix_len = plen, .delim = delim,
+				  .limit = SIZE_MAX};
 	bool more;
 
-	return list_items(s, &req, SIZE_MAX, cb, ctx, &more);
+	return kv_list(s, &req, cb, ctx, &more);
 }
 
 int kv_cas(struct kv_store *s, const char *key, size_t klen, uint64_t version,
 	   const char *val, size_t vlen)
 {
-	int rc = check_key(s, klen);
+	int rc = check(s, klen, vlen);
 
-	if (!rc)
-		rc = check_value(s, vlen);
 	if (rc)
 		return rc;
 	if (!s->be->cas)
@@ -767,12 +693,10 @@ int kv_apply(struct kv_store *s, const struct kv_op *ops, size_t n)
 {
 	int rc;
 
-	for (size_t i = 0; i < n; i++) {
-		if (ops[i].type != KV_OP_SET)
-			continue;  /* a delete of a key over the limit deletes nothing */
-		if ((rc = check_key(s, ops[i].key_len)) || (rc = check_value(s, ops[i].val_len)))
+	/* a delete of a key over the limit deletes nothing */
+	for (size_t i = 0; i < n; i++)
+		if (ops[i].type == KV_OP_SET && (rc = check(s, ops[i].key_len, ops[i].val_len)))
 			return rc;
-	}
 	if (s->be->apply) {
 		size_t max = kv_limits(s).max_ops ? kv_limits(s).max_ops : n;
 		/* atomic per chunk; a failed chunk leaves the earlier ones applied */

@@ -47,6 +47,12 @@ int kv_buf_add(struct kv_buf *b, const void *p, size_t n)
 	return 0;
 }
 
+int kv_buf_set(struct kv_buf *b, const void *p, size_t n)
+{
+	b->len = 0;
+	return kv_buf_add(b, p, n);
+}
+
 int kv_buf_printf(struct kv_buf *b, const char *fmt, ...)
 {
 	va_list ap;

@@ -23,6 +23,8 @@ struct kv_buf {
 /* Make room for n more bytes.  0 or -ENOMEM. */
 int kv_buf_reserve(struct kv_buf *b, size_t n);
 int kv_buf_add(struct kv_buf *b, const void *p, size_t n);
+/* Replace the contents. */
+int kv_buf_set(struct kv_buf *b, const void *p, size_t n);
 int kv_buf_printf(struct kv_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Hand the bytes over (malloc'd, NUL-terminated, even when empty; NULL if out
  * of memory) and their count in *len; the buffer is empty after. */
