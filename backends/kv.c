@@ -233,10 +233,11 @@ const struct kv_backend *kv_backend_find(const char *scheme, size_t len)
 {
 	for (size_t i = 0; kv_backends[i]; i++) {
 		const struct kv_backend *be = kv_backends[i];
-		if (strlen(be->scheme) == len && strncasecmp(be->scheme, scheme, len) == 0)
-			return be;
-		for (const char *const *a = be->aliases; a && *a; a++)
-			if (strlen(*a) == len && strncasecmp(*a, scheme, len) == 0)
+		const char *const *a = be->aliases;
+
+		/* its scheme, then each alias */
+		for (const char *name = be->scheme; name; name = a && *a ? *a++ : NULL)
+			if (strlen(name) == len && strncasecmp(name, scheme, len) == 0)
 				return be;
 	}
 	return NULL;
@@ -247,30 +248,19 @@ const struct kv_backend *kv_backend_find(const char *scheme, size_t len)
 static char *endpoint_of(const char *url)
 {
 	const char *auth = strstr(url, "://");
-	const char *q = strchr(url, '?');
-	size_t n = q ? (size_t)(q - url) : strlen(url);
-	char *out = malloc(n + 1);
+	size_t n = strcspn(url, "?"), host = n, skip = 0;
+	char *out;
 
-	if (!out)
-		return NULL;
 	if (auth && (size_t)(auth - url) < n) {
-		const char *host = auth + 3;
-		const char *slash = memchr(host, '/', n - (size_t)(host - url));
-		const char *end = slash ? slash : url + n;
-		const char *at = NULL;
-		for (const char *p = host; p < end; p++)
-			if (*p == '@')
-				at = p;
-		if (at) {
-			size_t head = (size_t)(host - url);
-			memcpy(out, url, head);
-			memcpy(out + head, at + 1, n - (size_t)(at + 1 - url));
-			out[head + n - (size_t)(at + 1 - url)] = '\0';
-			return out;
-		}
+		host = (size_t)(auth + 3 - url);
+		for (size_t i = host; i < n && url[i] != '/'; i++)
+			if (url[i] == '@')
+				skip = i + 1 - host;  /* up to the last '@' before the path */
 	}
-	memcpy(out, url, n);
-	out[n] = '\0';
+	out = malloc(n - skip + 1);
+	if (out)
+		snprintf(out, n - skip + 1, "%.*s%.*s", (int)host, url, (int)(n - host - skip),
+			 url + host + skip);
 	return out;
 }
 
@@ -310,58 +300,48 @@ int kv_open(const char *url, const struct kv_option *opts, size_t nopts, int tim
 {
 	const char *colon = strchr(url, ':');
 	const struct kv_backend *be;
-	struct kv_option *bopts;
-	struct kv_open_args args;
+	struct kv_open_args args = {.url = url, .opts = opts, .nopts = nopts,
+				    .timeout_ms = timeout_ms > 0 ? timeout_ms : 5000};
 	struct kv_store *s = NULL;
-	size_t nb = 0;
 	bool lazy = false;
 	int rc, walks_ms = KV_KEYCACHE_MS;
 
 	if (!colon || colon == url) {
-		snprintf(err, errlen, "bad store URL '%s': expected scheme:location (see --backends)", url);
+		snprintf(err, errlen, "bad store URL '%s': expected scheme:location (see --backends)",
+			 url);
 		return -EINVAL;
 	}
 	be = kv_backend_find(url, (size_t)(colon - url));
 	if (!be) {
-		snprintf(err, errlen, "unknown store type '%.*s' (see --backends)", (int)(colon - url), url);
+		snprintf(err, errlen, "unknown store type '%.*s' (see --backends)",
+			 (int)(colon - url), url);
 		return -EINVAL;
 	}
-	bopts = calloc(nopts + 1, sizeof(*bopts));
-	if (!bopts) {
-		snprintf(err, errlen, "out of memory");
-		return -ENOMEM;
-	}
+	/* The dispatch layer's own options; every other one must be the backend's. */
 	for (size_t i = 0; i < nopts; i++) {
-		bool known = false;
+		const char *const *o = be->options;
+
 		if (strcmp(opts[i].name, "lazy") == 0) {
-			lazy = true;  /* the dispatch layer's own options */
+			lazy = true;
 			continue;
 		}
 		if (strcmp(opts[i].name, "list_timeout") == 0) {
-			if (kv_parse_ms(opts[i].value, &walks_ms)) {
-				snprintf(err, errlen, "bad list_timeout '%s' (seconds, e.g. 1 or 0.5)",
-					 opts[i].value);
-				free(bopts);
-				return -EINVAL;
-			}
-			continue;
-		}
-		for (const char *const *o = be->options; o && *o && !known; o++)
-			known = strcmp(*o, opts[i].name) == 0;
-		if (!known) {
-			snprintf(err, errlen, "%s: unknown option '%s'", be->scheme, opts[i].name);
-			free(bopts);
+			if (!kv_parse_ms(opts[i].value, &walks_ms))
+				continue;
+			snprintf(err, errlen, "bad list_timeout '%s' (seconds, e.g. 1 or 0.5)",
+				 opts[i].value);
 			return -EINVAL;
 		}
-		bopts[nb++] = opts[i];
+		while (o && *o && strcmp(*o, opts[i].name))
+			o++;
+		if (!o || !*o) {
+			snprintf(err, errlen, "%s: unknown option '%s'", be->scheme, opts[i].name);
+			return -EINVAL;
+		}
 	}
-	args = (struct kv_open_args){
-		.location = colon + 1, .url = url, .opts = bopts, .nopts = nb,
-		.timeout_ms = timeout_ms > 0 ? timeout_ms : 5000,
-	};
+	args.location = colon + 1;
 	err[0] = '\0';
 	rc = be->open(&args, &s, err, errlen);
-	free(bopts);
 	if (rc < 0) {
 		if (!err[0])
 			snprintf(err, errlen, "%s: cannot open store: %s", be->scheme, strerror(-rc));

@@ -112,8 +112,9 @@ struct kv_statfs {
 	uint64_t keys;         /* 0 = unknown */
 };
 
-/* Options from the command line ("-o name=value") that name one of the
- * backend's declared options, plus the generic timeout. */
+/* Options from the command line ("-o name=value"): each one of the
+ * backend's declared options or the dispatch layer's own (lazy,
+ * list_timeout), read with kv_option_get; plus the generic timeout. */
 struct kv_option { const char *name; const char *value; };
 struct kv_open_args {
 	const char *location;           /* the URL after "scheme:" (e.g. "/var/db" or "//host:port/x") */
