@@ -130,6 +130,8 @@ void kv_health_fact(struct kv_health *h, const char *name, const char *fmt, ...)
 
 int kv_parse_size(const char *s, uint64_t *out)
 {
+	static const char units[] = "KMGT";
+	const char *u;
 	char *end;
 	unsigned long long v;
 	unsigned shift = 0;
@@ -138,21 +140,12 @@ int kv_parse_size(const char *s, uint64_t *out)
 		return -EINVAL;
 	errno = 0;
 	v = strtoull(s, &end, 10);
-	if (errno)
-		return -EINVAL;
-	switch (toupper((unsigned char)*end)) {
-	case '\0': break;
-	case 'K': shift = 10; end++; break;
-	case 'M': shift = 20; end++; break;
-	case 'G': shift = 30; end++; break;
-	case 'T': shift = 40; end++; break;
-	default: return -EINVAL;
+	if (*end && (u = strchr(units, toupper((unsigned char)*end)))) {
+		shift = 10 * (unsigned)(u - units + 1);  /* "64K", "64Ki", "64KB", "64KiB" */
+		end += 1 + (end[1] == 'i');
+		end += *end == 'B' || *end == 'b';
 	}
-	if (*end == 'i' && shift)
-		end++;
-	if ((*end == 'B' || *end == 'b') && shift)
-		end++;
-	if (*end != '\0' || (shift && v > (UINT64_MAX >> shift)))
+	if (errno || *end || (shift && v > (UINT64_MAX >> shift)))
 		return -EINVAL;
 	*out = (uint64_t)v << shift;
 	return 0;
@@ -166,18 +159,14 @@ int kv_parse_ms(const char *s, int *out)
 	if (!s || !(isdigit((unsigned char)*s) || *s == '.'))
 		return -EINVAL;
 	errno = 0;
-	v = strtod(s, &end);
-	if (errno || v < 0)
-		return -EINVAL;
-	if (strcmp(end, "ms") == 0)
-		;
-	else if (strcmp(end, "s") == 0 || *end == '\0')
+	v = strtod(s, &end);  /* not negative: it starts with a digit or '.' */
+	if (strcmp(end, "s") == 0 || *end == '\0')
 		v *= 1000;
 	else if (strcmp(end, "m") == 0 || strcmp(end, "min") == 0)
 		v *= 60000;
-	else
+	else if (strcmp(end, "ms") != 0)
 		return -EINVAL;
-	if (v > 24.0 * 3600 * 1000)
+	if (errno || v > 24.0 * 3600 * 1000)
 		return -EINVAL;
 	*out = (int)v;
 	return 0;
