@@ -4,6 +4,7 @@
 #include "kv.h"
 #include "toolkit.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -370,8 +371,7 @@ void kv_queue_submit(struct kv_queue *q, struct kv_queued *w)
 	}
 	if (lead) {
 		pthread_mutex_lock(&q->lock);
-		heir = q->head;
-		if (!heir)
+		if (!(heir = q->head))
 			q->leading = false;
 		pthread_mutex_unlock(&q->lock);
 		if (heir)
@@ -455,9 +455,7 @@ int kv_pool_run(struct kv_pool *p, int64_t deadline, bool idempotent, kv_pool_fn
 	int rc;
 
 	why[0] = '\0';
-	for (int attempt = 0;; attempt++) {
-		if ((rc = kv_pool_get(p, deadline, &c, &reused)))
-			break;
+	for (int attempt = 0; !(rc = kv_pool_get(p, deadline, &c, &reused)); attempt++) {
 		broken = false;
 		rc = fn(c, arg, &broken);
 		kv_pool_put(p, c, broken);
@@ -526,9 +524,9 @@ int kv_once(struct kv_once *o, int (*fn)(void *arg), void *arg)
 
 bool kv_is_identifier(const char *name, size_t max)
 {
-	static const char alnum[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_0123456789";
+	static const char alnum[] = "abcdefghijklmnopqrstuvwxyz"
+				    "ABCDEFGHIJKLMNOPQRSTUVWXYZ_0123456789";
 	size_t n = strlen(name);
 
-	return n && n <= max && strchr(alnum, name[0]) && !(name[0] >= '0' && name[0] <= '9') &&
-	       strspn(name, alnum) == n;
+	return n && n <= max && !isdigit((unsigned char)name[0]) && strspn(name, alnum) == n;
 }
