@@ -536,7 +536,7 @@ int kv_list(struct kv_store *s, const struct kv_list_req *req, kv_list_cb *cb, v
 	struct kv_buf lo = {0}, hi = {0}, group = {0};
 	struct chunk c = {0};
 	bool has_hi, in_group = false, ordered = s->be->scan != NULL;
-	size_t limit = req->limit ? req->limit : KV_PAGE, done = 0, i;
+	size_t limit = req->limit ? req->limit : KV_PAGE, done = 0;
 	int rc;
 
 	*more = false;
@@ -551,31 +551,20 @@ int kv_list(struct kv_store *s, const struct kv_list_req *req, kv_list_cb *cb, v
 	/* Enough for the caller's page plus one (to know whether more follows),
 	 * in chunks that bound the memory a listing holds. */
 	c.max = limit < 255 ? (limit + 1 < 16 ? 16 : limit + 1) : 256;
-	/* unordered: every key under the prefix, sorted, from the walk kept or a new one */
+	/* Unordered: every key under the prefix, sorted, from the walk kept or a
+	 * new one; the keys below start are passed over like those of a scan. */
 	if (!ordered && (rc = keycache_keys(s, req->prefix, req->prefix_len, req->delim,
 					    limit <= 2, chunk_add, &c)))
 		goto out;
 	for (;;) {
-		if (ordered) {
-			c.n = c.text.len = 0;
-			rc = s->be->scan(s, lo.p, lo.len, has_hi ? hi.p : NULL, hi.len, c.max,
-					 chunk_add, &c);
-			if (rc)
-				goto out;
-			i = 0;
-		} else {
-			/* the whole sorted set; skip to lo */
-			for (i = 0; i < c.n && kv_key_cmp(chunk_key(&c, i), c.k[i].len,
-							  lo.p, lo.len) < 0; i++)
-				;
-		}
-		for (; i < c.n; i++) {
+		if (ordered && (rc = s->be->scan(s, lo.p, lo.len, has_hi ? hi.p : NULL, hi.len,
+						  c.max, chunk_add, &c)))
+			goto out;
+		for (size_t i = 0; i < c.n; i++) {
 			const char *k = chunk_key(&c, i), *d;
 			size_t klen = c.k[i].len;
 			struct kv_entry e = {.key = k, .key_len = klen, .size = c.k[i].size};
 
-			if (!ordered && has_hi && kv_key_cmp(k, klen, hi.p, hi.len) >= 0)
-				break;
 			if (in_group && klen >= group.len && memcmp(k, group.p, group.len) == 0)
 				continue;
 			in_group = false;
@@ -616,6 +605,7 @@ int kv_list(struct kv_store *s, const struct kv_list_req *req, kv_list_cb *cb, v
 		}
 		if (has_hi && kv_key_cmp(lo.p, lo.len, hi.p, hi.len) >= 0)
 			break;
+		c.n = c.text.len = 0;
 	}
 out:
 	rc = checked(s, "list", req->prefix, req->prefix_len, rc);
