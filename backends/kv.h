@@ -264,14 +264,14 @@ int kv_get(struct kv_store *s, const char *key, size_t klen, char **val, size_t 
 int kv_stat(struct kv_store *s, const char *key, size_t klen, uint64_t *size);
 int kv_set(struct kv_store *s, const char *key, size_t klen, const char *val, size_t vlen);
 int kv_del(struct kv_store *s, const char *key, size_t klen);
-int kv_list(struct kv_store *s, const struct kv_list_req *req, kv_list_cb *cb, void *ctx,
-	    bool *more);
 /*
  * list: up to req->limit items under req->prefix in byte order (keys, and
  * with a delimiter the groups), to cb; *more is true when a call starting
  * after the last item may find more.  Errors: -EIO, -ENOMEM, or what cb
- * returned if negative.
+ * returned if negative (a positive return just stops the listing).
  */
+int kv_list(struct kv_store *s, const struct kv_list_req *req, kv_list_cb *cb, void *ctx,
+	    bool *more);
 /* Every item under prefix: one walk, however many store calls it takes. */
 int kv_list_all(struct kv_store *s, const char *prefix, size_t plen, char delim,
 		kv_list_cb *cb, void *ctx);

@@ -354,8 +354,7 @@ void kv_queue_submit(struct kv_queue *q, struct kv_queued *w)
 				break;
 			last = last->next;
 		}
-		q->head = last->next;
-		if (!q->head)
+		if (!(q->head = last->next))
 			q->tail = &q->head;
 		last->next = NULL;
 		pthread_mutex_unlock(&q->lock);

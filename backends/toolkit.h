@@ -1,8 +1,9 @@
 /*
  * toolkit.h - machinery every backend shares: a byte buffer, the clock
  * and deadlines with retry backoff, reading a secret from a file, checking
- * a file the store needs (TLS certificates), and one bounded connection
- * pool.  Backends include it after kv.h; fs/ never uses it.
+ * a file the store needs (TLS certificates), one bounded connection pool,
+ * a ticker thread, group commit and once-only setup.  Backends include it
+ * after kv.h; fs/ never uses it.
  */
 #ifndef KVFS_TOOLKIT_H
 #define KVFS_TOOLKIT_H
