@@ -45,22 +45,27 @@ static __thread size_t log_capture_len;
 void kv_log(enum kv_log_level lvl, const char *fmt, ...)
 {
 	static const char *const names[] = {"ERROR", "WARN", "INFO", "DEBUG"};
-	static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
-	bool capture = log_capture && lvl <= KV_LOG_WARN;
 	char line[1024];
 	va_list ap;
 
-	if (!capture && lvl > log_level)
+	if (log_capture && lvl <= KV_LOG_WARN) {
+		va_start(ap, fmt);
+		vsnprintf(log_capture, log_capture_len, fmt, ap);
+		va_end(ap);
+		return;
+	}
+	if (lvl > log_level)
 		return;
 	va_start(ap, fmt);
 	vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
-	if (capture)
-		snprintf(log_capture, log_capture_len, "%s", line);
-	else if (log_syslog)
+	if (log_syslog) {
+		static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
 		syslog(prio[lvl], "%s", line);
-	else  /* one write per line so threads do not interleave */
-		fprintf(stderr, "kvfs: %s: %s\n", names[lvl], line);
+		return;
+	}
+	/* One write per line so threads do not interleave. */
+	fprintf(stderr, "kvfs: %s: %s\n", names[lvl], line);
 }
 
 const char *kv_printable(const char *key, size_t klen)
