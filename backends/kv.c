@@ -540,7 +540,7 @@ int kv_list(struct kv_store *s, const struct kv_list_req *req, kv_list_cb *cb, v
 {
 	struct kv_buf lo = {0}, hi = {0}, group = {0};
 	struct chunk c = {0};
-	bool has_hi, in_group = false, ordered = s->be->scan != NULL;
+	bool has_hi, ordered = s->be->scan != NULL;
 	size_t limit = req->limit ? req->limit : KV_PAGE, done = 0;
 	int rc;
 
@@ -570,15 +570,15 @@ int kv_list(struct kv_store *s, const struct kv_list_req *req, kv_list_cb *cb, v
 			size_t klen = c.k[i].len;
 			struct kv_entry e = {.key = k, .key_len = klen, .size = c.k[i].size};
 
-			if (in_group && klen >= group.len && memcmp(k, group.p, group.len) == 0)
+			/* group.len: the key before was in this group (a group is never empty) */
+			if (group.len && klen >= group.len && memcmp(k, group.p, group.len) == 0)
 				continue;
-			in_group = false;
+			group.len = 0;
 			d = req->delim && klen > req->prefix_len
 			    ? memchr(k + req->prefix_len, req->delim, klen - req->prefix_len) : NULL;
 			if (d) {
 				if ((rc = kv_buf_set(&group, k, (size_t)(d - k) + 1)))
 					goto out;
-				in_group = true;
 				e = (struct kv_entry){.key = group.p, .key_len = group.len,
 						      .is_prefix = true};
 			}
@@ -599,7 +599,7 @@ int kv_list(struct kv_store *s, const struct kv_list_req *req, kv_list_cb *cb, v
 			break;  /* the range is exhausted */
 		/* Go on after the last key (the smallest key after it appends a NUL
 		 * byte), or past the group it was in. */
-		if (in_group) {
+		if (group.len) {
 			if ((rc = kv_buf_set(&lo, group.p, group.len)))
 				goto out;
 			if (!kv_key_successor(lo.p, &lo.len))
