@@ -188,70 +188,84 @@ static int dir_load(struct kvfs *fs, const char *path, struct dirlist *d)
 	return rc;
 }
 
-int kvfs_opendir(const char *path, struct fuse_file_info *fi)
+int op_opendir(struct kvfs *fs, const char *path, struct dirlist **dp)
 {
 	struct dirlist *d = calloc(1, sizeof(*d));
 	int rc;
 
 	if (!d)
 		return -ENOMEM;
-	rc = dir_load(FS(), path, d);
+	rc = dir_load(fs, path, d);
 	if (rc) {
 		dir_free(d);
 		return rc;
 	}
-	fi->fh = (uintptr_t)d;
+	*dp = d;
 	return 0;
 }
 
-int kvfs_releasedir(const char *path, struct fuse_file_info *fi)
+void op_releasedir(struct dirlist *d)
 {
-	(void)path;
-	dir_free((struct dirlist *)(uintptr_t)fi->fh);
-	return 0;
+	dir_free(d);
 }
 
 /*
- * Entries carry offsets (index + 1), so libfuse passes each batch to the
- * kernel as it fills, with attributes: readdirplus then needs no lookup
- * per entry (M3).  Index 0 and 1 are "." and "..".  .health is not listed
- * (M9): whole-tree copies see exactly the store's keys.
+ * Entries carry offsets (index + 1), so each batch goes to the kernel as it
+ * fills, with attributes: readdirplus then needs no lookup per entry (M3).
+ * Index 0 and 1 are "." and "..", which carry no attributes (the kernel has
+ * them already).  .health is not listed (M9): whole-tree copies see exactly
+ * the store's keys.
  */
-int kvfs_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t off,
-		 struct fuse_file_info *fi, enum fuse_readdir_flags flags)
-{
-	struct kvfs *fs = FS();
-	struct dirlist *d = (struct dirlist *)(uintptr_t)fi->fh;
-	size_t fixed = 2;
-	struct stat st;
+/* d_ino of an entry without its inode, as libfuse's path API gives */
+#define UNKNOWN_INO 0xffffffffu
 
-	(void)path;
-	(void)flags;
+size_t op_readdir(struct kvfs *fs, fuse_req_t req, fuse_ino_t ino, struct dirlist *d,
+		  char *buf, size_t size, off_t off, bool plus)
+{
+	size_t fixed = 2, used = 0;
+
 	for (size_t i = (size_t)off; i < fixed + d->n; i++) {
-		const char *name;
-		int full;
-		if (i < fixed) {
-			/* "." and ".." carry no attributes: the kernel has them already. */
-			full = filler(buf, i ? ".." : ".", NULL, (off_t)i + 1, 0);
-		} else {
+		struct fuse_entry_param e = {0};
+		const char *name = i == 0 ? "." : "..";
+		size_t need;
+		if (i >= fixed) {
 			struct dirent_item *it = &d->items[i - fixed];
 			uint64_t sz = it->size;
 			name = it->name;
-			if (!it->is_dir && it->key) {
+			if (!it->is_dir && it->key)
 				files_open_size(&fs->files, it->key, it->klen, &sz);
+			fill_stat(fs, it->key, it->klen, it->is_dir ? NT_DIR : NT_FILE, sz, &e.attr);
+			if (plus) {
+				e.ino = inode_link(&fs->inodes, ino, name, &e.attr);
+				if (!e.ino)
+					break;
+				e.attr_timeout = fs->attr_timeout;
+				e.entry_timeout = fs->entry_timeout;
+			} else {
+				e.attr.st_ino = UNKNOWN_INO;
 			}
-			fill_stat(fs, it->key, it->klen, it->is_dir ? NT_DIR : NT_FILE, sz, &st);
-			full = filler(buf, name, &st, (off_t)i + 1, FUSE_FILL_DIR_PLUS);
+		} else {
+			e.attr.st_mode = S_IFDIR;
+			e.attr.st_ino = UNKNOWN_INO;
 		}
-		if (full)
+		if (plus)
+			need = fuse_add_direntry_plus(req, buf + used, size - used, name, &e,
+						      (off_t)i + 1);
+		else
+			need = fuse_add_direntry(req, buf + used, size - used, name, &e.attr,
+						 (off_t)i + 1);
+		if (need > size - used) {
+			if (e.ino)
+				inode_forget(&fs->inodes, e.ino, 1);  /* the kernel did not get it */
 			break;
+		}
+		used += need;
 	}
-	return 0;
+	return used;
 }
 
-int kvfs_mkdir(const char *path, mode_t mode)
+int op_mkdir(struct kvfs *fs, const char *path, mode_t mode)
 {
-	struct kvfs *fs = FS();
 	struct node n;
 	enum ntype t;
 	uint64_t size;
@@ -292,9 +306,8 @@ int kvfs_mkdir(const char *path, mode_t mode)
 	return rc;
 }
 
-int kvfs_rmdir(const char *path)
+int op_rmdir(struct kvfs *fs, const char *path)
 {
-	struct kvfs *fs = FS();
 	struct node n;
 	enum ntype t;
 	uint64_t size;

@@ -8,13 +8,14 @@
 #define KVFS_FS_H
 
 #define FUSE_USE_VERSION 314
-#include <fuse.h>
+#include <fuse_lowlevel.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 #include <time.h>
 
+#include "inode.h"
 #include "kv.h"
 
 /* FNV-1a: the hash of both tables below. */
@@ -152,7 +153,10 @@ struct kvfs {
 	gid_t gid;
 	mode_t umask;
 	int health_timeout_ms;
+	double entry_timeout, attr_timeout, negative_timeout;   /* the kernel's caches, s */
 	struct timespec mounted_at;
+	struct inodes inodes;
+	struct fuse_conn_info_opts *conn_opts;   /* libfuse's max_write=, ... */
 	struct kvfs_attrs attrs;
 	struct kvfs_files files;
 	struct kvfs_health health;
@@ -161,8 +165,10 @@ struct kvfs {
 	size_t ncont;
 };
 
+/* fs/lowlevel.c: the FUSE operations */
+extern const struct fuse_lowlevel_ops kvfs_ops;
+
 /* fs/ops.c */
-extern const struct fuse_operations kvfs_ops;
 int kvfs_init_state(struct kvfs *fs);
 /* Free what kvfs_init_state made; false if the store is still in use by a
  * stuck health check and must be left open. */

@@ -17,11 +17,6 @@ struct node {
 
 enum ntype { NT_NONE, NT_FILE, NT_DIR };
 
-static inline struct kvfs *FS(void)
-{
-	return fuse_get_context()->private_data;
-}
-
 void node_free(struct node *n);
 /* Decode a FUSE path into its kind and full store key (root prefix added). */
 int node_decode(struct kvfs *fs, const char *path, struct node *n);
@@ -47,13 +42,40 @@ void default_attr(struct kvfs *fs, bool is_dir, struct kvfs_attr *a);
 /* A write through the mount sets the file's times to now. */
 void touch(struct kvfs *fs, const char *key, size_t klen);
 
+/*
+ * The operations by path ("/" for the root, "/a/b"), as fs/lowlevel.c
+ * calls them once it knows the path of an inode: 0 or a negative errno.
+ */
+/* fs/ops.c */
+int op_getattr(struct kvfs *fs, const char *path, struct stat *st, struct fuse_file_info *fi);
+int op_open(struct kvfs *fs, const char *path, struct fuse_file_info *fi);
+/* fi NULL: mknod of a regular file */
+int op_create(struct kvfs *fs, const char *path, mode_t mode, struct fuse_file_info *fi);
+int op_read(struct kvfs *fs, const char *path, char *buf, size_t size, off_t off,
+	    struct fuse_file_info *fi);
+int op_write(struct kvfs *fs, const char *path, const char *buf, size_t size, off_t off,
+	     struct fuse_file_info *fi);
+int op_flush(struct kvfs *fs, const char *path, struct fuse_file_info *fi);
+int op_fsync(struct kvfs *fs, const char *path, int datasync, struct fuse_file_info *fi);
+int op_release(struct kvfs *fs, const char *path, struct fuse_file_info *fi);
+int op_truncate(struct kvfs *fs, const char *path, off_t size, struct fuse_file_info *fi);
+int op_unlink(struct kvfs *fs, const char *path);
+int op_chmod(struct kvfs *fs, const char *path, mode_t mode, struct fuse_file_info *fi);
+int op_chown(struct kvfs *fs, const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi);
+int op_utimens(struct kvfs *fs, const char *path, const struct timespec tv[2],
+	       struct fuse_file_info *fi);
+int op_statfs(struct kvfs *fs, struct statvfs *sv);
+
 /* fs/dir.c and fs/rename.c */
-int kvfs_opendir(const char *path, struct fuse_file_info *fi);
-int kvfs_releasedir(const char *path, struct fuse_file_info *fi);
-int kvfs_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t off,
-		 struct fuse_file_info *fi, enum fuse_readdir_flags flags);
-int kvfs_mkdir(const char *path, mode_t mode);
-int kvfs_rmdir(const char *path);
-int kvfs_rename(const char *from, const char *to, unsigned int flags);
+struct dirlist;
+int op_opendir(struct kvfs *fs, const char *path, struct dirlist **d);
+void op_releasedir(struct dirlist *d);
+/* Fill buf (size bytes) with the entries of d from offset off, with their
+ * attributes and one lookup each when plus; returns the bytes used. */
+size_t op_readdir(struct kvfs *fs, fuse_req_t req, fuse_ino_t ino, struct dirlist *d,
+		  char *buf, size_t size, off_t off, bool plus);
+int op_mkdir(struct kvfs *fs, const char *path, mode_t mode);
+int op_rmdir(struct kvfs *fs, const char *path);
+int op_rename(struct kvfs *fs, const char *from, const char *to, unsigned int flags);
 
 #endif

@@ -35,9 +35,8 @@ static struct report *report_of(struct fuse_file_info *fi)
 	return (fi->fh & 1) ? (struct report *)(uintptr_t)(fi->fh & ~(uint64_t)1) : NULL;
 }
 
-static int kvfs_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
+int op_getattr(struct kvfs *fs, const char *path, struct stat *st, struct fuse_file_info *fi)
 {
-	struct kvfs *fs = FS();
 	struct node n;
 	enum ntype t;
 	uint64_t size;
@@ -50,11 +49,16 @@ static int kvfs_getattr(const char *path, struct stat *st, struct fuse_file_info
 		size = f->len;
 		pthread_mutex_unlock(&f->lock);
 		size_t klen = 0;
-		char *key = file_key(fs, f, &klen, NULL);
+		bool unlinked = false;
+		char *key = file_key(fs, f, &klen, &unlinked);
 		fill_stat(fs, key, klen, NT_FILE, lrc ? 0 : size, st);
+		if (unlinked)
+			st->st_nlink = 0;  /* open after unlink or a rename over it */
 		free(key);
 		return 0;
 	}
+	if (!path)
+		return -ENOENT;
 	if ((rc = node_decode(fs, path, &n)))
 		return rc == -EINVAL ? -ENOENT : rc;
 	if (n.kind == KM_HEALTH) {
@@ -64,12 +68,20 @@ static int kvfs_getattr(const char *path, struct stat *st, struct fuse_file_info
 		return 0;
 	}
 	rc = node_type(fs, &n, path, &t, &size);
+	if (rc == 0 && t == NT_NONE && (n.kind == KM_KEY || n.kind == KM_VALUE)) {
+		/* Open here and not in the store yet, or an empty "%" (M4) that
+		 * is a file while it is open: the file this mount shows. */
+		struct kvfs_file *f = files_find(&fs->files, n.key, n.klen);
+		if (f) {
+			t = NT_FILE;
+			files_put(&fs->files, f);
+		}
+	}
 	if (rc == 0 && t == NT_NONE)
 		rc = -ENOENT;
 	if (rc == 0) {
-		if (t == NT_FILE) {
+		if (t == NT_FILE)
 			files_open_size(&fs->files, n.key, n.klen, &size);
-		}
 		fill_stat(fs, n.key, n.klen, t, size, st);
 	}
 	node_free(&n);
@@ -107,9 +119,8 @@ static int open_file(struct kvfs *fs, struct node *n, struct fuse_file_info *fi,
 	return 0;
 }
 
-static int kvfs_open(const char *path, struct fuse_file_info *fi)
+int op_open(struct kvfs *fs, const char *path, struct fuse_file_info *fi)
 {
-	struct kvfs *fs = FS();
 	struct node n;
 	int rc;
 
@@ -143,7 +154,7 @@ static int kvfs_open(const char *path, struct fuse_file_info *fi)
 	return rc;
 }
 
-static int create_node(struct kvfs *fs, const char *path, mode_t mode, struct fuse_file_info *fi)
+int op_create(struct kvfs *fs, const char *path, mode_t mode, struct fuse_file_info *fi)
 {
 	struct node n;
 	uint64_t size;
@@ -202,20 +213,7 @@ static int create_node(struct kvfs *fs, const char *path, mode_t mode, struct fu
 	return rc;
 }
 
-static int kvfs_create(const char *path, mode_t mode, struct fuse_file_info *fi)
-{
-	return create_node(FS(), path, mode, fi);
-}
-
-static int kvfs_mknod(const char *path, mode_t mode, dev_t dev)
-{
-	(void)dev;
-	if (!S_ISREG(mode))
-		return -EPERM;  /* F7 */
-	return create_node(FS(), path, mode, NULL);
-}
-
-static int kvfs_read(const char *path, char *buf, size_t size, off_t off,
+int op_read(struct kvfs *fs, const char *path, char *buf, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
 	struct report *r = report_of(fi);
@@ -232,7 +230,7 @@ static int kvfs_read(const char *path, char *buf, size_t size, off_t off,
 		return (int)size;
 	}
 	pthread_mutex_lock(&f->lock);
-	rc = file_load(FS(), f);
+	rc = file_load(fs, f);
 	if (rc == 0) {
 		if ((size_t)off >= f->len)
 			size = 0;
@@ -258,10 +256,9 @@ static void touch_file(struct kvfs *fs, struct kvfs_file *f)
 	free(key);
 }
 
-static int kvfs_write(const char *path, const char *buf, size_t size, off_t off,
+int op_write(struct kvfs *fs, const char *path, const char *buf, size_t size, off_t off,
 		      struct fuse_file_info *fi)
 {
-	struct kvfs *fs = FS();
 	struct kvfs_file *f = file_of(fi);
 	struct kv_limits lim = kv_limits(fs->store);
 	int rc;
@@ -292,17 +289,16 @@ static int kvfs_write(const char *path, const char *buf, size_t size, off_t off,
 	return rc;
 }
 
-static int kvfs_flush(const char *path, struct fuse_file_info *fi)
+int op_flush(struct kvfs *fs, const char *path, struct fuse_file_info *fi)
 {
 	struct kvfs_file *f = file_of(fi);
 
 	(void)path;
-	return f ? file_flush(FS(), f) : 0;
+	return f ? file_flush(fs, f) : 0;
 }
 
-static int kvfs_fsync(const char *path, int datasync, struct fuse_file_info *fi)
+int op_fsync(struct kvfs *fs, const char *path, int datasync, struct fuse_file_info *fi)
 {
-	struct kvfs *fs = FS();
 	struct kvfs_file *f = file_of(fi);
 	int rc;
 
@@ -317,9 +313,8 @@ static int kvfs_fsync(const char *path, int datasync, struct fuse_file_info *fi)
 	return rc;
 }
 
-static int kvfs_release(const char *path, struct fuse_file_info *fi)
+int op_release(struct kvfs *fs, const char *path, struct fuse_file_info *fi)
 {
-	struct kvfs *fs = FS();
 	struct report *r = report_of(fi);
 	struct kvfs_file *f = file_of(fi);
 
@@ -337,9 +332,8 @@ static int kvfs_release(const char *path, struct fuse_file_info *fi)
 	return 0;
 }
 
-static int kvfs_truncate(const char *path, off_t size, struct fuse_file_info *fi)
+int op_truncate(struct kvfs *fs, const char *path, off_t size, struct fuse_file_info *fi)
 {
-	struct kvfs *fs = FS();
 	struct kv_limits lim = kv_limits(fs->store);
 	struct kvfs_file *f = NULL;
 	struct node n = {0};
@@ -391,9 +385,8 @@ static int kvfs_truncate(const char *path, off_t size, struct fuse_file_info *fi
 	return rc;
 }
 
-static int kvfs_unlink(const char *path)
+int op_unlink(struct kvfs *fs, const char *path)
 {
-	struct kvfs *fs = FS();
 	struct node n;
 	int rc;
 
@@ -421,10 +414,9 @@ static int kvfs_unlink(const char *path)
 
 /* ---- attributes kept in memory (A2) ---- */
 
-static int change_attr(const char *path, struct fuse_file_info *fi,
+static int change_attr(struct kvfs *fs, const char *path, struct fuse_file_info *fi,
 		       void (*fn)(struct kvfs_attr *, const void *), const void *arg)
 {
-	struct kvfs *fs = FS();
 	struct kvfs_attr a;
 	struct node n;
 	enum ntype t = NT_FILE;
@@ -456,9 +448,9 @@ static void set_mode(struct kvfs_attr *a, const void *arg)
 	a->mode = *(const mode_t *)arg & 07777;
 }
 
-static int kvfs_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
+int op_chmod(struct kvfs *fs, const char *path, mode_t mode, struct fuse_file_info *fi)
 {
-	return change_attr(path, fi, set_mode, &mode);
+	return change_attr(fs, path, fi, set_mode, &mode);
 }
 
 struct owner { uid_t uid; gid_t gid; };
@@ -473,10 +465,10 @@ static void set_owner(struct kvfs_attr *a, const void *arg)
 		a->gid = o->gid;
 }
 
-static int kvfs_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi)
+int op_chown(struct kvfs *fs, const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi)
 {
 	struct owner o = {uid, gid};
-	return change_attr(path, fi, set_owner, &o);
+	return change_attr(fs, path, fi, set_owner, &o);
 }
 
 static void set_times(struct kvfs_attr *a, const void *arg)
@@ -491,35 +483,19 @@ static void set_times(struct kvfs_attr *a, const void *arg)
 		a->mtime = tv[1].tv_nsec == UTIME_NOW ? now : tv[1];
 }
 
-static int kvfs_utimens(const char *path, const struct timespec tv[2], struct fuse_file_info *fi)
+int op_utimens(struct kvfs *fs, const char *path, const struct timespec tv[2], struct fuse_file_info *fi)
 {
 	struct timespec now[2] = {{.tv_nsec = UTIME_NOW}, {.tv_nsec = UTIME_NOW}};
-	return change_attr(path, fi, set_times, tv ? tv : now);
+	return change_attr(fs, path, fi, set_times, tv ? tv : now);
 }
 
 /* ---- the rest ---- */
 
-static int kvfs_symlink(const char *target, const char *path)
+int op_statfs(struct kvfs *fs, struct statvfs *sv)
 {
-	(void)target;
-	(void)path;
-	return -EPERM;
-}
-
-static int kvfs_link(const char *from, const char *to)
-{
-	(void)from;
-	(void)to;
-	return -EPERM;
-}
-
-static int kvfs_statfs(const char *path, struct statvfs *sv)
-{
-	struct kvfs *fs = FS();
 	struct kv_statfs st;
 	const uint64_t bs = 4096;
 
-	(void)path;
 	memset(sv, 0, sizeof(*sv));
 	sv->f_bsize = bs;
 	sv->f_frsize = bs;
@@ -536,23 +512,6 @@ static int kvfs_statfs(const char *path, struct statvfs *sv)
 	return 0;
 }
 
-static void *kvfs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
-{
-	struct kvfs *fs = FS();
-
-	cfg->hard_remove = 1;       /* never ".fuse_hidden" keys for open unlinked files */
-	cfg->use_ino = 0;
-	cfg->kernel_cache = 0;
-	cfg->nullpath_ok = 0;
-	if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
-		conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
-	/* Always readdirplus: ls -l must not cost a lookup per entry (M3). */
-	if (conn->capable & FUSE_CAP_READDIRPLUS)
-		conn->want |= FUSE_CAP_READDIRPLUS;
-	conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
-	return fs;
-}
-
 static void flush_one(struct kvfs *fs, struct kvfs_file *f)
 {
 	int rc = file_flush(fs, f);
@@ -567,11 +526,6 @@ void kvfs_flush_all(struct kvfs *fs)
 	files_each(&fs->files, NULL, 0, flush_one, fs);
 }
 
-static void kvfs_destroy(void *private_data)
-{
-	kvfs_flush_all(private_data);
-}
-
 int kvfs_init_state(struct kvfs *fs)
 {
 	attrs_init(&fs->attrs);
@@ -579,7 +533,7 @@ int kvfs_init_state(struct kvfs *fs)
 	health_init(&fs->health);
 	pthread_mutex_init(&fs->cont_lock, NULL);
 	clock_gettime(CLOCK_REALTIME, &fs->mounted_at);
-	if (!fs->attrs.buckets || !fs->files.buckets)
+	if (inodes_init(&fs->inodes) || !fs->attrs.buckets || !fs->files.buckets)
 		return -ENOMEM;
 	return 0;
 }
@@ -590,37 +544,10 @@ bool kvfs_free_state(struct kvfs *fs)
 
 	files_destroy(&fs->files);
 	attrs_destroy(&fs->attrs);
+	inodes_destroy(&fs->inodes);
 	for (size_t i = 0; i < fs->ncont; i++)
 		free(fs->cont_dirs[i]);
 	free(fs->cont_dirs);
 	pthread_mutex_destroy(&fs->cont_lock);
 	return clean;
 }
-
-const struct fuse_operations kvfs_ops = {
-	.init = kvfs_init,
-	.destroy = kvfs_destroy,
-	.getattr = kvfs_getattr,
-	.opendir = kvfs_opendir,
-	.readdir = kvfs_readdir,
-	.releasedir = kvfs_releasedir,
-	.mkdir = kvfs_mkdir,
-	.rmdir = kvfs_rmdir,
-	.create = kvfs_create,
-	.mknod = kvfs_mknod,
-	.open = kvfs_open,
-	.read = kvfs_read,
-	.write = kvfs_write,
-	.flush = kvfs_flush,
-	.fsync = kvfs_fsync,
-	.release = kvfs_release,
-	.truncate = kvfs_truncate,
-	.unlink = kvfs_unlink,
-	.rename = kvfs_rename,
-	.chmod = kvfs_chmod,
-	.chown = kvfs_chown,
-	.utimens = kvfs_utimens,
-	.symlink = kvfs_symlink,
-	.link = kvfs_link,
-	.statfs = kvfs_statfs,
-};

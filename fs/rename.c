@@ -157,9 +157,8 @@ static int rename_file(struct kvfs *fs, struct node *from, struct node *to)
 	return rc;
 }
 
-int kvfs_rename(const char *from, const char *to, unsigned int flags)
+int op_rename(struct kvfs *fs, const char *from, const char *to, unsigned int flags)
 {
-	struct kvfs *fs = FS();
 	struct node nf = {0}, nt = {0};
 	enum ntype tf, tt;
 	uint64_t size;

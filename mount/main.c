@@ -59,20 +59,17 @@ static const struct fuse_opt kvfs_opts[] = {
 /* libfuse's own options that kvfs passes on unchanged. */
 static const char *const fuse_passthrough[] = {
 	"ro", "rw", "allow_other", "allow_root", "auto_unmount", "default_permissions",
-	"fsname", "subtype", "entry_timeout", "attr_timeout", "ac_attr_timeout",
-	"negative_timeout", "noforget", "remember", "max_read", "max_write",
-	"max_readahead", "max_background", "congestion_threshold", "async_read",
-	"sync_read", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "noatime",
-	"atime", "relatime", "sync", "async", "dirsync", "intr", "intr_signal",
-	"clone_fd", NULL
+	"fsname", "subtype", "max_read", "max_write", "max_readahead", "max_background",
+	"congestion_threshold", "async_read", "sync_read", "nosuid", "suid", "nodev", "dev",
+	"noexec", "exec", "noatime", "atime", "relatime", "sync", "async", "dirsync", NULL
 };
 
 /* Those of them that take a number, checked here so that a bad one is
- * one kvfs line rather than libfuse's message and ours. */
+ * one kvfs line rather than libfuse's message and ours; and the kernel's
+ * cache times, which kvfs gives with each answer. */
 static const char *const fuse_numeric[] = {
-	"entry_timeout", "attr_timeout", "ac_attr_timeout", "negative_timeout", "remember",
-	"max_read", "max_write", "max_readahead", "max_background", "congestion_threshold",
-	"intr_signal", NULL
+	"entry_timeout", "attr_timeout", "negative_timeout", "max_read", "max_write",
+	"max_readahead", "max_background", "congestion_threshold", NULL
 };
 
 static bool is_number(const char *s)
@@ -126,6 +123,7 @@ static void usage(const char *prog)
 	       "    -o nonempty            mount over a directory that is not empty\n"
 	       "    -o health_timeout=T    bound on reading .health (default 2s)\n"
 	       "    -o entry_timeout=T,attr_timeout=T   kernel cache times in seconds (default 1)\n"
+	       "    -o negative_timeout=T  how long the kernel caches a missing name (default 0)\n"
 	       "    -o list_timeout=T      how long a walk of memcached or Redis answers\n"
 	       "                           listings (default: entry_timeout)\n"
 	       "    -o max_threads=N       FUSE worker threads (default 10)\n"
@@ -140,7 +138,17 @@ static void usage(const char *prog)
 			printf(" %s", *o);
 		printf("\n");
 	}
-	printf("\nSee docs/mapping.md for how keys become file names.\n\nlibfuse options:\n");
+	printf("\nlibfuse and mount options passed on (-o name[=value]):\n   ");
+	for (size_t i = 0, col = 3; fuse_passthrough[i]; i++) {
+		size_t w = strlen(fuse_passthrough[i]) + 1;
+		if (col + w > 78) {
+			printf("\n   ");
+			col = 3;
+		}
+		printf(" %s", fuse_passthrough[i]);
+		col += w;
+	}
+	printf("\n\nSee docs/mapping.md for how keys become file names.\n");
 }
 
 static void list_backends(void)
@@ -189,8 +197,8 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
  * the backend's options is the backend's (lmdb's sync=always), libfuse's
  * own are passed on, fstab noise is dropped, anything else is an error.
  */
-static int sort_options(struct options *o, const char *url, struct fuse_args *args,
-			struct kv_option **bopts, size_t *nbopts)
+static int sort_options(struct options *o, struct kvfs *fs, const char *url,
+			struct fuse_args *args, struct kv_option **bopts, size_t *nbopts)
 {
 	const struct kv_backend *be = kv_backend_find(url, strcspn(url, ":"));
 	const char *entry = NULL;
@@ -216,11 +224,16 @@ static int sort_options(struct options *o, const char *url, struct fuse_args *ar
 		} else if (named(fuse_numeric, arg) && !is_number(eq ? eq + 1 : NULL)) {
 			fprintf(stderr, "kvfs: bad value in option '%s' (a number is needed)\n", arg);
 			return -1;
+		} else if (strncmp(arg, "entry_timeout=", 14) == 0) {
+			fs->entry_timeout = strtod(eq + 1, NULL);
+			entry = eq + 1;
+		} else if (strncmp(arg, "attr_timeout=", 13) == 0) {
+			fs->attr_timeout = strtod(eq + 1, NULL);
+		} else if (strncmp(arg, "negative_timeout=", 17) == 0) {
+			fs->negative_timeout = strtod(eq + 1, NULL);
 		} else if (named(fuse_passthrough, arg)) {
 			if (fuse_opt_add_arg(args, "-o") || fuse_opt_add_arg(args, arg))
 				return -1;
-			if (strncmp(arg, "entry_timeout=", 14) == 0)
-				entry = eq + 1;
 		} else if (!named(fstab_noise, arg)) {
 			if (eq)
 				*eq = '\0';
@@ -502,40 +515,47 @@ static int check_options(struct options *o, struct kvfs *fs, const char *mnt, in
 static int serve(struct kvfs *fs, struct fuse_args *args, const char *mnt, bool single,
 		 unsigned long max_threads)
 {
-	struct fuse *fuse = fuse_new(args, &kvfs_ops, sizeof(kvfs_ops), fs);
+	struct fuse_session *se;
 	int rc;
 
-	if (!fuse) {
+	fs->conn_opts = fuse_parse_conn_info_opts(args);
+	se = fs->conn_opts ? fuse_session_new(args, &kvfs_ops, sizeof(kvfs_ops), fs) : NULL;
+	if (!se) {
 		fprintf(stderr, "kvfs: bad FUSE options (see --help)\n");
+		free(fs->conn_opts);
 		return -1;
 	}
-	if (fuse_mount(fuse, mnt)) {
+	if (fuse_session_mount(se, mnt)) {
 		fprintf(stderr, "kvfs: cannot mount on '%s'\n", mnt);
-		fuse_destroy(fuse);
+		fuse_session_destroy(se);
+		free(fs->conn_opts);
 		return -1;
 	}
-	if (fuse_set_signal_handlers(fuse_get_session(fuse))) {
+	if (fuse_set_signal_handlers(se)) {
 		fprintf(stderr, "kvfs: cannot set signal handlers\n");
-		fuse_unmount(fuse);
-		fuse_destroy(fuse);
+		fuse_session_unmount(se);
+		fuse_session_destroy(se);
+		free(fs->conn_opts);
 		return -1;
 	}
 	kv_log(KV_LOG_INFO, "mounted %s on %s", kv_endpoint(fs->store), mnt);
 	detach_stdio();
 
 	if (single) {
-		rc = fuse_loop(fuse);
+		rc = fuse_session_loop(se);
 	} else {
 		struct fuse_loop_config *cfg = fuse_loop_cfg_create();
 		fuse_loop_cfg_set_max_threads(cfg, (unsigned)max_threads);
-		rc = fuse_loop_mt(fuse, cfg);
+		rc = fuse_session_loop_mt(se, cfg);
 		fuse_loop_cfg_destroy(cfg);
 	}
 	/* SIGTERM or unmount: what open files still hold is committed by the
 	 * destroy callback and again by the caller. */
-	fuse_remove_signal_handlers(fuse_get_session(fuse));
-	fuse_unmount(fuse);
-	fuse_destroy(fuse);
+	fuse_remove_signal_handlers(se);
+	fuse_session_unmount(se);
+	fuse_session_destroy(se);
+	free(fs->conn_opts);
+	fs->conn_opts = NULL;
 	return rc < 0 ? -1 : 0;  /* a positive rc is the signal that ended the loop */
 }
 
@@ -546,7 +566,7 @@ int main(int argc, char *argv[])
 	struct kv_option *bopts = NULL;
 	size_t nbopts = 0;
 	unsigned long max_threads = 10;
-	struct kvfs fs = {0};
+	struct kvfs fs = {.entry_timeout = 1, .attr_timeout = 1};
 	char *default_url = NULL, *fsname = NULL;
 	char err[512];
 	int timeout_ms = 5000, status = 1;
@@ -563,7 +583,6 @@ int main(int argc, char *argv[])
 	if (o.help || o.version || o.backends) {
 		if (o.help) {
 			usage(argv[0]);
-			fuse_lib_help(&args);
 		} else if (o.version) {
 			printf("kvfs %s (libfuse %d.%d)\n", KVFS_VERSION, fuse_version() / 100,
 			       fuse_version() % 100);
@@ -584,7 +603,7 @@ int main(int argc, char *argv[])
 		goto out;
 	}
 	if (check_options(&o, &fs, mnt, &timeout_ms, &max_threads) ||
-	    sort_options(&o, url, &args, &bopts, &nbopts))
+	    sort_options(&o, &fs, url, &args, &bopts, &nbopts))
 		goto out;
 	if (o.debug) {
 		o.foreground = 1;
