@@ -35,6 +35,8 @@ void inodes_destroy(struct inodes *t)
 	for (size_t i = 0; t->buckets && i < t->nbuckets; i++) {
 		for (struct inode *n = t->buckets[i], *next; n; n = next) {
 			next = n->next;
+			if (n->file)
+				t->file_drop(t->ctx, n->file);
 			free(n->name);
 			free(n->gone);
 			free(n);
@@ -108,6 +110,8 @@ static void put(struct inodes *t, struct inode *n)
 		struct inode *parent = n->parent;
 		if (n->name)
 			unhash(t, n);
+		if (n->file)
+			t->file_drop(t->ctx, n->file);
 		free(n->name);
 		free(n->gone);
 		free(n);
@@ -222,7 +226,16 @@ void inode_forget(struct inodes *t, fuse_ino_t ino, uint64_t count)
 	pthread_mutex_unlock(&t->lock);
 }
 
-void inode_unlink(struct inodes *t, fuse_ino_t parent, const char *name)
+/* Give a detached inode the open file it keeps; false if it has one. */
+static bool keep_file(struct inode *n, void *file)
+{
+	if (!n || !file || n->file)
+		return false;
+	n->file = file;
+	return true;
+}
+
+void inode_unlink(struct inodes *t, fuse_ino_t parent, const char *name, void *file)
 {
 	pthread_mutex_lock(&t->lock);
 	struct inode *n = find(t, inode_of(t, parent), name);
@@ -230,11 +243,15 @@ void inode_unlink(struct inodes *t, fuse_ino_t parent, const char *name)
 		detach(t, n);
 		n->st.st_nlink = 0;
 	}
+	if (keep_file(n, file))
+		file = NULL;
+	if (file)
+		t->file_drop(t->ctx, file);
 	pthread_mutex_unlock(&t->lock);
 }
 
 void inode_move(struct inodes *t, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
-		const char *newname)
+		const char *newname, void *victim_file)
 {
 	struct inode *p = inode_of(t, parent), *np = inode_of(t, newparent);
 	char *nn = strdup(newname), *was = NULL;
@@ -251,7 +268,11 @@ void inode_move(struct inodes *t, fuse_ino_t parent, const char *name, fuse_ino_
 			was = NULL;
 		}
 		victim->st.st_nlink = 0;
+		if (keep_file(victim, victim_file))
+			victim_file = NULL;
 	}
+	if (victim_file)
+		t->file_drop(t->ctx, victim_file);
 	if (n && victim != n) {
 		unhash(t, n);
 		if (nn) {
@@ -289,8 +310,14 @@ bool inode_recall(struct inodes *t, fuse_ino_t ino, struct stat *st)
 {
 	struct inode *n = inode_of(t, ino);
 
+	off_t size;
+
 	pthread_mutex_lock(&t->lock);
 	*st = n->st;
+	if (n->file && t->file_size(t->ctx, n->file, &size)) {
+		st->st_size = size;
+		st->st_blocks = (size + 511) / 512;
+	}
 	pthread_mutex_unlock(&t->lock);
 	return st->st_mode != 0;
 }

@@ -27,6 +27,7 @@ struct inode {
 	unsigned refs;          /* children in the table, + 1 while nlookup > 0 */
 	bool is_dir;
 	char *gone;             /* replaced by a rename: the path it had */
+	void *file;             /* unlinked or replaced while open: its open file */
 	struct stat st;         /* what was last answered for it */
 };
 
@@ -36,6 +37,11 @@ struct inodes {
 	struct inode **buckets;
 	size_t nbuckets, count;
 	uint64_t next_ino;
+	/* The open file an unlinked inode keeps (see inode_unlink): its size
+	 * (false if not known), and the inode's reference dropped. */
+	bool (*file_size)(void *ctx, void *file, off_t *size);
+	void (*file_drop)(void *ctx, void *file);
+	void *ctx;
 };
 
 int inodes_init(struct inodes *t);
@@ -58,14 +64,17 @@ fuse_ino_t inode_link(struct inodes *t, fuse_ino_t parent, const char *name,
 		      struct stat *st);
 /* The kernel forgets n lookups of ino. */
 void inode_forget(struct inodes *t, fuse_ino_t ino, uint64_t n);
-/* (parent, name) was removed from the store. */
-void inode_unlink(struct inodes *t, fuse_ino_t parent, const char *name);
-/* (parent, name) was renamed to (newparent, newname), replacing what was there. */
+/* (parent, name) was removed from the store; file (or NULL) is the open
+ * file it had, whose reference the inode takes over. */
+void inode_unlink(struct inodes *t, fuse_ino_t parent, const char *name, void *file);
+/* (parent, name) was renamed to (newparent, newname), replacing what was
+ * there; victim_file (or NULL) is the replaced one's open file, as above. */
 void inode_move(struct inodes *t, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
-		const char *newname);
+		const char *newname, void *victim_file);
 /* Remember *st as ino's attributes (its st_ino is set from the inode). */
 void inode_remember(struct inodes *t, fuse_ino_t ino, struct stat *st);
-/* The attributes last remembered for ino; false if it has none. */
+/* The attributes last remembered for ino, with the size of the open file
+ * it keeps; false if it has none. */
 bool inode_recall(struct inodes *t, fuse_ino_t ino, struct stat *st);
 
 #endif

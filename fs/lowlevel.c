@@ -38,6 +38,21 @@ static char *path_or_reply(fuse_req_t req, fuse_ino_t ino, const char *name)
 	return path;
 }
 
+/* The open file at path, with a reference (NULL if none): an inode that
+ * loses its name keeps it, to answer fstat. */
+static struct kvfs_file *open_file_at(struct kvfs *fs, const char *path)
+{
+	struct kvfs_file *f = NULL;
+	struct node n;
+
+	if (node_decode(fs, path, &n) == 0) {
+		if (n.kind == KM_KEY || n.kind == KM_VALUE)
+			f = files_find(&fs->files, n.key, n.klen);
+		node_free(&n);
+	}
+	return f;
+}
+
 static void reply_status(fuse_req_t req, int rc)
 {
 	fuse_reply_err(req, rc < 0 ? -rc : 0);
@@ -264,9 +279,12 @@ static void remove_name(fuse_req_t req, fuse_ino_t parent, const char *name,
 
 	if (!path)
 		return;
+	struct kvfs_file *f = open_file_at(fs, path);
 	rc = op(fs, path);
 	if (rc == 0)
-		inode_unlink(&fs->inodes, parent, name);
+		inode_unlink(&fs->inodes, parent, name, f);
+	else if (f)
+		files_put(&fs->files, f);
 	free(path);
 	reply_status(req, rc);
 }
@@ -310,9 +328,12 @@ static void ll_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		free(from);
 		return;
 	}
+	struct kvfs_file *victim = open_file_at(fs, to);
 	rc = op_rename(fs, from, to, flags);
 	if (rc == 0)
-		inode_move(&fs->inodes, parent, name, newparent, newname);
+		inode_move(&fs->inodes, parent, name, newparent, newname, victim);
+	else if (victim)
+		files_put(&fs->files, victim);
 	free(from);
 	free(to);
 	reply_status(req, rc);

@@ -232,7 +232,13 @@ int node_type(struct kvfs *fs, struct node *n, const char *path, enum ntype *t,
 	}
 	rc = kv_stat(fs->store, n->key, n->klen, size);
 	if (rc == -ENOENT || (rc == 0 && *size == 0 && kvfs_marker_key(fs, n->key, n->klen))) {
-		*t = NT_NONE;  /* an empty "d/" is the directory d, not a file "%" (M4) */
+		/* An empty "d/" is the directory d, not a file "%" (M4), unless
+		 * it is open here: then it is the file being written (F8), as is
+		 * a file not yet in the store. */
+		struct kvfs_file *f = files_find(&fs->files, n->key, n->klen);
+		*t = f ? NT_FILE : NT_NONE;
+		if (f)
+			files_put(&fs->files, f);
 		return 0;
 	}
 	*t = rc ? NT_NONE : NT_FILE;

@@ -68,15 +68,6 @@ int op_getattr(struct kvfs *fs, const char *path, struct stat *st, struct fuse_f
 		return 0;
 	}
 	rc = node_type(fs, &n, path, &t, &size);
-	if (rc == 0 && t == NT_NONE && (n.kind == KM_KEY || n.kind == KM_VALUE)) {
-		/* Open here and not in the store yet, or an empty "%" (M4) that
-		 * is a file while it is open: the file this mount shows. */
-		struct kvfs_file *f = files_find(&fs->files, n.key, n.klen);
-		if (f) {
-			t = NT_FILE;
-			files_put(&fs->files, f);
-		}
-	}
 	if (rc == 0 && t == NT_NONE)
 		rc = -ENOENT;
 	if (rc == 0) {
@@ -526,6 +517,24 @@ void kvfs_flush_all(struct kvfs *fs)
 	files_each(&fs->files, NULL, 0, flush_one, fs);
 }
 
+static bool inode_file_size(void *ctx, void *file, off_t *size)
+{
+	struct kvfs_file *f = file;
+	bool known;
+
+	(void)ctx;
+	pthread_mutex_lock(&f->lock);
+	known = f->loaded || f->dirty;
+	*size = (off_t)f->len;
+	pthread_mutex_unlock(&f->lock);
+	return known;
+}
+
+static void inode_file_drop(void *ctx, void *file)
+{
+	files_put(&((struct kvfs *)ctx)->files, file);
+}
+
 int kvfs_init_state(struct kvfs *fs)
 {
 	attrs_init(&fs->attrs);
@@ -535,6 +544,9 @@ int kvfs_init_state(struct kvfs *fs)
 	clock_gettime(CLOCK_REALTIME, &fs->mounted_at);
 	if (inodes_init(&fs->inodes) || !fs->attrs.buckets || !fs->files.buckets)
 		return -ENOMEM;
+	fs->inodes.file_size = inode_file_size;
+	fs->inodes.file_drop = inode_file_drop;
+	fs->inodes.ctx = fs;
 	return 0;
 }
 
@@ -542,9 +554,9 @@ bool kvfs_free_state(struct kvfs *fs)
 {
 	bool clean = health_stop(&fs->health, fs->health_timeout_ms);
 
+	inodes_destroy(&fs->inodes);
 	files_destroy(&fs->files);
 	attrs_destroy(&fs->attrs);
-	inodes_destroy(&fs->inodes);
 	for (size_t i = 0; i < fs->ncont; i++)
 		free(fs->cont_dirs[i]);
 	free(fs->cont_dirs);
