@@ -283,10 +283,13 @@ int op_mkdir(struct kvfs *fs, const char *path, mode_t mode)
 			rc = kv_set(fs->store, n.key, plen, "", 0);
 			unslash(&n);
 		}
-		if (rc == 0 && (mode & 07777) != (0755 & ~fs->umask)) {
+		if (rc == 0) {
+			/* A new directory shows the time it was made. */
 			struct kvfs_attr a;
 			default_attr(fs, true, &a);
 			a.mode = mode & 07777;
+			clock_gettime(CLOCK_REALTIME, &a.mtime);
+			a.atime = a.ctime = a.mtime;
 			attrs_put(&fs->attrs, n.key, n.klen, true, &a);
 		}
 		health_note_error(fs, "mkdir", rc == -EEXIST ? 0 : rc);

@@ -249,10 +249,12 @@ static void ll_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	}
 	if (!(path = path_or_reply(req, parent, name)))
 		return;
-	if ((rc = op_create(fs_of(req), path, mode, NULL)))
+	if ((rc = op_create(fs_of(req), path, mode, NULL))) {
 		reply_status(req, rc);
-	else
+	} else {
+		touch_parent(fs_of(req), path);
 		reply_entry(req, parent, name, path, NULL);
+	}
 	free(path);
 }
 
@@ -263,10 +265,12 @@ static void ll_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 
 	if (!path)
 		return;
-	if ((rc = op_mkdir(fs_of(req), path, mode)))
+	if ((rc = op_mkdir(fs_of(req), path, mode))) {
 		reply_status(req, rc);
-	else
+	} else {
+		touch_parent(fs_of(req), path);
 		reply_entry(req, parent, name, path, NULL);
+	}
 	free(path);
 }
 
@@ -281,8 +285,10 @@ static void remove_name(fuse_req_t req, fuse_ino_t parent, const char *name,
 		return;
 	struct kvfs_file *f = open_file_at(fs, path);
 	rc = op(fs, path);
-	if (rc == 0)
+	if (rc == 0) {
 		inode_unlink(&fs->inodes, parent, name, f);
+		touch_parent(fs, path);
+	}
 	else if (f)
 		files_put(&fs->files, f);
 	free(path);
@@ -330,8 +336,11 @@ static void ll_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 	}
 	struct kvfs_file *victim = open_file_at(fs, to);
 	rc = op_rename(fs, from, to, flags);
-	if (rc == 0)
+	if (rc == 0) {
 		inode_move(&fs->inodes, parent, name, newparent, newname, victim);
+		touch_parent(fs, from);
+		touch_parent(fs, to);
+	}
 	else if (victim)
 		files_put(&fs->files, victim);
 	free(from);
@@ -483,10 +492,12 @@ static void ll_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 
 	if (!path)
 		return;
-	if ((rc = op_create(fs_of(req), path, mode, fi)))
+	if ((rc = op_create(fs_of(req), path, mode, fi))) {
 		reply_status(req, rc);
-	else
+	} else {
+		touch_parent(fs_of(req), path);
 		reply_entry(req, parent, name, path, fi);
+	}
 	free(path);
 }
 

@@ -284,15 +284,30 @@ void default_attr(struct kvfs *fs, bool is_dir, struct kvfs_attr *a)
 	a->atime = a->mtime = a->ctime = fs->mounted_at;
 }
 
-/* A write through the mount sets the file's times to now. */
-void touch(struct kvfs *fs, const char *key, size_t klen)
+/* A write through the mount sets the file's times to now; an entry added
+ * or removed, its directory's. */
+void touch(struct kvfs *fs, const char *key, size_t klen, bool is_dir)
 {
 	struct kvfs_attr a;
 	struct timespec now;
 
 	clock_gettime(CLOCK_REALTIME, &now);
-	if (!attrs_get(&fs->attrs, key, klen, false, &a))
-		default_attr(fs, false, &a);
+	if (!attrs_get(&fs->attrs, key, klen, is_dir, &a))
+		default_attr(fs, is_dir, &a);
 	a.mtime = a.ctime = now;
-	attrs_put(&fs->attrs, key, klen, false, &a);
+	attrs_put(&fs->attrs, key, klen, is_dir, &a);
+}
+
+void touch_parent(struct kvfs *fs, const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	char *dir = slash ? strndup(path, slash > path ? (size_t)(slash - path) : 1) : NULL;
+	struct node n;
+
+	if (dir && node_decode(fs, dir, &n) == 0) {
+		if (n.kind == KM_ROOT || n.kind == KM_KEY || n.kind == KM_CONT)
+			touch(fs, n.key, n.klen, true);
+		node_free(&n);
+	}
+	free(dir);
 }

@@ -39,8 +39,10 @@ int node_type(struct kvfs *fs, struct node *n, const char *path, enum ntype *t, 
 void fill_stat(struct kvfs *fs, const char *key, size_t klen, enum ntype t, uint64_t size,
 	       struct stat *st);
 void default_attr(struct kvfs *fs, bool is_dir, struct kvfs_attr *a);
-/* A write through the mount sets the file's times to now. */
-void touch(struct kvfs *fs, const char *key, size_t klen);
+/* A write through the mount sets the file's (is_dir: directory's) times to now. */
+void touch(struct kvfs *fs, const char *key, size_t klen, bool is_dir);
+/* An entry of path's directory was added or removed: its times are now. */
+void touch_parent(struct kvfs *fs, const char *path);
 
 /*
  * The operations by path ("/" for the root, "/a/b"), as fs/lowlevel.c

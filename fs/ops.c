@@ -196,7 +196,7 @@ int op_create(struct kvfs *fs, const char *path, mode_t mode, struct fuse_file_i
 		attrs_put(&fs->attrs, n.key, n.klen, false, &a);
 	}
 	if (rc == 0)
-		touch(fs, n.key, n.klen);
+		touch(fs, n.key, n.klen, false);
 	if (rc == 0 && fi)
 		rc = open_file(fs, &n, fi, !existed);
 	health_note_error(fs, "create", rc == -EEXIST || rc == -EISDIR ? 0 : rc);
@@ -243,7 +243,7 @@ static void touch_file(struct kvfs *fs, struct kvfs_file *f)
 	char *key = file_key(fs, f, &klen, NULL);
 
 	if (key)
-		touch(fs, key, klen);
+		touch(fs, key, klen, false);
 	free(key);
 }
 
@@ -369,7 +369,7 @@ int op_truncate(struct kvfs *fs, const char *path, off_t size, struct fuse_file_
 			pthread_mutex_unlock(&f->lock);
 			files_put(&fs->files, f);
 			if (rc == 0)
-				touch(fs, n.key, n.klen);
+				touch(fs, n.key, n.klen, false);
 		}
 	}
 	node_free(&n);

@@ -786,6 +786,43 @@ def test_a2_write_sets_mtime(mounts):
     assert os.stat(m.p("f")).st_mtime >= t0 - 2
 
 
+def test_a2_directory_times_follow_its_entries(mounts):
+    m = mounts.mount(opts=NOCACHE)
+    os.mkdir(m.p("d"))
+    os.mkdir(m.p("e"))
+    old = 1_000_000_000
+    for d in ("d", "e"):
+        os.utime(m.p(d), (old, old))
+
+    def changed(d):
+        st = os.stat(m.p(d))
+        ok = st.st_mtime > old + 1000 and st.st_ctime > old + 1000
+        os.utime(m.p(d), (old, old))
+        return ok
+
+    write_file(m.p("d", "f"), b"x")
+    assert changed("d") and not changed("e")
+    os.rename(m.p("d", "f"), m.p("e", "f"))
+    assert changed("d") and changed("e")
+    os.unlink(m.p("e", "f"))
+    assert changed("e")
+    os.mkdir(m.p("d", "sub"))
+    assert changed("d")
+    os.rmdir(m.p("d", "sub"))
+    assert changed("d")
+    assert not changed("e")
+
+
+def test_a2_a_new_directory_shows_when_it_was_made(mounts):
+    m = mounts.mount(opts=NOCACHE)
+    time.sleep(1.1)
+    t0 = time.time()
+    os.mkdir(m.p("d"))
+    st = os.stat(m.p("d"))
+    assert t0 - 0.5 <= st.st_mtime <= time.time() + 0.5
+    assert st.st_ctime >= t0 - 0.5
+
+
 # ---- A3: statfs ----
 
 def test_a3_statfs_name_limit(mnt):
