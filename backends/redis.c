@@ -568,13 +568,12 @@ static int rd_keys(struct kv_store *st, const char *prefix, size_t plen, kv_key_
 			rc = rd_reply_errno(r, "list", prefix, plen);
 		else
 			memcpy(cursor, r->element[0]->str, r->element[0]->len + 1);
+		/* the glob's false matches, if any, keycache.c passes over */
 		for (size_t i = 1; !rc && !stop && i + 1 < r->elements; i += 2) {
 			const redisReply *k = r->element[i], *z = r->element[i + 1];
 
-			/* the server's glob said yes; trust only bytes */
-			if (k->type == REDIS_REPLY_STRING && k->len >= plen &&
-			    memcmp(k->str, prefix, plen) == 0 &&
-			    z->type == REDIS_REPLY_INTEGER && z->integer >= 0)
+			if (k->type == REDIS_REPLY_STRING && z->type == REDIS_REPLY_INTEGER &&
+			    z->integer >= 0)
 				stop = cb(ctx, k->str, k->len, (uint64_t)z->integer);
 		}
 		freeReplyObject(r);
