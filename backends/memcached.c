@@ -38,7 +38,7 @@
 
 #include <libmemcached/memcached.h>
 #include <libmemcached/util.h>
-#include <openssl/evp.h>
+#include <openssl/sha.h>
 
 #define MC_KEY_MAX 250             /* memcached's key limit (text protocol) */
 #define MC_MAX_SERVERS 64
@@ -72,8 +72,7 @@ static bool is_plain(const char *k, size_t n)
 /* The memcached key of a kvfs key.  0 or -ENOMEM. */
 static int key_encode(const char *k, size_t n, struct mckey *out)
 {
-	unsigned char md[EVP_MAX_MD_SIZE];
-	unsigned int mdlen = 0;
+	unsigned char md[SHA256_DIGEST_LENGTH];
 	size_t o = 2;
 
 	if (is_plain(k, n)) {
@@ -83,23 +82,21 @@ static int key_encode(const char *k, size_t n, struct mckey *out)
 		return 0;
 	}
 	memcpy(out->k, "%~", 2);
+	/* o past MC_KEY_MAX: too long, and nothing more is written */
 	for (size_t i = 0; i < n && o <= MC_KEY_MAX; i++) {
 		unsigned char c = (unsigned char)k[i];
-		if (c > 0x20 && c != 0x7f && c != '%') {
+		if (c > 0x20 && c != 0x7f && c != '%')
 			out->k[o++] = (char)c;
-		} else if (o + 3 <= MC_KEY_MAX) {
-			o += (size_t)snprintf(out->k + o, 4, "%%%02X", c);
-		} else {
-			o = MC_KEY_MAX + 1;
-		}
+		else if ((o += 3) <= MC_KEY_MAX)
+			snprintf(out->k + o - 3, 4, "%%%02X", c);
 	}
 	out->n = o;
 	out->hashed = o > MC_KEY_MAX;
 	if (!out->hashed)
 		return 0;
-	if (!EVP_Digest(k, n, md, &mdlen, EVP_sha256(), NULL) || mdlen != 32)
+	if (!SHA256((const unsigned char *)k, n, md))
 		return -ENOMEM;
-	for (unsigned i = 0; i < mdlen; i++)
+	for (size_t i = 0; i < sizeof(md); i++)
 		snprintf(out->k + 2 + 2 * i, 3, "%02x", md[i]);
 	out->k[1] = '#';
 	out->n = MC_HASHED_LEN;
