@@ -29,7 +29,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <netdb.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -150,8 +149,6 @@ static size_t hashed_key_len(const char *v, size_t n, const char *key, size_t kl
 struct mc_server {
 	char host[256];
 	unsigned port;
-	pthread_mutex_t lock;        /* guards fd: one request at a time */
-	int fd;                      /* our own text-protocol socket (metadump, stats) */
 	/* from "stats settings" (learn_settings), atomic; 0: not known yet */
 	uint64_t item_size_max;
 	bool no_cas;                 /* memcached -C: no CAS uniques */
@@ -276,39 +273,33 @@ static int mc_call(struct mc_store *m, enum mc_op op, const struct mckey *mk,
 	return err;
 }
 
-/* ---- our own text-protocol socket per server: metadump and stats ---- */
-
-static void raw_close(struct mc_server *s)
-{
-	if (s->fd >= 0)
-		close(s->fd);
-	s->fd = -1;
-}
+/* ---- a text-protocol socket of our own per request: metadump and stats ---- */
 
 /* A blocking socket whose connect, each send and each receive wait at most
- * the timeout (SO_SNDTIMEO bounds connect() too).  0, -ETIMEDOUT or -EIO. */
-static int raw_connect(struct mc_store *m, struct mc_server *s)
+ * the timeout (SO_SNDTIMEO bounds connect() too): its fd, -ETIMEDOUT or -EIO. */
+static int raw_connect(struct mc_store *m, const struct mc_server *s)
 {
 	struct timeval tv = {.tv_sec = m->timeout_ms / 1000,
 			     .tv_usec = (m->timeout_ms % 1000) * 1000};
 	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV}, *ai, *a;
 	char port[8];
-	int e = EIO;
+	int fd = -1, e = EIO;
 
 	snprintf(port, sizeof(port), "%u", s->port);
 	if (getaddrinfo(s->host, port, &hints, &ai) != 0)
 		return -EIO;
-	for (a = ai; a && s->fd < 0; a = a->ai_next) {
-		s->fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-		if (s->fd >= 0 && (setsockopt(s->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) ||
-				   setsockopt(s->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) ||
-				   connect(s->fd, a->ai_addr, a->ai_addrlen))) {
+	for (a = ai; a && fd < 0; a = a->ai_next) {
+		fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+		if (fd >= 0 && (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) ||
+				setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) ||
+				connect(fd, a->ai_addr, a->ai_addrlen))) {
 			e = errno;
-			raw_close(s);
+			close(fd);
+			fd = -1;
 		}
 	}
 	freeaddrinfo(ai);
-	return s->fd >= 0 ? 0 : e == EINPROGRESS || e == EAGAIN ? -ETIMEDOUT : -EIO;
+	return fd >= 0 ? fd : e == EINPROGRESS || e == EAGAIN ? -ETIMEDOUT : -EIO;
 }
 
 /* Has a complete answer arrived: lines ending in END, or one error line
@@ -323,13 +314,13 @@ static bool raw_complete(const char *b, size_t n)
 
 /* Send cmd and read the whole answer into out; each wait for the server is
  * bounded by the timeout, not the transfer.  0, -ETIMEDOUT, -EIO, -ENOMEM. */
-static int raw_exchange(struct mc_server *s, const char *cmd, struct kv_buf *out)
+static int raw_exchange(int fd, const char *cmd, struct kv_buf *out)
 {
 	size_t len = strlen(cmd), done = 0;
 	ssize_t r;
 
 	while (done < len) {
-		if ((r = send(s->fd, cmd + done, len - done, MSG_NOSIGNAL)) > 0)
+		if ((r = send(fd, cmd + done, len - done, MSG_NOSIGNAL)) > 0)
 			done += (size_t)r;
 		else if (errno != EINTR)
 			return errno == EAGAIN ? -ETIMEDOUT : -EIO;
@@ -338,7 +329,7 @@ static int raw_exchange(struct mc_server *s, const char *cmd, struct kv_buf *out
 	while (!raw_complete(out->p, out->len)) {
 		if (kv_buf_reserve(out, 65536))
 			return -ENOMEM;
-		if ((r = recv(s->fd, out->p + out->len, out->cap - out->len - 1, 0)) > 0)
+		if ((r = recv(fd, out->p + out->len, out->cap - out->len - 1, 0)) > 0)
 			out->p[out->len += (size_t)r] = '\0';
 		else if (r == 0 || errno != EINTR)
 			return r < 0 && errno == EAGAIN ? -ETIMEDOUT : -EIO;  /* or closed */
@@ -347,27 +338,22 @@ static int raw_exchange(struct mc_server *s, const char *cmd, struct kv_buf *out
 }
 
 /*
- * One request to a server over its own socket.  A kept socket that turns
- * out dead is replaced at once; a connection refused or broken (a server
- * restarting) is tried again with backoff until deadline; no answer in
- * time is not retried.  0, -ETIMEDOUT, -EIO or -ENOMEM.
+ * One request to a server over a socket of its own (these are rare: a
+ * listing's walk, health, statfs).  A connection refused or broken (a
+ * server restarting) is tried again with backoff until deadline; no
+ * answer in time is not retried.  0, -ETIMEDOUT, -EIO or -ENOMEM.
  */
-static int raw_request(struct mc_store *m, struct mc_server *s, const char *cmd,
+static int raw_request(struct mc_store *m, const struct mc_server *s, const char *cmd,
 		       struct kv_buf *out, int64_t deadline)
 {
-	int rc, attempt = 0;
-	bool kept;
+	int rc, fd, attempt = 0;
 
-	pthread_mutex_lock(&s->lock);
 	do {
-		kept = s->fd >= 0;
-		rc = kept ? 0 : raw_connect(m, s);
-		if (rc == 0)
-			rc = raw_exchange(s, cmd, out);
-		if (rc)
-			raw_close(s);
-	} while (rc == -EIO && (kept || kv_backoff(attempt++, deadline)));
-	pthread_mutex_unlock(&s->lock);
+		fd = raw_connect(m, s);
+		rc = fd < 0 ? fd : raw_exchange(fd, cmd, out);
+		if (fd >= 0)
+			close(fd);
+	} while (rc == -EIO && kv_backoff(attempt++, deadline));
 	return rc;
 }
 
@@ -794,10 +780,6 @@ static void mcs_close(struct kv_store *s)
 		memcached_pool_destroy(m->pool);
 	if (m->master)
 		memcached_free(m->master);
-	for (size_t i = 0; i < MC_MAX_SERVERS; i++) {
-		raw_close(&m->srv[i]);
-		pthread_mutex_destroy(&m->srv[i].lock);
-	}
 	free(m);
 }
 
@@ -821,10 +803,6 @@ static int mcs_open(const struct kv_open_args *a, struct kv_store **out, char *e
 
 	if (!m)
 		return -ENOMEM;
-	for (size_t i = 0; i < MC_MAX_SERVERS; i++) {
-		m->srv[i].fd = -1;
-		pthread_mutex_init(&m->srv[i].lock, NULL);
-	}
 	m->timeout_ms = a->timeout_ms;
 	m->max_value = MC_VALUE_MAX(MC_DEFAULT_ITEM_MAX);   /* until the servers answer */
 	m->cas_enabled = true;
