@@ -46,10 +46,9 @@ struct rd_store {
 	int port, db;
 	char *user, *password;  /* NULL: AUTH without a user; no AUTH */
 	char where[128];      /* host:port or the socket, for messages */
-	struct timeval tv;
 	int timeout_ms;
 	char scan_count[16];  /* SCAN's COUNT, as text */
-	size_t max_value, max_key;  /* narrowed by the server's bound (atomic) */
+	size_t max_value;     /* narrowed by the server's bound (atomic) */
 	bool down;            /* atomic: the last call could not connect; log once */
 	struct kv_pool pool;
 };
@@ -129,7 +128,7 @@ static int rd_reply_errno(const redisReply *r, const char *op, const char *key, 
 		kv_log(KV_LOG_ERR, "redis: %s %s: unexpected reply type %d", op, k, r->type);
 		return -EIO;
 	}
-	kv_log(e->lvl, "redis: %s %s: %.*s", op, k, (int)(r->len < 300 ? r->len : 300), r->str);
+	kv_log(e->lvl, "redis: %s %s: %.300s", op, k, r->str);
 	return e->err;
 }
 
@@ -197,6 +196,7 @@ static int rd_connect(void *ctx, int64_t deadline, void **out)
 	struct timeval tv = rd_tv(kv_ms_left(deadline) + 1);
 	struct rd_cmd cmds[3];
 	redisReply *r[3], *lim;
+	unsigned long long v;
 	char db[16];
 	size_t n = 0;
 	redisContext *c = s->sock ? redisConnectUnixWithTimeout(s->sock, tv)
@@ -223,26 +223,22 @@ static int rd_connect(void *ctx, int64_t deadline, void **out)
 		const struct rd_error *e = rd_error_of(r[i]);
 		bool auth = s->password && i == 0;
 
-		if (!e)
-			continue;
-		rc = e->transient ? -EIO : auth ? -EACCES : -EINVAL;
-		kv_why_set("%s %s%s: %.*s", s->where, rc == -EIO ? "is not ready" : auth ?
-			   "refuses the password" : "has no database ",
-			   !auth ? db : s->user ? " for that user" : "",
-			   (int)(r[i]->len < 120 ? r[i]->len : 120), r[i]->str);
+		if (e && e->transient)
+			kv_why_set("%s is not ready: %.120s", s->where, r[i]->str);
+		else if (e && auth)
+			kv_why_set("%s refuses the password%s: %.120s", s->where,
+				   s->user ? " for that user" : "", r[i]->str);
+		else if (e)
+			kv_why_set("%s has no database %s: %.120s", s->where, db, r[i]->str);
+		rc = !e ? 0 : e->transient ? -EIO : auth ? -EACCES : -EINVAL;
 	}
 	lim = r[n - 1];
-	if (!rc && lim->type == REDIS_REPLY_ARRAY && lim->elements == 2 &&
-	    lim->element[1]->type == REDIS_REPLY_STRING) {
-		unsigned long long v = strtoull(lim->element[1]->str, NULL, 10);
-
-		if (v && v < RD_MAX_VALUE)
-			__atomic_store_n(&s->max_value, (size_t)v, __ATOMIC_RELAXED);
-		if (v && v < RD_MAX_KEY)
-			__atomic_store_n(&s->max_key, (size_t)v, __ATOMIC_RELAXED);
-	}
+	v = !rc && lim->type == REDIS_REPLY_ARRAY && lim->elements == 2 &&
+	    lim->element[1]->type == REDIS_REPLY_STRING ? strtoull(lim->element[1]->str, NULL, 10) : 0;
+	if (v && v < RD_MAX_VALUE)
+		__atomic_store_n(&s->max_value, (size_t)v, __ATOMIC_RELAXED);
 	rd_free_replies(r, n);
-	if (!rc && redisSetTimeout(c, s->tv) == REDIS_OK) {
+	if (!rc && redisSetTimeout(c, rd_tv(s->timeout_ms)) == REDIS_OK) {
 		*out = c;
 		return 0;
 	}
@@ -305,7 +301,7 @@ static int rd_run(struct rd_store *s, const char *op, const char *key, size_t kl
 				rd_outage(s, true);
 			return rc == -EACCES ? -EACCES : -EIO;
 		}
-		if ((rc = rd_pipeline(c, cmds, n, r, s->tv, &waited)) == -ETIMEDOUT)
+		if ((rc = rd_pipeline(c, cmds, n, r, rd_tv(s->timeout_ms), &waited)) == -ETIMEDOUT)
 			kv_why_set("%s did not answer within %" PRId64 " ms (-o timeout=T "
 				   "raises the limit)", s->where, waited);
 		else if (rc)
@@ -313,12 +309,11 @@ static int rd_run(struct rd_store *s, const char *op, const char *key, size_t kl
 		for (size_t i = 0; !rc && i < n; i++) {
 			const struct rd_error *e = rd_error_of(r[i]);
 
-			if (!e || !e->transient)
-				continue;
-			kv_why_set("%s: %.*s", s->where, (int)(r[i]->len < 120 ? r[i]->len : 120),
-				   r[i]->str);
-			rc = e->err == -EROFS ? -EROFS : -EAGAIN;
-			rd_free_replies(r, n);
+			if (e && e->transient) {
+				kv_why_set("%s: %.120s", s->where, r[i]->str);
+				rc = e->err == -EROFS ? -EROFS : -EAGAIN;
+				rd_free_replies(r, n);
+			}
 		}
 		kv_pool_put(&s->pool, c, rc && rc != -EAGAIN);
 		if (!rc && !(flags & RD_QUIET) && __atomic_load_n(&s->down, __ATOMIC_RELAXED))
@@ -690,12 +685,13 @@ static int rd_statfs(struct kv_store *st, struct kv_statfs *out)
 	return 0;
 }
 
+/* The server's bound narrows both (keys are arguments too). */
 static void rd_store_limits(struct kv_store *st, struct kv_limits *out)
 {
 	struct rd_store *s = kv_store_cast(struct rd_store, st);
 
-	out->max_key = __atomic_load_n(&s->max_key, __ATOMIC_RELAXED);
 	out->max_value = __atomic_load_n(&s->max_value, __ATOMIC_RELAXED);
+	out->max_key = out->max_value < RD_MAX_KEY ? out->max_value : RD_MAX_KEY;
 }
 
 /* ---- open and close ---- */
@@ -717,12 +713,10 @@ static void rd_close(struct kv_store *st)
 /* A database number: 0 to 999999999 (the server knows how many it has). */
 static bool rd_db(const char *text, int *db)
 {
-	size_t n = strlen(text);
+	size_t n = strspn(text, "0123456789");
 
-	if (n == 0 || n > 9 || strspn(text, "0123456789") != n)
-		return false;
-	*db = atoi(text);
-	return true;
+	*db = atoi(text);  /* unused when false: the URL is refused */
+	return n && n <= 9 && !text[n];
 }
 
 #define RD_NO_PASSWORD_IN_URL \
@@ -841,9 +835,7 @@ static int rd_open(const struct kv_open_args *a, struct kv_store **out, char *er
 	if (!s)
 		return -ENOMEM;  /* kv_open says so */
 	s->max_value = RD_MAX_VALUE;
-	s->max_key = RD_MAX_KEY;
 	s->timeout_ms = a->timeout_ms;
-	s->tv = rd_tv(a->timeout_ms);
 	kv_pool_init(&s->pool, "redis", &rd_pool_ops, s, RD_POOL);
 	env = env && env[0] ? env : NULL;
 	if ((rc = rd_parse_url(s, a->url, err, errlen)) == 0) {
