@@ -244,14 +244,11 @@ static struct walked *slot_for(struct kv_keycache *c, const struct kv_buf *prefi
 {
 	struct walked *best = &c->w[0];
 
-	for (int i = 0; i < SLOTS; i++) {
-		struct walked *w = &c->w[i];
+	for (struct walked *w = c->w; w < c->w + SLOTS; w++) {
 		if (w->prefix.p && w->prefix.len == prefix->len &&
 		    memcmp(w->prefix.p, prefix->p, prefix->len) == 0)
 			return w;
-		if (!w->prefix.p)
-			best = w;
-		else if (best->prefix.p && w->used < best->used)
+		if (w->used < best->used)   /* a free slot's is 0 */
 			best = w;
 	}
 	return best;
