@@ -432,12 +432,9 @@ static int walk_server(struct walk *w, size_t i, struct kv_buf *b)
 		       (int)strcspn(b->p, "\r\n"), b->p);
 		return -EIO;
 	}
-	for (char *p = b->p, *end = b->p + b->len; rc == 0 && p < end;) {
-		char *nl = memchr(p, '\n', (size_t)(end - p));
-		size_t len = nl ? (size_t)(nl - p) : (size_t)(end - p);
-		rc = walk_line(w, i, p, len);
-		p += len + 1;
-	}
+	for (char *save, *line = strtok_r(b->p, "\n", &save); line && rc == 0;
+	     line = strtok_r(NULL, "\n", &save))
+		rc = walk_line(w, i, line, strlen(line));
 	return rc;
 }
 
@@ -731,8 +728,8 @@ static void mcs_store_limits(struct kv_store *s, struct kv_limits *out)
 
 /* ---- open and close ---- */
 
-/* "//host[:port][,host[:port]...][/]" ("[v6]:port" too) into m->srv; one
- * line in err if not. */
+/* "//host[:port][,host[:port]...][/]" ("[v6]:port" too) into m->srv and
+ * m->master's server list; one line in err if not. */
 static int parse_servers(struct mc_store *m, const char *loc, char *err, size_t errlen)
 {
 	const char *p = loc + 2, *end;
@@ -768,6 +765,10 @@ static int parse_servers(struct mc_store *m, const char *loc, char *err, size_t 
 			snprintf(err, errlen, "memcached: bad server '%s' (expected host[:port])", tok);
 		else if (tok[h] && (e < 0 || tok[e] || s->port == 0 || s->port > 65535))
 			snprintf(err, errlen, "memcached: bad port in '%s' (1-65535)", tok);
+		else if (memcached_server_add(m->master, s->host, (in_port_t)s->port) !=
+			 MEMCACHED_SUCCESS)
+			snprintf(err, errlen, "memcached: cannot use server %s:%u: %s", s->host,
+				 s->port, memcached_last_error_message(m->master));
 	}
 	return err[0] ? -EINVAL : 0;
 }
@@ -809,15 +810,6 @@ static int mcs_open(const struct kv_open_args *a, struct kv_store **out, char *e
 	if (!(m->master = memcached_create(NULL)) ||
 	    (rc = parse_servers(m, a->location, err, errlen)))
 		goto fail;
-	for (size_t i = 0; i < m->nsrv; i++) {
-		if (memcached_server_add(m->master, m->srv[i].host, (in_port_t)m->srv[i].port) !=
-		    MEMCACHED_SUCCESS) {
-			snprintf(err, errlen, "memcached: cannot use server %s:%u: %s", m->srv[i].host,
-				 m->srv[i].port, memcached_last_error_message(m->master));
-			rc = -EINVAL;
-			goto fail;
-		}
-	}
 	for (size_t i = 0; i < sizeof(behaviors) / sizeof(behaviors[0]); i++)
 		memcached_behavior_set(m->master, behaviors[i].b, behaviors[i].v);
 	if (!(m->pool = memcached_pool_create(m->master, 1, MC_POOL_MAX))) {
