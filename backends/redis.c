@@ -196,7 +196,7 @@ static int rd_connect(void *ctx, int64_t deadline, void **out)
 	struct timeval tv = rd_tv(kv_ms_left(deadline) + 1);
 	struct rd_cmd cmds[3];
 	redisReply *r[3], *lim;
-	unsigned long long v;
+	unsigned long long v = 0;
 	char db[16];
 	size_t n = 0;
 	redisContext *c = s->sock ? redisConnectUnixWithTimeout(s->sock, tv)
@@ -233,8 +233,9 @@ static int rd_connect(void *ctx, int64_t deadline, void **out)
 		rc = !e ? 0 : e->transient ? -EIO : auth ? -EACCES : -EINVAL;
 	}
 	lim = r[n - 1];
-	v = !rc && lim->type == REDIS_REPLY_ARRAY && lim->elements == 2 &&
-	    lim->element[1]->type == REDIS_REPLY_STRING ? strtoull(lim->element[1]->str, NULL, 10) : 0;
+	if (!rc && lim->type == REDIS_REPLY_ARRAY && lim->elements == 2 &&
+	    lim->element[1]->type == REDIS_REPLY_STRING)
+		v = strtoull(lim->element[1]->str, NULL, 10);
 	if (v && v < RD_MAX_VALUE)
 		__atomic_store_n(&s->max_value, (size_t)v, __ATOMIC_RELAXED);
 	rd_free_replies(r, n);
@@ -395,19 +396,20 @@ static int rd_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *
 	return rc;
 }
 
-/* One write command: 0 (*n: DEL's count), -ECANCELED for a nil (SET NX or
- * the cas script: the version moved), or the server's reason. */
+/* One write command: 0, -ENOENT for an integer 0 (DEL found no key),
+ * -ECANCELED for a nil (SET NX or the cas script: the version moved), or
+ * the server's reason. */
 static int rd_write(struct kv_store *st, const char *op, const char *key, size_t klen,
-		    unsigned flags, const struct rd_cmd *cmd, long long *n)
+		    unsigned flags, const struct rd_cmd *cmd)
 {
 	redisReply *r;
 	int rc = rd_run(kv_store_cast(struct rd_store, st), op, key, klen, flags, cmd, 1, &r);
 
 	if (rc)
 		return rc;
-	if (r->type == REDIS_REPLY_INTEGER && n)
-		*n = r->integer;
-	if (r->type == REDIS_REPLY_NIL)
+	if (r->type == REDIS_REPLY_INTEGER && r->integer == 0)
+		rc = -ENOENT;
+	else if (r->type == REDIS_REPLY_NIL)
 		rc = -ECANCELED;
 	else if (r->type != REDIS_REPLY_STATUS && r->type != REDIS_REPLY_INTEGER)
 		rc = rd_reply_errno(r, op, key, klen);
@@ -420,18 +422,15 @@ static int rd_set(struct kv_store *st, const char *key, size_t klen, const char 
 	struct rd_cmd cmd;
 
 	rd_cmd_init(&cmd, 3, RD_ARG("SET"), key, klen, val, vlen);
-	return rd_write(st, "set", key, klen, 0, &cmd, NULL);
+	return rd_write(st, "set", key, klen, 0, &cmd);
 }
 
 static int rd_del(struct kv_store *st, const char *key, size_t klen)
 {
 	struct rd_cmd cmd;
-	long long n = 0;
-	int rc;
 
 	rd_cmd_init(&cmd, 2, RD_ARG("DEL"), key, klen);
-	rc = rd_write(st, "del", key, klen, RD_ONCE, &cmd, &n);
-	return rc ? rc : n ? 0 : -ENOENT;
+	return rd_write(st, "del", key, klen, RD_ONCE, &cmd);
 }
 
 static int rd_cas(struct kv_store *st, const char *key, size_t klen, uint64_t version,
@@ -440,14 +439,13 @@ static int rd_cas(struct kv_store *st, const char *key, size_t klen, uint64_t ve
 	char hex[17];
 	struct rd_cmd cmd;
 
-	if (version == 0) {
+	snprintf(hex, sizeof(hex), "%016" PRIx64, version);
+	if (version == 0)
 		rd_cmd_init(&cmd, 4, RD_ARG("SET"), key, klen, val, vlen, RD_ARG("NX"));
-	} else {
-		snprintf(hex, sizeof(hex), "%016" PRIx64, version);
+	else
 		rd_cmd_init(&cmd, 6, RD_ARG("EVAL"), RD_ARG(rd_cas_script), RD_ARG("1"), key, klen,
 			    RD_ARG(hex), val, vlen);
-	}
-	return rd_write(st, "cas", key, klen, RD_ONCE, &cmd, NULL);
+	return rd_write(st, "cas", key, klen, RD_ONCE, &cmd);
 }
 
 /*
