@@ -118,12 +118,17 @@ static void *grow(void *p, size_t *cap, size_t need, size_t size)
 
 /* ---- a walk, collected and sorted ---- */
 
+/* One key of the walk w; a backend may pass keys outside w's prefix too
+ * (memcached's metadump has no prefix), and they are passed over here. */
 static int keyset_add(void *ctx, const char *key, size_t klen, uint64_t size)
 {
-	struct keyset *k = ctx;
-	struct kref *e = grow(k->e, &k->cap, k->n + 1, sizeof(*e));
+	struct walked *w = ctx;
+	struct keyset *k = &w->ks;
+	struct kref *e;
 
-	if (!e)
+	if (klen < w->prefix.len || memcmp(key, w->prefix.p, w->prefix.len) != 0)
+		return 0;
+	if (!(e = grow(k->e, &k->cap, k->n + 1, sizeof(*e))))
 		return -ENOMEM;
 	k->e = e;
 	e[k->n++] = (struct kref){.len = klen, .size = size};   /* .key once the text stays */
@@ -239,14 +244,11 @@ static struct walked *slot_for(struct kv_keycache *c, const struct kv_buf *prefi
 {
 	struct walked *best = &c->w[0];
 
-	for (int i = 0; i < SLOTS; i++) {
-		struct walked *w = &c->w[i];
+	for (struct walked *w = c->w; w < c->w + SLOTS; w++) {
 		if (w->prefix.p && w->prefix.len == prefix->len &&
 		    memcmp(w->prefix.p, prefix->p, prefix->len) == 0)
 			return w;
-		if (!w->prefix.p)
-			best = w;
-		else if (best->prefix.p && w->used < best->used)
+		if (w->used < best->used)   /* a free slot's is 0 */
 			best = w;
 	}
 	return best;
@@ -308,7 +310,7 @@ int keycache_keys(struct kv_store *s, const char *prefix, size_t plen, char deli
 	rc = kv_buf_set(&fresh.prefix, prefix, probe && c->ms ? parent_len(prefix, plen, delim)
 							    : plen);
 	if (!rc)
-		rc = s->be->keys(s, fresh.prefix.p, fresh.prefix.len, keyset_add, &fresh.ks);
+		rc = s->be->keys(s, fresh.prefix.p, fresh.prefix.len, keyset_add, &fresh);
 	if (!rc)
 		keyset_sort(&fresh.ks);
 

@@ -176,8 +176,10 @@ typedef int kv_scan_fn(struct kv_store *s, const char *from, size_t flen,
 /*
  * keys (unordered stores, instead of scan): call cb for every key that
  * starts with prefix, in any order, with its value size; a key may come
- * more than once (Redis's SCAN does that).  The dispatch layer sorts them,
- * keeps one of each, and serves the listing as from scan.
+ * more than once (Redis's SCAN does that), and keys outside the prefix may
+ * come too (memcached's metadump has no prefix).  The dispatch layer
+ * passes over those, sorts the rest, keeps one of each, and serves the
+ * listing as from scan.
  * Errors: -EIO, -ENOMEM, or what cb returned if negative.
  */
 typedef int kv_keys_fn(struct kv_store *s, const char *prefix, size_t plen,

@@ -29,7 +29,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <netdb.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,7 +37,7 @@
 
 #include <libmemcached/memcached.h>
 #include <libmemcached/util.h>
-#include <openssl/evp.h>
+#include <openssl/sha.h>
 
 #define MC_KEY_MAX 250             /* memcached's key limit (text protocol) */
 #define MC_MAX_SERVERS 64
@@ -72,8 +71,7 @@ static bool is_plain(const char *k, size_t n)
 /* The memcached key of a kvfs key.  0 or -ENOMEM. */
 static int key_encode(const char *k, size_t n, struct mckey *out)
 {
-	unsigned char md[EVP_MAX_MD_SIZE];
-	unsigned int mdlen = 0;
+	unsigned char md[SHA256_DIGEST_LENGTH];
 	size_t o = 2;
 
 	if (is_plain(k, n)) {
@@ -83,23 +81,21 @@ static int key_encode(const char *k, size_t n, struct mckey *out)
 		return 0;
 	}
 	memcpy(out->k, "%~", 2);
+	/* o past MC_KEY_MAX: too long, and nothing more is written */
 	for (size_t i = 0; i < n && o <= MC_KEY_MAX; i++) {
 		unsigned char c = (unsigned char)k[i];
-		if (c > 0x20 && c != 0x7f && c != '%') {
+		if (c > 0x20 && c != 0x7f && c != '%')
 			out->k[o++] = (char)c;
-		} else if (o + 3 <= MC_KEY_MAX) {
-			o += (size_t)snprintf(out->k + o, 4, "%%%02X", c);
-		} else {
-			o = MC_KEY_MAX + 1;
-		}
+		else if ((o += 3) <= MC_KEY_MAX)
+			snprintf(out->k + o - 3, 4, "%%%02X", c);
 	}
 	out->n = o;
 	out->hashed = o > MC_KEY_MAX;
 	if (!out->hashed)
 		return 0;
-	if (!EVP_Digest(k, n, md, &mdlen, EVP_sha256(), NULL) || mdlen != 32)
+	if (!SHA256((const unsigned char *)k, n, md))
 		return -ENOMEM;
-	for (unsigned i = 0; i < mdlen; i++)
+	for (size_t i = 0; i < sizeof(md); i++)
 		snprintf(out->k + 2 + 2 * i, 3, "%02x", md[i]);
 	out->k[1] = '#';
 	out->n = MC_HASHED_LEN;
@@ -153,8 +149,6 @@ static size_t hashed_key_len(const char *v, size_t n, const char *key, size_t kl
 struct mc_server {
 	char host[256];
 	unsigned port;
-	pthread_mutex_t lock;        /* guards fd: one request at a time */
-	int fd;                      /* our own text-protocol socket (metadump, stats) */
 	/* from "stats settings" (learn_settings), atomic; 0: not known yet */
 	uint64_t item_size_max;
 	bool no_cas;                 /* memcached -C: no CAS uniques */
@@ -279,39 +273,33 @@ static int mc_call(struct mc_store *m, enum mc_op op, const struct mckey *mk,
 	return err;
 }
 
-/* ---- our own text-protocol socket per server: metadump and stats ---- */
-
-static void raw_close(struct mc_server *s)
-{
-	if (s->fd >= 0)
-		close(s->fd);
-	s->fd = -1;
-}
+/* ---- a text-protocol socket of our own per request: metadump and stats ---- */
 
 /* A blocking socket whose connect, each send and each receive wait at most
- * the timeout (SO_SNDTIMEO bounds connect() too).  0, -ETIMEDOUT or -EIO. */
-static int raw_connect(struct mc_store *m, struct mc_server *s)
+ * the timeout (SO_SNDTIMEO bounds connect() too): its fd, -ETIMEDOUT or -EIO. */
+static int raw_connect(struct mc_store *m, const struct mc_server *s)
 {
 	struct timeval tv = {.tv_sec = m->timeout_ms / 1000,
 			     .tv_usec = (m->timeout_ms % 1000) * 1000};
 	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV}, *ai, *a;
 	char port[8];
-	int e = EIO;
+	int fd = -1, e = EIO;
 
 	snprintf(port, sizeof(port), "%u", s->port);
 	if (getaddrinfo(s->host, port, &hints, &ai) != 0)
 		return -EIO;
-	for (a = ai; a && s->fd < 0; a = a->ai_next) {
-		s->fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-		if (s->fd >= 0 && (setsockopt(s->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) ||
-				   setsockopt(s->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) ||
-				   connect(s->fd, a->ai_addr, a->ai_addrlen))) {
+	for (a = ai; a && fd < 0; a = a->ai_next) {
+		fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+		if (fd >= 0 && (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) ||
+				setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) ||
+				connect(fd, a->ai_addr, a->ai_addrlen))) {
 			e = errno;
-			raw_close(s);
+			close(fd);
+			fd = -1;
 		}
 	}
 	freeaddrinfo(ai);
-	return s->fd >= 0 ? 0 : e == EINPROGRESS || e == EAGAIN ? -ETIMEDOUT : -EIO;
+	return fd >= 0 ? fd : e == EINPROGRESS || e == EAGAIN ? -ETIMEDOUT : -EIO;
 }
 
 /* Has a complete answer arrived: lines ending in END, or one error line
@@ -326,13 +314,13 @@ static bool raw_complete(const char *b, size_t n)
 
 /* Send cmd and read the whole answer into out; each wait for the server is
  * bounded by the timeout, not the transfer.  0, -ETIMEDOUT, -EIO, -ENOMEM. */
-static int raw_exchange(struct mc_server *s, const char *cmd, struct kv_buf *out)
+static int raw_exchange(int fd, const char *cmd, struct kv_buf *out)
 {
 	size_t len = strlen(cmd), done = 0;
 	ssize_t r;
 
 	while (done < len) {
-		if ((r = send(s->fd, cmd + done, len - done, MSG_NOSIGNAL)) > 0)
+		if ((r = send(fd, cmd + done, len - done, MSG_NOSIGNAL)) > 0)
 			done += (size_t)r;
 		else if (errno != EINTR)
 			return errno == EAGAIN ? -ETIMEDOUT : -EIO;
@@ -341,7 +329,7 @@ static int raw_exchange(struct mc_server *s, const char *cmd, struct kv_buf *out
 	while (!raw_complete(out->p, out->len)) {
 		if (kv_buf_reserve(out, 65536))
 			return -ENOMEM;
-		if ((r = recv(s->fd, out->p + out->len, out->cap - out->len - 1, 0)) > 0)
+		if ((r = recv(fd, out->p + out->len, out->cap - out->len - 1, 0)) > 0)
 			out->p[out->len += (size_t)r] = '\0';
 		else if (r == 0 || errno != EINTR)
 			return r < 0 && errno == EAGAIN ? -ETIMEDOUT : -EIO;  /* or closed */
@@ -350,27 +338,22 @@ static int raw_exchange(struct mc_server *s, const char *cmd, struct kv_buf *out
 }
 
 /*
- * One request to a server over its own socket.  A kept socket that turns
- * out dead is replaced at once; a connection refused or broken (a server
- * restarting) is tried again with backoff until deadline; no answer in
- * time is not retried.  0, -ETIMEDOUT, -EIO or -ENOMEM.
+ * One request to a server over a socket of its own (these are rare: a
+ * listing's walk, health, statfs).  A connection refused or broken (a
+ * server restarting) is tried again with backoff until deadline; no
+ * answer in time is not retried.  0, -ETIMEDOUT, -EIO or -ENOMEM.
  */
-static int raw_request(struct mc_store *m, struct mc_server *s, const char *cmd,
+static int raw_request(struct mc_store *m, const struct mc_server *s, const char *cmd,
 		       struct kv_buf *out, int64_t deadline)
 {
-	int rc, attempt = 0;
-	bool kept;
+	int rc, fd, attempt = 0;
 
-	pthread_mutex_lock(&s->lock);
 	do {
-		kept = s->fd >= 0;
-		rc = kept ? 0 : raw_connect(m, s);
-		if (rc == 0)
-			rc = raw_exchange(s, cmd, out);
-		if (rc)
-			raw_close(s);
-	} while (rc == -EIO && (kept || kv_backoff(attempt++, deadline)));
-	pthread_mutex_unlock(&s->lock);
+		fd = raw_connect(m, s);
+		rc = fd < 0 ? fd : raw_exchange(fd, cmd, out);
+		if (fd >= 0)
+			close(fd);
+	} while (rc == -EIO && kv_backoff(attempt++, deadline));
 	return rc;
 }
 
@@ -384,19 +367,10 @@ static const char *raw_error(int rc)
 
 struct walk {
 	struct mc_store *m;
-	const char *prefix;
-	size_t plen;
 	kv_key_cb *cb;
 	void *ctx;
 	struct kv_buf hashed;   /* MC_HASHED_LEN-byte names whose values name their keys */
 };
-
-static int walk_key(struct walk *w, const char *key, size_t klen, uint64_t size)
-{
-	if (klen < w->plen || memcmp(key, w->prefix, w->plen) != 0)
-		return 0;
-	return w->cb(w->ctx, key, klen, size);
-}
 
 /* One metadump line: "key=<uri-encoded> exp=.. la=.. cas=.. fetch=.. cls=.. size=<ntotal>". */
 static int walk_line(struct walk *w, size_t srv, const char *line, size_t len)
@@ -426,9 +400,9 @@ static int walk_line(struct walk *w, size_t srv, const char *line, size_t len)
 		kn = unescape(mk + 2, (size_t)mn - 2, k);
 		if (kn < 0 || !encodes_to(k, (size_t)kn, mk, (size_t)mn))
 			return 0;
-		return walk_key(w, k, (size_t)kn, size);
+		return w->cb(w->ctx, k, (size_t)kn, size);
 	}
-	return is_plain(mk, (size_t)mn) ? walk_key(w, mk, (size_t)mn, size) : 0;
+	return is_plain(mk, (size_t)mn) ? w->cb(w->ctx, mk, (size_t)mn, size) : 0;
 }
 
 /* Every key of server i, to walk_line. */
@@ -458,12 +432,9 @@ static int walk_server(struct walk *w, size_t i, struct kv_buf *b)
 		       (int)strcspn(b->p, "\r\n"), b->p);
 		return -EIO;
 	}
-	for (char *p = b->p, *end = b->p + b->len; rc == 0 && p < end;) {
-		char *nl = memchr(p, '\n', (size_t)(end - p));
-		size_t len = nl ? (size_t)(nl - p) : (size_t)(end - p);
-		rc = walk_line(w, i, p, len);
-		p += len + 1;
-	}
+	for (char *save, *line = strtok_r(b->p, "\n", &save); line && rc == 0;
+	     line = strtok_r(NULL, "\n", &save))
+		rc = walk_line(w, i, line, strlen(line));
 	return rc;
 }
 
@@ -485,14 +456,15 @@ static int walk_hashed(struct walk *w)
 		}
 		kl = rc ? SIZE_MAX : hashed_key_len(it.val, it.len, NULL, 0);
 		if (kl != SIZE_MAX && encodes_to(it.val + MC_HDR_LEN, kl, mk.k, mk.n))
-			rc = walk_key(w, it.val + MC_HDR_LEN, kl, it.len - MC_HDR_LEN - kl);
+			rc = w->cb(w->ctx, it.val + MC_HDR_LEN, kl, it.len - MC_HDR_LEN - kl);
 		free(it.val);
 	}
 	return rc;
 }
 
 /*
- * Every key under prefix on every server, unsorted.  "metadump all" (old
+ * Every key on every server, unsorted: a metadump cannot ask for a prefix,
+ * and keycache.c passes over the keys outside it.  "metadump all" (old
  * servers) may show an item twice when it moved between LRUs; kv.c lists
  * a key delivered twice once.  A server that does not answer fails the
  * listing rather than show a directory without its keys.
@@ -500,11 +472,12 @@ static int walk_hashed(struct walk *w)
 static int mcs_keys(struct kv_store *s, const char *prefix, size_t plen, kv_key_cb *cb,
 		    void *ctx)
 {
-	struct walk w = {.m = kv_store_cast(struct mc_store, s), .prefix = prefix,
-			 .plen = plen, .cb = cb, .ctx = ctx};
+	struct walk w = {.m = kv_store_cast(struct mc_store, s), .cb = cb, .ctx = ctx};
 	struct kv_buf dump = {0};
 	int rc = 0;
 
+	(void)prefix;
+	(void)plen;
 	for (size_t i = 0; i < w.m->nsrv && rc == 0; i++)
 		rc = walk_server(&w, i, &dump);
 	if (rc == 0)
@@ -755,8 +728,8 @@ static void mcs_store_limits(struct kv_store *s, struct kv_limits *out)
 
 /* ---- open and close ---- */
 
-/* "//host[:port][,host[:port]...][/]" ("[v6]:port" too) into m->srv; one
- * line in err if not. */
+/* "//host[:port][,host[:port]...][/]" ("[v6]:port" too) into m->srv and
+ * m->master's server list; one line in err if not. */
 static int parse_servers(struct mc_store *m, const char *loc, char *err, size_t errlen)
 {
 	const char *p = loc + 2, *end;
@@ -792,6 +765,10 @@ static int parse_servers(struct mc_store *m, const char *loc, char *err, size_t 
 			snprintf(err, errlen, "memcached: bad server '%s' (expected host[:port])", tok);
 		else if (tok[h] && (e < 0 || tok[e] || s->port == 0 || s->port > 65535))
 			snprintf(err, errlen, "memcached: bad port in '%s' (1-65535)", tok);
+		else if (memcached_server_add(m->master, s->host, (in_port_t)s->port) !=
+			 MEMCACHED_SUCCESS)
+			snprintf(err, errlen, "memcached: cannot use server %s:%u: %s", s->host,
+				 s->port, memcached_last_error_message(m->master));
 	}
 	return err[0] ? -EINVAL : 0;
 }
@@ -804,10 +781,6 @@ static void mcs_close(struct kv_store *s)
 		memcached_pool_destroy(m->pool);
 	if (m->master)
 		memcached_free(m->master);
-	for (size_t i = 0; i < MC_MAX_SERVERS; i++) {
-		raw_close(&m->srv[i]);
-		pthread_mutex_destroy(&m->srv[i].lock);
-	}
 	free(m);
 }
 
@@ -831,25 +804,12 @@ static int mcs_open(const struct kv_open_args *a, struct kv_store **out, char *e
 
 	if (!m)
 		return -ENOMEM;
-	for (size_t i = 0; i < MC_MAX_SERVERS; i++) {
-		m->srv[i].fd = -1;
-		pthread_mutex_init(&m->srv[i].lock, NULL);
-	}
 	m->timeout_ms = a->timeout_ms;
 	m->max_value = MC_VALUE_MAX(MC_DEFAULT_ITEM_MAX);   /* until the servers answer */
 	m->cas_enabled = true;
 	if (!(m->master = memcached_create(NULL)) ||
 	    (rc = parse_servers(m, a->location, err, errlen)))
 		goto fail;
-	for (size_t i = 0; i < m->nsrv; i++) {
-		if (memcached_server_add(m->master, m->srv[i].host, (in_port_t)m->srv[i].port) !=
-		    MEMCACHED_SUCCESS) {
-			snprintf(err, errlen, "memcached: cannot use server %s:%u: %s", m->srv[i].host,
-				 m->srv[i].port, memcached_last_error_message(m->master));
-			rc = -EINVAL;
-			goto fail;
-		}
-	}
 	for (size_t i = 0; i < sizeof(behaviors) / sizeof(behaviors[0]); i++)
 		memcached_behavior_set(m->master, behaviors[i].b, behaviors[i].v);
 	if (!(m->pool = memcached_pool_create(m->master, 1, MC_POOL_MAX))) {

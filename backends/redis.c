@@ -46,10 +46,9 @@ struct rd_store {
 	int port, db;
 	char *user, *password;  /* NULL: AUTH without a user; no AUTH */
 	char where[128];      /* host:port or the socket, for messages */
-	struct timeval tv;
 	int timeout_ms;
 	char scan_count[16];  /* SCAN's COUNT, as text */
-	size_t max_value, max_key;  /* narrowed by the server's bound (atomic) */
+	size_t max_value;     /* narrowed by the server's bound (atomic) */
 	bool down;            /* atomic: the last call could not connect; log once */
 	struct kv_pool pool;
 };
@@ -129,7 +128,7 @@ static int rd_reply_errno(const redisReply *r, const char *op, const char *key, 
 		kv_log(KV_LOG_ERR, "redis: %s %s: unexpected reply type %d", op, k, r->type);
 		return -EIO;
 	}
-	kv_log(e->lvl, "redis: %s %s: %.*s", op, k, (int)(r->len < 300 ? r->len : 300), r->str);
+	kv_log(e->lvl, "redis: %s %s: %.300s", op, k, r->str);
 	return e->err;
 }
 
@@ -197,6 +196,7 @@ static int rd_connect(void *ctx, int64_t deadline, void **out)
 	struct timeval tv = rd_tv(kv_ms_left(deadline) + 1);
 	struct rd_cmd cmds[3];
 	redisReply *r[3], *lim;
+	unsigned long long v = 0;
 	char db[16];
 	size_t n = 0;
 	redisContext *c = s->sock ? redisConnectUnixWithTimeout(s->sock, tv)
@@ -223,26 +223,23 @@ static int rd_connect(void *ctx, int64_t deadline, void **out)
 		const struct rd_error *e = rd_error_of(r[i]);
 		bool auth = s->password && i == 0;
 
-		if (!e)
-			continue;
-		rc = e->transient ? -EIO : auth ? -EACCES : -EINVAL;
-		kv_why_set("%s %s%s: %.*s", s->where, rc == -EIO ? "is not ready" : auth ?
-			   "refuses the password" : "has no database ",
-			   !auth ? db : s->user ? " for that user" : "",
-			   (int)(r[i]->len < 120 ? r[i]->len : 120), r[i]->str);
+		if (e && e->transient)
+			kv_why_set("%s is not ready: %.120s", s->where, r[i]->str);
+		else if (e && auth)
+			kv_why_set("%s refuses the password%s: %.120s", s->where,
+				   s->user ? " for that user" : "", r[i]->str);
+		else if (e)
+			kv_why_set("%s has no database %s: %.120s", s->where, db, r[i]->str);
+		rc = !e ? 0 : e->transient ? -EIO : auth ? -EACCES : -EINVAL;
 	}
 	lim = r[n - 1];
 	if (!rc && lim->type == REDIS_REPLY_ARRAY && lim->elements == 2 &&
-	    lim->element[1]->type == REDIS_REPLY_STRING) {
-		unsigned long long v = strtoull(lim->element[1]->str, NULL, 10);
-
-		if (v && v < RD_MAX_VALUE)
-			__atomic_store_n(&s->max_value, (size_t)v, __ATOMIC_RELAXED);
-		if (v && v < RD_MAX_KEY)
-			__atomic_store_n(&s->max_key, (size_t)v, __ATOMIC_RELAXED);
-	}
+	    lim->element[1]->type == REDIS_REPLY_STRING)
+		v = strtoull(lim->element[1]->str, NULL, 10);
+	if (v && v < RD_MAX_VALUE)
+		__atomic_store_n(&s->max_value, (size_t)v, __ATOMIC_RELAXED);
 	rd_free_replies(r, n);
-	if (!rc && redisSetTimeout(c, s->tv) == REDIS_OK) {
+	if (!rc && redisSetTimeout(c, rd_tv(s->timeout_ms)) == REDIS_OK) {
 		*out = c;
 		return 0;
 	}
@@ -305,7 +302,7 @@ static int rd_run(struct rd_store *s, const char *op, const char *key, size_t kl
 				rd_outage(s, true);
 			return rc == -EACCES ? -EACCES : -EIO;
 		}
-		if ((rc = rd_pipeline(c, cmds, n, r, s->tv, &waited)) == -ETIMEDOUT)
+		if ((rc = rd_pipeline(c, cmds, n, r, rd_tv(s->timeout_ms), &waited)) == -ETIMEDOUT)
 			kv_why_set("%s did not answer within %" PRId64 " ms (-o timeout=T "
 				   "raises the limit)", s->where, waited);
 		else if (rc)
@@ -313,12 +310,11 @@ static int rd_run(struct rd_store *s, const char *op, const char *key, size_t kl
 		for (size_t i = 0; !rc && i < n; i++) {
 			const struct rd_error *e = rd_error_of(r[i]);
 
-			if (!e || !e->transient)
-				continue;
-			kv_why_set("%s: %.*s", s->where, (int)(r[i]->len < 120 ? r[i]->len : 120),
-				   r[i]->str);
-			rc = e->err == -EROFS ? -EROFS : -EAGAIN;
-			rd_free_replies(r, n);
+			if (e && e->transient) {
+				kv_why_set("%s: %.120s", s->where, r[i]->str);
+				rc = e->err == -EROFS ? -EROFS : -EAGAIN;
+				rd_free_replies(r, n);
+			}
 		}
 		kv_pool_put(&s->pool, c, rc && rc != -EAGAIN);
 		if (!rc && !(flags & RD_QUIET) && __atomic_load_n(&s->down, __ATOMIC_RELAXED))
@@ -400,19 +396,20 @@ static int rd_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *
 	return rc;
 }
 
-/* One write command: 0 (*n: DEL's count), -ECANCELED for a nil (SET NX or
- * the cas script: the version moved), or the server's reason. */
+/* One write command: 0, -ENOENT for an integer 0 (DEL found no key),
+ * -ECANCELED for a nil (SET NX or the cas script: the version moved), or
+ * the server's reason. */
 static int rd_write(struct kv_store *st, const char *op, const char *key, size_t klen,
-		    unsigned flags, const struct rd_cmd *cmd, long long *n)
+		    unsigned flags, const struct rd_cmd *cmd)
 {
 	redisReply *r;
 	int rc = rd_run(kv_store_cast(struct rd_store, st), op, key, klen, flags, cmd, 1, &r);
 
 	if (rc)
 		return rc;
-	if (r->type == REDIS_REPLY_INTEGER && n)
-		*n = r->integer;
-	if (r->type == REDIS_REPLY_NIL)
+	if (r->type == REDIS_REPLY_INTEGER && r->integer == 0)
+		rc = -ENOENT;
+	else if (r->type == REDIS_REPLY_NIL)
 		rc = -ECANCELED;
 	else if (r->type != REDIS_REPLY_STATUS && r->type != REDIS_REPLY_INTEGER)
 		rc = rd_reply_errno(r, op, key, klen);
@@ -425,18 +422,15 @@ static int rd_set(struct kv_store *st, const char *key, size_t klen, const char 
 	struct rd_cmd cmd;
 
 	rd_cmd_init(&cmd, 3, RD_ARG("SET"), key, klen, val, vlen);
-	return rd_write(st, "set", key, klen, 0, &cmd, NULL);
+	return rd_write(st, "set", key, klen, 0, &cmd);
 }
 
 static int rd_del(struct kv_store *st, const char *key, size_t klen)
 {
 	struct rd_cmd cmd;
-	long long n = 0;
-	int rc;
 
 	rd_cmd_init(&cmd, 2, RD_ARG("DEL"), key, klen);
-	rc = rd_write(st, "del", key, klen, RD_ONCE, &cmd, &n);
-	return rc ? rc : n ? 0 : -ENOENT;
+	return rd_write(st, "del", key, klen, RD_ONCE, &cmd);
 }
 
 static int rd_cas(struct kv_store *st, const char *key, size_t klen, uint64_t version,
@@ -445,14 +439,13 @@ static int rd_cas(struct kv_store *st, const char *key, size_t klen, uint64_t ve
 	char hex[17];
 	struct rd_cmd cmd;
 
-	if (version == 0) {
+	snprintf(hex, sizeof(hex), "%016" PRIx64, version);
+	if (version == 0)
 		rd_cmd_init(&cmd, 4, RD_ARG("SET"), key, klen, val, vlen, RD_ARG("NX"));
-	} else {
-		snprintf(hex, sizeof(hex), "%016" PRIx64, version);
+	else
 		rd_cmd_init(&cmd, 6, RD_ARG("EVAL"), RD_ARG(rd_cas_script), RD_ARG("1"), key, klen,
 			    RD_ARG(hex), val, vlen);
-	}
-	return rd_write(st, "cas", key, klen, RD_ONCE, &cmd, NULL);
+	return rd_write(st, "cas", key, klen, RD_ONCE, &cmd);
 }
 
 /*
@@ -568,13 +561,12 @@ static int rd_keys(struct kv_store *st, const char *prefix, size_t plen, kv_key_
 			rc = rd_reply_errno(r, "list", prefix, plen);
 		else
 			memcpy(cursor, r->element[0]->str, r->element[0]->len + 1);
+		/* the glob's false matches, if any, keycache.c passes over */
 		for (size_t i = 1; !rc && !stop && i + 1 < r->elements; i += 2) {
 			const redisReply *k = r->element[i], *z = r->element[i + 1];
 
-			/* the server's glob said yes; trust only bytes */
-			if (k->type == REDIS_REPLY_STRING && k->len >= plen &&
-			    memcmp(k->str, prefix, plen) == 0 &&
-			    z->type == REDIS_REPLY_INTEGER && z->integer >= 0)
+			if (k->type == REDIS_REPLY_STRING && z->type == REDIS_REPLY_INTEGER &&
+			    z->integer >= 0)
 				stop = cb(ctx, k->str, k->len, (uint64_t)z->integer);
 		}
 		freeReplyObject(r);
@@ -691,12 +683,13 @@ static int rd_statfs(struct kv_store *st, struct kv_statfs *out)
 	return 0;
 }
 
+/* The server's bound narrows both (keys are arguments too). */
 static void rd_store_limits(struct kv_store *st, struct kv_limits *out)
 {
 	struct rd_store *s = kv_store_cast(struct rd_store, st);
 
-	out->max_key = __atomic_load_n(&s->max_key, __ATOMIC_RELAXED);
 	out->max_value = __atomic_load_n(&s->max_value, __ATOMIC_RELAXED);
+	out->max_key = out->max_value < RD_MAX_KEY ? out->max_value : RD_MAX_KEY;
 }
 
 /* ---- open and close ---- */
@@ -718,12 +711,10 @@ static void rd_close(struct kv_store *st)
 /* A database number: 0 to 999999999 (the server knows how many it has). */
 static bool rd_db(const char *text, int *db)
 {
-	size_t n = strlen(text);
+	size_t n = strspn(text, "0123456789");
 
-	if (n == 0 || n > 9 || strspn(text, "0123456789") != n)
-		return false;
-	*db = atoi(text);
-	return true;
+	*db = atoi(text);  /* unused when false: the URL is refused */
+	return n && n <= 9 && !text[n];
 }
 
 #define RD_NO_PASSWORD_IN_URL \
@@ -842,9 +833,7 @@ static int rd_open(const struct kv_open_args *a, struct kv_store **out, char *er
 	if (!s)
 		return -ENOMEM;  /* kv_open says so */
 	s->max_value = RD_MAX_VALUE;
-	s->max_key = RD_MAX_KEY;
 	s->timeout_ms = a->timeout_ms;
-	s->tv = rd_tv(a->timeout_ms);
 	kv_pool_init(&s->pool, "redis", &rd_pool_ops, s, RD_POOL);
 	env = env && env[0] ? env : NULL;
 	if ((rc = rd_parse_url(s, a->url, err, errlen)) == 0) {
