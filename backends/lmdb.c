@@ -411,10 +411,8 @@ static int lm_read(struct kv_store *st, const char *what, const char *key, size_
 	if (lm_read_begin(s, &txn))
 		return -EIO;
 	rc = mdb_get(txn, s->dbi, &k, &v);  /* points into the map */
-	if (!rc && val && (*val = malloc(v.mv_size + 1))) {
-		memcpy(*val, v.mv_data, v.mv_size);
-		(*val)[v.mv_size] = '\0';
-	}
+	if (!rc && val)
+		*val = kv_memdup(v.mv_data, v.mv_size);
 	lm_read_end(s, txn);
 	if (rc == MDB_NOTFOUND)
 		return -ENOENT;

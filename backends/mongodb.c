@@ -324,13 +324,11 @@ static int mg_get(struct kv_store *st, const char *key, size_t klen, char **val,
 		       kv_printable(key, klen));
 		rc = -EIO;
 	}
-	if (!rc && !(*val = malloc((size_t)n + 1)))
+	if (!rc && !(*val = kv_memdup(data, n)))
 		rc = -ENOMEM;
 	if (!rc) {
 		int64_t ver = mg_number(f.doc, "ver");  /* 0: none, or not a number */
 
-		memcpy(*val, n ? (const char *)data : "", n);
-		(*val)[n] = '\0';
 		*len = n;
 		if (version)
 			*version = ver ? (uint64_t)ver : MG_VER_NONE;
