@@ -224,23 +224,16 @@ struct mg_find {
 
 static void mg_find_init(struct mg_find *f, size_t max, enum mg_fields fields)
 {
-	bson_t proj, size;
-
 	*f = (struct mg_find){.filter = BSON_INITIALIZER, .opts = BSON_INITIALIZER, .max = max};
-	BSON_APPEND_DOCUMENT_BEGIN(&f->opts, "projection", &proj);
-	BSON_APPEND_INT32(&proj, fields == MG_VALUE ? "v" : "_id", 1);
 	if (fields == MG_VALUE)
-		BSON_APPEND_INT32(&proj, "ver", 1);
-	if (fields == MG_SIZE) {
-		BSON_APPEND_DOCUMENT_BEGIN(&proj, "n", &size);
-		BSON_APPEND_UTF8(&size, "$binarySize", "$v");
-		bson_append_document_end(&proj, &size);
-	}
-	bson_append_document_end(&f->opts, &proj);
-	if (max == 1) {
-		BSON_APPEND_INT64(&f->opts, "limit", 1);
-		BSON_APPEND_BOOL(&f->opts, "singleBatch", true);
-	}
+		BCON_APPEND(&f->opts, "projection", "{", "v", BCON_INT32(1), "ver", BCON_INT32(1), "}");
+	else if (fields == MG_SIZE)
+		BCON_APPEND(&f->opts, "projection", "{", "_id", BCON_INT32(1),
+			    "n", "{", "$binarySize", BCON_UTF8("$v"), "}", "}");
+	else
+		BCON_APPEND(&f->opts, "projection", "{", "_id", BCON_INT32(1), "}");
+	if (max == 1)
+		BCON_APPEND(&f->opts, "limit", BCON_INT64(1), "singleBatch", BCON_BOOL(true));
 }
 
 static void mg_find_free(struct mg_find *f)
@@ -356,8 +349,8 @@ static int mg_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *
 static int mg_scan(struct kv_store *st, const char *from, size_t flen, const char *to,
 		   size_t tlen, size_t max, kv_key_cb *cb, void *ctx)
 {
-	bson_t range, sort;
 	struct mg_find f;
+	bson_t range;
 	int rc;
 
 	mg_find_init(&f, max, MG_SIZE);
@@ -368,10 +361,8 @@ static int mg_scan(struct kv_store *st, const char *from, size_t flen, const cha
 	if (to)
 		mg_append_id(&range, "$lt", to, tlen);
 	bson_append_document_end(&f.filter, &range);
-	BSON_APPEND_DOCUMENT_BEGIN(&f.opts, "sort", &sort);
-	BSON_APPEND_INT32(&sort, "_id", 1);
-	bson_append_document_end(&f.opts, &sort);
-	BSON_APPEND_INT64(&f.opts, "batchSize", (int64_t)(max < 1000 ? max + 1 : 1000));
+	BCON_APPEND(&f.opts, "sort", "{", "_id", BCON_INT32(1), "}",
+		    "batchSize", BCON_INT64((int64_t)(max < 1000 ? max + 1 : 1000)));
 	rc = mg_run(kv_store_cast(struct mg_store, st), "list", from, flen, mg_find_try, &f);
 	mg_find_free(&f);
 	return rc;
