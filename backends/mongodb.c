@@ -107,14 +107,6 @@ static bool mg_key(const char *id, size_t len, char *out, size_t *klen)
 	return true;
 }
 
-/* Append v: value and ver: a new version (see the top of this file). */
-static void mg_append_value(bson_t *doc, const char *val, size_t vlen)
-{
-	bson_append_binary(doc, "v", 1, BSON_SUBTYPE_BINARY, (const uint8_t *)(vlen ? val : ""),
-			   (uint32_t)vlen);
-	BSON_APPEND_INT64(doc, "ver", (int64_t)((kv_random64() >> 2) | 1));
-}
-
 /* A numeric field of doc (a reply's count, a value's size or version); 0 if none. */
 static int64_t mg_number(const bson_t *doc, const char *field)
 {
@@ -407,7 +399,6 @@ static int mg_update(struct mg_store *s, const char *key, size_t klen, const cha
 {
 	struct mg_update u = {.filter = BSON_INITIALIZER, .upd = BSON_INITIALIZER,
 			      .opts = BSON_INITIALIZER, .upsert = !cas || !version};
-	bson_t set;
 	int rc;
 
 	mg_append_id(&u.filter, "_id", key, klen);
@@ -415,9 +406,10 @@ static int mg_update(struct mg_store *s, const char *key, size_t klen, const cha
 		BSON_APPEND_NULL(&u.filter, "ver");  /* matches a missing field too */
 	else if (cas && version)
 		BSON_APPEND_INT64(&u.filter, "ver", (int64_t)version);
-	BSON_APPEND_DOCUMENT_BEGIN(&u.upd, cas && !version ? "$setOnInsert" : "$set", &set);
-	mg_append_value(&set, val, vlen);
-	bson_append_document_end(&u.upd, &set);
+	/* v: the value, ver: a new version (see the top of this file) */
+	BCON_APPEND(&u.upd, cas && !version ? "$setOnInsert" : "$set", "{",
+		    "v", BCON_BIN(BSON_SUBTYPE_BINARY, (const uint8_t *)(vlen ? val : ""), vlen),
+		    "ver", BCON_INT64((int64_t)((kv_random64() >> 2) | 1)), "}");
 	BSON_APPEND_BOOL(&u.opts, "upsert", u.upsert);
 	rc = mg_run(s, cas ? "cas" : "set", key, klen, mg_update_try, &u);
 	bson_destroy(&u.filter);
