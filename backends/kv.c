@@ -354,16 +354,14 @@ int kv_open(const char *url, const struct kv_option *opts, size_t nopts, int tim
 
 void kv_close(struct kv_store *s)
 {
-	struct kv_keycache *kc;
 	char *ep;
 
 	if (!s)
 		return;
-	ep = s->endpoint;
-	kc = s->keycache;
+	keycache_free(s->keycache);  /* the dispatch layer's: no backend uses it */
+	ep = s->endpoint;            /* a backend may log it until it is closed */
 	s->be->close(s);
 	free(ep);
-	keycache_free(kc);
 }
 
 struct kv_limits kv_limits(struct kv_store *s)
@@ -616,7 +614,6 @@ stopped:
 	return rc;
 }
 
-/* Every item under prefix: one walk, however many store calls it takes. */
 int kv_list_all(struct kv_store *s, const char *prefix, size_t plen, char delim,
 		kv_list_cb *cb, void *ctx)
 {
