@@ -354,16 +354,14 @@ int kv_open(const char *url, const struct kv_option *opts, size_t nopts, int tim
 
 void kv_close(struct kv_store *s)
 {
-	struct kv_keycache *kc;
 	char *ep;
 
 	if (!s)
 		return;
-	ep = s->endpoint;
-	kc = s->keycache;
+	keycache_free(s->keycache);  /* the dispatch layer's: no backend uses it */
+	ep = s->endpoint;            /* a backend may log it until it is closed */
 	s->be->close(s);
 	free(ep);
-	keycache_free(kc);
 }
 
 struct kv_limits kv_limits(struct kv_store *s)
@@ -495,37 +493,28 @@ int kv_del(struct kv_store *s, const char *key, size_t klen)
 
 /* A chunk of keys copied out of one scan() call, so that no backend holds a
  * transaction, lock or connection while the caller's callback runs. */
+struct chunk_key { size_t off, len; uint64_t size; };
+
 struct chunk {
-	struct kv_buf text;
-	struct { size_t off, len; uint64_t size; } *k;
-	size_t n, cap, max;
+	struct kv_buf text, keys;  /* the keys' bytes; a struct chunk_key for each */
+	size_t n, max;
 };
 
 static int chunk_add(void *ctx, const char *key, size_t klen, uint64_t size)
 {
 	struct chunk *c = ctx;
+	struct chunk_key k = {.off = c->text.len, .len = klen, .size = size};
 
-	if (c->n == c->cap) {
-		size_t cap = c->cap ? c->cap * 2 : 64;
-		void *k = realloc(c->k, cap * sizeof(*c->k));
-		if (!k)
-			return -ENOMEM;
-		c->k = k;
-		c->cap = cap;
-	}
-	c->k[c->n].off = c->text.len;
-	c->k[c->n].len = klen;
-	c->k[c->n].size = size;
-	if (kv_buf_add(&c->text, key, klen))
+	if (kv_buf_add(&c->text, key, klen) || kv_buf_add(&c->keys, &k, sizeof(k)))
 		return -ENOMEM;
 	c->n++;
 	/* keys() of an unordered store delivers everything; scan() stops at max */
 	return 0;
 }
 
-static const char *chunk_key(const struct chunk *c, size_t i)
+static const struct chunk_key *chunk_at(const struct chunk *c, size_t i)
 {
-	return c->text.p + c->k[i].off;
+	return (const struct chunk_key *)(void *)c->keys.p + i;
 }
 
 /*
@@ -566,9 +555,10 @@ int kv_list(struct kv_store *s, const struct kv_list_req *req, kv_list_cb *cb, v
 						  c.max, chunk_add, &c)))
 			goto out;
 		for (size_t i = 0; i < c.n; i++) {
-			const char *k = chunk_key(&c, i), *d;
-			size_t klen = c.k[i].len;
-			struct kv_entry e = {.key = k, .key_len = klen, .size = c.k[i].size};
+			const struct chunk_key *ck = chunk_at(&c, i);
+			const char *k = c.text.p + ck->off, *d;
+			size_t klen = ck->len;
+			struct kv_entry e = {.key = k, .key_len = klen, .size = ck->size};
 
 			/* group.len: the key before was in this group (a group is never empty) */
 			if (group.len && klen >= group.len && memcmp(k, group.p, group.len) == 0)
@@ -604,13 +594,14 @@ int kv_list(struct kv_store *s, const struct kv_list_req *req, kv_list_cb *cb, v
 				goto out;
 			if (!kv_key_successor(lo.p, &lo.len))
 				break;
-		} else if ((rc = kv_buf_set(&lo, chunk_key(&c, c.n - 1), c.k[c.n - 1].len)) ||
+		} else if ((rc = kv_buf_set(&lo, c.text.p + chunk_at(&c, c.n - 1)->off,
+					    chunk_at(&c, c.n - 1)->len)) ||
 			   (rc = kv_buf_add(&lo, "", 1))) {
 			goto out;
 		}
 		if (has_hi && kv_key_cmp(lo.p, lo.len, hi.p, hi.len) >= 0)
 			break;
-		c.n = c.text.len = 0;
+		c.n = c.text.len = c.keys.len = 0;
 	}
 out:
 	rc = checked(s, "list", req->prefix, req->prefix_len, rc);
@@ -619,11 +610,10 @@ stopped:
 	kv_buf_free(&hi);
 	kv_buf_free(&group);
 	kv_buf_free(&c.text);
-	free(c.k);
+	kv_buf_free(&c.keys);
 	return rc;
 }
 
-/* Every item under prefix: one walk, however many store calls it takes. */
 int kv_list_all(struct kv_store *s, const char *prefix, size_t plen, char delim,
 		kv_list_cb *cb, void *ctx)
 {

@@ -411,10 +411,8 @@ static int lm_read(struct kv_store *st, const char *what, const char *key, size_
 	if (lm_read_begin(s, &txn))
 		return -EIO;
 	rc = mdb_get(txn, s->dbi, &k, &v);  /* points into the map */
-	if (!rc && val && (*val = malloc(v.mv_size + 1))) {
-		memcpy(*val, v.mv_data, v.mv_size);
-		(*val)[v.mv_size] = '\0';
-	}
+	if (!rc && val)
+		*val = kv_memdup(v.mv_data, v.mv_size);
 	lm_read_end(s, txn);
 	if (rc == MDB_NOTFOUND)
 		return -ENOENT;
@@ -703,7 +701,6 @@ static int lm_open(const struct kv_open_args *args, struct kv_store **out, char 
 		   size_t errlen)
 {
 	struct lm_store *s;
-	pthread_rwlockattr_t ra;
 	const char *path;
 	size_t map_size;
 	int rc = lm_parse_location(args->location, &path, err, errlen);
@@ -714,10 +711,7 @@ static int lm_open(const struct kv_open_args *args, struct kv_store **out, char 
 		snprintf(err, errlen, "lmdb: out of memory");
 		return -ENOMEM;
 	}
-	pthread_rwlockattr_init(&ra);
-	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-	pthread_rwlock_init(&s->map_lock, &ra);
-	pthread_rwlockattr_destroy(&ra);
+	s->map_lock = (pthread_rwlock_t)PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP;
 	pthread_mutex_init(&s->pool_lock, NULL);
 	kv_queue_init(&s->queue, lm_batch_commit, s, LM_BATCH_MAX, LM_BATCH_BYTES);
 	rc = lm_parse_options(s, args, &map_size, err, errlen);

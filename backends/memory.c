@@ -51,18 +51,6 @@ static size_t mem_find(struct mem_store *m, const char *key, size_t klen, bool *
 	return lo;
 }
 
-/* A NUL-terminated copy, as get() hands out. */
-static char *dup_bytes(const char *p, size_t n)
-{
-	char *d = malloc(n + 1);
-
-	if (d) {
-		memcpy(d, n ? p : "", n);
-		d[n] = '\0';
-	}
-	return d;
-}
-
 static int mem_open(const struct kv_open_args *a, struct kv_store **out, char *err, size_t errlen)
 {
 	struct mem_store *m = calloc(1, sizeof(*m));
@@ -118,7 +106,7 @@ static int mem_get(struct kv_store *s, const char *key, size_t klen, char **val,
 	size_t i = mem_find(m, key, klen, &found);
 	int rc = found ? 0 : -ENOENT;
 
-	if (found && !(*val = dup_bytes(m->items[i].val, m->items[i].vlen))) {
+	if (found && !(*val = kv_memdup(m->items[i].val, m->items[i].vlen))) {
 		rc = -ENOMEM;
 	} else if (found) {
 		*len = m->items[i].vlen;
@@ -186,8 +174,8 @@ static int mem_write(struct mem_store *m, const struct kv_op *op, struct mem_ite
 			m->items = items;
 			m->cap = cap;
 		}
-		it = (struct mem_item){dup_bytes(op->key, op->key_len), op->key_len,
-				       dup_bytes(op->val, op->val_len), op->val_len,
+		it = (struct mem_item){kv_memdup(op->key, op->key_len), op->key_len,
+				       kv_memdup(op->val, op->val_len), op->val_len,
 				       ++m->next_version};
 		if (!it.key || !it.val) {
 			mem_free_item(it);

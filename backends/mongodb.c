@@ -107,14 +107,6 @@ static bool mg_key(const char *id, size_t len, char *out, size_t *klen)
 	return true;
 }
 
-/* Append v: value and ver: a new version (see the top of this file). */
-static void mg_append_value(bson_t *doc, const char *val, size_t vlen)
-{
-	bson_append_binary(doc, "v", 1, BSON_SUBTYPE_BINARY, (const uint8_t *)(vlen ? val : ""),
-			   (uint32_t)vlen);
-	BSON_APPEND_INT64(doc, "ver", (int64_t)((kv_random64() >> 2) | 1));
-}
-
 /* A numeric field of doc (a reply's count, a value's size or version); 0 if none. */
 static int64_t mg_number(const bson_t *doc, const char *field)
 {
@@ -224,23 +216,16 @@ struct mg_find {
 
 static void mg_find_init(struct mg_find *f, size_t max, enum mg_fields fields)
 {
-	bson_t proj, size;
-
 	*f = (struct mg_find){.filter = BSON_INITIALIZER, .opts = BSON_INITIALIZER, .max = max};
-	BSON_APPEND_DOCUMENT_BEGIN(&f->opts, "projection", &proj);
-	BSON_APPEND_INT32(&proj, fields == MG_VALUE ? "v" : "_id", 1);
 	if (fields == MG_VALUE)
-		BSON_APPEND_INT32(&proj, "ver", 1);
-	if (fields == MG_SIZE) {
-		BSON_APPEND_DOCUMENT_BEGIN(&proj, "n", &size);
-		BSON_APPEND_UTF8(&size, "$binarySize", "$v");
-		bson_append_document_end(&proj, &size);
-	}
-	bson_append_document_end(&f->opts, &proj);
-	if (max == 1) {
-		BSON_APPEND_INT64(&f->opts, "limit", 1);
-		BSON_APPEND_BOOL(&f->opts, "singleBatch", true);
-	}
+		BCON_APPEND(&f->opts, "projection", "{", "v", BCON_INT32(1), "ver", BCON_INT32(1), "}");
+	else if (fields == MG_SIZE)
+		BCON_APPEND(&f->opts, "projection", "{", "_id", BCON_INT32(1),
+			    "n", "{", "$binarySize", BCON_UTF8("$v"), "}", "}");
+	else
+		BCON_APPEND(&f->opts, "projection", "{", "_id", BCON_INT32(1), "}");
+	if (max == 1)
+		BCON_APPEND(&f->opts, "limit", BCON_INT64(1), "singleBatch", BCON_BOOL(true));
 }
 
 static void mg_find_free(struct mg_find *f)
@@ -324,13 +309,11 @@ static int mg_get(struct kv_store *st, const char *key, size_t klen, char **val,
 		       kv_printable(key, klen));
 		rc = -EIO;
 	}
-	if (!rc && !(*val = malloc((size_t)n + 1)))
+	if (!rc && !(*val = kv_memdup(data, n)))
 		rc = -ENOMEM;
 	if (!rc) {
 		int64_t ver = mg_number(f.doc, "ver");  /* 0: none, or not a number */
 
-		memcpy(*val, n ? (const char *)data : "", n);
-		(*val)[n] = '\0';
 		*len = n;
 		if (version)
 			*version = ver ? (uint64_t)ver : MG_VER_NONE;
@@ -358,8 +341,8 @@ static int mg_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *
 static int mg_scan(struct kv_store *st, const char *from, size_t flen, const char *to,
 		   size_t tlen, size_t max, kv_key_cb *cb, void *ctx)
 {
-	bson_t range, sort;
 	struct mg_find f;
+	bson_t range;
 	int rc;
 
 	mg_find_init(&f, max, MG_SIZE);
@@ -370,10 +353,8 @@ static int mg_scan(struct kv_store *st, const char *from, size_t flen, const cha
 	if (to)
 		mg_append_id(&range, "$lt", to, tlen);
 	bson_append_document_end(&f.filter, &range);
-	BSON_APPEND_DOCUMENT_BEGIN(&f.opts, "sort", &sort);
-	BSON_APPEND_INT32(&sort, "_id", 1);
-	bson_append_document_end(&f.opts, &sort);
-	BSON_APPEND_INT64(&f.opts, "batchSize", (int64_t)(max < 1000 ? max + 1 : 1000));
+	BCON_APPEND(&f.opts, "sort", "{", "_id", BCON_INT32(1), "}",
+		    "batchSize", BCON_INT64((int64_t)(max < 1000 ? max + 1 : 1000)));
 	rc = mg_run(kv_store_cast(struct mg_store, st), "list", from, flen, mg_find_try, &f);
 	mg_find_free(&f);
 	return rc;
@@ -418,7 +399,6 @@ static int mg_update(struct mg_store *s, const char *key, size_t klen, const cha
 {
 	struct mg_update u = {.filter = BSON_INITIALIZER, .upd = BSON_INITIALIZER,
 			      .opts = BSON_INITIALIZER, .upsert = !cas || !version};
-	bson_t set;
 	int rc;
 
 	mg_append_id(&u.filter, "_id", key, klen);
@@ -426,9 +406,10 @@ static int mg_update(struct mg_store *s, const char *key, size_t klen, const cha
 		BSON_APPEND_NULL(&u.filter, "ver");  /* matches a missing field too */
 	else if (cas && version)
 		BSON_APPEND_INT64(&u.filter, "ver", (int64_t)version);
-	BSON_APPEND_DOCUMENT_BEGIN(&u.upd, cas && !version ? "$setOnInsert" : "$set", &set);
-	mg_append_value(&set, val, vlen);
-	bson_append_document_end(&u.upd, &set);
+	/* v: the value, ver: a new version (see the top of this file) */
+	BCON_APPEND(&u.upd, cas && !version ? "$setOnInsert" : "$set", "{",
+		    "v", BCON_BIN(BSON_SUBTYPE_BINARY, (const uint8_t *)(vlen ? val : ""), vlen),
+		    "ver", BCON_INT64((int64_t)((kv_random64() >> 2) | 1)), "}");
 	BSON_APPEND_BOOL(&u.opts, "upsert", u.upsert);
 	rc = mg_run(s, cas ? "cas" : "set", key, klen, mg_update_try, &u);
 	bson_destroy(&u.filter);

@@ -86,6 +86,17 @@ void kv_buf_free(struct kv_buf *b)
 	*b = (struct kv_buf){0};
 }
 
+char *kv_memdup(const void *p, size_t n)
+{
+	char *d = malloc(n + 1);
+
+	if (d) {
+		memcpy(d, n ? p : "", n);  /* an empty value may come as NULL */
+		d[n] = '\0';
+	}
+	return d;
+}
+
 /* ---- time ---- */
 
 int64_t kv_now_ms(void)

@@ -31,6 +31,9 @@ int kv_buf_printf(struct kv_buf *b, const char *fmt, ...) __attribute__((format(
  * of memory) and their count in *len; the buffer is empty after. */
 char *kv_buf_take(struct kv_buf *b, size_t *len);
 void kv_buf_free(struct kv_buf *b);
+/* A copy of p[0..n) with a NUL byte after it, as get() hands a value out
+ * (malloc'd; NULL if out of memory). */
+char *kv_memdup(const void *p, size_t n);
 
 /* ---- Time: CLOCK_MONOTONIC milliseconds, deadlines and backoff ---- */
 
