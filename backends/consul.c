@@ -27,7 +27,6 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,26 +40,19 @@
 #define CS_MAX_KEY 2048
 
 /*
- * Does the Consul key s reach Consul intact as a URL path?  Go's ServeMux
- * redirects paths with empty, "." or ".." segments to their cleaned form.
- * A prefix may be empty or end in '/'.
+ * Does the Consul key s (not empty) reach Consul intact as a URL path?
+ * Go's ServeMux redirects paths with empty, "." or ".." segments (a
+ * leading '/' makes an empty one) to their cleaned form; a trailing '/'
+ * is kept.
  */
-static bool path_safe(const char *s, size_t n, bool prefix)
+static bool path_safe(const char *s, size_t n)
 {
-	size_t start = 0;
-
-	if (n == 0)
-		return prefix;
-	if (s[0] == '/')
-		return false;
-	for (size_t i = 0; i <= n; i++) {
+	for (size_t i = 0, start = 0; i <= n; i++) {
 		if (i < n && s[i] != '/')
 			continue;
 		size_t len = i - start;
-		if (len == 0 && i < n)
-			return false;
-		if ((len == 1 && s[start] == '.') ||
-		    (len == 2 && s[start] == '.' && s[start + 1] == '.'))
+		bool dots = (len == 1 || len == 2) && strncmp(s + start, "..", len) == 0;
+		if ((len == 0 && i < n) || dots)
 			return false;
 		start = i + 1;
 	}
@@ -105,13 +97,21 @@ static char *cs_path(struct consul *c, const char *path, const char *ck, size_t 
 	return out;
 }
 
-/* One request (rq: method, body and flags) to cs_path(...).  0 when an
- * answer came (in r), -EIO when none did, -ENOMEM. */
+/*
+ * One request (rq: method, body and flags) to cs_path(...).  0 when an
+ * answer came (in r), -EIO when none did, -ENOMEM.  A key the path cannot
+ * carry is not sent: it answers 400 at once, as a stricter server says.
+ */
 static int cs_call(struct consul *c, struct kv_http_req rq, const char *path, const char *ck,
 		   size_t cklen, const char *query, struct kv_http_resp *r)
 {
 	int rc;
 
+	*r = (struct kv_http_resp){0};
+	if (cklen && !path_safe(ck, cklen)) {
+		r->status = 400;
+		return 0;
+	}
 	if (!(rq.path = cs_path(c, path, ck, cklen, query)))
 		return -ENOMEM;
 	rq.transient = cs_transient;
@@ -256,11 +256,9 @@ static int cs_get(struct kv_store *s, const char *key, size_t klen, char **val, 
 	int rc = key_of(c, &ck, key, klen);
 
 	/* Without a version the raw form saves the base64 round. */
-	if (!rc && path_safe(ck.p, ck.len, false))
+	if (!rc)
 		rc = cs_call(c, (struct kv_http_req){.method = "GET", .bulk = true,
 			     .idempotent = true}, "/v1/kv/", ck.p, ck.len, version ? NULL : "raw", &r);
-	else if (!rc)
-		r.status = 400;  /* a key the path cannot carry: as a stricter server says */
 	if (rc)
 		rc = rc == -EINVAL ? -ENOENT : rc;
 	else if (r.status == 200 && !version) {
@@ -294,12 +292,10 @@ static int put(struct consul *c, const char *key, size_t klen, const char *val, 
 	int rc = key_of(c, &ck, key, klen);
 
 	snprintf(q, sizeof(q), "cas=%llu", (unsigned long long)version);
-	if (!rc && path_safe(ck.p, ck.len, false))
+	if (!rc)
 		rc = cs_call(c, (struct kv_http_req){.method = "PUT", .body = val, .blen = vlen,
 			     .bulk = true, .idempotent = !cas}, "/v1/kv/", ck.p, ck.len,
 			     cas ? q : NULL, &r);
-	else if (!rc)
-		r.status = 400;  /* a key the path cannot carry: as a stricter server says */
 	if (rc)
 		;
 	else if (r.status == 200)
@@ -475,31 +471,24 @@ static int fetch_names(struct consul *c, struct found *f, const struct range *rg
 	struct kv_http_resp r;
 	json_t *root = NULL, *e;
 	size_t i;
-	int rc = 1;
+	int rc = cs_call(c, (struct kv_http_req){.method = "GET", .bulk = true, .idempotent = true},
+			 "/v1/kv/", cp, cplen, "keys", &r);
 
-	if (path_safe(cp, cplen, true)) {
-		rc = cs_call(c, (struct kv_http_req){.method = "GET", .bulk = true, .idempotent = true},
-			     "/v1/kv/", cp, cplen, "keys", &r);
-		if (rc)
-			return rc;
-		if (r.status == 200) {
-			root = kv_http_json(&r);
-			rc = json_is_array(root) ? 0 : -EIO;
-			json_array_foreach(root, i, e) {
-				if (!rc && json_is_string(e))
-					rc = take_key(c, f, rg, json_string_value(e),
-						      json_string_length(e), false, 0);
-			}
-		} else if (r.status == 404) {
-			rc = 0;
-		} else if (r.status != 400) {
-			rc = status_errno(c, "list", &r);
+	if (!rc && r.status == 200) {
+		root = kv_http_json(&r);
+		rc = json_is_array(root) ? 0 : -EIO;
+		json_array_foreach(root, i, e) {
+			if (!rc && json_is_string(e))
+				rc = take_key(c, f, rg, json_string_value(e), json_string_length(e),
+					      false, 0);
 		}
-		kv_buf_free(&r.body);
-		json_decref(root);
-		if (rc != 1)
-			return rc;
+	} else if (!rc && r.status != 404 && r.status != 400) {
+		rc = status_errno(c, "list", &r);
 	}
+	kv_buf_free(&r.body);
+	json_decref(root);
+	if (rc || r.status != 400)
+		return rc;
 	rc = txn_run(c, json_pack("[o]", KEY_OP("get-tree", cp, cplen)), true, &root, NULL);
 	json_array_foreach(rc ? NULL : json_object_get(root, "Results"), i, e) {
 		json_t *kv = json_object_get(e, "KV"), *key = json_object_get(kv, "Key");
@@ -616,22 +605,22 @@ static int cs_health(struct kv_store *s, struct kv_health *h)
 	struct kv_buf probe = {0};
 	char leader[96] = "";
 	json_t *root = NULL;
+	const char *v;
 	int rc = cs_call(c, HEALTH_GET, "/v1/status/leader", "", 0, NULL, &r);
 
 	if (!rc && r.status == 200 && (root = kv_http_json(&r)))
 		snprintf(leader, sizeof(leader), "%s", json_string_value(root) ?: "");
 	json_decref(root);
-	if (rc)
-		snprintf(h->detail, sizeof(h->detail), "consul does not answer (%s)", r.why);
-	else if (!leader[0])
+	if (!rc && !leader[0]) {
 		snprintf(h->detail, sizeof(h->detail), "consul: %s (HTTP %ld from /v1/status/leader)",
 			 r.status == 200 ? "no cluster leader" : r.body.p ?: "", r.status);
-	if (!rc)
 		kv_buf_free(&r.body);
-	if (rc || !leader[0])
-		return rc == -ENOMEM ? rc : -EIO;
-	rc = kv_buf_printf(&probe, "%s.kvfs-probe", c->kprefix) ? -ENOMEM :
-	     cs_call(c, HEALTH_GET, "/v1/kv/", probe.p, probe.len, "keys", &r);
+		return -EIO;
+	}
+	kv_buf_free(&r.body);
+	if (!rc)
+		rc = kv_buf_printf(&probe, "%s.kvfs-probe", c->kprefix) ? -ENOMEM :
+		     cs_call(c, HEALTH_GET, "/v1/kv/", probe.p, probe.len, "keys", &r);
 	kv_buf_free(&probe);
 	if (rc)
 		snprintf(h->detail, sizeof(h->detail), "consul does not answer (%s)", r.why);
@@ -646,15 +635,13 @@ static int cs_health(struct kv_store *s, struct kv_health *h)
 		return rc == -EACCES || rc == -ENOMEM ? rc : -EIO;
 	snprintf(h->detail, sizeof(h->detail), "consul, leader %s", leader);
 	kv_health_fact(h, "leader", "%s", leader);
-	if (!cs_call(c, HEALTH_GET, "/v1/agent/self", "", 0, NULL, &r)) {
-		root = r.status == 200 ? kv_http_json(&r) : NULL;
-		const char *v = json_string_value(json_object_get(json_object_get(root, "Config"),
-								  "Version"));
-		if (v)
-			kv_health_fact(h, "consul_version", "%s", v);
-		json_decref(root);
-		kv_buf_free(&r.body);
-	}
+	rc = cs_call(c, HEALTH_GET, "/v1/agent/self", "", 0, NULL, &r);
+	root = !rc && r.status == 200 ? kv_http_json(&r) : NULL;
+	v = json_string_value(json_object_get(json_object_get(root, "Config"), "Version"));
+	if (v)
+		kv_health_fact(h, "consul_version", "%s", v);
+	json_decref(root);
+	kv_buf_free(&r.body);
 	kv_health_fact(h, "datacenter", "%s", c->dc ? c->dc : "(the agent's)");
 	kv_health_fact(h, "tls", "%s", strncmp(c->http.eps[0], "https:", 6) ? "off" : "on, verified");
 	kv_health_fact(h, "token", "%s", c->token_from ? c->token_from : "none");
