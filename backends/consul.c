@@ -265,7 +265,7 @@ static int cs_get(struct kv_store *s, const char *key, size_t klen, char **val, 
 		*val = kv_buf_take(&r.body, len);
 		rc = *val ? 0 : -ENOMEM;
 	} else if (r.status == 200) {
-		json_t *root = kv_http_json(&r);
+		json_t *root = kv_http_json(&r.body);
 		rc = entry_value(json_array_get(root, 0), val, len, version);
 		json_decref(root);
 	} else if (r.status == 400) {
@@ -475,7 +475,7 @@ static int fetch_names(struct consul *c, struct found *f, const struct range *rg
 			 "/v1/kv/", cp, cplen, "keys", &r);
 
 	if (!rc && r.status == 200) {
-		root = kv_http_json(&r);
+		root = kv_http_json(&r.body);
 		rc = json_is_array(root) ? 0 : -EIO;
 		json_array_foreach(root, i, e) {
 			if (!rc && json_is_string(e))
@@ -608,7 +608,7 @@ static int cs_health(struct kv_store *s, struct kv_health *h)
 	const char *v;
 	int rc = cs_call(c, HEALTH_GET, "/v1/status/leader", "", 0, NULL, &r);
 
-	if (!rc && r.status == 200 && (root = kv_http_json(&r)))
+	if (!rc && r.status == 200 && (root = kv_http_json(&r.body)))
 		snprintf(leader, sizeof(leader), "%s", json_string_value(root) ?: "");
 	json_decref(root);
 	if (!rc && !leader[0]) {
@@ -636,7 +636,7 @@ static int cs_health(struct kv_store *s, struct kv_health *h)
 	snprintf(h->detail, sizeof(h->detail), "consul, leader %s", leader);
 	kv_health_fact(h, "leader", "%s", leader);
 	rc = cs_call(c, HEALTH_GET, "/v1/agent/self", "", 0, NULL, &r);
-	root = !rc && r.status == 200 ? kv_http_json(&r) : NULL;
+	root = !rc && r.status == 200 ? kv_http_json(&r.body) : NULL;
 	v = json_string_value(json_object_get(json_object_get(root, "Config"), "Version"));
 	if (v)
 		kv_health_fact(h, "consul_version", "%s", v);
@@ -783,12 +783,11 @@ static int cs_open(const struct kv_open_args *a, struct kv_store **out, char *er
 		rc = parse_location(c, a, err, errlen);
 	if (!rc)
 		rc = read_token(c, err, errlen);
-	if (rc) {
+	if (rc)
 		cs_close(&c->base);
-		return rc;
-	}
-	*out = &c->base;
-	return 0;
+	else
+		*out = &c->base;
+	return rc;
 }
 
 const struct kv_backend kv_backend_consul = {

@@ -328,7 +328,7 @@ int kv_http_request(struct kv_http *h, const struct kv_http_req *rq, struct kv_h
 int kv_http_json_request(struct kv_http *h, struct kv_http_req rq, const json_t *req, size_t max,
 			 struct kv_http_resp *r, json_t **answer)
 {
-	char *body = json_dumps(req, JSON_COMPACT);
+	char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
 	int rc;
 
 	*answer = NULL;
@@ -343,14 +343,14 @@ int kv_http_json_request(struct kv_http *h, struct kv_http_req rq, const json_t 
 	explicit_bzero(body, rq.blen);
 	free(body);
 	if (!rc)
-		*answer = kv_http_json(r);
+		*answer = kv_http_json(&r->body);
 	return rc;
 }
 
-json_t *kv_http_json(const struct kv_http_resp *r)
+json_t *kv_http_json(const struct kv_buf *body)
 {
-	return json_loadb(r->body.p ? r->body.p : "", r->body.len,
-			  JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+	return json_loadb(body->p ? body->p : "", body->len, JSON_DECODE_ANY | JSON_ALLOW_NUL,
+			  NULL);
 }
 
 /* ---- URLs ---- */
