@@ -138,8 +138,7 @@ static int status_errno(struct consul *c, const char *what, struct kv_http_resp 
  * empty key, which Consul cannot hold. */
 static int key_of(struct consul *c, struct kv_buf *ck, const char *key, size_t klen)
 {
-	if (kv_buf_add(ck, c->kprefix, c->kplen) || kv_key_to_text(ck, key, klen) ||
-	    kv_buf_add(ck, "", 0))
+	if (kv_buf_add(ck, c->kprefix, c->kplen) || kv_key_to_text(ck, key, klen))
 		return -ENOMEM;
 	return ck->len ? 0 : -EINVAL;
 }
@@ -672,8 +671,7 @@ static int read_token(struct consul *c, char *err, size_t errlen)
 		snprintf(err, errlen, "consul: %s", from_file ? why : "out of memory");
 		return from_file ? -EACCES : -ENOMEM;
 	}
-	for (t = tok; isspace((unsigned char)*t); t++)
-		;
+	t = tok + strspn(tok, " \t\n\v\f\r");
 	for (n = strlen(t); n && isspace((unsigned char)t[n - 1]); n--)
 		;
 	for (size_t i = 0; i < n && !rc; i++)
@@ -745,9 +743,9 @@ static int parse_location(struct consul *c, const struct kv_open_args *a, char *
 	if (!rc && u.query)
 		rc = parse_query(c, u.query, err, errlen);
 	/* The path names a key prefix: "/app/" and "/app" both mean "app/". */
-	if (!rc && (kv_key_to_text(&kp, u.prefix, u.prefix_len) || kv_buf_add(&kp, "", 0)))
+	if (!rc && kv_key_to_text(&kp, u.prefix, u.prefix_len))
 		rc = -ENOMEM;
-	c->kprefix = kv_buf_take(&kp, &c->kplen);
+	c->kprefix = kv_buf_take(&kp, &c->kplen);  /* "" when empty */
 	c->http.eps[0] = u.origin;
 	c->http.neps = u.origin ? 1 : 0;
 	u.origin = NULL;
