@@ -27,7 +27,6 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,26 +40,19 @@
 #define CS_MAX_KEY 2048
 
 /*
- * Does the Consul key s reach Consul intact as a URL path?  Go's ServeMux
- * redirects paths with empty, "." or ".." segments to their cleaned form.
- * A prefix may be empty or end in '/'.
+ * Does the Consul key s (not empty) reach Consul intact as a URL path?
+ * Go's ServeMux redirects paths with empty, "." or ".." segments (a
+ * leading '/' makes an empty one) to their cleaned form; a trailing '/'
+ * is kept.
  */
-static bool path_safe(const char *s, size_t n, bool prefix)
+static bool path_safe(const char *s, size_t n)
 {
-	size_t start = 0;
-
-	if (n == 0)
-		return prefix;
-	if (s[0] == '/')
-		return false;
-	for (size_t i = 0; i <= n; i++) {
+	for (size_t i = 0, start = 0; i <= n; i++) {
 		if (i < n && s[i] != '/')
 			continue;
 		size_t len = i - start;
-		if (len == 0 && i < n)
-			return false;
-		if ((len == 1 && s[start] == '.') ||
-		    (len == 2 && s[start] == '.' && s[start + 1] == '.'))
+		bool dots = (len == 1 || len == 2) && strncmp(s + start, "..", len) == 0;
+		if ((len == 0 && i < n) || dots)
 			return false;
 		start = i + 1;
 	}
@@ -105,13 +97,21 @@ static char *cs_path(struct consul *c, const char *path, const char *ck, size_t 
 	return out;
 }
 
-/* One request (rq: method, body and flags) to cs_path(...).  0 when an
- * answer came (in r), -EIO when none did, -ENOMEM. */
+/*
+ * One request (rq: method, body and flags) to cs_path(...).  0 when an
+ * answer came (in r), -EIO when none did, -ENOMEM.  A key the path cannot
+ * carry is not sent: it answers 400 at once, as a stricter server says.
+ */
 static int cs_call(struct consul *c, struct kv_http_req rq, const char *path, const char *ck,
 		   size_t cklen, const char *query, struct kv_http_resp *r)
 {
 	int rc;
 
+	*r = (struct kv_http_resp){0};
+	if (cklen && !path_safe(ck, cklen)) {
+		r->status = 400;
+		return 0;
+	}
 	if (!(rq.path = cs_path(c, path, ck, cklen, query)))
 		return -ENOMEM;
 	rq.transient = cs_transient;
@@ -138,8 +138,7 @@ static int status_errno(struct consul *c, const char *what, struct kv_http_resp 
  * empty key, which Consul cannot hold. */
 static int key_of(struct consul *c, struct kv_buf *ck, const char *key, size_t klen)
 {
-	if (kv_buf_add(ck, c->kprefix, c->kplen) || kv_key_to_text(ck, key, klen) ||
-	    kv_buf_add(ck, "", 0))
+	if (kv_buf_add(ck, c->kprefix, c->kplen) || kv_key_to_text(ck, key, klen))
 		return -ENOMEM;
 	return ck->len ? 0 : -EINVAL;
 }
@@ -256,18 +255,16 @@ static int cs_get(struct kv_store *s, const char *key, size_t klen, char **val, 
 	int rc = key_of(c, &ck, key, klen);
 
 	/* Without a version the raw form saves the base64 round. */
-	if (!rc && path_safe(ck.p, ck.len, false))
+	if (!rc)
 		rc = cs_call(c, (struct kv_http_req){.method = "GET", .bulk = true,
 			     .idempotent = true}, "/v1/kv/", ck.p, ck.len, version ? NULL : "raw", &r);
-	else if (!rc)
-		r.status = 400;  /* a key the path cannot carry: as a stricter server says */
 	if (rc)
 		rc = rc == -EINVAL ? -ENOENT : rc;
 	else if (r.status == 200 && !version) {
 		*val = kv_buf_take(&r.body, len);
 		rc = *val ? 0 : -ENOMEM;
 	} else if (r.status == 200) {
-		json_t *root = kv_http_json(&r);
+		json_t *root = kv_http_json(&r.body);
 		rc = entry_value(json_array_get(root, 0), val, len, version);
 		json_decref(root);
 	} else if (r.status == 400) {
@@ -294,12 +291,10 @@ static int put(struct consul *c, const char *key, size_t klen, const char *val, 
 	int rc = key_of(c, &ck, key, klen);
 
 	snprintf(q, sizeof(q), "cas=%llu", (unsigned long long)version);
-	if (!rc && path_safe(ck.p, ck.len, false))
+	if (!rc)
 		rc = cs_call(c, (struct kv_http_req){.method = "PUT", .body = val, .blen = vlen,
 			     .bulk = true, .idempotent = !cas}, "/v1/kv/", ck.p, ck.len,
 			     cas ? q : NULL, &r);
-	else if (!rc)
-		r.status = 400;  /* a key the path cannot carry: as a stricter server says */
 	if (rc)
 		;
 	else if (r.status == 200)
@@ -475,31 +470,24 @@ static int fetch_names(struct consul *c, struct found *f, const struct range *rg
 	struct kv_http_resp r;
 	json_t *root = NULL, *e;
 	size_t i;
-	int rc = 1;
+	int rc = cs_call(c, (struct kv_http_req){.method = "GET", .bulk = true, .idempotent = true},
+			 "/v1/kv/", cp, cplen, "keys", &r);
 
-	if (path_safe(cp, cplen, true)) {
-		rc = cs_call(c, (struct kv_http_req){.method = "GET", .bulk = true, .idempotent = true},
-			     "/v1/kv/", cp, cplen, "keys", &r);
-		if (rc)
-			return rc;
-		if (r.status == 200) {
-			root = kv_http_json(&r);
-			rc = json_is_array(root) ? 0 : -EIO;
-			json_array_foreach(root, i, e) {
-				if (!rc && json_is_string(e))
-					rc = take_key(c, f, rg, json_string_value(e),
-						      json_string_length(e), false, 0);
-			}
-		} else if (r.status == 404) {
-			rc = 0;
-		} else if (r.status != 400) {
-			rc = status_errno(c, "list", &r);
+	if (!rc && r.status == 200) {
+		root = kv_http_json(&r.body);
+		rc = json_is_array(root) ? 0 : -EIO;
+		json_array_foreach(root, i, e) {
+			if (!rc && json_is_string(e))
+				rc = take_key(c, f, rg, json_string_value(e), json_string_length(e),
+					      false, 0);
 		}
-		kv_buf_free(&r.body);
-		json_decref(root);
-		if (rc != 1)
-			return rc;
+	} else if (!rc && r.status != 404 && r.status != 400) {
+		rc = status_errno(c, "list", &r);
 	}
+	kv_buf_free(&r.body);
+	json_decref(root);
+	if (rc || r.status != 400)
+		return rc;
 	rc = txn_run(c, json_pack("[o]", KEY_OP("get-tree", cp, cplen)), true, &root, NULL);
 	json_array_foreach(rc ? NULL : json_object_get(root, "Results"), i, e) {
 		json_t *kv = json_object_get(e, "KV"), *key = json_object_get(kv, "Key");
@@ -616,22 +604,22 @@ static int cs_health(struct kv_store *s, struct kv_health *h)
 	struct kv_buf probe = {0};
 	char leader[96] = "";
 	json_t *root = NULL;
+	const char *v;
 	int rc = cs_call(c, HEALTH_GET, "/v1/status/leader", "", 0, NULL, &r);
 
-	if (!rc && r.status == 200 && (root = kv_http_json(&r)))
+	if (!rc && r.status == 200 && (root = kv_http_json(&r.body)))
 		snprintf(leader, sizeof(leader), "%s", json_string_value(root) ?: "");
 	json_decref(root);
-	if (rc)
-		snprintf(h->detail, sizeof(h->detail), "consul does not answer (%s)", r.why);
-	else if (!leader[0])
+	if (!rc && !leader[0]) {
 		snprintf(h->detail, sizeof(h->detail), "consul: %s (HTTP %ld from /v1/status/leader)",
 			 r.status == 200 ? "no cluster leader" : r.body.p ?: "", r.status);
-	if (!rc)
 		kv_buf_free(&r.body);
-	if (rc || !leader[0])
-		return rc == -ENOMEM ? rc : -EIO;
-	rc = kv_buf_printf(&probe, "%s.kvfs-probe", c->kprefix) ? -ENOMEM :
-	     cs_call(c, HEALTH_GET, "/v1/kv/", probe.p, probe.len, "keys", &r);
+		return -EIO;
+	}
+	kv_buf_free(&r.body);
+	if (!rc)
+		rc = kv_buf_printf(&probe, "%s.kvfs-probe", c->kprefix) ? -ENOMEM :
+		     cs_call(c, HEALTH_GET, "/v1/kv/", probe.p, probe.len, "keys", &r);
 	kv_buf_free(&probe);
 	if (rc)
 		snprintf(h->detail, sizeof(h->detail), "consul does not answer (%s)", r.why);
@@ -646,15 +634,13 @@ static int cs_health(struct kv_store *s, struct kv_health *h)
 		return rc == -EACCES || rc == -ENOMEM ? rc : -EIO;
 	snprintf(h->detail, sizeof(h->detail), "consul, leader %s", leader);
 	kv_health_fact(h, "leader", "%s", leader);
-	if (!cs_call(c, HEALTH_GET, "/v1/agent/self", "", 0, NULL, &r)) {
-		root = r.status == 200 ? kv_http_json(&r) : NULL;
-		const char *v = json_string_value(json_object_get(json_object_get(root, "Config"),
-								  "Version"));
-		if (v)
-			kv_health_fact(h, "consul_version", "%s", v);
-		json_decref(root);
-		kv_buf_free(&r.body);
-	}
+	rc = cs_call(c, HEALTH_GET, "/v1/agent/self", "", 0, NULL, &r);
+	root = !rc && r.status == 200 ? kv_http_json(&r.body) : NULL;
+	v = json_string_value(json_object_get(json_object_get(root, "Config"), "Version"));
+	if (v)
+		kv_health_fact(h, "consul_version", "%s", v);
+	json_decref(root);
+	kv_buf_free(&r.body);
 	kv_health_fact(h, "datacenter", "%s", c->dc ? c->dc : "(the agent's)");
 	kv_health_fact(h, "tls", "%s", strncmp(c->http.eps[0], "https:", 6) ? "off" : "on, verified");
 	kv_health_fact(h, "token", "%s", c->token_from ? c->token_from : "none");
@@ -685,8 +671,7 @@ static int read_token(struct consul *c, char *err, size_t errlen)
 		snprintf(err, errlen, "consul: %s", from_file ? why : "out of memory");
 		return from_file ? -EACCES : -ENOMEM;
 	}
-	for (t = tok; isspace((unsigned char)*t); t++)
-		;
+	t = tok + strspn(tok, " \t\n\v\f\r");
 	for (n = strlen(t); n && isspace((unsigned char)t[n - 1]); n--)
 		;
 	for (size_t i = 0; i < n && !rc; i++)
@@ -758,9 +743,9 @@ static int parse_location(struct consul *c, const struct kv_open_args *a, char *
 	if (!rc && u.query)
 		rc = parse_query(c, u.query, err, errlen);
 	/* The path names a key prefix: "/app/" and "/app" both mean "app/". */
-	if (!rc && (kv_key_to_text(&kp, u.prefix, u.prefix_len) || kv_buf_add(&kp, "", 0)))
+	if (!rc && kv_key_to_text(&kp, u.prefix, u.prefix_len))
 		rc = -ENOMEM;
-	c->kprefix = kv_buf_take(&kp, &c->kplen);
+	c->kprefix = kv_buf_take(&kp, &c->kplen);  /* "" when empty */
 	c->http.eps[0] = u.origin;
 	c->http.neps = u.origin ? 1 : 0;
 	u.origin = NULL;
@@ -796,12 +781,11 @@ static int cs_open(const struct kv_open_args *a, struct kv_store **out, char *er
 		rc = parse_location(c, a, err, errlen);
 	if (!rc)
 		rc = read_token(c, err, errlen);
-	if (rc) {
+	if (rc)
 		cs_close(&c->base);
-		return rc;
-	}
-	*out = &c->base;
-	return 0;
+	else
+		*out = &c->base;
+	return rc;
 }
 
 const struct kv_backend kv_backend_consul = {

@@ -67,11 +67,9 @@ static uint64_t json_u64(json_t *o, const char *name)
 {
 	json_t *v = json_object_get(o, name);
 
-	if (json_is_string(v))
-		return strtoull(json_string_value(v), NULL, 10);
-	if (json_is_integer(v))
-		return (uint64_t)json_integer_value(v);
-	return 0;
+	/* json_integer_value: 0 for anything but an integer */
+	return json_is_string(v) ? strtoull(json_string_value(v), NULL, 10)
+				 : (uint64_t)json_integer_value(v);
 }
 
 /* A key as base64 JSON; "\0" for the empty key: the start of every range. */
@@ -135,7 +133,7 @@ static bool ed_transient(long status, const struct kv_buf *body)
 
 	if (status == 200)
 		return false;
-	resp = json_loadb(body->p ? body->p : "", body->len, JSON_DECODE_ANY, NULL);
+	resp = kv_http_json(body);
 	again = classify(status, resp, why, sizeof(why)) == ED_RETRY;
 	json_decref(resp);
 	return again;
@@ -164,8 +162,7 @@ static int post(struct ed_store *s, const char *path, const char *token, json_t 
 	struct kv_http_resp r = {0};
 	int rc;
 
-	*resp = NULL;
-	rc = req ? kv_http_json_request(&s->http, rq, req, 0, &r, resp) : -ENOMEM;
+	rc = kv_http_json_request(&s->http, rq, req, 0, &r, resp);
 	o->answered = rc == 0;
 	o->ambiguous = o->ambiguous || r.ambiguous;
 	o->endpoint = r.endpoint;
@@ -371,38 +368,33 @@ static int ed_cas(struct kv_store *st, const char *key, size_t klen, uint64_t ve
 static int ed_apply(struct kv_store *st, const struct kv_op *ops, size_t n)
 {
 	struct ed_store *s = kv_store_cast(struct ed_store, st);
-	json_t *list;
+	json_t *list = json_array(), *o;
+	int rc = list ? 0 : -ENOMEM;
 
-	for (size_t i = 0; i < n; i++)
-		if (ops[i].type == KV_OP_SET && s->nslen + ops[i].key_len == 0)
-			return -EINVAL;
-	if (!(list = json_array()))
-		return -ENOMEM;
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < n && !rc; i++) {
 		const struct kv_op *op = &ops[i];
-		bool last = true;
-		json_t *o;
+		bool last = true, empty = s->nslen + op->key_len == 0;
+
+		if (empty && op->type == KV_OP_SET)
+			rc = -EINVAL;
 		/* etcd refuses a txn that names a key twice: the last operation on
 		 * a key alone decides its final state */
 		for (size_t j = i + 1; j < n && last; j++)
 			last = kv_key_cmp(op->key, op->key_len, ops[j].key, ops[j].key_len) != 0;
-		if (!last || (op->type == KV_OP_DEL && s->nslen + op->key_len == 0))
+		if (rc || !last || empty)
 			continue;
 		if (op->type == KV_OP_SET)
 			o = put_op(s, op->key, op->key_len, op->val, op->val_len);
 		else
 			o = json_pack("{s:{s:o}}", "request_delete_range", "key",
 				      key_json(s, op->key, op->key_len));
-		if (!o || json_array_append_new(list, o)) {
-			json_decref(list);
-			return -ENOMEM;
-		}
+		if (!o || json_array_append_new(list, o))
+			rc = -ENOMEM;
 	}
-	if (!json_array_size(list)) {
-		json_decref(list);
-		return 0;
-	}
-	return call(s, "/v3/kv/txn", json_pack("{s:o}", "success", list), NULL, NULL);
+	if (!rc && json_array_size(list))
+		return call(s, "/v3/kv/txn", json_pack("{s:o}", "success", list), NULL, NULL);
+	json_decref(list);
+	return rc;
 }
 
 /* ---- scan ---- */
@@ -675,12 +667,11 @@ static int ed_open(const struct kv_open_args *args, struct kv_store **out, char 
 		rc = parse_credentials(s, args, err, errlen);
 	if (!rc)
 		rc = kv_http_tls(&s->http, args, tls_env, err, errlen);
-	if (rc) {
+	if (rc)
 		ed_close(&s->base);
-		return rc;
-	}
-	*out = &s->base;
-	return 0;
+	else
+		*out = &s->base;
+	return rc;
 }
 
 /* Every write is committed to a quorum's fsynced log before etcd answers:

@@ -34,24 +34,14 @@ static int handle_new(void *ctx, int64_t deadline, void **conn)
 	return *conn ? 0 : -ENOMEM;
 }
 
-static bool handle_usable(void *ctx, void *conn)
-{
-	(void)ctx;
-	(void)conn;
-	return true;  /* curl replaces a dead connection itself */
-}
-
 static void handle_close(void *ctx, void *conn)
 {
 	(void)ctx;
 	curl_easy_cleanup(conn);
 }
 
-static const struct kv_pool_ops handle_ops = {
-	.connect = handle_new,
-	.usable = handle_usable,
-	.close = handle_close,
-};
+/* no usable(): curl replaces a dead connection itself */
+static const struct kv_pool_ops handle_ops = {.connect = handle_new, .close = handle_close};
 
 int kv_http_init(struct kv_http *h, const char *name, int timeout_ms, char *err, size_t errlen)
 {
@@ -191,11 +181,10 @@ static void set_options(struct kv_http *h, CURL *c, const struct kv_http_req *rq
 	if (rq->body) {
 		curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)rq->blen);
 		curl_easy_setopt(c, CURLOPT_POSTFIELDS, rq->blen ? rq->body : "");
-		if (strcmp(rq->method, "POST") != 0)
-			curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, rq->method);
-	} else if (strcmp(rq->method, "GET") != 0) {
-		curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, rq->method);
 	}
+	/* a body makes curl POST, none GET */
+	if (strcmp(rq->method, rq->body ? "POST" : "GET") != 0)
+		curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, rq->method);
 }
 
 /*
@@ -339,7 +328,7 @@ int kv_http_request(struct kv_http *h, const struct kv_http_req *rq, struct kv_h
 int kv_http_json_request(struct kv_http *h, struct kv_http_req rq, const json_t *req, size_t max,
 			 struct kv_http_resp *r, json_t **answer)
 {
-	char *body = json_dumps(req, JSON_COMPACT);
+	char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
 	int rc;
 
 	*answer = NULL;
@@ -354,54 +343,45 @@ int kv_http_json_request(struct kv_http *h, struct kv_http_req rq, const json_t 
 	explicit_bzero(body, rq.blen);
 	free(body);
 	if (!rc)
-		*answer = kv_http_json(r);
+		*answer = kv_http_json(&r->body);
 	return rc;
 }
 
-json_t *kv_http_json(const struct kv_http_resp *r)
+json_t *kv_http_json(const struct kv_buf *body)
 {
-	return json_loadb(r->body.p ? r->body.p : "", r->body.len,
-			  JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+	return json_loadb(body->p ? body->p : "", body->len, JSON_DECODE_ANY | JSON_ALLOW_NUL,
+			  NULL);
 }
 
 /* ---- URLs ---- */
 
-/* Part what of u, malloc'd; NULL when u has none or *rc is set (-ENOMEM
- * when copying it failed). */
-static char *part(CURLU *u, CURLUPart what, unsigned flags, int *rc)
-{
-	char *p = NULL, *out = NULL;
-
-	if (!*rc && curl_url_get(u, what, &p, flags) == CURLUE_OK && !(out = strdup(p)))
-		*rc = -ENOMEM;
-	curl_free(p);
-	return out;
-}
-
 int kv_http_parse(const char *url, unsigned default_port, struct kv_http_url *out)
 {
+	enum { SCHEME, HOST, PORT, USER, PASSWORD, QUERY, PATH, NPARTS };
+	static const CURLUPart what[NPARTS] = {CURLUPART_SCHEME, CURLUPART_HOST, CURLUPART_PORT,
+		CURLUPART_USER, CURLUPART_PASSWORD, CURLUPART_QUERY, CURLUPART_PATH};
 	CURLU *u = curl_url();
-	char *scheme, *host, *port, *path, *pw, *dec = NULL, dport[12];
+	char *v[NPARTS] = {0}, *dec = NULL, dport[12];
 	int rc = u ? 0 : -ENOMEM, n = 0;
 
 	*out = (struct kv_http_url){0};
 	if (!rc && curl_url_set(u, CURLUPART_URL, url, CURLU_PATH_AS_IS) != CURLUE_OK)
 		rc = -EINVAL;
-	scheme = part(u, CURLUPART_SCHEME, 0, &rc);
-	host = part(u, CURLUPART_HOST, 0, &rc);
-	snprintf(dport, sizeof(dport), "%u", default_port);
-	port = part(u, CURLUPART_PORT, 0, &rc);
-	out->user = part(u, CURLUPART_USER, CURLU_URLDECODE, &rc);
-	pw = part(u, CURLUPART_PASSWORD, 0, &rc);
-	out->password = pw != NULL;
-	out->query = part(u, CURLUPART_QUERY, 0, &rc);
-	path = part(u, CURLUPART_PATH, 0, &rc);  /* at least "/" */
-	if (!rc && (!host || !*host || (strcmp(scheme, "http") && strcmp(scheme, "https"))))
+	for (size_t i = 0; i < NPARTS && !rc; i++)  /* a part the URL lacks stays NULL */
+		curl_url_get(u, what[i], &v[i], i == USER ? CURLU_URLDECODE : 0);
+	if (!rc && (!v[HOST] || !*v[HOST] || (strcmp(v[SCHEME], "http") &&
+					       strcmp(v[SCHEME], "https"))))
 		rc = -EINVAL;  /* not http(s) with a host */
-	if (!rc && asprintf(&out->origin, "%s://%s:%s", scheme, host, port ? port : dport) < 0)
+	snprintf(dport, sizeof(dport), "%u", default_port);
+	if (!rc && asprintf(&out->origin, "%s://%s:%s", v[SCHEME], v[HOST],
+			    v[PORT] ? v[PORT] : dport) < 0)
 		rc = -ENOMEM;
-	/* the path %-decoded, as a key prefix: "/app/" and "/app" both mean "app/" */
-	if (!rc && !(dec = curl_easy_unescape(NULL, path + strspn(path, "/"), 0, &n)))
+	out->password = v[PASSWORD] != NULL;
+	if (!rc && ((v[USER] && !(out->user = strdup(v[USER]))) ||
+		    (v[QUERY] && !(out->query = strdup(v[QUERY])))))
+		rc = -ENOMEM;
+	/* the path (at least "/") %-decoded, as a key prefix: "/app/" and "/app" mean "app/" */
+	if (!rc && !(dec = curl_easy_unescape(NULL, v[PATH] + strspn(v[PATH], "/"), 0, &n)))
 		rc = -ENOMEM;
 	if (!rc && !(out->prefix = malloc((size_t)n + 2)))
 		rc = -ENOMEM;
@@ -412,13 +392,10 @@ int kv_http_parse(const char *url, unsigned default_port, struct kv_http_url *ou
 		out->prefix[out->prefix_len = (size_t)n] = '\0';
 	}
 	curl_free(dec);
-	if (pw)
-		explicit_bzero(pw, strlen(pw));
-	free(scheme);
-	free(host);
-	free(port);
-	free(pw);
-	free(path);
+	if (v[PASSWORD])
+		explicit_bzero(v[PASSWORD], strlen(v[PASSWORD]));
+	for (size_t i = 0; i < NPARTS; i++)
+		curl_free(v[i]);
 	curl_url_cleanup(u);
 	if (rc)
 		kv_http_url_free(out);
@@ -540,30 +517,18 @@ static int hexval(char c)
 	return c <= '9' ? c - '0' : c - 'A' + 10;
 }
 
-/* Length of the valid UTF-8 sequence at p (1 for ASCII), 0 if invalid. */
+/* Length of the valid UTF-8 sequence at p (1 for ASCII), 0 if invalid:
+ * no overlong form, no surrogate, nothing past U+10FFFF. */
 static size_t utf8_len(const unsigned char *p, size_t n)
 {
-	unsigned char c = p[0], lo = 0x80, hi = 0xBF;
-	size_t len;
+	unsigned char c = p[0];
+	size_t len = c < 0x80 ? 1 : c < 0xC2 || c > 0xF4 ? 0 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+	/* the second byte's range: narrower after E0, ED, F0 and F4 */
+	unsigned char lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80;
+	unsigned char hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
 
-	if (c < 0x80)
-		return 1;
-	if (c >= 0xC2 && c <= 0xDF)
-		len = 2;
-	else if (c >= 0xE0 && c <= 0xEF)
-		len = 3;
-	else if (c >= 0xF0 && c <= 0xF4)
-		len = 4;
-	else
-		return 0;
-	if (c == 0xE0)
-		lo = 0xA0;
-	else if (c == 0xED)
-		hi = 0x9F;  /* no surrogates */
-	else if (c == 0xF0)
-		lo = 0x90;
-	else if (c == 0xF4)
-		hi = 0x8F;
+	if (len < 2)
+		return len;
 	if (n < len || p[1] < lo || p[1] > hi)
 		return 0;
 	for (size_t i = 2; i < len; i++)

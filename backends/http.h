@@ -100,12 +100,13 @@ struct kv_http_resp {
  * reason in r->why, logged at most once a second), -ENOMEM.
  */
 int kv_http_request(struct kv_http *h, const struct kv_http_req *rq, struct kv_http_resp *r);
-/* The answer's body as JSON (any value), or NULL. */
-json_t *kv_http_json(const struct kv_http_resp *r);
+/* An answer's body as JSON (any value), or NULL. */
+json_t *kv_http_json(const struct kv_buf *body);
 /*
  * The same with the JSON req as the body (wiped after: it may hold a
- * password): -EFBIG without sending when it is over max bytes (0: any).
- * *answer is kv_http_json of the answer.
+ * password; NULL, when building it failed: -ENOMEM): -EFBIG without
+ * sending when it is over max bytes (0: any).  *answer is kv_http_json
+ * of the answer.
  */
 int kv_http_json_request(struct kv_http *h, struct kv_http_req rq, const json_t *req, size_t max,
 			 struct kv_http_resp *r, json_t **answer);

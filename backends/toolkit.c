@@ -281,7 +281,7 @@ int kv_pool_get(struct kv_pool *p, int64_t deadline, void **conn, bool *reused)
 		if (p->nidle) {
 			*conn = p->idle[--p->nidle];
 			pthread_mutex_unlock(&p->lock);
-			if (p->ops->usable(p->ctx, *conn)) {
+			if (!p->ops->usable || p->ops->usable(p->ctx, *conn)) {
 				*reused = true;
 				return 0;
 			}

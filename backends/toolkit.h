@@ -76,7 +76,8 @@ struct kv_pool_ops {
 	/* Open a new connection before deadline: 0, or -EIO (worth a retry:
 	 * refused, reset, a server starting up), -EACCES or -EINVAL (not). */
 	int (*connect)(void *ctx, int64_t deadline, void **conn);
-	/* Is an idle connection still good?  Cheap, no round trip if possible. */
+	/* Is an idle connection still good?  Cheap, no round trip if possible;
+	 * NULL: always (a client library that reconnects by itself). */
 	bool (*usable)(void *ctx, void *conn);
 	void (*close)(void *ctx, void *conn);
 };
