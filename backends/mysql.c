@@ -64,7 +64,7 @@ struct my_store {
  * (%2$s: sz, or LENGTH(v) in a table without it).  3072 is MY_MAX_KEY. */
 static const char *const my_sql[SQL_NSTMT] = {
 	[SQL_GET] = "SELECT v, ver FROM `%1$s` WHERE k = ?",
-	[SQL_STAT] = "SELECT %2$s FROM `%1$s` WHERE k = ?",
+	[SQL_STAT] = "SELECT k, %2$s FROM `%1$s` WHERE k = ?",
 	[SQL_SET] = "INSERT INTO `%1$s` (k, v, ver) VALUES (?, ?, ?) "
 		    "ON DUPLICATE KEY UPDATE v = VALUES(v), ver = VALUES(ver)",
 	[SQL_DEL] = "DELETE FROM `%1$s` WHERE k = ?",
@@ -149,6 +149,10 @@ static int my_fail(struct my_conn *c, unsigned code, const char *msg, const char
 	return my_errno(code);
 }
 
+static int my_stmt_fail(struct my_conn *c, MYSQL_STMT *st, const struct sql_req *r)
+{
+	return my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), r->what, r->key, r->klen);
+}
 
 /* ---- Connections ---- */
 
@@ -233,37 +237,6 @@ static const struct kv_pool_ops my_pool_ops = {
 
 /* ---- Statements ---- */
 
-/*
- * Execute r's statement with params on c (preparing it on first use).
- * Returns the statement, or NULL with *e set to its errno (my_fail).
- */
-static MYSQL_STMT *my_execute(struct sql_store *s, struct my_conn *c, struct sql_req *r,
-			      MYSQL_BIND *params, int *e)
-{
-	MYSQL_STMT *st = c->st[r->id];
-
-	if (!st) {
-		if (!(st = mysql_stmt_init(c->db))) {
-			*e = -ENOMEM;
-			return NULL;
-		}
-		if (mysql_stmt_prepare(st, s->sql[r->id], strlen(s->sql[r->id]))) {
-			*e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), r->what,
-				     NULL, 0);
-			mysql_stmt_close(st);
-			return NULL;
-		}
-		c->st[r->id] = st;
-	}
-	if (mysql_stmt_bind_param(st, params) || mysql_stmt_execute(st)) {
-		*e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), r->what, r->key,
-			     r->klen);
-		mysql_stmt_reset(st);
-		return NULL;
-	}
-	return st;
-}
-
 /* One text statement (transactions, health): 0 or -errno. */
 static int my_query(struct my_conn *c, const char *sql)
 {
@@ -273,93 +246,64 @@ static int my_query(struct my_conn *c, const char *sql)
 }
 
 /*
- * A statement about one key: get and stat read the row, a write says
- * -ENOENT when it changed none.  A cas of version 0 inserts unless the key
- * exists ("ON DUPLICATE KEY UPDATE k = k" changes nothing and so reports 0
- * rows); otherwise it updates only the row that still carries the version.
+ * A statement of the table: get, stat and scan read rows, a write counts
+ * the rows it changed.  A cas of version 0 inserts unless the key exists
+ * ("ON DUPLICATE KEY UPDATE k = k" changes nothing and so reports 0 rows);
+ * otherwise it updates only the row that still carries the version.
  */
-static int my_key_on(struct sql_store *s, struct my_conn *c, struct sql_req *r)
+static int my_stmt_on(struct sql_store *s, struct my_conn *c, struct sql_req *r)
 {
-	unsigned long kl, vl, vlen = 0;
-	long long ver = (long long)r->ver, old = (long long)r->old, size = 0;
+	bool scan = r->id == SQL_SCAN || r->id == SQL_SCAN_TO, bad;
+	unsigned long kl, vl, len = 0;
+	long long ver = (long long)(scan ? r->max : r->ver), old = (long long)r->old, n = 0;
 	MYSQL_BIND p[4] = { my_blob(r->key, r->klen, &kl), my_blob(r->val, r->vlen, &vl),
 			    my_int(&ver), my_int(&old) };
-	MYSQL_BIND q[4] = { p[1], p[2], p[0], p[3] };  /* UPDATE ... SET v, ver WHERE k, ver */
-	MYSQL_BIND res[2] = { { .buffer_type = MYSQL_TYPE_BLOB, .length = &vlen }, my_int(&ver) };
-	MYSQL_STMT *st;
-	int e = 0, rc;
+	MYSQL_BIND upd[4] = { p[1], p[2], p[0], p[3] };  /* UPDATE ... SET v, ver WHERE k, ver */
+	MYSQL_BIND from[2] = { p[0], p[2] };             /* a scan without upper bound */
+	MYSQL_BIND res[2] = { { .buffer_type = MYSQL_TYPE_BLOB, .length = &len }, my_int(&n) };
+	MYSQL_BIND col = { .buffer_type = MYSQL_TYPE_BLOB };
+	MYSQL_STMT *st = c->st[r->id];
+	int e = 0, rc = 0;
 
-	if (!(st = my_execute(s, c, r, r->id == SQL_CAS_UPD ? q : p, &e)))
+	/* prepared on first use */
+	if (!st && !(st = mysql_stmt_init(c->db)))
+		return -ENOMEM;
+	if (!c->st[r->id] && mysql_stmt_prepare(st, s->sql[r->id], strlen(s->sql[r->id]))) {
+		e = my_stmt_fail(c, st, r);
+		mysql_stmt_close(st);
 		return e;
-	if (r->id != SQL_GET && r->id != SQL_STAT)
-		return mysql_stmt_affected_rows(st) ? 0 : -ENOENT;
-	if (r->id == SQL_STAT)
-		res[0] = my_int(&size);
-	if (mysql_stmt_bind_result(st, res) || (rc = mysql_stmt_fetch(st)) == 1) {
-		e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), "get", r->key, r->klen);
-	} else if (rc == MYSQL_NO_DATA) {
-		e = -ENOENT;
-	} else if (r->id == SQL_STAT) {
-		r->len = (size_t)size;
-	} else if (!(r->out = malloc(vlen + 1))) {
-		e = -ENOMEM;
-	} else {
-		res[0].buffer = r->out;
-		res[0].buffer_length = vlen;
-		if (vlen && mysql_stmt_fetch_column(st, &res[0], 0, 0)) {
-			e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), "get", r->key,
-				    r->klen);
-			free(r->out);
-			r->out = NULL;
-		} else {
-			r->out[vlen] = '\0';
-			r->len = vlen;
-			r->version = (uint64_t)ver;
-		}
 	}
-	mysql_stmt_free_result(st);
-	return e;
-}
-
-static int my_scan_on(struct sql_store *s, struct my_conn *c, struct sql_req *r)
-{
-	unsigned long fl, tl, klen = 0;
-	long long lim = (long long)r->max, size = 0;
-	MYSQL_BIND p[3] = { my_blob(r->key, r->klen, &fl), my_blob(r->val, r->vlen, &tl),
-			    my_int(&lim) };
-	MYSQL_BIND q[2] = { p[0], p[2] };
-	MYSQL_BIND res[2] = { { .buffer_type = MYSQL_TYPE_BLOB, .length = &klen }, my_int(&size) };
-	MYSQL_BIND b = { .buffer_type = MYSQL_TYPE_BLOB };
-	struct kv_buf key = { 0 };
-	MYSQL_STMT *st;
-	int e = 0, rc;
-
-	if (!(st = my_execute(s, c, r, r->val ? p : q, &e)))
+	c->st[r->id] = st;
+	if (mysql_stmt_bind_param(st, r->id == SQL_CAS_UPD ? upd : r->id == SQL_SCAN ? from : p) ||
+	    mysql_stmt_execute(st)) {
+		e = my_stmt_fail(c, st, r);
+		mysql_stmt_reset(st);
 		return e;
-	/* All rows to the client first: a failure after that is not worth a
-	 * retry, which would hand the callback the same keys twice. */
-	if (mysql_stmt_bind_result(st, res) || mysql_stmt_store_result(st)) {
-		e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), "scan", r->key, r->klen);
-		mysql_stmt_free_result(st);
-		return e == -EAGAIN ? e : -EIO;
 	}
-	while (!e && ((rc = mysql_stmt_fetch(st)) == 0 || rc == MYSQL_DATA_TRUNCATED)) {
-		/* Each key into a buffer of its length: another client's column
-		 * may be wider than ours. */
-		key.len = 0;
-		if ((e = kv_buf_reserve(&key, klen)))
+	if (!mysql_stmt_field_count(st)) {
+		r->rows = mysql_stmt_affected_rows(st);
+		return 0;
+	}
+	/* A scan's rows all to the client first: a failure after that is not
+	 * worth a retry, which would hand the callback the same keys twice. */
+	bad = mysql_stmt_bind_result(st, res) || (scan && mysql_stmt_store_result(st));
+	while (!bad && !e && ((rc = mysql_stmt_fetch(st)) == 0 || rc == MYSQL_DATA_TRUNCATED)) {
+		/* The first column into a buffer of its length: another
+		 * client's column may be wider than ours. */
+		r->col.len = 0;
+		if ((e = kv_buf_reserve(&r->col, len)))
 			break;
-		b.buffer = key.p;
-		b.buffer_length = klen;
-		e = klen && mysql_stmt_fetch_column(st, &b, 0, 0) ? -EIO
-		    : r->cb(r->ctx, key.p, klen, (uint64_t)size);
+		col.buffer = r->col.p;
+		col.buffer_length = len;
+		bad = len && mysql_stmt_fetch_column(st, &col, 0, 0);
+		r->col.len = len;
+		e = bad ? 0 : sql_row(r, (uint64_t)n);
 	}
-	if (!e && rc == 1) {
-		kv_log(KV_LOG_ERR, "mysql: scan: %s", mysql_stmt_error(st));
-		e = -EIO;
-	}
+	if (!e && (bad || rc == 1))
+		e = my_stmt_fail(c, st, r);
 	mysql_stmt_free_result(st);
-	kv_buf_free(&key);
+	if (e == -EAGAIN && scan && r->rows)
+		e = -EIO;
 	return e < 0 ? e : 0;
 }
 
@@ -394,8 +338,7 @@ static int my_exec(struct sql_store *s, void *conn, struct sql_req *r, bool *bro
 	struct my_conn *c = conn;
 	int rc = r->id == SQL_TEXT ? my_query(c, r->sql)
 		 : r->id == SQL_HEALTH ? my_health_on(s, c, r->h)
-		 : r->id == SQL_SCAN || r->id == SQL_SCAN_TO ? my_scan_on(s, c, r)
-		 : my_key_on(s, c, r);
+		 : my_stmt_on(s, c, r);
 
 	*broken = c->broken;
 	return rc;

@@ -76,7 +76,7 @@ static const Oid pg_types[] = { BYTEAOID, BYTEAOID, INT8OID, INT8OID };
 /* The statements; the table is a plain identifier: double quotes make it one to SQL. */
 static const char *const pg_sql[SQL_NSTMT] = {
 	[SQL_GET] = "SELECT v, ver FROM \"%1$s\" WHERE k = $1",
-	[SQL_STAT] = "SELECT %2$s FROM \"%1$s\" WHERE k = $1",
+	[SQL_STAT] = "SELECT k, %2$s FROM \"%1$s\" WHERE k = $1",
 	[SQL_SET] = "INSERT INTO \"%1$s\" (k, v, ver) VALUES ($1, $2, $3) "
 		    "ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v, ver = EXCLUDED.ver",
 	[SQL_DEL] = "DELETE FROM \"%1$s\" WHERE k = $1",
@@ -360,12 +360,11 @@ static int pg_exec(struct sql_store *s, void *conn, struct sql_req *r, bool *bro
 	const char *state;
 	char buf[200];
 	PGresult *res;
-	int rc = pg_run(conn, &q, s->timeout_ms, &res, broken), n;
+	int rc = pg_run(conn, &q, s->timeout_ms, &res, broken);
 
 	if (rc)
 		return rc;
 	state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-	n = PQntuples(res);
 	if (PQresultStatus(res) == PGRES_FATAL_ERROR && state && pg_passing(state)) {
 		kv_why_set("%s", pg_msg(PQresultErrorMessage(res), buf, sizeof buf));
 		*broken = PQstatus(conn) != CONNECTION_OK;
@@ -379,24 +378,15 @@ static int pg_exec(struct sql_store *s, void *conn, struct sql_req *r, bool *bro
 			 PQgetvalue(res, 0, 0), s->table);
 		for (size_t i = 0; i < sizeof facts / sizeof facts[0]; i++)
 			kv_health_fact(r->h, facts[i], "%s", PQgetvalue(res, 0, (int)i));
-	} else if (scan) {
-		for (int i = 0; i < n && !rc; i++)
-			rc = r->cb(r->ctx, PQgetvalue(res, i, 0), (size_t)PQgetlength(res, i, 0),
-				   pg_int(res, i, 1));
-		rc = rc < 0 ? rc : 0;
-	} else if (rows ? n == 0 : strcmp(PQcmdTuples(res), "0") == 0) {
-		rc = -ENOENT;  /* no such key; a write touched no row */
-	} else if (r->id == SQL_STAT) {
-		r->len = pg_int(res, 0, 0);
-	} else if (r->id == SQL_GET) {
-		r->len = (size_t)PQgetlength(res, 0, 0);
-		if (!(r->out = malloc(r->len + 1)))
-			rc = -ENOMEM;
-		else {
-			memcpy(r->out, PQgetvalue(res, 0, 0), r->len);
-			r->out[r->len] = '\0';
-			r->version = pg_int(res, 0, 1);
+	} else if (!rows) {
+		r->rows = strtoull(PQcmdTuples(res), NULL, 10);  /* "" for a text statement */
+	} else {
+		for (int i = 0; i < PQntuples(res) && !rc; i++) {
+			rc = kv_buf_set(&r->col, PQgetvalue(res, i, 0), (size_t)PQgetlength(res, i, 0));
+			if (!rc)
+				rc = sql_row(r, pg_int(res, i, 1));
 		}
+		rc = rc < 0 ? rc : 0;
 	}
 	PQclear(res);
 	return rc;

@@ -36,9 +36,20 @@ static uint64_t sql_version(void)
 static int sql_exec(void *conn, void *arg, bool *broken)
 {
 	struct sql_req *r = arg;
+	int rc;
 
 	r->what = r->id == SQL_TEXT ? r->sql : sql_names[r->id];
-	return r->s->client->exec(r->s, conn, r, broken);
+	r->rows = 0;
+	rc = r->s->client->exec(r->s, conn, r, broken);
+	/* no such key; a write touched no row */
+	return rc || r->rows || r->id >= SQL_SCAN ? rc : -ENOENT;
+}
+
+int sql_row(struct sql_req *r, uint64_t n)
+{
+	r->rows++;
+	r->n = n;
+	return r->cb ? r->cb(r->ctx, r->col.p, r->col.len, n) : 0;
 }
 
 static int sql_run(struct kv_store *st, struct sql_req *r, bool idempotent)
@@ -62,13 +73,12 @@ int sql_get(struct kv_store *st, const char *key, size_t klen, char **val, size_
 	struct sql_req r = { .id = SQL_GET, .key = key, .klen = klen };
 	int rc = sql_read(st, &r);
 
-	if (rc)
-		return rc;
-	*val = r.out;
-	*len = r.len;
-	if (version)
-		*version = r.version;
-	return 0;
+	if (!rc && !(*val = kv_buf_take(&r.col, len)))
+		rc = -ENOMEM;
+	if (!rc && version)
+		*version = r.n;
+	kv_buf_free(&r.col);
+	return rc;
 }
 
 int sql_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *size)
@@ -77,7 +87,8 @@ int sql_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *size)
 	int rc = sql_read(st, &r);
 
 	if (!rc)
-		*size = r.len;
+		*size = r.n;
+	kv_buf_free(&r.col);
 	return rc;
 }
 
@@ -86,8 +97,10 @@ int sql_scan(struct kv_store *st, const char *from, size_t flen, const char *to,
 {
 	struct sql_req r = { .id = to ? SQL_SCAN_TO : SQL_SCAN, .key = from, .klen = flen,
 			     .val = to, .vlen = tlen, .max = max, .cb = cb, .ctx = ctx };
+	int rc = sql_read(st, &r);
 
-	return sql_read(st, &r);
+	kv_buf_free(&r.col);
+	return rc;
 }
 
 int sql_set(struct kv_store *st, const char *key, size_t klen, const char *val, size_t vlen)

@@ -34,9 +34,11 @@ struct sql_req {
 	void *ctx;
 	uint64_t ver, old;        /* the new version, and the one cas expects */
 	struct kv_health *h;
-	char *out;                /* get: the value, malloc'd and NUL-terminated */
-	size_t len;               /* get: its length; stat: the size */
-	uint64_t version;         /* get */
+	/* The rows read (sql_row) or changed; the last one read: its first
+	 * column (get: the value, stat and scan: the key) and its number
+	 * (get: the version, stat and scan: the size). */
+	uint64_t rows, n;
+	struct kv_buf col;
 };
 
 struct sql_client {
@@ -51,8 +53,9 @@ struct sql_client {
 	int (*parse)(struct sql_store *s, const struct kv_open_args *a, char *err, size_t errlen);
 	/* The table checked (created if missing), on the first connection. */
 	int (*prepare)(struct sql_store *s, void *conn);
-	/* Run r on conn: 0, -ENOENT (no row found or changed), -EAGAIN (a
-	 * failure that passes) or -errno; *broken if conn must not be reused. */
+	/* Run r on conn: 0 with every row read handed to sql_row() or the
+	 * rows changed in r->rows, -EAGAIN (a failure that passes) or -errno;
+	 * *broken if conn must not be reused. */
 	int (*exec)(struct sql_store *s, void *conn, struct sql_req *r, bool *broken);
 };
 
@@ -75,6 +78,9 @@ int sql_open(const struct kv_open_args *a, const struct sql_client *cl, size_t s
 	     struct kv_store **out, char *err, size_t errlen);
 /* (Re)build s->sql from the client's formats. */
 int sql_build(struct sql_store *s, const char *size_expr);
+/* A row of r read into r->col, with its number n; what the scan's
+ * callback says (nonzero stops), else 0. */
+int sql_row(struct sql_req *r, uint64_t n);
 /* A new connection is ready once the table is (kv_once); 0 or -errno. */
 int sql_connected(struct sql_store *s, void *conn);
 
