@@ -329,6 +329,7 @@ static int my_health_on(struct sql_store *s, struct my_conn *c, struct kv_health
 	snprintf(h->detail, sizeof h->detail, "%s, table %s", row[0] ? row[0] : "?", s->table);
 	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
 		kv_health_fact(h, names[i], "%s", row[i] ? row[i] : "NULL");
+	kv_health_fact(h, "max_value", "%zu", ((struct my_store *)s)->max_value);
 	mysql_free_result(res);
 	return 0;
 }
@@ -341,16 +342,6 @@ static int my_exec(struct sql_store *s, void *conn, struct sql_req *r, bool *bro
 		 : my_stmt_on(s, c, r);
 
 	*broken = c->broken;
-	return rc;
-}
-
-static int my_health(struct kv_store *st, struct kv_health *h)
-{
-	struct my_store *s = kv_store_cast(struct my_store, st);
-	int rc = sql_health(st, h);
-
-	if (!rc)
-		kv_health_fact(h, "max_value", "%zu", s->max_value);
 	return rc;
 }
 
@@ -532,17 +523,8 @@ const struct kv_backend kv_backend_mysql = {
 	.summary = "a table in MariaDB/MySQL (Connector/C; password from MYSQL_PWD or ~/.my.cnf)",
 	.usage = "mysql://[user@]host[:port]/database",
 	.options = my_options,
-	.persistent = true,
 	.limits = { .max_key = MY_MAX_KEY, .max_value = MY_MAX_VALUE },
 	.open = my_open,
-	.close = sql_close,
-	.get = sql_get,
-	.set = sql_set,
-	.del = sql_del,
-	.scan = sql_scan,
-	.health = my_health,
-	.stat = sql_stat,
-	.cas = sql_cas,
-	.apply = sql_apply,
+	SQL_BACKEND_OPS,
 	.store_limits = my_store_limits,
 };

@@ -382,7 +382,7 @@ static int pg_exec(struct sql_store *s, void *conn, struct sql_req *r, bool *bro
 		r->rows = strtoull(PQcmdTuples(res), NULL, 10);  /* "" for a text statement */
 	} else {
 		for (int i = 0; i < PQntuples(res) && !rc; i++) {
-			rc = kv_buf_set(&r->col, PQgetvalue(res, i, 0), (size_t)PQgetlength(res, i, 0));
+			rc = kv_buf_set(&r->col, PQgetvalue(res, i, 0), PQgetlength(res, i, 0));
 			if (!rc)
 				rc = sql_row(r, pg_int(res, i, 1));
 		}
@@ -511,16 +511,7 @@ const struct kv_backend kv_backend_postgresql = {
 	.summary = "a table in PostgreSQL (libpq; password from PGPASSWORD or ~/.pgpass)",
 	.usage = "postgresql://[user@]host[:port]/dbname",
 	.options = pg_options,
-	.persistent = true,
 	.limits = { .max_key = PG_MAX_KEY, .max_value = PG_MAX_VALUE },
 	.open = pg_open,
-	.close = sql_close,
-	.get = sql_get,
-	.set = sql_set,
-	.del = sql_del,
-	.scan = sql_scan,
-	.health = sql_health,
-	.stat = sql_stat,
-	.cas = sql_cas,
-	.apply = sql_apply,
+	SQL_BACKEND_OPS,
 };

@@ -84,6 +84,11 @@ int sql_row(struct sql_req *r, uint64_t n);
 /* A new connection is ready once the table is (kv_once); 0 or -errno. */
 int sql_connected(struct sql_store *s, void *conn);
 
+/* The operations of every SQL backend's struct kv_backend. */
+#define SQL_BACKEND_OPS .persistent = true, .close = sql_close, .get = sql_get, .set = sql_set, \
+	.del = sql_del, .scan = sql_scan, .health = sql_health, .stat = sql_stat, .cas = sql_cas, \
+	.apply = sql_apply
+
 kv_close_fn sql_close;
 kv_get_fn sql_get;
 kv_stat_fn sql_stat;
