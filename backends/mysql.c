@@ -131,27 +131,18 @@ static bool my_passing(unsigned e)
 	       e == 4031 /* MySQL's idle disconnect */ || e == 1213 /* ER_LOCK_DEADLOCK */;
 }
 
-/*
- * The errno of a failed call: -EAGAIN for a failure that passes (its
- * reason in kv_why), otherwise logged.  A client error (CR_*) means the
- * connection is gone or unusable.
- */
-static int my_fail(struct my_conn *c, unsigned code, const char *msg, const char *what,
-		   const char *key, size_t klen)
+/* The errno of a failed call (sql_fail).  A client error (CR_*) means the
+ * connection is gone or unusable. */
+static int my_fail(struct my_conn *c, struct sql_req *r, unsigned code, const char *msg)
 {
 	if (code >= CR_MIN_ERROR && code <= CR_MAX_ERROR)
 		c->broken = true;
-	if (my_passing(code)) {
-		kv_why_set("%s: %s", what, msg);
-		return -EAGAIN;
-	}
-	kv_log(KV_LOG_ERR, "mysql: %s %s: %s", what, key ? kv_printable(key, klen) : "", msg);
-	return my_errno(code);
+	return sql_fail(r, my_passing(code) ? -EAGAIN : my_errno(code), msg);
 }
 
-static int my_stmt_fail(struct my_conn *c, MYSQL_STMT *st, const struct sql_req *r)
+static int my_stmt_fail(struct my_conn *c, MYSQL_STMT *st, struct sql_req *r)
 {
-	return my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), r->what, r->key, r->klen);
+	return my_fail(c, r, mysql_stmt_errno(st), mysql_stmt_error(st));
 }
 
 /* ---- Connections ---- */
@@ -237,11 +228,11 @@ static const struct kv_pool_ops my_pool_ops = {
 
 /* ---- Statements ---- */
 
-/* One text statement (transactions, health): 0 or -errno. */
-static int my_query(struct my_conn *c, const char *sql)
+/* One text statement of r (transactions, health): 0 or -errno. */
+static int my_query(struct my_conn *c, struct sql_req *r, const char *sql)
 {
 	if (mysql_real_query(c->db, sql, strlen(sql)))
-		return my_fail(c, mysql_errno(c->db), mysql_error(c->db), sql, NULL, 0);
+		return my_fail(c, r, mysql_errno(c->db), mysql_error(c->db));
 	return 0;
 }
 
@@ -307,7 +298,7 @@ static int my_stmt_on(struct sql_store *s, struct my_conn *c, struct sql_req *r)
 	return e < 0 ? e : 0;
 }
 
-static int my_health_on(struct sql_store *s, struct my_conn *c, struct kv_health *h)
+static int my_health_on(struct sql_store *s, struct my_conn *c, struct sql_req *r)
 {
 	static const char *const names[] = {
 		"server_version", "database", "user", "max_allowed_packet",
@@ -315,14 +306,15 @@ static int my_health_on(struct sql_store *s, struct my_conn *c, struct kv_health
 	};
 	MYSQL_RES *res;
 	MYSQL_ROW row;
-	int rc = my_query(c, "SELECT VERSION(), DATABASE(), CURRENT_USER(), @@max_allowed_packet,"
+	struct kv_health *h = r->h;
+	int rc = my_query(c, r, "SELECT VERSION(), DATABASE(), CURRENT_USER(), @@max_allowed_packet,"
 			  " @@innodb_flush_log_at_trx_commit, @@read_only");
 
 	if (rc)
 		return rc;
 	res = mysql_store_result(c->db);
 	if (!(row = res ? mysql_fetch_row(res) : NULL)) {
-		rc = my_fail(c, mysql_errno(c->db), mysql_error(c->db), "health", NULL, 0);
+		rc = my_fail(c, r, mysql_errno(c->db), mysql_error(c->db));
 		mysql_free_result(res);
 		return rc;
 	}
@@ -337,8 +329,8 @@ static int my_health_on(struct sql_store *s, struct my_conn *c, struct kv_health
 static int my_exec(struct sql_store *s, void *conn, struct sql_req *r, bool *broken)
 {
 	struct my_conn *c = conn;
-	int rc = r->id == SQL_TEXT ? my_query(c, r->sql)
-		 : r->id == SQL_HEALTH ? my_health_on(s, c, r->h)
+	int rc = r->id == SQL_TEXT ? my_query(c, r, r->sql)
+		 : r->id == SQL_HEALTH ? my_health_on(s, c, r)
 		 : my_stmt_on(s, c, r);
 
 	*broken = c->broken;

@@ -137,14 +137,25 @@ static bool pg_is(const PGresult *res, const char *state)
 	return s && strcmp(s, state) == 0;
 }
 
-/* Failures that pass: the connection is going (class 08, shutdown 57P01,
- * crash 57P02, still starting 57P03) or a transaction lost a deadlock or a
- * serialization conflict and was rolled back. */
-static bool pg_passing(const char *state)
+/*
+ * The errno of a failed statement, from its SQLSTATE.  Failures that pass
+ * (-EAGAIN): the connection is going (class 08, shutdown 57P01, crash
+ * 57P02, still starting 57P03) or a transaction lost a deadlock or a
+ * serialization conflict and was rolled back.
+ */
+static int pg_errno(const PGresult *res)
 {
-	return strncmp(state, "08", 2) == 0 || strcmp(state, "57P01") == 0 ||
-	       strcmp(state, "57P02") == 0 || strcmp(state, "57P03") == 0 ||
-	       strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0;
+	const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+	if (st && (strncmp(st, "08", 2) == 0 || strcmp(st, "57P01") == 0 ||
+		   strcmp(st, "57P02") == 0 || strcmp(st, "57P03") == 0 ||
+		   strcmp(st, "40001") == 0 || strcmp(st, "40P01") == 0))
+		return -EAGAIN;
+	return pg_is(res, "53100") ? -ENOSPC            /* disk_full */
+	       : pg_is(res, "25006") ? -EROFS           /* read_only_sql_transaction */
+	       : pg_is(res, "42501") ? -EACCES          /* insufficient_privilege */
+	       : pg_is(res, "54000") ? -ENAMETOOLONG    /* program_limit_exceeded: index row size */
+	       : -EIO;
 }
 
 /* ---- One round trip ---- */
@@ -225,25 +236,6 @@ fail:
 	}
 	kv_why_set("%s", pg_msg(PQerrorMessage(c), buf, sizeof buf));
 	return -EAGAIN;
-}
-
-/* The errno of a failed statement (an error result), logged once. */
-static int pg_failed(const char *what, const char *key, size_t klen, PGresult *res)
-{
-	char buf[200];
-	int e = -EIO;
-
-	if (pg_is(res, "53100"))         /* disk_full */
-		e = -ENOSPC;
-	else if (pg_is(res, "25006"))    /* read_only_sql_transaction */
-		e = -EROFS;
-	else if (pg_is(res, "42501"))    /* insufficient_privilege */
-		e = -EACCES;
-	else if (pg_is(res, "54000"))    /* program_limit_exceeded: index row size */
-		e = -ENAMETOOLONG;
-	kv_log(KV_LOG_ERR, "postgresql: %s %s: %s", what, key ? kv_printable(key, klen) : "",
-	       pg_msg(PQresultErrorMessage(res), buf, sizeof buf));
-	return e;
 }
 
 /* ---- Connections ---- */
@@ -357,22 +349,15 @@ static int pg_exec(struct sql_store *s, void *conn, struct sql_req *r, bool *bro
 		.vals = { r->klen ? r->key : "", r->vlen ? r->val : "", (const char *)&ver,
 			  (const char *)&old },
 		.lens = { (int)r->klen, (int)r->vlen, 8, 8 } };
-	const char *state;
 	char buf[200];
 	PGresult *res;
 	int rc = pg_run(conn, &q, s->timeout_ms, &res, broken);
 
 	if (rc)
 		return rc;
-	state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-	if (PQresultStatus(res) == PGRES_FATAL_ERROR && state && pg_passing(state)) {
-		kv_why_set("%s", pg_msg(PQresultErrorMessage(res), buf, sizeof buf));
+	if (PQresultStatus(res) != (rows ? PGRES_TUPLES_OK : PGRES_COMMAND_OK)) {
 		*broken = PQstatus(conn) != CONNECTION_OK;
-		rc = -EAGAIN;
-	} else if (PQresultStatus(res) != (rows ? PGRES_TUPLES_OK : PGRES_COMMAND_OK)) {
-		if (health)
-			kv_why_set("%s", pg_msg(PQresultErrorMessage(res), buf, sizeof buf));
-		rc = health ? -EIO : pg_failed(r->txn ? "apply" : r->what, r->key, r->klen, res);
+		rc = sql_fail(r, pg_errno(res), pg_msg(PQresultErrorMessage(res), buf, sizeof buf));
 	} else if (health) {
 		snprintf(r->h->detail, sizeof r->h->detail, "PostgreSQL %s, table %s",
 			 PQgetvalue(res, 0, 0), s->table);

@@ -45,6 +45,16 @@ static int sql_exec(void *conn, void *arg, bool *broken)
 	return rc || r->rows || r->id >= SQL_SCAN ? rc : -ENOENT;
 }
 
+int sql_fail(struct sql_req *r, int e, const char *msg)
+{
+	if (e == -EAGAIN || r->id == SQL_HEALTH)
+		kv_why_set("%s: %s", r->what, msg);
+	else
+		kv_log(KV_LOG_ERR, "%s: %s %s: %s", r->s->client->name, r->txn ? "apply" : r->what,
+		       r->key ? kv_printable(r->key, r->klen) : "", msg);
+	return e;
+}
+
 int sql_row(struct sql_req *r, uint64_t n)
 {
 	r->rows++;

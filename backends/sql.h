@@ -78,6 +78,10 @@ int sql_open(const struct kv_open_args *a, const struct sql_client *cl, size_t s
 	     struct kv_store **out, char *err, size_t errlen);
 /* (Re)build s->sql from the client's formats. */
 int sql_build(struct sql_store *s, const char *size_expr);
+/* A failed statement of r, its errno e (-EAGAIN: a failure that passes) and
+ * the server's message: the reason in kv_why for a failure that passes or
+ * a health check, else one log line.  Returns e. */
+int sql_fail(struct sql_req *r, int e, const char *msg);
 /* A row of r read into r->col, with its number n; what the scan's
  * callback says (nonzero stops), else 0. */
 int sql_row(struct sql_req *r, uint64_t n);
