@@ -307,8 +307,8 @@ static int my_health_on(struct sql_store *s, struct my_conn *c, struct sql_req *
 	MYSQL_RES *res;
 	MYSQL_ROW row;
 	struct kv_health *h = r->h;
-	int rc = my_query(c, r, "SELECT VERSION(), DATABASE(), CURRENT_USER(), @@max_allowed_packet,"
-			  " @@innodb_flush_log_at_trx_commit, @@read_only");
+	int rc = my_query(c, r, "SELECT VERSION(), DATABASE(), CURRENT_USER(),"
+			  " @@max_allowed_packet, @@innodb_flush_log_at_trx_commit, @@read_only");
 
 	if (rc)
 		return rc;
@@ -348,36 +348,35 @@ static void my_store_limits(struct kv_store *st, struct kv_limits *out)
 /* ---- The table, once per store on its first connection ---- */
 
 /* One text statement on the first connection: the server's error number,
- * or 0 with *n the number in its first row (-1 if none). */
-static unsigned my_setup(struct my_conn *c, const char *sql, long long *n)
+ * or 0 with n[] the numbers in its first row (-1 for none). */
+static unsigned my_setup(struct my_conn *c, const char *sql, long long n[3])
 {
 	MYSQL_RES *res;
 	MYSQL_ROW row;
 
-	*n = -1;
 	if (mysql_real_query(c->db, sql, strlen(sql)))
 		return mysql_errno(c->db);
 	res = mysql_store_result(c->db);
-	if ((row = res ? mysql_fetch_row(res) : NULL) && row[0])
-		*n = strtoll(row[0], NULL, 10);
+	row = res ? mysql_fetch_row(res) : NULL;
+	for (unsigned i = 0; i < 3; i++)
+		n[i] = row && i < mysql_num_fields(res) && row[i] ? strtoll(row[i], NULL, 10) : -1;
 	mysql_free_result(res);
 	return 0;
 }
 
 /*
- * Make sure the table is there (create it if missing), learn whether it has
- * sz, the width of k and max_allowed_packet, and word the SQL for it.
+ * Make sure the table is there (create it if missing), learn the width of
+ * k, whether it has sz and max_allowed_packet, and word the SQL for it.
  */
 static int my_prepare_table(struct sql_store *ss, void *conn)
 {
 	struct my_store *s = (struct my_store *)ss;
 	struct my_conn *c = conn;
 	char sql[400];
-	long long n;
-	unsigned code = my_setup(c, ss->sql[SQL_CHECK], &n);
-	bool has_sz;
+	long long n[3];
+	unsigned code = my_setup(c, ss->sql[SQL_CHECK], n);
 
-	if (code == 1146 && !(code = my_setup(c, ss->sql[SQL_CREATE], &n)))  /* ER_NO_SUCH_TABLE */
+	if (code == 1146 && !(code = my_setup(c, ss->sql[SQL_CREATE], n)))  /* ER_NO_SUCH_TABLE */
 		kv_log(KV_LOG_INFO, "mysql: created table %s", ss->table);
 	if (code) {
 		kv_why_set("table %s: %s", ss->table,
@@ -388,18 +387,15 @@ static int my_prepare_table(struct sql_store *ss, void *conn)
 		return code >= CR_MIN_ERROR && code <= CR_MAX_ERROR ? -EIO
 		       : my_errno(code) == -EACCES ? -EACCES : -EINVAL;
 	}
-	snprintf(sql, sizeof sql, "SELECT sz FROM `%s` LIMIT 0", ss->table);
-	has_sz = my_setup(c, sql, &n) == 0;
-	snprintf(sql, sizeof sql, "SELECT CHARACTER_OCTET_LENGTH FROM information_schema.COLUMNS "
-		 "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '%s' AND COLUMN_NAME = 'k'",
-		 ss->table);
-	my_setup(c, sql, &n);
-	__atomic_store_n(&s->max_key, n > 0 && n < MY_MAX_KEY ? (size_t)n : MY_MAX_KEY,
+	snprintf(sql, sizeof sql, "SELECT MAX(IF(COLUMN_NAME = 'k', CHARACTER_OCTET_LENGTH, NULL)),"
+		 " SUM(COLUMN_NAME = 'sz'), @@max_allowed_packet FROM information_schema.COLUMNS"
+		 " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '%s'", ss->table);
+	my_setup(c, sql, n);
+	__atomic_store_n(&s->max_key, n[0] > 0 && n[0] < MY_MAX_KEY ? (size_t)n[0] : MY_MAX_KEY,
 			 __ATOMIC_RELAXED);
-	my_setup(c, "SELECT @@max_allowed_packet", &n);
-	if (n > MY_PACKET_SLACK && (size_t)(n - MY_PACKET_SLACK) < MY_MAX_VALUE)
-		__atomic_store_n(&s->max_value, (size_t)(n - MY_PACKET_SLACK), __ATOMIC_RELAXED);
-	return has_sz ? 0 : sql_build(ss, "LENGTH(v)");
+	if (n[2] > MY_PACKET_SLACK && (size_t)(n[2] - MY_PACKET_SLACK) < MY_MAX_VALUE)
+		__atomic_store_n(&s->max_value, (size_t)(n[2] - MY_PACKET_SLACK), __ATOMIC_RELAXED);
+	return n[1] > 0 ? 0 : sql_build(ss, "LENGTH(v)");
 }
 
 /* ---- open ---- */
