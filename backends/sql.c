@@ -156,32 +156,27 @@ struct sql_txn {
 	size_t n;
 };
 
-/* A text statement of the transaction. */
-static int sql_text(struct sql_store *s, void *conn, const char *sql, bool *broken)
-{
-	struct sql_req r = { .s = s, .id = SQL_TEXT, .sql = sql, .txn = true };
-
-	return sql_exec(conn, &r, broken);
-}
-
 static int sql_apply_on(void *conn, void *arg, bool *broken)
 {
 	struct sql_txn *t = arg;
-	int rc = sql_text(t->s, conn, "START TRANSACTION", broken), end;
+	struct sql_req r = { .s = t->s, .id = SQL_TEXT, .sql = "START TRANSACTION", .txn = true };
+	int rc = sql_exec(conn, &r, broken), end;
 
 	for (size_t i = 0; i < t->n && !rc; i++) {
 		const struct kv_op *op = &t->ops[i];
-		struct sql_req r = { .s = t->s, .id = op->type == KV_OP_SET ? SQL_SET : SQL_DEL,
-				     .txn = true, .key = op->key, .klen = op->key_len,
-				     .val = op->val, .vlen = op->val_len, .ver = sql_version() };
 
+		r = (struct sql_req){ .s = t->s, .id = op->type == KV_OP_SET ? SQL_SET : SQL_DEL,
+				      .txn = true, .key = op->key, .klen = op->key_len,
+				      .val = op->val, .vlen = op->val_len, .ver = sql_version() };
 		if ((rc = sql_exec(conn, &r, broken)) == -ENOENT)
 			rc = 0;  /* a delete of a missing key is no error here */
 	}
 	if (*broken)
 		return rc;
 	/* ROLLBACK undoes what the server may have kept of the failed statement */
-	end = sql_text(t->s, conn, rc ? "ROLLBACK" : "COMMIT", broken);
+	r = (struct sql_req){ .s = t->s, .id = SQL_TEXT, .sql = rc ? "ROLLBACK" : "COMMIT",
+			      .txn = true };
+	end = sql_exec(conn, &r, broken);
 	return rc ? rc : end;
 }
 
