@@ -116,6 +116,10 @@ static int my_errno(unsigned e)
 		return -EFBIG;
 	case 1406:  /* ER_DATA_TOO_LONG: a key over the column */
 		return -ENAMETOOLONG;
+	case 1146:  /* ER_NO_SUCH_TABLE */
+		return -ENOENT;
+	case 1054:  /* ER_BAD_FIELD_ERROR: a column missing */
+		return -EINVAL;
 	default:
 		return -EIO;
 	}
@@ -137,6 +141,9 @@ static int my_fail(struct my_conn *c, struct sql_req *r, unsigned code, const ch
 {
 	if (code >= CR_MIN_ERROR && code <= CR_MAX_ERROR)
 		c->broken = true;
+	if (code == 1046)  /* ER_NO_DB_ERROR */
+		msg = "no database: name one in the URL (mysql://host/database) "
+		      "or as database= in an option file";
 	return sql_fail(r, my_passing(code) ? -EAGAIN : my_errno(code), msg);
 }
 
@@ -228,11 +235,19 @@ static const struct kv_pool_ops my_pool_ops = {
 
 /* ---- Statements ---- */
 
-/* One text statement of r (transactions, health): 0 or -errno. */
-static int my_query(struct my_conn *c, struct sql_req *r, const char *sql)
+/* One text statement of r (the table's setup, a transaction's ends,
+ * health): 0 with its rows in *res if res, or -errno. */
+static int my_query(struct my_conn *c, struct sql_req *r, const char *sql, MYSQL_RES **res)
 {
+	MYSQL_RES *rows;
+
 	if (mysql_real_query(c->db, sql, strlen(sql)))
 		return my_fail(c, r, mysql_errno(c->db), mysql_error(c->db));
+	rows = mysql_store_result(c->db);
+	if (res)
+		*res = rows;
+	else
+		mysql_free_result(rows);
 	return 0;
 }
 
@@ -306,22 +321,21 @@ static int my_health_on(struct sql_store *s, struct my_conn *c, struct sql_req *
 	};
 	MYSQL_RES *res;
 	MYSQL_ROW row;
-	struct kv_health *h = r->h;
 	int rc = my_query(c, r, "SELECT VERSION(), DATABASE(), CURRENT_USER(),"
-			  " @@max_allowed_packet, @@innodb_flush_log_at_trx_commit, @@read_only");
+			  " @@max_allowed_packet, @@innodb_flush_log_at_trx_commit,"
+			  " @@read_only", &res);
 
 	if (rc)
 		return rc;
-	res = mysql_store_result(c->db);
 	if (!(row = res ? mysql_fetch_row(res) : NULL)) {
 		rc = my_fail(c, r, mysql_errno(c->db), mysql_error(c->db));
 		mysql_free_result(res);
 		return rc;
 	}
-	snprintf(h->detail, sizeof h->detail, "%s, table %s", row[0] ? row[0] : "?", s->table);
+	snprintf(r->h->detail, sizeof r->h->detail, "%s, table %s", row[0] ? row[0] : "?", s->table);
 	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-		kv_health_fact(h, names[i], "%s", row[i] ? row[i] : "NULL");
-	kv_health_fact(h, "max_value", "%zu", ((struct my_store *)s)->max_value);
+		kv_health_fact(r->h, names[i], "%s", row[i] ? row[i] : "NULL");
+	kv_health_fact(r->h, "max_value", "%zu", ((struct my_store *)s)->max_value);
 	mysql_free_result(res);
 	return 0;
 }
@@ -329,8 +343,8 @@ static int my_health_on(struct sql_store *s, struct my_conn *c, struct sql_req *
 static int my_exec(struct sql_store *s, void *conn, struct sql_req *r, bool *broken)
 {
 	struct my_conn *c = conn;
-	int rc = r->id == SQL_TEXT ? my_query(c, r, r->sql)
-		 : r->id == SQL_HEALTH ? my_health_on(s, c, r)
+	int rc = r->id == SQL_HEALTH ? my_health_on(s, c, r)
+		 : r->id >= SQL_CHECK ? my_query(c, r, r->sql, NULL)
 		 : my_stmt_on(s, c, r);
 
 	*broken = c->broken;
@@ -347,50 +361,25 @@ static void my_store_limits(struct kv_store *st, struct kv_limits *out)
 
 /* ---- The table, once per store on its first connection ---- */
 
-/* One text statement on the first connection: the server's error number,
- * or 0 with n[] the numbers in its first row (-1 for none). */
-static unsigned my_setup(struct my_conn *c, const char *sql, long long n[3])
-{
-	MYSQL_RES *res;
-	MYSQL_ROW row;
-
-	if (mysql_real_query(c->db, sql, strlen(sql)))
-		return mysql_errno(c->db);
-	res = mysql_store_result(c->db);
-	row = res ? mysql_fetch_row(res) : NULL;
-	for (unsigned i = 0; i < 3; i++)
-		n[i] = row && i < mysql_num_fields(res) && row[i] ? strtoll(row[i], NULL, 10) : -1;
-	mysql_free_result(res);
-	return 0;
-}
-
-/*
- * Make sure the table is there (create it if missing), learn the width of
- * k, whether it has sz and max_allowed_packet, and word the SQL for it.
- */
+/* Learn the width of k, whether the table has sz and max_allowed_packet,
+ * and word the SQL for them. */
 static int my_prepare_table(struct sql_store *ss, void *conn)
 {
 	struct my_store *s = (struct my_store *)ss;
-	struct my_conn *c = conn;
-	char sql[400];
+	MYSQL *db = ((struct my_conn *)conn)->db;
+	MYSQL_RES *res;
+	MYSQL_ROW row;
 	long long n[3];
-	unsigned code = my_setup(c, ss->sql[SQL_CHECK], n);
+	char sql[400];
 
-	if (code == 1146 && !(code = my_setup(c, ss->sql[SQL_CREATE], n)))  /* ER_NO_SUCH_TABLE */
-		kv_log(KV_LOG_INFO, "mysql: created table %s", ss->table);
-	if (code) {
-		kv_why_set("table %s: %s", ss->table,
-			   code == 1054 ? "exists but lacks the columns k VARBINARY, v LONGBLOB, ver BIGINT"
-			   : code == 1046 ? "no database: name one in the URL (mysql://host/database) "
-					    "or as database= in an option file"
-			   : mysql_error(c->db));
-		return code >= CR_MIN_ERROR && code <= CR_MAX_ERROR ? -EIO
-		       : my_errno(code) == -EACCES ? -EACCES : -EINVAL;
-	}
 	snprintf(sql, sizeof sql, "SELECT MAX(IF(COLUMN_NAME = 'k', CHARACTER_OCTET_LENGTH, NULL)),"
 		 " SUM(COLUMN_NAME = 'sz'), @@max_allowed_packet FROM information_schema.COLUMNS"
 		 " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '%s'", ss->table);
-	my_setup(c, sql, n);
+	res = mysql_real_query(db, sql, strlen(sql)) ? NULL : mysql_store_result(db);
+	row = res ? mysql_fetch_row(res) : NULL;
+	for (int i = 0; i < 3; i++)
+		n[i] = row && row[i] ? strtoll(row[i], NULL, 10) : -1;
+	mysql_free_result(res);
 	__atomic_store_n(&s->max_key, n[0] > 0 && n[0] < MY_MAX_KEY ? (size_t)n[0] : MY_MAX_KEY,
 			 __ATOMIC_RELAXED);
 	if (n[2] > MY_PACKET_SLACK && (size_t)(n[2] - MY_PACKET_SLACK) < MY_MAX_VALUE)
@@ -485,6 +474,7 @@ static int my_parse(struct sql_store *ss, const struct kv_open_args *a, char *er
 
 static const struct sql_client my_client = {
 	.name = "mysql", .max_table = 64, .sql = my_sql, .size_expr = "sz", .pool = &my_pool_ops,
+	.columns = "k VARBINARY, v LONGBLOB, ver BIGINT",
 	.parse = my_parse, .prepare = my_prepare_table, .exec = my_exec,
 };
 

@@ -155,6 +155,9 @@ static int pg_errno(const PGresult *res)
 	       : pg_is(res, "25006") ? -EROFS           /* read_only_sql_transaction */
 	       : pg_is(res, "42501") ? -EACCES          /* insufficient_privilege */
 	       : pg_is(res, "54000") ? -ENAMETOOLONG    /* program_limit_exceeded: index row size */
+	       : pg_is(res, "42P01") ? -ENOENT          /* undefined_table */
+	       : pg_is(res, "42703") ? -EINVAL          /* undefined_column */
+	       : pg_is(res, "42P07") || pg_is(res, "23505") ? -EEXIST  /* made meanwhile */
 	       : -EIO;
 }
 
@@ -338,10 +341,10 @@ static int pg_exec(struct sql_store *s, void *conn, struct sql_req *r, bool *bro
 		"server_version", "database", "user", "in_recovery", "synchronous_commit", "fsync",
 	};
 	bool scan = r->id == SQL_SCAN || r->id == SQL_SCAN_TO, health = r->id == SQL_HEALTH;
-	bool rows = scan || health || r->id == SQL_GET || r->id == SQL_STAT;
+	bool rows = scan || health || r->id == SQL_GET || r->id == SQL_STAT || r->id == SQL_CHECK;
 	uint64_t ver = htobe64(scan ? r->max : r->ver), old = htobe64(r->old);
 	struct pg_stmt q = {
-		.sql = r->id < SQL_NSTMT ? s->sql[r->id] : r->id == SQL_TEXT ? r->sql :
+		.sql = !health ? r->sql :
 		       "SELECT current_setting('server_version'), current_database(), current_user,"
 		       " pg_is_in_recovery()::text, current_setting('synchronous_commit'),"
 		       " current_setting('fsync')",
@@ -373,47 +376,6 @@ static int pg_exec(struct sql_store *s, void *conn, struct sql_req *r, bool *bro
 		}
 		rc = rc < 0 ? rc : 0;
 	}
-	PQclear(res);
-	return rc;
-}
-
-/* ---- The table, once per store on its first connection ---- */
-
-static int pg_prepare_table(struct sql_store *s, void *conn)
-{
-	struct pg_stmt check = { .sql = s->sql[SQL_CHECK] }, create = { .sql = s->sql[SQL_CREATE] };
-	char buf[200];
-	PGresult *res = NULL;
-	bool broken = false;
-	int rc;
-
-	for (int tries = 0; tries < 2; tries++) {
-		if (pg_run(conn, &check, s->timeout_ms, &res, &broken))
-			return -EIO;
-		if (PQresultStatus(res) == PGRES_TUPLES_OK) {
-			PQclear(res);
-			return 0;
-		}
-		if (!pg_is(res, "42P01"))  /* undefined_table */
-			break;
-		PQclear(res);
-		if (pg_run(conn, &create, s->timeout_ms, &res, &broken))
-			return -EIO;
-		/* Two mounts creating it at once: one loses on the catalog; look again. */
-		if (PQresultStatus(res) != PGRES_COMMAND_OK && !pg_is(res, "23505") &&
-		    !pg_is(res, "42P07"))
-			break;
-		kv_log(KV_LOG_INFO, "postgresql: created table %s", s->table);
-		PQclear(res);
-		res = NULL;
-	}
-	if (pg_is(res, "42703"))
-		kv_why_set("table %s exists but lacks the columns "
-			 "k bytea, v bytea, ver bigint", s->table);
-	else
-		kv_why_set("table %s: %s", s->table,
-			 pg_msg(PQresultErrorMessage(res), buf, sizeof buf));
-	rc = pg_is(res, "42501") ? -EACCES : pg_is(res, "42703") ? -EINVAL : -EIO;
 	PQclear(res);
 	return rc;
 }
@@ -472,7 +434,8 @@ static int pg_parse(struct sql_store *s, const struct kv_open_args *a, char *err
 
 static const struct sql_client pg_client = {
 	.name = "postgresql", .max_table = 63, .sql = pg_sql, .size_expr = "octet_length(v)::int8",
-	.pool = &pg_pool_ops, .parse = pg_parse, .prepare = pg_prepare_table, .exec = pg_exec,
+	.columns = "k bytea, v bytea, ver bigint", .pool = &pg_pool_ops, .parse = pg_parse,
+	.exec = pg_exec,
 };
 
 static int pg_open(const struct kv_open_args *args, struct kv_store **out, char *err,

@@ -21,7 +21,7 @@
 static const char *const sql_names[] = {
 	[SQL_GET] = "get", [SQL_STAT] = "stat", [SQL_SET] = "set", [SQL_DEL] = "del",
 	[SQL_CAS_NEW] = "cas", [SQL_CAS_UPD] = "cas", [SQL_SCAN] = "scan", [SQL_SCAN_TO] = "scan",
-	[SQL_HEALTH] = "health",
+	[SQL_CHECK] = "check", [SQL_CREATE] = "create", [SQL_HEALTH] = "health",
 };
 
 /* A new version: random, nonzero, positive as a bigint. */
@@ -38,6 +38,8 @@ static int sql_exec(void *conn, void *arg, bool *broken)
 	struct sql_req *r = arg;
 	int rc;
 
+	if (r->id < SQL_NSTMT)
+		r->sql = r->s->sql[r->id];
 	r->what = r->id == SQL_TEXT ? r->sql : sql_names[r->id];
 	r->rows = 0;
 	rc = r->s->client->exec(r->s, conn, r, broken);
@@ -47,12 +49,19 @@ static int sql_exec(void *conn, void *arg, bool *broken)
 
 int sql_fail(struct sql_req *r, int e, const char *msg)
 {
-	if (e == -EAGAIN || r->id == SQL_HEALTH)
+	const struct sql_client *cl = r->s->client;
+
+	if (r->id == SQL_CHECK && e == -EINVAL)
+		kv_why_set("table %s exists but lacks the columns %s", r->s->table, cl->columns);
+	else if (r->id == SQL_CHECK || r->id == SQL_CREATE)
+		kv_why_set("table %s: %s", r->s->table, msg);
+	else if (e == -EAGAIN || r->id == SQL_HEALTH)
 		kv_why_set("%s: %s", r->what, msg);
 	else
-		kv_log(KV_LOG_ERR, "%s: %s %s: %s", r->s->client->name, r->txn ? "apply" : r->what,
+		kv_log(KV_LOG_ERR, "%s: %s %s: %s", cl->name, r->txn ? "apply" : r->what,
 		       r->key ? kv_printable(r->key, r->klen) : "", msg);
-	return e;
+	/* Only the table's setup finds it missing, lacking columns or made meanwhile. */
+	return r->id < SQL_CHECK && (e == -ENOENT || e == -EINVAL || e == -EEXIST) ? -EIO : e;
 }
 
 int sql_row(struct sql_req *r, uint64_t n)
@@ -209,11 +218,32 @@ struct sql_ready {
 	void *conn;
 };
 
+/*
+ * The table checked, created if missing: two mounts creating it at once,
+ * one loses on the catalog (-EEXIST) and looks again.  A connection that
+ * failed is worth another try (-EIO), what the server refused is not.
+ */
 static int sql_prepare(void *arg)
 {
-	struct sql_ready *r = arg;
+	struct sql_ready *p = arg;
+	struct sql_store *s = p->s;
+	struct sql_req r = { .s = s, .id = SQL_CHECK };
+	bool broken = false;
+	int rc;
 
-	return r->s->client->prepare(r->s, r->conn);
+	for (int i = 0; (rc = sql_exec(p->conn, &r, &broken)) == -ENOENT && i < 2; i++) {
+		r.id = SQL_CREATE;
+		if ((rc = sql_exec(p->conn, &r, &broken)) && rc != -EEXIST)
+			break;
+		if (!rc)
+			kv_log(KV_LOG_INFO, "%s: created table %s", s->client->name, s->table);
+		r.id = SQL_CHECK;
+	}
+	if (rc == -EACCES)
+		return rc;
+	if (rc)
+		return broken || rc == -EAGAIN || rc == -ETIMEDOUT ? -EIO : -EINVAL;
+	return s->client->prepare ? s->client->prepare(s, p->conn) : 0;
 }
 
 int sql_connected(struct sql_store *s, void *conn)

@@ -10,7 +10,8 @@
 #include "kv.h"
 #include "toolkit.h"
 
-/* The statements a backend words (struct sql_client.sql), then the others. */
+/* The statements a backend words (struct sql_client.sql), then the others.
+ * The table's setup (SQL_CHECK, SQL_CREATE) and SQL_TEXT run as text. */
 enum sql_id {
 	SQL_GET, SQL_STAT, SQL_SET, SQL_DEL, SQL_CAS_NEW, SQL_CAS_UPD, SQL_SCAN, SQL_SCAN_TO,
 	SQL_CHECK, SQL_CREATE, SQL_NSTMT,
@@ -26,7 +27,7 @@ struct sql_req {
 	enum sql_id id;
 	const char *what;         /* for log lines: "get", ..., or the text statement */
 	bool txn;                 /* a step of apply's transaction */
-	const char *sql;          /* SQL_TEXT */
+	const char *sql;          /* the statement (sql.c sets it, but for SQL_HEALTH) */
 	const char *key, *val;    /* scan: from and to (NULL: no upper bound) */
 	size_t klen, vlen;
 	size_t max;               /* scan: at most max keys, to cb */
@@ -47,15 +48,19 @@ struct sql_client {
 	/* formats of the statements: %1$s the table, %2$s size_expr */
 	const char *const *sql;
 	const char *size_expr;
+	const char *columns;      /* ours with their types, for a table that lacks them */
 	const struct kv_pool_ops *pool;
 	/* The URL and options past the table, at open: 0 or -errno with err set
 	 * (empty for -ENOMEM). */
 	int (*parse)(struct sql_store *s, const struct kv_open_args *a, char *err, size_t errlen);
-	/* The table checked (created if missing), on the first connection. */
+	/* What the client learns on the first connection, once the table is
+	 * there (NULL: nothing): 0 or -errno with kv_why set. */
 	int (*prepare)(struct sql_store *s, void *conn);
 	/* Run r on conn: 0 with every row read handed to sql_row() or the
-	 * rows changed in r->rows, -EAGAIN (a failure that passes) or -errno;
-	 * *broken if conn must not be reused. */
+	 * rows changed in r->rows, -EAGAIN (a failure that passes) or -errno
+	 * (SQL_CHECK: -ENOENT no such table, -EINVAL a column missing;
+	 * SQL_CREATE: -EEXIST made meanwhile); *broken if conn must not be
+	 * reused. */
 	int (*exec)(struct sql_store *s, void *conn, struct sql_req *r, bool *broken);
 };
 
@@ -79,8 +84,8 @@ int sql_open(const struct kv_open_args *a, const struct sql_client *cl, size_t s
 /* (Re)build s->sql from the client's formats. */
 int sql_build(struct sql_store *s, const char *size_expr);
 /* A failed statement of r, its errno e (-EAGAIN: a failure that passes) and
- * the server's message: the reason in kv_why for a failure that passes or
- * a health check, else one log line.  Returns e. */
+ * the server's message: the reason in kv_why for a failure that passes, a
+ * health check or the table's setup, else one log line.  Returns e. */
 int sql_fail(struct sql_req *r, int e, const char *msg);
 /* A row of r read into r->col, with its number n; what the scan's
  * callback says (nonzero stops), else 0. */
