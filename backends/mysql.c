@@ -41,7 +41,7 @@
 
 /* The connection parameters in sql.str; the files among them (-o options)
  * are checked at open. */
-enum { MY_HOST, MY_USER, MY_DB, MY_OPTION_FILE, MY_SSL_CA, MY_SSL_CERT, MY_SSL_KEY };
+enum { MY_HOST, MY_USER, MY_DB, MY_OPTION_FILE, MY_SSL_CA, MY_SSL_CERT, MY_SSL_KEY, MY_PORT };
 static const char *const my_files[] = {
 	[MY_OPTION_FILE] = "option_file", [MY_SSL_CA] = "ssl_ca", [MY_SSL_CERT] = "ssl_cert",
 	[MY_SSL_KEY] = "ssl_key",
@@ -52,12 +52,6 @@ struct my_conn {
 	MYSQL *db;
 	MYSQL_STMT *st[SQL_CHECK];
 	bool broken;
-};
-
-struct my_store {
-	struct sql_store sql;
-	unsigned port;
-	size_t max_key, max_value;  /* atomic: learned on the first connection */
 };
 
 /* The statements, for the table (%1$s) and its size column or expression
@@ -73,6 +67,10 @@ static const char *const my_sql[SQL_NSTMT] = {
 	[SQL_CAS_UPD] = "UPDATE `%1$s` SET v = ?, ver = ? WHERE k = ? AND ver = ?",
 	[SQL_SCAN] = "SELECT k, %2$s FROM `%1$s` WHERE k >= ? ORDER BY k LIMIT ?",
 	[SQL_SCAN_TO] = "SELECT k, %2$s FROM `%1$s` WHERE k >= ? AND k < ? ORDER BY k LIMIT ?",
+	[SQL_HEALTH] = "SELECT VERSION(), 0 UNION ALL SELECT DATABASE(), 1 UNION ALL "
+		       "SELECT CURRENT_USER(), 2 UNION ALL SELECT @@max_allowed_packet, 3 "
+		       "UNION ALL SELECT @@innodb_flush_log_at_trx_commit, 4 UNION ALL "
+		       "SELECT @@read_only, 5",
 	[SQL_CHECK] = "SELECT k, v, ver FROM `%1$s` LIMIT 0",
 	[SQL_CREATE] = "CREATE TABLE IF NOT EXISTS `%1$s` (k VARBINARY(3072) NOT NULL "
 		       "PRIMARY KEY, v LONGBLOB NOT NULL, ver BIGINT NOT NULL "
@@ -166,10 +164,11 @@ static void my_conn_free(struct my_conn *c)
 /* The pool's connect; the password comes from MYSQL_PWD or an option file. */
 static int my_connect(void *ctx, int64_t deadline, void **out)
 {
-	struct my_store *s = ctx;
-	char **str = s->sql.str;
-	unsigned secs = (unsigned)((s->sql.timeout_ms + 999) / 1000);
+	struct sql_store *s = ctx;
+	char **str = s->str;
+	unsigned secs = (unsigned)((s->timeout_ms + 999) / 1000);
 	unsigned csecs = (unsigned)((kv_ms_left(deadline) + 999) / 1000), code;
+	unsigned port = str[MY_PORT] ? (unsigned)strtoul(str[MY_PORT], NULL, 10) : 0;
 	unsigned long packet = 1UL << 30;
 	my_bool off = 0, on = 1;
 	char init[200];
@@ -198,7 +197,7 @@ static int my_connect(void *ctx, int64_t deadline, void **out)
 	for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++)
 		if (opts[i].arg)
 			mysql_optionsv(c->db, opts[i].opt, opts[i].arg);
-	if (!mysql_real_connect(c->db, str[MY_HOST], str[MY_USER], NULL, str[MY_DB], s->port,
+	if (!mysql_real_connect(c->db, str[MY_HOST], str[MY_USER], NULL, str[MY_DB], port,
 				NULL, 0)) {
 		code = mysql_errno(c->db);
 		kv_why_set("%s", mysql_error(c->db));
@@ -207,7 +206,7 @@ static int my_connect(void *ctx, int64_t deadline, void **out)
 		/* A refusal stays; the server down, starting or full passes. */
 		return my_errno(code) == -EACCES ? -EACCES : code == 1049 ? -ENOENT : -EIO;
 	}
-	if ((rc = sql_connected(&s->sql, c))) {
+	if ((rc = sql_connected(s, c))) {
 		my_conn_free(c);
 		return rc;
 	}
@@ -235,19 +234,12 @@ static const struct kv_pool_ops my_pool_ops = {
 
 /* ---- Statements ---- */
 
-/* One text statement of r (the table's setup, a transaction's ends,
- * health): 0 with its rows in *res if res, or -errno. */
-static int my_query(struct my_conn *c, struct sql_req *r, const char *sql, MYSQL_RES **res)
+/* A text statement (the table's setup, a transaction's ends): 0 or -errno. */
+static int my_query(struct my_conn *c, struct sql_req *r)
 {
-	MYSQL_RES *rows;
-
-	if (mysql_real_query(c->db, sql, strlen(sql)))
+	if (mysql_real_query(c->db, r->sql, strlen(r->sql)))
 		return my_fail(c, r, mysql_errno(c->db), mysql_error(c->db));
-	rows = mysql_store_result(c->db);
-	if (res)
-		*res = rows;
-	else
-		mysql_free_result(rows);
+	mysql_free_result(mysql_store_result(c->db));  /* the check's empty rows */
 	return 0;
 }
 
@@ -313,59 +305,21 @@ static int my_stmt_on(struct sql_store *s, struct my_conn *c, struct sql_req *r)
 	return e < 0 ? e : 0;
 }
 
-static int my_health_on(struct sql_store *s, struct my_conn *c, struct sql_req *r)
-{
-	static const char *const names[] = {
-		"server_version", "database", "user", "max_allowed_packet",
-		"innodb_flush_log_at_trx_commit", "read_only",
-	};
-	MYSQL_RES *res;
-	MYSQL_ROW row;
-	int rc = my_query(c, r, "SELECT VERSION(), DATABASE(), CURRENT_USER(),"
-			  " @@max_allowed_packet, @@innodb_flush_log_at_trx_commit,"
-			  " @@read_only", &res);
-
-	if (rc)
-		return rc;
-	if (!(row = res ? mysql_fetch_row(res) : NULL)) {
-		rc = my_fail(c, r, mysql_errno(c->db), mysql_error(c->db));
-		mysql_free_result(res);
-		return rc;
-	}
-	snprintf(r->h->detail, sizeof r->h->detail, "%s, table %s", row[0] ? row[0] : "?", s->table);
-	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-		kv_health_fact(r->h, names[i], "%s", row[i] ? row[i] : "NULL");
-	kv_health_fact(r->h, "max_value", "%zu", ((struct my_store *)s)->max_value);
-	mysql_free_result(res);
-	return 0;
-}
-
 static int my_exec(struct sql_store *s, void *conn, struct sql_req *r, bool *broken)
 {
 	struct my_conn *c = conn;
-	int rc = r->id == SQL_HEALTH ? my_health_on(s, c, r)
-		 : r->id >= SQL_CHECK ? my_query(c, r, r->sql, NULL)
-		 : my_stmt_on(s, c, r);
+	int rc = r->id >= SQL_CHECK ? my_query(c, r) : my_stmt_on(s, c, r);
 
 	*broken = c->broken;
 	return rc;
-}
-
-static void my_store_limits(struct kv_store *st, struct kv_limits *out)
-{
-	struct my_store *s = kv_store_cast(struct my_store, st);
-
-	out->max_key = __atomic_load_n(&s->max_key, __ATOMIC_RELAXED);
-	out->max_value = __atomic_load_n(&s->max_value, __ATOMIC_RELAXED);
 }
 
 /* ---- The table, once per store on its first connection ---- */
 
 /* Learn the width of k, whether the table has sz and max_allowed_packet,
  * and word the SQL for them. */
-static int my_prepare_table(struct sql_store *ss, void *conn)
+static int my_prepare_table(struct sql_store *s, void *conn)
 {
-	struct my_store *s = (struct my_store *)ss;
 	MYSQL *db = ((struct my_conn *)conn)->db;
 	MYSQL_RES *res;
 	MYSQL_ROW row;
@@ -374,7 +328,7 @@ static int my_prepare_table(struct sql_store *ss, void *conn)
 
 	snprintf(sql, sizeof sql, "SELECT MAX(IF(COLUMN_NAME = 'k', CHARACTER_OCTET_LENGTH, NULL)),"
 		 " SUM(COLUMN_NAME = 'sz'), @@max_allowed_packet FROM information_schema.COLUMNS"
-		 " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '%s'", ss->table);
+		 " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '%s'", s->table);
 	res = mysql_real_query(db, sql, strlen(sql)) ? NULL : mysql_store_result(db);
 	row = res ? mysql_fetch_row(res) : NULL;
 	for (int i = 0; i < 3; i++)
@@ -384,7 +338,7 @@ static int my_prepare_table(struct sql_store *ss, void *conn)
 			 __ATOMIC_RELAXED);
 	if (n[2] > MY_PACKET_SLACK && (size_t)(n[2] - MY_PACKET_SLACK) < MY_MAX_VALUE)
 		__atomic_store_n(&s->max_value, (size_t)(n[2] - MY_PACKET_SLACK), __ATOMIC_RELAXED);
-	return n[1] > 0 ? 0 : sql_build(ss, "LENGTH(v)");
+	return n[1] > 0 ? 0 : sql_build(s, "LENGTH(v)");
 }
 
 /* ---- open ---- */
@@ -394,14 +348,14 @@ static int my_prepare_table(struct sql_store *ss, void *conn)
  * parses it (and percent-decodes the parts); the messages never repeat
  * the URL, which may hold a password.
  */
-static int my_parse_url(struct my_store *s, const struct kv_open_args *a, char *err, size_t errlen)
+static int my_parse_url(struct sql_store *s, const struct kv_open_args *a, char *err, size_t errlen)
 {
 	enum { PW, QUERY, FRAG, HOST, USER, PORT, PATH, NPARTS };
 	static const CURLUPart parts[NPARTS] = {
 		CURLUPART_PASSWORD, CURLUPART_QUERY, CURLUPART_FRAGMENT, CURLUPART_HOST,
 		CURLUPART_USER, CURLUPART_PORT, CURLUPART_PATH,
 	};
-	char *v[NPARTS] = { NULL }, **str = s->sql.str;
+	char *v[NPARTS] = { NULL }, **str = s->str;
 	CURLU *u = curl_url();
 	CURLUcode cu = u ? curl_url_set(u, CURLUPART_URL, a->url, CURLU_NON_SUPPORT_SCHEME)
 			 : CURLUE_OUT_OF_MEMORY;
@@ -435,8 +389,8 @@ static int my_parse_url(struct my_store *s, const struct kv_open_args *a, char *
 					    : strdup(v[HOST]);
 		str[MY_USER] = v[USER] ? strdup(v[USER]) : NULL;
 		str[MY_DB] = v[PATH] && v[PATH][1] ? strdup(v[PATH] + 1) : NULL;
-		s->port = v[PORT] ? (unsigned)strtoul(v[PORT], NULL, 10) : 0;  /* libcurl checked it */
-		if (!str[MY_HOST] || (v[USER] && !str[MY_USER]) ||
+		str[MY_PORT] = v[PORT] ? strdup(v[PORT]) : NULL;  /* libcurl checked it */
+		if (!str[MY_HOST] || (v[USER] && !str[MY_USER]) || (v[PORT] && !str[MY_PORT]) ||
 		    (v[PATH] && v[PATH][1] && !str[MY_DB]))
 			rc = -ENOMEM;
 	}
@@ -447,9 +401,8 @@ static int my_parse_url(struct my_store *s, const struct kv_open_args *a, char *
 }
 
 /* The options (files that must be there), then the URL. */
-static int my_parse(struct sql_store *ss, const struct kv_open_args *a, char *err, size_t errlen)
+static int my_parse(struct sql_store *s, const struct kv_open_args *a, char *err, size_t errlen)
 {
-	struct my_store *s = (struct my_store *)ss;
 	const char *file;
 	char why[300];
 	int rc;
@@ -461,7 +414,7 @@ static int my_parse(struct sql_store *ss, const struct kv_open_args *a, char *er
 			snprintf(err, errlen, "mysql: %s", why);
 			return rc;
 		}
-		if (!(ss->str[i] = strdup(file)))
+		if (!(s->str[i] = strdup(file)))
 			return -ENOMEM;
 	}
 	if ((rc = my_parse_url(s, a, err, errlen)))
@@ -474,14 +427,16 @@ static int my_parse(struct sql_store *ss, const struct kv_open_args *a, char *er
 
 static const struct sql_client my_client = {
 	.name = "mysql", .max_table = 64, .sql = my_sql, .size_expr = "sz", .pool = &my_pool_ops,
-	.columns = "k VARBINARY, v LONGBLOB, ver BIGINT",
+	.columns = "k VARBINARY, v LONGBLOB, ver BIGINT", .product = "",
+	.facts = { "server_version", "database", "user", "max_allowed_packet",
+		   "innodb_flush_log_at_trx_commit", "read_only" },
 	.parse = my_parse, .prepare = my_prepare_table, .exec = my_exec,
 };
 
 static int my_open(const struct kv_open_args *args, struct kv_store **out, char *err,
 		   size_t errlen)
 {
-	return sql_open(args, &my_client, sizeof(struct my_store), out, err, errlen);
+	return sql_open(args, &my_client, out, err, errlen);
 }
 
 /*
@@ -504,5 +459,4 @@ const struct kv_backend kv_backend_mysql = {
 	.limits = { .max_key = MY_MAX_KEY, .max_value = MY_MAX_VALUE },
 	.open = my_open,
 	SQL_BACKEND_OPS,
-	.store_limits = my_store_limits,
 };

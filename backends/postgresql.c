@@ -62,13 +62,13 @@ static const char *const pg_keys[] = { "fallback_application_name", "dbname", "s
 static const char *const pg_tls_env[] = { "PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY", "PGSSLCRL" };
 
 /* One statement: up to four binary parameters, ($1 key, $2 value, $3 new
- * version, $4 old one) or for a scan ($1 from, $2 to, $3 limit). */
+ * version, $4 old one) or for a scan ($1 from, $2 to, $3 limit); its
+ * result is binary too. */
 struct pg_stmt {
 	const char *sql;
 	int n;
 	const char *vals[4];
 	int lens[4];
-	int format;               /* of the result: 1 binary, 0 text */
 };
 
 static const Oid pg_types[] = { BYTEAOID, BYTEAOID, INT8OID, INT8OID };
@@ -86,6 +86,11 @@ static const char *const pg_sql[SQL_NSTMT] = {
 	[SQL_SCAN] = "SELECT k, %2$s FROM \"%1$s\" WHERE k >= $1 ORDER BY k LIMIT $3",
 	[SQL_SCAN_TO] = "SELECT k, %2$s FROM \"%1$s\" WHERE k >= $1 AND k < $2 "
 			"ORDER BY k LIMIT $3",
+	[SQL_HEALTH] = "SELECT current_setting('server_version'), 0 UNION ALL "
+		       "SELECT current_database()::text, 1 UNION ALL SELECT current_user::text, 2 "
+		       "UNION ALL SELECT pg_is_in_recovery()::text, 3 UNION ALL "
+		       "SELECT current_setting('synchronous_commit'), 4 UNION ALL "
+		       "SELECT current_setting('fsync'), 5",
 	[SQL_CHECK] = "SELECT k, v, ver FROM \"%1$s\" LIMIT 0",
 	[SQL_CREATE] = "CREATE TABLE IF NOT EXISTS \"%1$s\" (k bytea PRIMARY KEY, "
 		       "v bytea NOT NULL, ver bigint NOT NULL "
@@ -201,7 +206,7 @@ static int pg_run(PGconn *c, const struct pg_stmt *q, int timeout_ms, PGresult *
 	int rc = 0;
 
 	*out = NULL;
-	if (!PQsendQueryParams(c, q->sql, q->n, pg_types, q->vals, q->lens, binary, q->format))
+	if (!PQsendQueryParams(c, q->sql, q->n, pg_types, q->vals, q->lens, binary, 1))
 		goto fail;
 	while ((rc = PQflush(c)) == 1) {
 		if ((rc = pg_wait(c, POLLOUT | POLLIN, deadline)) || !PQconsumeInput(c))
@@ -337,18 +342,10 @@ static const struct kv_pool_ops pg_pool_ops = {
 /* Run r on conn: one statement, its result read into r. */
 static int pg_exec(struct sql_store *s, void *conn, struct sql_req *r, bool *broken)
 {
-	static const char *const facts[] = {
-		"server_version", "database", "user", "in_recovery", "synchronous_commit", "fsync",
-	};
-	bool scan = r->id == SQL_SCAN || r->id == SQL_SCAN_TO, health = r->id == SQL_HEALTH;
-	bool rows = scan || health || r->id == SQL_GET || r->id == SQL_STAT || r->id == SQL_CHECK;
+	bool scan = r->id == SQL_SCAN || r->id == SQL_SCAN_TO;
 	uint64_t ver = htobe64(scan ? r->max : r->ver), old = htobe64(r->old);
 	struct pg_stmt q = {
-		.sql = !health ? r->sql :
-		       "SELECT current_setting('server_version'), current_database(), current_user,"
-		       " pg_is_in_recovery()::text, current_setting('synchronous_commit'),"
-		       " current_setting('fsync')",
-		.n = r->id < SQL_CHECK ? 4 : 0, .format = !health,
+		.sql = r->sql, .n = r->id < SQL_HEALTH ? 4 : 0,
 		.vals = { r->klen ? r->key : "", r->vlen ? r->val : "", (const char *)&ver,
 			  (const char *)&old },
 		.lens = { (int)r->klen, (int)r->vlen, 8, 8 } };
@@ -358,15 +355,10 @@ static int pg_exec(struct sql_store *s, void *conn, struct sql_req *r, bool *bro
 
 	if (rc)
 		return rc;
-	if (PQresultStatus(res) != (rows ? PGRES_TUPLES_OK : PGRES_COMMAND_OK)) {
+	if (PQresultStatus(res) != PGRES_TUPLES_OK && PQresultStatus(res) != PGRES_COMMAND_OK) {
 		*broken = PQstatus(conn) != CONNECTION_OK;
 		rc = sql_fail(r, pg_errno(res), pg_msg(PQresultErrorMessage(res), buf, sizeof buf));
-	} else if (health) {
-		snprintf(r->h->detail, sizeof r->h->detail, "PostgreSQL %s, table %s",
-			 PQgetvalue(res, 0, 0), s->table);
-		for (size_t i = 0; i < sizeof facts / sizeof facts[0]; i++)
-			kv_health_fact(r->h, facts[i], "%s", PQgetvalue(res, 0, (int)i));
-	} else if (!rows) {
+	} else if (PQresultStatus(res) == PGRES_COMMAND_OK) {
 		r->rows = strtoull(PQcmdTuples(res), NULL, 10);  /* "" for a text statement */
 	} else {
 		for (int i = 0; i < PQntuples(res) && !rc; i++) {
@@ -434,14 +426,16 @@ static int pg_parse(struct sql_store *s, const struct kv_open_args *a, char *err
 
 static const struct sql_client pg_client = {
 	.name = "postgresql", .max_table = 63, .sql = pg_sql, .size_expr = "octet_length(v)::int8",
-	.columns = "k bytea, v bytea, ver bigint", .pool = &pg_pool_ops, .parse = pg_parse,
-	.exec = pg_exec,
+	.columns = "k bytea, v bytea, ver bigint", .product = "PostgreSQL ",
+	.facts = { "server_version", "database", "user", "in_recovery", "synchronous_commit",
+		   "fsync" },
+	.pool = &pg_pool_ops, .parse = pg_parse, .exec = pg_exec,
 };
 
 static int pg_open(const struct kv_open_args *args, struct kv_store **out, char *err,
 		   size_t errlen)
 {
-	return sql_open(args, &pg_client, sizeof(struct sql_store), out, err, errlen);
+	return sql_open(args, &pg_client, out, err, errlen);
 }
 
 /*

@@ -21,7 +21,7 @@
 static const char *const sql_names[] = {
 	[SQL_GET] = "get", [SQL_STAT] = "stat", [SQL_SET] = "set", [SQL_DEL] = "del",
 	[SQL_CAS_NEW] = "cas", [SQL_CAS_UPD] = "cas", [SQL_SCAN] = "scan", [SQL_SCAN_TO] = "scan",
-	[SQL_CHECK] = "check", [SQL_CREATE] = "create", [SQL_HEALTH] = "health",
+	[SQL_HEALTH] = "health", [SQL_CHECK] = "check", [SQL_CREATE] = "create",
 };
 
 /* A new version: random, nonzero, positive as a bigint. */
@@ -66,8 +66,16 @@ int sql_fail(struct sql_req *r, int e, const char *msg)
 
 int sql_row(struct sql_req *r, uint64_t n)
 {
+	struct sql_store *s = r->s;
+
 	r->rows++;
 	r->n = n;
+	if (r->id == SQL_HEALTH && n < SQL_NFACTS) {
+		kv_health_fact(r->h, s->client->facts[n], "%.*s", (int)r->col.len, r->col.p);
+		if (n == 0)
+			snprintf(r->h->detail, sizeof r->h->detail, "%s%.*s, table %s",
+				 s->client->product, (int)r->col.len, r->col.p, s->table);
+	}
 	return r->cb ? r->cb(r->ctx, r->col.p, r->col.len, n) : 0;
 }
 
@@ -202,13 +210,27 @@ int sql_health(struct kv_store *st, struct kv_health *h)
 {
 	struct sql_req r = { .id = SQL_HEALTH, .h = h };
 	int rc = sql_run(st, &r, true);
+	size_t max_value = __atomic_load_n(&r.s->max_value, __ATOMIC_RELAXED);
 
+	kv_buf_free(&r.col);
 	if (rc) {
 		snprintf(h->detail, sizeof h->detail, "%s", kv_why()[0] ? kv_why() : strerror(-rc));
 		return rc;
 	}
+	if (max_value)
+		kv_health_fact(h, "max_value", "%zu", max_value);
 	kv_health_fact(h, "connections", "%zu in use of %d", kv_pool_busy(&r.s->pool), SQL_POOL);
 	return 0;
+}
+
+void sql_store_limits(struct kv_store *st, struct kv_limits *out)
+{
+	struct sql_store *s = S(st);
+	size_t max_key = __atomic_load_n(&s->max_key, __ATOMIC_RELAXED);
+	size_t max_value = __atomic_load_n(&s->max_value, __ATOMIC_RELAXED);
+
+	out->max_key = max_key ? max_key : out->max_key;
+	out->max_value = max_value ? max_value : out->max_value;
 }
 
 /* ---- The table, once per store on its first connection ---- */
@@ -284,8 +306,8 @@ void sql_close(struct kv_store *st)
 	free(s);
 }
 
-int sql_open(const struct kv_open_args *a, const struct sql_client *cl, size_t size,
-	     struct kv_store **out, char *err, size_t errlen)
+int sql_open(const struct kv_open_args *a, const struct sql_client *cl, struct kv_store **out,
+	     char *err, size_t errlen)
 {
 	const char *table = kv_option_get(a, "table");
 	struct sql_store *s;
@@ -298,7 +320,7 @@ int sql_open(const struct kv_open_args *a, const struct sql_client *cl, size_t s
 			 "not starting with a digit, at most %zu)", cl->name, table, cl->max_table);
 		return -EINVAL;
 	}
-	if ((s = calloc(1, size))) {
+	if ((s = calloc(1, sizeof(*s)))) {
 		s->client = cl;
 		s->timeout_ms = a->timeout_ms;
 		kv_once_init(&s->ready);
