@@ -152,8 +152,12 @@ static int my_stmt_fail(struct my_conn *c, MYSQL_STMT *st, struct sql_req *r)
 
 /* ---- Connections ---- */
 
-static void my_conn_free(struct my_conn *c)
+/* The pool's close, and of a connection that failed to open. */
+static void my_disconnect(void *ctx, void *conn)
 {
+	struct my_conn *c = conn;
+
+	(void)ctx;
 	for (int i = 0; i < SQL_CHECK; i++)
 		if (c->st[i])
 			mysql_stmt_close(c->st[i]);
@@ -202,12 +206,12 @@ static int my_connect(void *ctx, int64_t deadline, void **out)
 		code = mysql_errno(c->db);
 		kv_why_set("%s", mysql_error(c->db));
 		kv_log(KV_LOG_DEBUG, "mysql: cannot connect: %s", kv_why());
-		my_conn_free(c);
+		my_disconnect(s, c);
 		/* A refusal stays; the server down, starting or full passes. */
 		return my_errno(code) == -EACCES ? -EACCES : code == 1049 ? -ENOENT : -EIO;
 	}
 	if ((rc = sql_connected(s, c))) {
-		my_conn_free(c);
+		my_disconnect(s, c);
 		return rc;
 	}
 	*out = c;
@@ -220,12 +224,6 @@ static bool my_usable(void *ctx, void *conn)
 {
 	(void)ctx;
 	return kv_socket_idle((int)mysql_get_socket(((struct my_conn *)conn)->db));
-}
-
-static void my_disconnect(void *ctx, void *conn)
-{
-	(void)ctx;
-	my_conn_free(conn);
 }
 
 static const struct kv_pool_ops my_pool_ops = {

@@ -246,97 +246,6 @@ fail:
 	return -EAGAIN;
 }
 
-/* ---- Connections ---- */
-
-/* The errno of a connection that failed: the SQLSTATE of a server's
- * refusal, from the verbose message, or libpq's own verdict. */
-static int pg_connect_errno(PGconn *c, bool before_network)
-{
-	const char *state = pg_msg_state(PQerrorMessage(c));
-
-	state = state ? state + 3 : "";      /* five characters, then ':' */
-	if (strncmp(state, "28P01", 5) == 0 || strncmp(state, "28000", 5) == 0 ||
-	    PQconnectionNeedsPassword(c))
-		return -EACCES;              /* wrong password, no pg_hba.conf entry */
-	if (strncmp(state, "3D000", 5) == 0)
-		return -ENOENT;              /* no such database */
-	if (before_network && !state[0])
-		return -EINVAL;              /* the parameters, e.g. a port out of range */
-	return -EIO;                         /* refused, reset, starting up: try again */
-}
-
-/* The pool's connect: libpq reads the URL, PGPASSWORD and ~/.pgpass. */
-static int pg_connect(void *ctx, int64_t deadline, void **out)
-{
-	struct sql_store *s = ctx;
-	PostgresPollingStatusType st = PGRES_POLLING_WRITING;
-	char setting[64], buf[200];
-	PGresult *res = NULL;
-	bool broken = false;
-	int rc = 0;
-	PGconn *c = PQconnectStartParams(pg_keys, (const char *const *)s->str, 1);
-
-	if (!c)
-		return -ENOMEM;
-	PQsetErrorVerbosity(c, PQERRORS_VERBOSE);  /* messages carry the SQLSTATE */
-	if (PQstatus(c) == CONNECTION_BAD)
-		rc = pg_connect_errno(c, true);
-	while (!rc && st != PGRES_POLLING_OK) {
-		if (st == PGRES_POLLING_FAILED || PQstatus(c) == CONNECTION_BAD)
-			rc = pg_connect_errno(c, false);
-		else if (pg_wait(c, st == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline))
-			break;
-		else
-			st = PQconnectPoll(c);
-	}
-	if (rc) {
-		kv_why_set("%s", pg_msg(PQerrorMessage(c), buf, sizeof buf));
-		kv_log(KV_LOG_DEBUG, "postgresql: %s", kv_why());
-	} else if (st != PGRES_POLLING_OK) {
-		if (!kv_why()[0])  /* else the last attempt's reason says more */
-			kv_why_set("no answer to the connection within the timeout "
-				   "(-o timeout raises it)");
-		rc = -EIO;
-	} else {
-		PQsetErrorVerbosity(c, PQERRORS_DEFAULT);
-		/* The server abandons what the client stopped waiting for. */
-		snprintf(setting, sizeof setting, "SET statement_timeout = %d", s->timeout_ms);
-		if (PQsetnonblocking(c, 1) != 0 ||
-		    pg_run(c, &(struct pg_stmt){ .sql = setting }, s->timeout_ms, &res, &broken) ||
-		    PQresultStatus(res) != PGRES_COMMAND_OK)
-			rc = -EIO;
-		PQclear(res);
-	}
-	if (rc || (rc = sql_connected(s, c))) {
-		PQfinish(c);
-		return rc;
-	}
-	*out = c;
-	return 0;
-}
-
-/* An idle connection is still good if the server has not said anything:
- * a restart or shutdown closes it, and the socket turns readable. */
-static bool pg_usable(void *ctx, void *conn)
-{
-	(void)ctx;
-	if (PQstatus(conn) != CONNECTION_OK || PQtransactionStatus(conn) != PQTRANS_IDLE)
-		return false;
-	/* Something to read may also be a notice: then the connection stays good. */
-	return kv_socket_idle(PQsocket(conn)) ||
-	       (PQconsumeInput(conn) && PQstatus(conn) == CONNECTION_OK && !PQisBusy(conn));
-}
-
-static void pg_disconnect(void *ctx, void *conn)
-{
-	(void)ctx;
-	PQfinish(conn);
-}
-
-static const struct kv_pool_ops pg_pool_ops = {
-	.connect = pg_connect, .usable = pg_usable, .close = pg_disconnect,
-};
-
 /* ---- Requests ---- */
 
 /* Run r on conn: one statement, its result read into r. */
@@ -371,6 +280,94 @@ static int pg_exec(struct sql_store *s, void *conn, struct sql_req *r, bool *bro
 	PQclear(res);
 	return rc;
 }
+
+/* ---- Connections ---- */
+
+/* The errno of a connection that failed: the SQLSTATE of a server's
+ * refusal, from the verbose message, or libpq's own verdict. */
+static int pg_connect_errno(PGconn *c, bool before_network)
+{
+	const char *state = pg_msg_state(PQerrorMessage(c));
+
+	state = state ? state + 3 : "";      /* five characters, then ':' */
+	if (strncmp(state, "28P01", 5) == 0 || strncmp(state, "28000", 5) == 0 ||
+	    PQconnectionNeedsPassword(c))
+		return -EACCES;              /* wrong password, no pg_hba.conf entry */
+	if (strncmp(state, "3D000", 5) == 0)
+		return -ENOENT;              /* no such database */
+	if (before_network && !state[0])
+		return -EINVAL;              /* the parameters, e.g. a port out of range */
+	return -EIO;                         /* refused, reset, starting up: try again */
+}
+
+/* The pool's connect: libpq reads the URL, PGPASSWORD and ~/.pgpass. */
+static int pg_connect(void *ctx, int64_t deadline, void **out)
+{
+	struct sql_store *s = ctx;
+	PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+	char setting[64], buf[200];
+	struct sql_req set = { .s = s, .id = SQL_TEXT, .sql = setting, .what = setting };
+	bool broken = false;
+	int rc = 0;
+	PGconn *c = PQconnectStartParams(pg_keys, (const char *const *)s->str, 1);
+
+	if (!c)
+		return -ENOMEM;
+	PQsetErrorVerbosity(c, PQERRORS_VERBOSE);  /* messages carry the SQLSTATE */
+	if (PQstatus(c) == CONNECTION_BAD)
+		rc = pg_connect_errno(c, true);
+	while (!rc && st != PGRES_POLLING_OK) {
+		if (st == PGRES_POLLING_FAILED || PQstatus(c) == CONNECTION_BAD)
+			rc = pg_connect_errno(c, false);
+		else if (pg_wait(c, st == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline))
+			break;
+		else
+			st = PQconnectPoll(c);
+	}
+	if (rc) {
+		kv_why_set("%s", pg_msg(PQerrorMessage(c), buf, sizeof buf));
+		kv_log(KV_LOG_DEBUG, "postgresql: %s", kv_why());
+	} else if (st != PGRES_POLLING_OK) {
+		if (!kv_why()[0])  /* else the last attempt's reason says more */
+			kv_why_set("no answer to the connection within the timeout "
+				   "(-o timeout raises it)");
+		rc = -EIO;
+	} else {
+		PQsetErrorVerbosity(c, PQERRORS_DEFAULT);
+		/* The server abandons what the client stopped waiting for. */
+		snprintf(setting, sizeof setting, "SET statement_timeout = %d", s->timeout_ms);
+		if (PQsetnonblocking(c, 1) != 0 || pg_exec(s, c, &set, &broken))
+			rc = -EIO;
+	}
+	if (rc || (rc = sql_connected(s, c))) {
+		PQfinish(c);
+		return rc;
+	}
+	*out = c;
+	return 0;
+}
+
+/* An idle connection is still good if the server has not said anything:
+ * a restart or shutdown closes it, and the socket turns readable. */
+static bool pg_usable(void *ctx, void *conn)
+{
+	(void)ctx;
+	if (PQstatus(conn) != CONNECTION_OK || PQtransactionStatus(conn) != PQTRANS_IDLE)
+		return false;
+	/* Something to read may also be a notice: then the connection stays good. */
+	return kv_socket_idle(PQsocket(conn)) ||
+	       (PQconsumeInput(conn) && PQstatus(conn) == CONNECTION_OK && !PQisBusy(conn));
+}
+
+static void pg_disconnect(void *ctx, void *conn)
+{
+	(void)ctx;
+	PQfinish(conn);
+}
+
+static const struct kv_pool_ops pg_pool_ops = {
+	.connect = pg_connect, .usable = pg_usable, .close = pg_disconnect,
+};
 
 /* ---- open ---- */
 
