@@ -61,16 +61,8 @@ static const char *const pg_keys[] = { "fallback_application_name", "dbname", "s
 				       "sslcert", "sslkey", "sslcrl", NULL };
 static const char *const pg_tls_env[] = { "PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY", "PGSSLCRL" };
 
-/* One statement: up to four binary parameters, ($1 key, $2 value, $3 new
- * version, $4 old one) or for a scan ($1 from, $2 to, $3 limit); its
- * result is binary too. */
-struct pg_stmt {
-	const char *sql;
-	int n;
-	const char *vals[4];
-	int lens[4];
-};
-
+/* The types of the parameters: $1 key, $2 value, $3 new version, $4 old
+ * one; a scan's $1 from, $2 to, $3 limit. */
 static const Oid pg_types[] = { BYTEAOID, BYTEAOID, INT8OID, INT8OID };
 
 /* The statements; the table is a plain identifier: double quotes make it one to SQL. */
@@ -193,20 +185,28 @@ static int pg_wait(PGconn *c, short ev, int64_t deadline)
 }
 
 /*
- * Send one statement and collect its result into *out (which may be an
- * error result).  -ETIMEDOUT when the server was silent for timeout_ms,
- * -EAGAIN when the connection failed; then *broken is set.
+ * Send r's statement with its binary parameters (pg_types; none for the
+ * others) and collect its binary result into *out (which may be an error
+ * result).  -ETIMEDOUT when the server was silent for timeout_ms, -EAGAIN
+ * when the connection failed; then *broken is set.
  */
-static int pg_run(PGconn *c, const struct pg_stmt *q, int timeout_ms, PGresult **out, bool *broken)
+static int pg_run(PGconn *c, const struct sql_req *r, int timeout_ms, PGresult **out,
+		  bool *broken)
 {
 	static const int binary[4] = { 1, 1, 1, 1 };
+	uint64_t ver = htobe64(r->id == SQL_SCAN || r->id == SQL_SCAN_TO ? r->max : r->ver);
+	uint64_t old = htobe64(r->old);
+	const char *vals[4] = { r->klen ? r->key : "", r->vlen ? r->val : "", (const char *)&ver,
+				(const char *)&old };
+	int lens[4] = { (int)r->klen, (int)r->vlen, 8, 8 };
 	int64_t deadline = kv_deadline(timeout_ms);
-	PGresult *res = NULL, *r;
+	PGresult *res = NULL, *next;
 	char buf[200];
 	int rc = 0;
 
 	*out = NULL;
-	if (!PQsendQueryParams(c, q->sql, q->n, pg_types, q->vals, q->lens, binary, 1))
+	if (!PQsendQueryParams(c, r->sql, r->id < SQL_HEALTH ? 4 : 0, pg_types, vals, lens,
+			       binary, 1))
 		goto fail;
 	while ((rc = PQflush(c)) == 1) {
 		if ((rc = pg_wait(c, POLLOUT | POLLIN, deadline)) || !PQconsumeInput(c))
@@ -221,13 +221,13 @@ static int pg_run(PGconn *c, const struct pg_stmt *q, int timeout_ms, PGresult *
 				goto fail;
 			deadline = kv_deadline(timeout_ms);
 		}
-		if (!(r = PQgetResult(c)))
+		if (!(next = PQgetResult(c)))
 			break;
 		if (res && PQresultStatus(res) == PGRES_FATAL_ERROR)
-			PQclear(r);  /* keep the first error */
+			PQclear(next);  /* keep the first error */
 		else {
 			PQclear(res);
-			res = r;
+			res = next;
 		}
 	}
 	if (!res || PQstatus(c) != CONNECTION_OK)
@@ -251,16 +251,9 @@ fail:
 /* Run r on conn: one statement, its result read into r. */
 static int pg_exec(struct sql_store *s, void *conn, struct sql_req *r, bool *broken)
 {
-	bool scan = r->id == SQL_SCAN || r->id == SQL_SCAN_TO;
-	uint64_t ver = htobe64(scan ? r->max : r->ver), old = htobe64(r->old);
-	struct pg_stmt q = {
-		.sql = r->sql, .n = r->id < SQL_HEALTH ? 4 : 0,
-		.vals = { r->klen ? r->key : "", r->vlen ? r->val : "", (const char *)&ver,
-			  (const char *)&old },
-		.lens = { (int)r->klen, (int)r->vlen, 8, 8 } };
 	char buf[200];
 	PGresult *res;
-	int rc = pg_run(conn, &q, s->timeout_ms, &res, broken);
+	int rc = pg_run(conn, r, s->timeout_ms, &res, broken);
 
 	if (rc)
 		return rc;
