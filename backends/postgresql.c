@@ -185,10 +185,11 @@ static int pg_wait(PGconn *c, short ev, int64_t deadline)
 }
 
 /*
- * Send r's statement with its binary parameters (pg_types; none for the
- * others) and collect its binary result into *out (which may be an error
- * result).  -ETIMEDOUT when the server was silent for timeout_ms, -EAGAIN
- * when the connection failed; then *broken is set.
+ * Send r's statement with its binary parameters (pg_types; the health
+ * statement, the setup and text take none) and collect its binary result
+ * into *out (which may be an error result).  -ETIMEDOUT when the server
+ * was silent for timeout_ms, -EAGAIN when the connection failed; then
+ * *broken is set.
  */
 static int pg_run(PGconn *c, const struct sql_req *r, int timeout_ms, PGresult **out,
 		  bool *broken)
@@ -248,7 +249,8 @@ fail:
 
 /* ---- Requests ---- */
 
-/* Run r on conn: one statement, its result read into r. */
+/* Run r on conn: one statement, its rows handed to sql_row() or the rows
+ * it changed counted. */
 static int pg_exec(struct sql_store *s, void *conn, struct sql_req *r, bool *broken)
 {
 	char buf[200];

@@ -11,7 +11,8 @@
 #include "toolkit.h"
 
 /* The statements a backend words (struct sql_client.sql), then the others.
- * The table's setup (SQL_CHECK, SQL_CREATE) and SQL_TEXT run as text. */
+ * SQL_HEALTH, the table's setup (SQL_CHECK, SQL_CREATE) and SQL_TEXT take
+ * no parameters. */
 enum sql_id {
 	SQL_GET, SQL_STAT, SQL_SET, SQL_DEL, SQL_CAS_NEW, SQL_CAS_UPD, SQL_SCAN, SQL_SCAN_TO,
 	SQL_HEALTH,               /* a row per fact: its value and its index in sql_client.facts */
@@ -19,7 +20,7 @@ enum sql_id {
 	SQL_TEXT = SQL_NSTMT,     /* req.sql as it is: START TRANSACTION, COMMIT, ROLLBACK */
 };
 
-#define SQL_NFACTS 6
+#define SQL_NFACTS 6      /* the health statement's rows */
 
 struct sql_store;
 
@@ -38,8 +39,9 @@ struct sql_req {
 	uint64_t ver, old;        /* the new version, and the one cas expects */
 	struct kv_health *h;
 	/* The rows read (sql_row) or changed; the last one read: its first
-	 * column (get: the value, stat and scan: the key) and its number
-	 * (get: the version, stat and scan: the size). */
+	 * column (get: the value, stat and scan: the key, health: a fact) and
+	 * its number (get: the version, stat and scan: the size, health: the
+	 * fact's index). */
 	uint64_t rows, n;
 	struct kv_buf col;
 };
@@ -92,7 +94,8 @@ int sql_open(const struct kv_open_args *a, const struct sql_client *cl, struct k
 int sql_build(struct sql_store *s, const char *size_expr);
 /* A failed statement of r, its errno e (-EAGAIN: a failure that passes) and
  * the server's message: the reason in kv_why for a failure that passes, a
- * health check or the table's setup, else one log line.  Returns e. */
+ * health check or the table's setup, else one log line.  Returns e, but
+ * -EIO where only the setup's -ENOENT, -EINVAL and -EEXIST make sense. */
 int sql_fail(struct sql_req *r, int e, const char *msg);
 /* A row of r read into r->col, with its number n (health: a fact and its
  * index); what the scan's callback says (nonzero stops), else 0. */
