@@ -41,7 +41,7 @@
 
 /* The connection parameters in sql.str; the files among them (-o options)
  * are checked at open. */
-enum { MY_HOST, MY_USER, MY_DB, MY_OPTION_FILE, MY_SSL_CA, MY_SSL_CERT, MY_SSL_KEY };
+enum { MY_HOST, MY_USER, MY_DB, MY_OPTION_FILE, MY_SSL_CA, MY_SSL_CERT, MY_SSL_KEY, MY_PORT };
 static const char *const my_files[] = {
 	[MY_OPTION_FILE] = "option_file", [MY_SSL_CA] = "ssl_ca", [MY_SSL_CERT] = "ssl_cert",
 	[MY_SSL_KEY] = "ssl_key",
@@ -54,17 +54,11 @@ struct my_conn {
 	bool broken;
 };
 
-struct my_store {
-	struct sql_store sql;
-	unsigned port;
-	size_t max_key, max_value;  /* atomic: learned on the first connection */
-};
-
 /* The statements, for the table (%1$s) and its size column or expression
  * (%2$s: sz, or LENGTH(v) in a table without it).  3072 is MY_MAX_KEY. */
 static const char *const my_sql[SQL_NSTMT] = {
 	[SQL_GET] = "SELECT v, ver FROM `%1$s` WHERE k = ?",
-	[SQL_STAT] = "SELECT %2$s FROM `%1$s` WHERE k = ?",
+	[SQL_STAT] = "SELECT k, %2$s FROM `%1$s` WHERE k = ?",
 	[SQL_SET] = "INSERT INTO `%1$s` (k, v, ver) VALUES (?, ?, ?) "
 		    "ON DUPLICATE KEY UPDATE v = VALUES(v), ver = VALUES(ver)",
 	[SQL_DEL] = "DELETE FROM `%1$s` WHERE k = ?",
@@ -73,6 +67,10 @@ static const char *const my_sql[SQL_NSTMT] = {
 	[SQL_CAS_UPD] = "UPDATE `%1$s` SET v = ?, ver = ? WHERE k = ? AND ver = ?",
 	[SQL_SCAN] = "SELECT k, %2$s FROM `%1$s` WHERE k >= ? ORDER BY k LIMIT ?",
 	[SQL_SCAN_TO] = "SELECT k, %2$s FROM `%1$s` WHERE k >= ? AND k < ? ORDER BY k LIMIT ?",
+	[SQL_HEALTH] = "SELECT VERSION(), 0 UNION ALL SELECT DATABASE(), 1 UNION ALL "
+		       "SELECT CURRENT_USER(), 2 UNION ALL SELECT @@max_allowed_packet, 3 "
+		       "UNION ALL SELECT @@innodb_flush_log_at_trx_commit, 4 UNION ALL "
+		       "SELECT @@read_only, 5",
 	[SQL_CHECK] = "SELECT k, v, ver FROM `%1$s` LIMIT 0",
 	[SQL_CREATE] = "CREATE TABLE IF NOT EXISTS `%1$s` (k VARBINARY(3072) NOT NULL "
 		       "PRIMARY KEY, v LONGBLOB NOT NULL, ver BIGINT NOT NULL "
@@ -116,6 +114,10 @@ static int my_errno(unsigned e)
 		return -EFBIG;
 	case 1406:  /* ER_DATA_TOO_LONG: a key over the column */
 		return -ENAMETOOLONG;
+	case 1146:  /* ER_NO_SUCH_TABLE */
+		return -ENOENT;
+	case 1054:  /* ER_BAD_FIELD_ERROR: a column missing */
+		return -EINVAL;
 	default:
 		return -EIO;
 	}
@@ -131,29 +133,31 @@ static bool my_passing(unsigned e)
 	       e == 4031 /* MySQL's idle disconnect */ || e == 1213 /* ER_LOCK_DEADLOCK */;
 }
 
-/*
- * The errno of a failed call: -EAGAIN for a failure that passes (its
- * reason in kv_why), otherwise logged.  A client error (CR_*) means the
- * connection is gone or unusable.
- */
-static int my_fail(struct my_conn *c, unsigned code, const char *msg, const char *what,
-		   const char *key, size_t klen)
+/* The errno of a failed call (sql_fail).  A client error (CR_*) means the
+ * connection is gone or unusable. */
+static int my_fail(struct my_conn *c, struct sql_req *r, unsigned code, const char *msg)
 {
 	if (code >= CR_MIN_ERROR && code <= CR_MAX_ERROR)
 		c->broken = true;
-	if (my_passing(code)) {
-		kv_why_set("%s: %s", what, msg);
-		return -EAGAIN;
-	}
-	kv_log(KV_LOG_ERR, "mysql: %s %s: %s", what, key ? kv_printable(key, klen) : "", msg);
-	return my_errno(code);
+	if (code == 1046)  /* ER_NO_DB_ERROR */
+		msg = "no database: name one in the URL (mysql://host/database) "
+		      "or as database= in an option file";
+	return sql_fail(r, my_passing(code) ? -EAGAIN : my_errno(code), msg);
 }
 
+static int my_stmt_fail(struct my_conn *c, MYSQL_STMT *st, struct sql_req *r)
+{
+	return my_fail(c, r, mysql_stmt_errno(st), mysql_stmt_error(st));
+}
 
 /* ---- Connections ---- */
 
-static void my_conn_free(struct my_conn *c)
+/* The pool's close, and of a connection that failed to open. */
+static void my_disconnect(void *ctx, void *conn)
 {
+	struct my_conn *c = conn;
+
+	(void)ctx;
 	for (int i = 0; i < SQL_CHECK; i++)
 		if (c->st[i])
 			mysql_stmt_close(c->st[i]);
@@ -164,10 +168,11 @@ static void my_conn_free(struct my_conn *c)
 /* The pool's connect; the password comes from MYSQL_PWD or an option file. */
 static int my_connect(void *ctx, int64_t deadline, void **out)
 {
-	struct my_store *s = ctx;
-	char **str = s->sql.str;
-	unsigned secs = (unsigned)((s->sql.timeout_ms + 999) / 1000);
+	struct sql_store *s = ctx;
+	char **str = s->str;
+	unsigned secs = (unsigned)((s->timeout_ms + 999) / 1000);
 	unsigned csecs = (unsigned)((kv_ms_left(deadline) + 999) / 1000), code;
+	unsigned port = str[MY_PORT] ? (unsigned)strtoul(str[MY_PORT], NULL, 10) : 0;
 	unsigned long packet = 1UL << 30;
 	my_bool off = 0, on = 1;
 	char init[200];
@@ -196,17 +201,17 @@ static int my_connect(void *ctx, int64_t deadline, void **out)
 	for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++)
 		if (opts[i].arg)
 			mysql_optionsv(c->db, opts[i].opt, opts[i].arg);
-	if (!mysql_real_connect(c->db, str[MY_HOST], str[MY_USER], NULL, str[MY_DB], s->port,
+	if (!mysql_real_connect(c->db, str[MY_HOST], str[MY_USER], NULL, str[MY_DB], port,
 				NULL, 0)) {
 		code = mysql_errno(c->db);
 		kv_why_set("%s", mysql_error(c->db));
 		kv_log(KV_LOG_DEBUG, "mysql: cannot connect: %s", kv_why());
-		my_conn_free(c);
+		my_disconnect(s, c);
 		/* A refusal stays; the server down, starting or full passes. */
 		return my_errno(code) == -EACCES ? -EACCES : code == 1049 ? -ENOENT : -EIO;
 	}
-	if ((rc = sql_connected(&s->sql, c))) {
-		my_conn_free(c);
+	if ((rc = sql_connected(s, c))) {
+		my_disconnect(s, c);
 		return rc;
 	}
 	*out = c;
@@ -221,259 +226,117 @@ static bool my_usable(void *ctx, void *conn)
 	return kv_socket_idle((int)mysql_get_socket(((struct my_conn *)conn)->db));
 }
 
-static void my_disconnect(void *ctx, void *conn)
-{
-	(void)ctx;
-	my_conn_free(conn);
-}
-
 static const struct kv_pool_ops my_pool_ops = {
 	.connect = my_connect, .usable = my_usable, .close = my_disconnect,
 };
 
 /* ---- Statements ---- */
 
-/*
- * Execute r's statement with params on c (preparing it on first use).
- * Returns the statement, or NULL with *e set to its errno (my_fail).
- */
-static MYSQL_STMT *my_execute(struct sql_store *s, struct my_conn *c, struct sql_req *r,
-			      MYSQL_BIND *params, int *e)
+/* A text statement (the table's setup, a transaction's ends): 0 or -errno. */
+static int my_query(struct my_conn *c, struct sql_req *r)
 {
-	MYSQL_STMT *st = c->st[r->id];
-
-	if (!st) {
-		if (!(st = mysql_stmt_init(c->db))) {
-			*e = -ENOMEM;
-			return NULL;
-		}
-		if (mysql_stmt_prepare(st, s->sql[r->id], strlen(s->sql[r->id]))) {
-			*e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), r->what,
-				     NULL, 0);
-			mysql_stmt_close(st);
-			return NULL;
-		}
-		c->st[r->id] = st;
-	}
-	if (mysql_stmt_bind_param(st, params) || mysql_stmt_execute(st)) {
-		*e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), r->what, r->key,
-			     r->klen);
-		mysql_stmt_reset(st);
-		return NULL;
-	}
-	return st;
-}
-
-/* One text statement (transactions, health): 0 or -errno. */
-static int my_query(struct my_conn *c, const char *sql)
-{
-	if (mysql_real_query(c->db, sql, strlen(sql)))
-		return my_fail(c, mysql_errno(c->db), mysql_error(c->db), sql, NULL, 0);
+	if (mysql_real_query(c->db, r->sql, strlen(r->sql)))
+		return my_fail(c, r, mysql_errno(c->db), mysql_error(c->db));
+	mysql_free_result(mysql_store_result(c->db));  /* the check's empty rows */
 	return 0;
 }
 
 /*
- * A statement about one key: get and stat read the row, a write says
- * -ENOENT when it changed none.  A cas of version 0 inserts unless the key
- * exists ("ON DUPLICATE KEY UPDATE k = k" changes nothing and so reports 0
- * rows); otherwise it updates only the row that still carries the version.
+ * A statement of the table: get, stat and scan read rows, a write counts
+ * the rows it changed.  A cas of version 0 inserts unless the key exists
+ * ("ON DUPLICATE KEY UPDATE k = k" changes nothing and so reports 0 rows);
+ * otherwise it updates only the row that still carries the version.
  */
-static int my_key_on(struct sql_store *s, struct my_conn *c, struct sql_req *r)
+static int my_stmt_on(struct sql_store *s, struct my_conn *c, struct sql_req *r)
 {
-	unsigned long kl, vl, vlen = 0;
-	long long ver = (long long)r->ver, old = (long long)r->old, size = 0;
+	bool scan = r->id == SQL_SCAN || r->id == SQL_SCAN_TO, bad;
+	unsigned long kl, vl, len = 0;
+	long long ver = (long long)(scan ? r->max : r->ver), old = (long long)r->old, n = 0;
 	MYSQL_BIND p[4] = { my_blob(r->key, r->klen, &kl), my_blob(r->val, r->vlen, &vl),
 			    my_int(&ver), my_int(&old) };
-	MYSQL_BIND q[4] = { p[1], p[2], p[0], p[3] };  /* UPDATE ... SET v, ver WHERE k, ver */
-	MYSQL_BIND res[2] = { { .buffer_type = MYSQL_TYPE_BLOB, .length = &vlen }, my_int(&ver) };
-	MYSQL_STMT *st;
-	int e = 0, rc;
+	MYSQL_BIND upd[4] = { p[1], p[2], p[0], p[3] };  /* UPDATE ... SET v, ver WHERE k, ver */
+	MYSQL_BIND from[2] = { p[0], p[2] };             /* a scan without upper bound */
+	MYSQL_BIND res[2] = { { .buffer_type = MYSQL_TYPE_BLOB, .length = &len }, my_int(&n) };
+	MYSQL_BIND col = { .buffer_type = MYSQL_TYPE_BLOB };
+	MYSQL_STMT *st = c->st[r->id];
+	int e = 0, rc = 0;
 
-	if (!(st = my_execute(s, c, r, r->id == SQL_CAS_UPD ? q : p, &e)))
+	/* prepared on first use */
+	if (!st && !(st = mysql_stmt_init(c->db)))
+		return -ENOMEM;
+	if (!c->st[r->id] && mysql_stmt_prepare(st, s->sql[r->id], strlen(s->sql[r->id]))) {
+		e = my_stmt_fail(c, st, r);
+		mysql_stmt_close(st);
 		return e;
-	if (r->id != SQL_GET && r->id != SQL_STAT)
-		return mysql_stmt_affected_rows(st) ? 0 : -ENOENT;
-	if (r->id == SQL_STAT)
-		res[0] = my_int(&size);
-	if (mysql_stmt_bind_result(st, res) || (rc = mysql_stmt_fetch(st)) == 1) {
-		e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), "get", r->key, r->klen);
-	} else if (rc == MYSQL_NO_DATA) {
-		e = -ENOENT;
-	} else if (r->id == SQL_STAT) {
-		r->len = (size_t)size;
-	} else if (!(r->out = malloc(vlen + 1))) {
-		e = -ENOMEM;
-	} else {
-		res[0].buffer = r->out;
-		res[0].buffer_length = vlen;
-		if (vlen && mysql_stmt_fetch_column(st, &res[0], 0, 0)) {
-			e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), "get", r->key,
-				    r->klen);
-			free(r->out);
-			r->out = NULL;
-		} else {
-			r->out[vlen] = '\0';
-			r->len = vlen;
-			r->version = (uint64_t)ver;
-		}
 	}
-	mysql_stmt_free_result(st);
-	return e;
-}
-
-static int my_scan_on(struct sql_store *s, struct my_conn *c, struct sql_req *r)
-{
-	unsigned long fl, tl, klen = 0;
-	long long lim = (long long)r->max, size = 0;
-	MYSQL_BIND p[3] = { my_blob(r->key, r->klen, &fl), my_blob(r->val, r->vlen, &tl),
-			    my_int(&lim) };
-	MYSQL_BIND q[2] = { p[0], p[2] };
-	MYSQL_BIND res[2] = { { .buffer_type = MYSQL_TYPE_BLOB, .length = &klen }, my_int(&size) };
-	MYSQL_BIND b = { .buffer_type = MYSQL_TYPE_BLOB };
-	struct kv_buf key = { 0 };
-	MYSQL_STMT *st;
-	int e = 0, rc;
-
-	if (!(st = my_execute(s, c, r, r->val ? p : q, &e)))
+	c->st[r->id] = st;
+	if (mysql_stmt_bind_param(st, r->id == SQL_CAS_UPD ? upd : r->id == SQL_SCAN ? from : p) ||
+	    mysql_stmt_execute(st)) {
+		e = my_stmt_fail(c, st, r);
+		mysql_stmt_reset(st);
 		return e;
-	/* All rows to the client first: a failure after that is not worth a
-	 * retry, which would hand the callback the same keys twice. */
-	if (mysql_stmt_bind_result(st, res) || mysql_stmt_store_result(st)) {
-		e = my_fail(c, mysql_stmt_errno(st), mysql_stmt_error(st), "scan", r->key, r->klen);
-		mysql_stmt_free_result(st);
-		return e == -EAGAIN ? e : -EIO;
 	}
-	while (!e && ((rc = mysql_stmt_fetch(st)) == 0 || rc == MYSQL_DATA_TRUNCATED)) {
-		/* Each key into a buffer of its length: another client's column
-		 * may be wider than ours. */
-		key.len = 0;
-		if ((e = kv_buf_reserve(&key, klen)))
+	if (!mysql_stmt_field_count(st)) {
+		r->rows = mysql_stmt_affected_rows(st);
+		return 0;
+	}
+	/* A scan's rows all to the client first: a failure after that is not
+	 * worth a retry, which would hand the callback the same keys twice. */
+	bad = mysql_stmt_bind_result(st, res) || (scan && mysql_stmt_store_result(st));
+	while (!bad && !e && ((rc = mysql_stmt_fetch(st)) == 0 || rc == MYSQL_DATA_TRUNCATED)) {
+		/* The first column into a buffer of its length: another
+		 * client's column may be wider than ours. */
+		r->col.len = 0;
+		if ((e = kv_buf_reserve(&r->col, len)))
 			break;
-		b.buffer = key.p;
-		b.buffer_length = klen;
-		e = klen && mysql_stmt_fetch_column(st, &b, 0, 0) ? -EIO
-		    : r->cb(r->ctx, key.p, klen, (uint64_t)size);
+		col.buffer = r->col.p;
+		col.buffer_length = len;
+		bad = len && mysql_stmt_fetch_column(st, &col, 0, 0);
+		r->col.len = len;
+		e = bad ? 0 : sql_row(r, (uint64_t)n);
 	}
-	if (!e && rc == 1) {
-		kv_log(KV_LOG_ERR, "mysql: scan: %s", mysql_stmt_error(st));
-		e = -EIO;
-	}
+	if (!e && (bad || rc == 1))
+		e = my_stmt_fail(c, st, r);
 	mysql_stmt_free_result(st);
-	kv_buf_free(&key);
+	if (e == -EAGAIN && scan && r->rows)
+		e = -EIO;
 	return e < 0 ? e : 0;
-}
-
-static int my_health_on(struct sql_store *s, struct my_conn *c, struct kv_health *h)
-{
-	static const char *const names[] = {
-		"server_version", "database", "user", "max_allowed_packet",
-		"innodb_flush_log_at_trx_commit", "read_only",
-	};
-	MYSQL_RES *res;
-	MYSQL_ROW row;
-	int rc = my_query(c, "SELECT VERSION(), DATABASE(), CURRENT_USER(), @@max_allowed_packet,"
-			  " @@innodb_flush_log_at_trx_commit, @@read_only");
-
-	if (rc)
-		return rc;
-	res = mysql_store_result(c->db);
-	if (!(row = res ? mysql_fetch_row(res) : NULL)) {
-		rc = my_fail(c, mysql_errno(c->db), mysql_error(c->db), "health", NULL, 0);
-		mysql_free_result(res);
-		return rc;
-	}
-	snprintf(h->detail, sizeof h->detail, "%s, table %s", row[0] ? row[0] : "?", s->table);
-	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-		kv_health_fact(h, names[i], "%s", row[i] ? row[i] : "NULL");
-	mysql_free_result(res);
-	return 0;
 }
 
 static int my_exec(struct sql_store *s, void *conn, struct sql_req *r, bool *broken)
 {
 	struct my_conn *c = conn;
-	int rc = r->id == SQL_TEXT ? my_query(c, r->sql)
-		 : r->id == SQL_HEALTH ? my_health_on(s, c, r->h)
-		 : r->id == SQL_SCAN || r->id == SQL_SCAN_TO ? my_scan_on(s, c, r)
-		 : my_key_on(s, c, r);
+	int rc = r->id >= SQL_CHECK ? my_query(c, r) : my_stmt_on(s, c, r);
 
 	*broken = c->broken;
 	return rc;
 }
 
-static int my_health(struct kv_store *st, struct kv_health *h)
-{
-	struct my_store *s = kv_store_cast(struct my_store, st);
-	int rc = sql_health(st, h);
-
-	if (!rc)
-		kv_health_fact(h, "max_value", "%zu", s->max_value);
-	return rc;
-}
-
-static void my_store_limits(struct kv_store *st, struct kv_limits *out)
-{
-	struct my_store *s = kv_store_cast(struct my_store, st);
-
-	out->max_key = __atomic_load_n(&s->max_key, __ATOMIC_RELAXED);
-	out->max_value = __atomic_load_n(&s->max_value, __ATOMIC_RELAXED);
-}
-
 /* ---- The table, once per store on its first connection ---- */
 
-/* One text statement on the first connection: the server's error number,
- * or 0 with *n the number in its first row (-1 if none). */
-static unsigned my_setup(struct my_conn *c, const char *sql, long long *n)
+/* Learn the width of k, whether the table has sz and max_allowed_packet,
+ * and word the SQL for them. */
+static int my_prepare_table(struct sql_store *s, void *conn)
 {
+	MYSQL *db = ((struct my_conn *)conn)->db;
 	MYSQL_RES *res;
 	MYSQL_ROW row;
-
-	*n = -1;
-	if (mysql_real_query(c->db, sql, strlen(sql)))
-		return mysql_errno(c->db);
-	res = mysql_store_result(c->db);
-	if ((row = res ? mysql_fetch_row(res) : NULL) && row[0])
-		*n = strtoll(row[0], NULL, 10);
-	mysql_free_result(res);
-	return 0;
-}
-
-/*
- * Make sure the table is there (create it if missing), learn whether it has
- * sz, the width of k and max_allowed_packet, and word the SQL for it.
- */
-static int my_prepare_table(struct sql_store *ss, void *conn)
-{
-	struct my_store *s = (struct my_store *)ss;
-	struct my_conn *c = conn;
+	long long n[3];
 	char sql[400];
-	long long n;
-	unsigned code = my_setup(c, ss->sql[SQL_CHECK], &n);
-	bool has_sz;
 
-	if (code == 1146 && !(code = my_setup(c, ss->sql[SQL_CREATE], &n)))  /* ER_NO_SUCH_TABLE */
-		kv_log(KV_LOG_INFO, "mysql: created table %s", ss->table);
-	if (code) {
-		kv_why_set("table %s: %s", ss->table,
-			   code == 1054 ? "exists but lacks the columns k VARBINARY, v LONGBLOB, ver BIGINT"
-			   : code == 1046 ? "no database: name one in the URL (mysql://host/database) "
-					    "or as database= in an option file"
-			   : mysql_error(c->db));
-		return code >= CR_MIN_ERROR && code <= CR_MAX_ERROR ? -EIO
-		       : my_errno(code) == -EACCES ? -EACCES : -EINVAL;
-	}
-	snprintf(sql, sizeof sql, "SELECT sz FROM `%s` LIMIT 0", ss->table);
-	has_sz = my_setup(c, sql, &n) == 0;
-	snprintf(sql, sizeof sql, "SELECT CHARACTER_OCTET_LENGTH FROM information_schema.COLUMNS "
-		 "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '%s' AND COLUMN_NAME = 'k'",
-		 ss->table);
-	my_setup(c, sql, &n);
-	__atomic_store_n(&s->max_key, n > 0 && n < MY_MAX_KEY ? (size_t)n : MY_MAX_KEY,
+	snprintf(sql, sizeof sql, "SELECT MAX(IF(COLUMN_NAME = 'k', CHARACTER_OCTET_LENGTH, NULL)),"
+		 " SUM(COLUMN_NAME = 'sz'), @@max_allowed_packet FROM information_schema.COLUMNS"
+		 " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '%s'", s->table);
+	res = mysql_real_query(db, sql, strlen(sql)) ? NULL : mysql_store_result(db);
+	row = res ? mysql_fetch_row(res) : NULL;
+	for (int i = 0; i < 3; i++)
+		n[i] = row && row[i] ? strtoll(row[i], NULL, 10) : -1;
+	mysql_free_result(res);
+	__atomic_store_n(&s->max_key, n[0] > 0 && n[0] < MY_MAX_KEY ? (size_t)n[0] : MY_MAX_KEY,
 			 __ATOMIC_RELAXED);
-	my_setup(c, "SELECT @@max_allowed_packet", &n);
-	if (n > MY_PACKET_SLACK && (size_t)(n - MY_PACKET_SLACK) < MY_MAX_VALUE)
-		__atomic_store_n(&s->max_value, (size_t)(n - MY_PACKET_SLACK), __ATOMIC_RELAXED);
-	return has_sz ? 0 : sql_build(ss, "LENGTH(v)");
+	if (n[2] > MY_PACKET_SLACK && (size_t)(n[2] - MY_PACKET_SLACK) < MY_MAX_VALUE)
+		__atomic_store_n(&s->max_value, (size_t)(n[2] - MY_PACKET_SLACK), __ATOMIC_RELAXED);
+	return n[1] > 0 ? 0 : sql_build(s, "LENGTH(v)");
 }
 
 /* ---- open ---- */
@@ -483,14 +346,14 @@ static int my_prepare_table(struct sql_store *ss, void *conn)
  * parses it (and percent-decodes the parts); the messages never repeat
  * the URL, which may hold a password.
  */
-static int my_parse_url(struct my_store *s, const struct kv_open_args *a, char *err, size_t errlen)
+static int my_parse_url(struct sql_store *s, const struct kv_open_args *a, char *err, size_t errlen)
 {
 	enum { PW, QUERY, FRAG, HOST, USER, PORT, PATH, NPARTS };
 	static const CURLUPart parts[NPARTS] = {
 		CURLUPART_PASSWORD, CURLUPART_QUERY, CURLUPART_FRAGMENT, CURLUPART_HOST,
 		CURLUPART_USER, CURLUPART_PORT, CURLUPART_PATH,
 	};
-	char *v[NPARTS] = { NULL }, **str = s->sql.str;
+	char *v[NPARTS] = { NULL }, **str = s->str;
 	CURLU *u = curl_url();
 	CURLUcode cu = u ? curl_url_set(u, CURLUPART_URL, a->url, CURLU_NON_SUPPORT_SCHEME)
 			 : CURLUE_OUT_OF_MEMORY;
@@ -524,8 +387,8 @@ static int my_parse_url(struct my_store *s, const struct kv_open_args *a, char *
 					    : strdup(v[HOST]);
 		str[MY_USER] = v[USER] ? strdup(v[USER]) : NULL;
 		str[MY_DB] = v[PATH] && v[PATH][1] ? strdup(v[PATH] + 1) : NULL;
-		s->port = v[PORT] ? (unsigned)strtoul(v[PORT], NULL, 10) : 0;  /* libcurl checked it */
-		if (!str[MY_HOST] || (v[USER] && !str[MY_USER]) ||
+		str[MY_PORT] = v[PORT] ? strdup(v[PORT]) : NULL;  /* libcurl checked it */
+		if (!str[MY_HOST] || (v[USER] && !str[MY_USER]) || (v[PORT] && !str[MY_PORT]) ||
 		    (v[PATH] && v[PATH][1] && !str[MY_DB]))
 			rc = -ENOMEM;
 	}
@@ -536,9 +399,8 @@ static int my_parse_url(struct my_store *s, const struct kv_open_args *a, char *
 }
 
 /* The options (files that must be there), then the URL. */
-static int my_parse(struct sql_store *ss, const struct kv_open_args *a, char *err, size_t errlen)
+static int my_parse(struct sql_store *s, const struct kv_open_args *a, char *err, size_t errlen)
 {
-	struct my_store *s = (struct my_store *)ss;
 	const char *file;
 	char why[300];
 	int rc;
@@ -550,7 +412,7 @@ static int my_parse(struct sql_store *ss, const struct kv_open_args *a, char *er
 			snprintf(err, errlen, "mysql: %s", why);
 			return rc;
 		}
-		if (!(ss->str[i] = strdup(file)))
+		if (!(s->str[i] = strdup(file)))
 			return -ENOMEM;
 	}
 	if ((rc = my_parse_url(s, a, err, errlen)))
@@ -563,13 +425,16 @@ static int my_parse(struct sql_store *ss, const struct kv_open_args *a, char *er
 
 static const struct sql_client my_client = {
 	.name = "mysql", .max_table = 64, .sql = my_sql, .size_expr = "sz", .pool = &my_pool_ops,
+	.columns = "k VARBINARY, v LONGBLOB, ver BIGINT", .product = "",
+	.facts = { "server_version", "database", "user", "max_allowed_packet",
+		   "innodb_flush_log_at_trx_commit", "read_only" },
 	.parse = my_parse, .prepare = my_prepare_table, .exec = my_exec,
 };
 
 static int my_open(const struct kv_open_args *args, struct kv_store **out, char *err,
 		   size_t errlen)
 {
-	return sql_open(args, &my_client, sizeof(struct my_store), out, err, errlen);
+	return sql_open(args, &my_client, out, err, errlen);
 }
 
 /*
@@ -589,17 +454,7 @@ const struct kv_backend kv_backend_mysql = {
 	.summary = "a table in MariaDB/MySQL (Connector/C; password from MYSQL_PWD or ~/.my.cnf)",
 	.usage = "mysql://[user@]host[:port]/database",
 	.options = my_options,
-	.persistent = true,
 	.limits = { .max_key = MY_MAX_KEY, .max_value = MY_MAX_VALUE },
 	.open = my_open,
-	.close = sql_close,
-	.get = sql_get,
-	.set = sql_set,
-	.del = sql_del,
-	.scan = sql_scan,
-	.health = my_health,
-	.stat = sql_stat,
-	.cas = sql_cas,
-	.apply = sql_apply,
-	.store_limits = my_store_limits,
+	SQL_BACKEND_OPS,
 };

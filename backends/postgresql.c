@@ -61,22 +61,14 @@ static const char *const pg_keys[] = { "fallback_application_name", "dbname", "s
 				       "sslcert", "sslkey", "sslcrl", NULL };
 static const char *const pg_tls_env[] = { "PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY", "PGSSLCRL" };
 
-/* One statement: up to four binary parameters, ($1 key, $2 value, $3 new
- * version, $4 old one) or for a scan ($1 from, $2 to, $3 limit). */
-struct pg_stmt {
-	const char *sql;
-	int n;
-	const char *vals[4];
-	int lens[4];
-	int format;               /* of the result: 1 binary, 0 text */
-};
-
+/* The types of the parameters: $1 key, $2 value, $3 new version, $4 old
+ * one; a scan's $1 from, $2 to, $3 limit. */
 static const Oid pg_types[] = { BYTEAOID, BYTEAOID, INT8OID, INT8OID };
 
 /* The statements; the table is a plain identifier: double quotes make it one to SQL. */
 static const char *const pg_sql[SQL_NSTMT] = {
 	[SQL_GET] = "SELECT v, ver FROM \"%1$s\" WHERE k = $1",
-	[SQL_STAT] = "SELECT %2$s FROM \"%1$s\" WHERE k = $1",
+	[SQL_STAT] = "SELECT k, %2$s FROM \"%1$s\" WHERE k = $1",
 	[SQL_SET] = "INSERT INTO \"%1$s\" (k, v, ver) VALUES ($1, $2, $3) "
 		    "ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v, ver = EXCLUDED.ver",
 	[SQL_DEL] = "DELETE FROM \"%1$s\" WHERE k = $1",
@@ -86,6 +78,11 @@ static const char *const pg_sql[SQL_NSTMT] = {
 	[SQL_SCAN] = "SELECT k, %2$s FROM \"%1$s\" WHERE k >= $1 ORDER BY k LIMIT $3",
 	[SQL_SCAN_TO] = "SELECT k, %2$s FROM \"%1$s\" WHERE k >= $1 AND k < $2 "
 			"ORDER BY k LIMIT $3",
+	[SQL_HEALTH] = "SELECT current_setting('server_version'), 0 UNION ALL "
+		       "SELECT current_database()::text, 1 UNION ALL SELECT current_user::text, 2 "
+		       "UNION ALL SELECT pg_is_in_recovery()::text, 3 UNION ALL "
+		       "SELECT current_setting('synchronous_commit'), 4 UNION ALL "
+		       "SELECT current_setting('fsync'), 5",
 	[SQL_CHECK] = "SELECT k, v, ver FROM \"%1$s\" LIMIT 0",
 	[SQL_CREATE] = "CREATE TABLE IF NOT EXISTS \"%1$s\" (k bytea PRIMARY KEY, "
 		       "v bytea NOT NULL, ver bigint NOT NULL "
@@ -137,14 +134,28 @@ static bool pg_is(const PGresult *res, const char *state)
 	return s && strcmp(s, state) == 0;
 }
 
-/* Failures that pass: the connection is going (class 08, shutdown 57P01,
- * crash 57P02, still starting 57P03) or a transaction lost a deadlock or a
- * serialization conflict and was rolled back. */
-static bool pg_passing(const char *state)
+/*
+ * The errno of a failed statement, from its SQLSTATE.  Failures that pass
+ * (-EAGAIN): the connection is going (class 08, shutdown 57P01, crash
+ * 57P02, still starting 57P03) or a transaction lost a deadlock or a
+ * serialization conflict and was rolled back.
+ */
+static int pg_errno(const PGresult *res)
 {
-	return strncmp(state, "08", 2) == 0 || strcmp(state, "57P01") == 0 ||
-	       strcmp(state, "57P02") == 0 || strcmp(state, "57P03") == 0 ||
-	       strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0;
+	const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+	if (st && (strncmp(st, "08", 2) == 0 || strcmp(st, "57P01") == 0 ||
+		   strcmp(st, "57P02") == 0 || strcmp(st, "57P03") == 0 ||
+		   strcmp(st, "40001") == 0 || strcmp(st, "40P01") == 0))
+		return -EAGAIN;
+	return pg_is(res, "53100") ? -ENOSPC            /* disk_full */
+	       : pg_is(res, "25006") ? -EROFS           /* read_only_sql_transaction */
+	       : pg_is(res, "42501") ? -EACCES          /* insufficient_privilege */
+	       : pg_is(res, "54000") ? -ENAMETOOLONG    /* program_limit_exceeded: index row size */
+	       : pg_is(res, "42P01") ? -ENOENT          /* undefined_table */
+	       : pg_is(res, "42703") ? -EINVAL          /* undefined_column */
+	       : pg_is(res, "42P07") || pg_is(res, "23505") ? -EEXIST  /* made meanwhile */
+	       : -EIO;
 }
 
 /* ---- One round trip ---- */
@@ -174,20 +185,29 @@ static int pg_wait(PGconn *c, short ev, int64_t deadline)
 }
 
 /*
- * Send one statement and collect its result into *out (which may be an
- * error result).  -ETIMEDOUT when the server was silent for timeout_ms,
- * -EAGAIN when the connection failed; then *broken is set.
+ * Send r's statement with its binary parameters (pg_types; the health
+ * statement, the setup and text take none) and collect its binary result
+ * into *out (which may be an error result).  -ETIMEDOUT when the server
+ * was silent for timeout_ms, -EAGAIN when the connection failed; then
+ * *broken is set.
  */
-static int pg_run(PGconn *c, const struct pg_stmt *q, int timeout_ms, PGresult **out, bool *broken)
+static int pg_run(PGconn *c, const struct sql_req *r, int timeout_ms, PGresult **out,
+		  bool *broken)
 {
 	static const int binary[4] = { 1, 1, 1, 1 };
+	uint64_t ver = htobe64(r->id == SQL_SCAN || r->id == SQL_SCAN_TO ? r->max : r->ver);
+	uint64_t old = htobe64(r->old);
+	const char *vals[4] = { r->klen ? r->key : "", r->vlen ? r->val : "", (const char *)&ver,
+				(const char *)&old };
+	int lens[4] = { (int)r->klen, (int)r->vlen, 8, 8 };
 	int64_t deadline = kv_deadline(timeout_ms);
-	PGresult *res = NULL, *r;
+	PGresult *res = NULL, *next;
 	char buf[200];
 	int rc = 0;
 
 	*out = NULL;
-	if (!PQsendQueryParams(c, q->sql, q->n, pg_types, q->vals, q->lens, binary, q->format))
+	if (!PQsendQueryParams(c, r->sql, r->id < SQL_HEALTH ? 4 : 0, pg_types, vals, lens,
+			       binary, 1))
 		goto fail;
 	while ((rc = PQflush(c)) == 1) {
 		if ((rc = pg_wait(c, POLLOUT | POLLIN, deadline)) || !PQconsumeInput(c))
@@ -202,13 +222,13 @@ static int pg_run(PGconn *c, const struct pg_stmt *q, int timeout_ms, PGresult *
 				goto fail;
 			deadline = kv_deadline(timeout_ms);
 		}
-		if (!(r = PQgetResult(c)))
+		if (!(next = PQgetResult(c)))
 			break;
 		if (res && PQresultStatus(res) == PGRES_FATAL_ERROR)
-			PQclear(r);  /* keep the first error */
+			PQclear(next);  /* keep the first error */
 		else {
 			PQclear(res);
-			res = r;
+			res = next;
 		}
 	}
 	if (!res || PQstatus(c) != CONNECTION_OK)
@@ -227,23 +247,33 @@ fail:
 	return -EAGAIN;
 }
 
-/* The errno of a failed statement (an error result), logged once. */
-static int pg_failed(const char *what, const char *key, size_t klen, PGresult *res)
+/* ---- Requests ---- */
+
+/* Run r on conn: one statement, its rows handed to sql_row() or the rows
+ * it changed counted. */
+static int pg_exec(struct sql_store *s, void *conn, struct sql_req *r, bool *broken)
 {
 	char buf[200];
-	int e = -EIO;
+	PGresult *res;
+	int rc = pg_run(conn, r, s->timeout_ms, &res, broken);
 
-	if (pg_is(res, "53100"))         /* disk_full */
-		e = -ENOSPC;
-	else if (pg_is(res, "25006"))    /* read_only_sql_transaction */
-		e = -EROFS;
-	else if (pg_is(res, "42501"))    /* insufficient_privilege */
-		e = -EACCES;
-	else if (pg_is(res, "54000"))    /* program_limit_exceeded: index row size */
-		e = -ENAMETOOLONG;
-	kv_log(KV_LOG_ERR, "postgresql: %s %s: %s", what, key ? kv_printable(key, klen) : "",
-	       pg_msg(PQresultErrorMessage(res), buf, sizeof buf));
-	return e;
+	if (rc)
+		return rc;
+	if (PQresultStatus(res) != PGRES_TUPLES_OK && PQresultStatus(res) != PGRES_COMMAND_OK) {
+		*broken = PQstatus(conn) != CONNECTION_OK;
+		rc = sql_fail(r, pg_errno(res), pg_msg(PQresultErrorMessage(res), buf, sizeof buf));
+	} else if (PQresultStatus(res) == PGRES_COMMAND_OK) {
+		r->rows = strtoull(PQcmdTuples(res), NULL, 10);  /* "" for a text statement */
+	} else {
+		for (int i = 0; i < PQntuples(res) && !rc; i++) {
+			rc = kv_buf_set(&r->col, PQgetvalue(res, i, 0), PQgetlength(res, i, 0));
+			if (!rc)
+				rc = sql_row(r, pg_int(res, i, 1));
+		}
+		rc = rc < 0 ? rc : 0;
+	}
+	PQclear(res);
+	return rc;
 }
 
 /* ---- Connections ---- */
@@ -271,7 +301,7 @@ static int pg_connect(void *ctx, int64_t deadline, void **out)
 	struct sql_store *s = ctx;
 	PostgresPollingStatusType st = PGRES_POLLING_WRITING;
 	char setting[64], buf[200];
-	PGresult *res = NULL;
+	struct sql_req set = { .s = s, .id = SQL_TEXT, .sql = setting, .what = setting };
 	bool broken = false;
 	int rc = 0;
 	PGconn *c = PQconnectStartParams(pg_keys, (const char *const *)s->str, 1);
@@ -301,11 +331,8 @@ static int pg_connect(void *ctx, int64_t deadline, void **out)
 		PQsetErrorVerbosity(c, PQERRORS_DEFAULT);
 		/* The server abandons what the client stopped waiting for. */
 		snprintf(setting, sizeof setting, "SET statement_timeout = %d", s->timeout_ms);
-		if (PQsetnonblocking(c, 1) != 0 ||
-		    pg_run(c, &(struct pg_stmt){ .sql = setting }, s->timeout_ms, &res, &broken) ||
-		    PQresultStatus(res) != PGRES_COMMAND_OK)
+		if (PQsetnonblocking(c, 1) != 0 || pg_exec(s, c, &set, &broken))
 			rc = -EIO;
-		PQclear(res);
 	}
 	if (rc || (rc = sql_connected(s, c))) {
 		PQfinish(c);
@@ -336,112 +363,6 @@ static void pg_disconnect(void *ctx, void *conn)
 static const struct kv_pool_ops pg_pool_ops = {
 	.connect = pg_connect, .usable = pg_usable, .close = pg_disconnect,
 };
-
-/* ---- Requests ---- */
-
-/* Run r on conn: one statement, its result read into r. */
-static int pg_exec(struct sql_store *s, void *conn, struct sql_req *r, bool *broken)
-{
-	static const char *const facts[] = {
-		"server_version", "database", "user", "in_recovery", "synchronous_commit", "fsync",
-	};
-	bool scan = r->id == SQL_SCAN || r->id == SQL_SCAN_TO, health = r->id == SQL_HEALTH;
-	bool rows = scan || health || r->id == SQL_GET || r->id == SQL_STAT;
-	uint64_t ver = htobe64(scan ? r->max : r->ver), old = htobe64(r->old);
-	struct pg_stmt q = {
-		.sql = r->id < SQL_NSTMT ? s->sql[r->id] : r->id == SQL_TEXT ? r->sql :
-		       "SELECT current_setting('server_version'), current_database(), current_user,"
-		       " pg_is_in_recovery()::text, current_setting('synchronous_commit'),"
-		       " current_setting('fsync')",
-		.n = r->id < SQL_CHECK ? 4 : 0, .format = !health,
-		.vals = { r->klen ? r->key : "", r->vlen ? r->val : "", (const char *)&ver,
-			  (const char *)&old },
-		.lens = { (int)r->klen, (int)r->vlen, 8, 8 } };
-	const char *state;
-	char buf[200];
-	PGresult *res;
-	int rc = pg_run(conn, &q, s->timeout_ms, &res, broken), n;
-
-	if (rc)
-		return rc;
-	state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-	n = PQntuples(res);
-	if (PQresultStatus(res) == PGRES_FATAL_ERROR && state && pg_passing(state)) {
-		kv_why_set("%s", pg_msg(PQresultErrorMessage(res), buf, sizeof buf));
-		*broken = PQstatus(conn) != CONNECTION_OK;
-		rc = -EAGAIN;
-	} else if (PQresultStatus(res) != (rows ? PGRES_TUPLES_OK : PGRES_COMMAND_OK)) {
-		if (health)
-			kv_why_set("%s", pg_msg(PQresultErrorMessage(res), buf, sizeof buf));
-		rc = health ? -EIO : pg_failed(r->txn ? "apply" : r->what, r->key, r->klen, res);
-	} else if (health) {
-		snprintf(r->h->detail, sizeof r->h->detail, "PostgreSQL %s, table %s",
-			 PQgetvalue(res, 0, 0), s->table);
-		for (size_t i = 0; i < sizeof facts / sizeof facts[0]; i++)
-			kv_health_fact(r->h, facts[i], "%s", PQgetvalue(res, 0, (int)i));
-	} else if (scan) {
-		for (int i = 0; i < n && !rc; i++)
-			rc = r->cb(r->ctx, PQgetvalue(res, i, 0), (size_t)PQgetlength(res, i, 0),
-				   pg_int(res, i, 1));
-		rc = rc < 0 ? rc : 0;
-	} else if (rows ? n == 0 : strcmp(PQcmdTuples(res), "0") == 0) {
-		rc = -ENOENT;  /* no such key; a write touched no row */
-	} else if (r->id == SQL_STAT) {
-		r->len = pg_int(res, 0, 0);
-	} else if (r->id == SQL_GET) {
-		r->len = (size_t)PQgetlength(res, 0, 0);
-		if (!(r->out = malloc(r->len + 1)))
-			rc = -ENOMEM;
-		else {
-			memcpy(r->out, PQgetvalue(res, 0, 0), r->len);
-			r->out[r->len] = '\0';
-			r->version = pg_int(res, 0, 1);
-		}
-	}
-	PQclear(res);
-	return rc;
-}
-
-/* ---- The table, once per store on its first connection ---- */
-
-static int pg_prepare_table(struct sql_store *s, void *conn)
-{
-	struct pg_stmt check = { .sql = s->sql[SQL_CHECK] }, create = { .sql = s->sql[SQL_CREATE] };
-	char buf[200];
-	PGresult *res = NULL;
-	bool broken = false;
-	int rc;
-
-	for (int tries = 0; tries < 2; tries++) {
-		if (pg_run(conn, &check, s->timeout_ms, &res, &broken))
-			return -EIO;
-		if (PQresultStatus(res) == PGRES_TUPLES_OK) {
-			PQclear(res);
-			return 0;
-		}
-		if (!pg_is(res, "42P01"))  /* undefined_table */
-			break;
-		PQclear(res);
-		if (pg_run(conn, &create, s->timeout_ms, &res, &broken))
-			return -EIO;
-		/* Two mounts creating it at once: one loses on the catalog; look again. */
-		if (PQresultStatus(res) != PGRES_COMMAND_OK && !pg_is(res, "23505") &&
-		    !pg_is(res, "42P07"))
-			break;
-		kv_log(KV_LOG_INFO, "postgresql: created table %s", s->table);
-		PQclear(res);
-		res = NULL;
-	}
-	if (pg_is(res, "42703"))
-		kv_why_set("table %s exists but lacks the columns "
-			 "k bytea, v bytea, ver bigint", s->table);
-	else
-		kv_why_set("table %s: %s", s->table,
-			 pg_msg(PQresultErrorMessage(res), buf, sizeof buf));
-	rc = pg_is(res, "42501") ? -EACCES : pg_is(res, "42703") ? -EINVAL : -EIO;
-	PQclear(res);
-	return rc;
-}
 
 /* ---- open ---- */
 
@@ -497,13 +418,16 @@ static int pg_parse(struct sql_store *s, const struct kv_open_args *a, char *err
 
 static const struct sql_client pg_client = {
 	.name = "postgresql", .max_table = 63, .sql = pg_sql, .size_expr = "octet_length(v)::int8",
-	.pool = &pg_pool_ops, .parse = pg_parse, .prepare = pg_prepare_table, .exec = pg_exec,
+	.columns = "k bytea, v bytea, ver bigint", .product = "PostgreSQL ",
+	.facts = { "server_version", "database", "user", "in_recovery", "synchronous_commit",
+		   "fsync" },
+	.pool = &pg_pool_ops, .parse = pg_parse, .exec = pg_exec,
 };
 
 static int pg_open(const struct kv_open_args *args, struct kv_store **out, char *err,
 		   size_t errlen)
 {
-	return sql_open(args, &pg_client, sizeof(struct sql_store), out, err, errlen);
+	return sql_open(args, &pg_client, out, err, errlen);
 }
 
 /*
@@ -521,16 +445,7 @@ const struct kv_backend kv_backend_postgresql = {
 	.summary = "a table in PostgreSQL (libpq; password from PGPASSWORD or ~/.pgpass)",
 	.usage = "postgresql://[user@]host[:port]/dbname",
 	.options = pg_options,
-	.persistent = true,
 	.limits = { .max_key = PG_MAX_KEY, .max_value = PG_MAX_VALUE },
 	.open = pg_open,
-	.close = sql_close,
-	.get = sql_get,
-	.set = sql_set,
-	.del = sql_del,
-	.scan = sql_scan,
-	.health = sql_health,
-	.stat = sql_stat,
-	.cas = sql_cas,
-	.apply = sql_apply,
+	SQL_BACKEND_OPS,
 };

@@ -21,7 +21,7 @@
 static const char *const sql_names[] = {
 	[SQL_GET] = "get", [SQL_STAT] = "stat", [SQL_SET] = "set", [SQL_DEL] = "del",
 	[SQL_CAS_NEW] = "cas", [SQL_CAS_UPD] = "cas", [SQL_SCAN] = "scan", [SQL_SCAN_TO] = "scan",
-	[SQL_HEALTH] = "health",
+	[SQL_HEALTH] = "health", [SQL_CHECK] = "check", [SQL_CREATE] = "create",
 };
 
 /* A new version: random, nonzero, positive as a bigint. */
@@ -36,9 +36,47 @@ static uint64_t sql_version(void)
 static int sql_exec(void *conn, void *arg, bool *broken)
 {
 	struct sql_req *r = arg;
+	int rc;
 
+	if (r->id < SQL_NSTMT)
+		r->sql = r->s->sql[r->id];
 	r->what = r->id == SQL_TEXT ? r->sql : sql_names[r->id];
-	return r->s->client->exec(r->s, conn, r, broken);
+	r->rows = 0;
+	rc = r->s->client->exec(r->s, conn, r, broken);
+	/* no such key; a write touched no row */
+	return rc || r->rows || r->id >= SQL_SCAN ? rc : -ENOENT;
+}
+
+int sql_fail(struct sql_req *r, int e, const char *msg)
+{
+	const struct sql_client *cl = r->s->client;
+
+	if (r->id == SQL_CHECK && e == -EINVAL)
+		kv_why_set("table %s exists but lacks the columns %s", r->s->table, cl->columns);
+	else if (r->id == SQL_CHECK || r->id == SQL_CREATE)
+		kv_why_set("table %s: %s", r->s->table, msg);
+	else if (e == -EAGAIN || r->id == SQL_HEALTH)
+		kv_why_set("%s: %s", r->what, msg);
+	else
+		kv_log(KV_LOG_ERR, "%s: %s %s: %s", cl->name, r->txn ? "apply" : r->what,
+		       r->key ? kv_printable(r->key, r->klen) : "", msg);
+	/* Only the table's setup finds it missing, lacking columns or made meanwhile. */
+	return r->id < SQL_CHECK && (e == -ENOENT || e == -EINVAL || e == -EEXIST) ? -EIO : e;
+}
+
+int sql_row(struct sql_req *r, uint64_t n)
+{
+	struct sql_store *s = r->s;
+
+	r->rows++;
+	r->n = n;
+	if (r->id == SQL_HEALTH && n < SQL_NFACTS) {
+		kv_health_fact(r->h, s->client->facts[n], "%.*s", (int)r->col.len, r->col.p);
+		if (n == 0)
+			snprintf(r->h->detail, sizeof r->h->detail, "%s%.*s, table %s",
+				 s->client->product, (int)r->col.len, r->col.p, s->table);
+	}
+	return r->cb ? r->cb(r->ctx, r->col.p, r->col.len, n) : 0;
 }
 
 static int sql_run(struct kv_store *st, struct sql_req *r, bool idempotent)
@@ -62,13 +100,12 @@ int sql_get(struct kv_store *st, const char *key, size_t klen, char **val, size_
 	struct sql_req r = { .id = SQL_GET, .key = key, .klen = klen };
 	int rc = sql_read(st, &r);
 
-	if (rc)
-		return rc;
-	*val = r.out;
-	*len = r.len;
-	if (version)
-		*version = r.version;
-	return 0;
+	if (!rc && !(*val = kv_buf_take(&r.col, len)))
+		rc = -ENOMEM;
+	if (!rc && version)
+		*version = r.n;
+	kv_buf_free(&r.col);
+	return rc;
 }
 
 int sql_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *size)
@@ -77,7 +114,8 @@ int sql_stat(struct kv_store *st, const char *key, size_t klen, uint64_t *size)
 	int rc = sql_read(st, &r);
 
 	if (!rc)
-		*size = r.len;
+		*size = r.n;
+	kv_buf_free(&r.col);
 	return rc;
 }
 
@@ -86,8 +124,10 @@ int sql_scan(struct kv_store *st, const char *from, size_t flen, const char *to,
 {
 	struct sql_req r = { .id = to ? SQL_SCAN_TO : SQL_SCAN, .key = from, .klen = flen,
 			     .val = to, .vlen = tlen, .max = max, .cb = cb, .ctx = ctx };
+	int rc = sql_read(st, &r);
 
-	return sql_read(st, &r);
+	kv_buf_free(&r.col);
+	return rc;
 }
 
 int sql_set(struct kv_store *st, const char *key, size_t klen, const char *val, size_t vlen)
@@ -133,32 +173,27 @@ struct sql_txn {
 	size_t n;
 };
 
-/* A text statement of the transaction. */
-static int sql_text(struct sql_store *s, void *conn, const char *sql, bool *broken)
-{
-	struct sql_req r = { .s = s, .id = SQL_TEXT, .sql = sql, .txn = true };
-
-	return sql_exec(conn, &r, broken);
-}
-
 static int sql_apply_on(void *conn, void *arg, bool *broken)
 {
 	struct sql_txn *t = arg;
-	int rc = sql_text(t->s, conn, "START TRANSACTION", broken), end;
+	struct sql_req r = { .s = t->s, .id = SQL_TEXT, .sql = "START TRANSACTION", .txn = true };
+	int rc = sql_exec(conn, &r, broken), end;
 
 	for (size_t i = 0; i < t->n && !rc; i++) {
 		const struct kv_op *op = &t->ops[i];
-		struct sql_req r = { .s = t->s, .id = op->type == KV_OP_SET ? SQL_SET : SQL_DEL,
-				     .txn = true, .key = op->key, .klen = op->key_len,
-				     .val = op->val, .vlen = op->val_len, .ver = sql_version() };
 
+		r = (struct sql_req){ .s = t->s, .id = op->type == KV_OP_SET ? SQL_SET : SQL_DEL,
+				      .txn = true, .key = op->key, .klen = op->key_len,
+				      .val = op->val, .vlen = op->val_len, .ver = sql_version() };
 		if ((rc = sql_exec(conn, &r, broken)) == -ENOENT)
 			rc = 0;  /* a delete of a missing key is no error here */
 	}
 	if (*broken)
 		return rc;
 	/* ROLLBACK undoes what the server may have kept of the failed statement */
-	end = sql_text(t->s, conn, rc ? "ROLLBACK" : "COMMIT", broken);
+	r = (struct sql_req){ .s = t->s, .id = SQL_TEXT, .sql = rc ? "ROLLBACK" : "COMMIT",
+			      .txn = true };
+	end = sql_exec(conn, &r, broken);
 	return rc ? rc : end;
 }
 
@@ -175,13 +210,27 @@ int sql_health(struct kv_store *st, struct kv_health *h)
 {
 	struct sql_req r = { .id = SQL_HEALTH, .h = h };
 	int rc = sql_run(st, &r, true);
+	size_t max_value = __atomic_load_n(&r.s->max_value, __ATOMIC_RELAXED);
 
+	kv_buf_free(&r.col);
 	if (rc) {
 		snprintf(h->detail, sizeof h->detail, "%s", kv_why()[0] ? kv_why() : strerror(-rc));
 		return rc;
 	}
+	if (max_value)
+		kv_health_fact(h, "max_value", "%zu", max_value);
 	kv_health_fact(h, "connections", "%zu in use of %d", kv_pool_busy(&r.s->pool), SQL_POOL);
 	return 0;
+}
+
+void sql_store_limits(struct kv_store *st, struct kv_limits *out)
+{
+	struct sql_store *s = S(st);
+	size_t max_key = __atomic_load_n(&s->max_key, __ATOMIC_RELAXED);
+	size_t max_value = __atomic_load_n(&s->max_value, __ATOMIC_RELAXED);
+
+	out->max_key = max_key ? max_key : out->max_key;
+	out->max_value = max_value ? max_value : out->max_value;
 }
 
 /* ---- The table, once per store on its first connection ---- */
@@ -191,11 +240,32 @@ struct sql_ready {
 	void *conn;
 };
 
+/*
+ * The table checked, created if missing: two mounts creating it at once,
+ * one loses on the catalog (-EEXIST) and looks again.  A connection that
+ * failed is worth another try (-EIO), what the server refused is not.
+ */
 static int sql_prepare(void *arg)
 {
-	struct sql_ready *r = arg;
+	struct sql_ready *p = arg;
+	struct sql_store *s = p->s;
+	struct sql_req r = { .s = s, .id = SQL_CHECK };
+	bool broken = false;
+	int rc;
 
-	return r->s->client->prepare(r->s, r->conn);
+	for (int i = 0; (rc = sql_exec(p->conn, &r, &broken)) == -ENOENT && i < 2; i++) {
+		r.id = SQL_CREATE;
+		if ((rc = sql_exec(p->conn, &r, &broken)) && rc != -EEXIST)
+			break;
+		if (!rc)
+			kv_log(KV_LOG_INFO, "%s: created table %s", s->client->name, s->table);
+		r.id = SQL_CHECK;
+	}
+	if (rc == -EACCES)
+		return rc;
+	if (rc)
+		return broken || rc == -EAGAIN || rc == -ETIMEDOUT ? -EIO : -EINVAL;
+	return s->client->prepare ? s->client->prepare(s, p->conn) : 0;
 }
 
 int sql_connected(struct sql_store *s, void *conn)
@@ -236,8 +306,8 @@ void sql_close(struct kv_store *st)
 	free(s);
 }
 
-int sql_open(const struct kv_open_args *a, const struct sql_client *cl, size_t size,
-	     struct kv_store **out, char *err, size_t errlen)
+int sql_open(const struct kv_open_args *a, const struct sql_client *cl, struct kv_store **out,
+	     char *err, size_t errlen)
 {
 	const char *table = kv_option_get(a, "table");
 	struct sql_store *s;
@@ -250,7 +320,7 @@ int sql_open(const struct kv_open_args *a, const struct sql_client *cl, size_t s
 			 "not starting with a digit, at most %zu)", cl->name, table, cl->max_table);
 		return -EINVAL;
 	}
-	if ((s = calloc(1, size))) {
+	if ((s = calloc(1, sizeof(*s)))) {
 		s->client = cl;
 		s->timeout_ms = a->timeout_ms;
 		kv_once_init(&s->ready);
