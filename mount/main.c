@@ -127,6 +127,8 @@ static void usage(const char *prog)
 	       "    -o list_timeout=T      how long a walk of memcached or Redis answers\n"
 	       "                           listings (default: entry_timeout)\n"
 	       "    -o max_threads=N       FUSE worker threads (default 10)\n"
+	       "    -o defaults,auto,noauto,user,users,nouser,_netdev,nofail\n"
+	       "                           fstab and mount(8) options, accepted and ignored\n"
 	       "\n"
 	       "Backend options (-o name=value):\n", prog, prog, prog);
 	for (size_t i = 0; kv_backends[i]; i++) {
@@ -148,7 +150,7 @@ static void usage(const char *prog)
 		printf(" %s", fuse_passthrough[i]);
 		col += w;
 	}
-	printf("\n\nSee docs/mapping.md for how keys become file names.\n");
+	printf("\n\nSee kvfs(1), and docs/mapping.md for how keys become file names.\n");
 }
 
 static void list_backends(void)
