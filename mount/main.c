@@ -28,6 +28,7 @@ struct options {
 	char *timeout;
 	char *health_timeout;
 	char *uid, *gid, *umask, *max_threads;
+	char *logfile, *loglevel;
 	int foreground, debug, single, help, version, backends, nonempty;
 	char *pos[3];                 /* URL and mountpoint as given */
 	int npos;
@@ -46,6 +47,8 @@ static const struct fuse_opt kvfs_opts[] = {
 	OPT("gid=%s", gid, 0),
 	OPT("umask=%s", umask, 0),
 	OPT("max_threads=%s", max_threads, 0),
+	OPT("logfile=%s", logfile, 0),
+	OPT("loglevel=%s", loglevel, 0),
 	OPT("nonempty", nonempty, 1),
 	OPT("-f", foreground, 1),
 	OPT("-s", single, 1),
@@ -127,6 +130,8 @@ static void usage(const char *prog)
 	       "    -o list_timeout=T      how long a walk of memcached or Redis answers\n"
 	       "                           listings (default: entry_timeout)\n"
 	       "    -o max_threads=N       FUSE worker threads (default 10)\n"
+	       "    -o logfile=PATH        also append log lines to PATH\n"
+	       "    -o loglevel=LEVEL      error, warning (default), info or debug\n"
 	       "    -o defaults,auto,noauto,user,users,nouser,_netdev,nofail\n"
 	       "                           fstab and mount(8) options, accepted and ignored\n"
 	       "\n"
@@ -377,7 +382,13 @@ static void detach_stdio(void)
 			kv_log(KV_LOG_WARN, "could not tell the parent process we are mounted");
 		close(status_fd);
 		status_fd = -1;
-		kv_log_to_syslog();
+		/* The last line the terminal sees: where the log goes from now on. */
+		struct stat st;
+		bool syslog_there = stat("/dev/log", &st) == 0 && S_ISSOCK(st.st_mode);
+		if (!syslog_there && !kv_log_has_file())
+			kv_log(KV_LOG_WARN, "no syslog (/dev/log) and no -o logfile=PATH: the "
+			       "messages of this mount are lost");
+		kv_log_detach(syslog_there);
 		if (fd >= 0) {
 			dup2(fd, 0);
 			dup2(fd, 1);
@@ -399,6 +410,8 @@ static void options_free(struct options *o)
 	free(o->gid);
 	free(o->umask);
 	free(o->max_threads);
+	free(o->logfile);
+	free(o->loglevel);
 	for (int i = 0; i < o->npos; i++)
 		free(o->pos[i]);
 	for (size_t i = 0; i < o->nrest; i++)
@@ -464,6 +477,7 @@ static int check_options(struct options *o, struct kvfs *fs, const char *mnt, in
 {
 	struct stat st;
 	unsigned long u;
+	enum kv_log_level level;
 
 	if (stat(mnt, &st)) {
 		fprintf(stderr, "kvfs: mountpoint '%s': %s\n", mnt, strerror(errno));
@@ -506,11 +520,36 @@ static int check_options(struct options *o, struct kvfs *fs, const char *mnt, in
 		fprintf(stderr, "kvfs: bad max_threads '%s' (1 to 1000)\n", o->max_threads);
 		return -1;
 	}
+	if (o->loglevel && kv_log_parse_level(o->loglevel, &level)) {
+		fprintf(stderr, "kvfs: bad loglevel '%s' (error, warning, info or debug)\n",
+			o->loglevel);
+		return -1;
+	}
+	if (o->logfile && !*o->logfile) {
+		fprintf(stderr, "kvfs: -o logfile= needs a file name\n");
+		return -1;
+	}
 	if (set_root(fs, o->root)) {
 		fprintf(stderr, "kvfs: out of memory\n");
 		return -1;
 	}
 	return 0;
+}
+
+/* libfuse's messages go where kvfs's go (after detaching, stderr is gone). */
+static void __attribute__((format(printf, 2, 0)))
+fuse_logger(enum fuse_log_level level, const char *fmt, va_list ap)
+{
+	char line[1024];
+	size_t n;
+
+	vsnprintf(line, sizeof(line), fmt, ap);
+	n = strlen(line);
+	while (n && line[n - 1] == '\n')
+		line[--n] = '\0';
+	if (n)
+		kv_log(level <= FUSE_LOG_ERR ? KV_LOG_ERR : level == FUSE_LOG_WARNING ? KV_LOG_WARN :
+		       level <= FUSE_LOG_INFO ? KV_LOG_INFO : KV_LOG_DEBUG, "%s", line);
 }
 
 /* Mount and serve until unmounted or signalled; the store is open. */
@@ -523,18 +562,18 @@ static int serve(struct kvfs *fs, struct fuse_args *args, const char *mnt, bool 
 	fs->conn_opts = fuse_parse_conn_info_opts(args);
 	se = fs->conn_opts ? fuse_session_new(args, &kvfs_ops, sizeof(kvfs_ops), fs) : NULL;
 	if (!se) {
-		fprintf(stderr, "kvfs: bad FUSE options (see --help)\n");
+		kv_log_fail("bad FUSE options (see --help)");
 		free(fs->conn_opts);
 		return -1;
 	}
 	if (fuse_session_mount(se, mnt)) {
-		fprintf(stderr, "kvfs: cannot mount on '%s'\n", mnt);
+		kv_log_fail("cannot mount on '%s'", mnt);
 		fuse_session_destroy(se);
 		free(fs->conn_opts);
 		return -1;
 	}
 	if (fuse_set_signal_handlers(se)) {
-		fprintf(stderr, "kvfs: cannot set signal handlers\n");
+		kv_log_fail("cannot set signal handlers");
 		fuse_session_unmount(se);
 		fuse_session_destroy(se);
 		free(fs->conn_opts);
@@ -612,15 +651,27 @@ int main(int argc, char *argv[])
 		kv_log_set_level(KV_LOG_DEBUG);
 		fuse_opt_add_arg(&args, "-odebug");
 	}
-	if (!o.foreground)
-		daemonize();
-
-	if (kv_open(url, bopts, nbopts, timeout_ms, &fs.store, err, sizeof(err))) {
+	if (o.loglevel) {   /* checked above; it wins over -d */
+		enum kv_log_level level = KV_LOG_WARN;
+		kv_log_parse_level(o.loglevel, &level);
+		kv_log_set_level(level);
+	}
+	if (o.logfile && kv_log_open_file(o.logfile, err, sizeof(err))) {
 		fprintf(stderr, "kvfs: %s\n", err);
 		goto out;
 	}
+	fuse_set_log_func(fuse_logger);
+	if (!o.foreground)
+		daemonize();
+
+	/* From here on a failure is said on the terminal (a daemon has not
+	 * detached yet) and in the log file. */
+	if (kv_open(url, bopts, nbopts, timeout_ms, &fs.store, err, sizeof(err))) {
+		kv_log_fail("%s", err);
+		goto out;
+	}
 	if (kvfs_init_state(&fs)) {
-		fprintf(stderr, "kvfs: out of memory\n");
+		kv_log_fail("out of memory");
 		kvfs_free_state(&fs);
 		kv_close(fs.store);
 		goto out;
