@@ -115,6 +115,7 @@ static void usage(const char *prog)
 	       "    -f                     stay in the foreground\n"
 	       "    -d, -o debug           foreground with debug output\n"
 	       "    -s                     one thread\n"
+	       "    -h, --help             print this help\n"
 	       "    --backends             list the store types and their URL forms\n"
 	       "    -V, --version          print the version\n"
 	       "    -o ro                  read-only mount\n"
