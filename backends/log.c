@@ -186,9 +186,13 @@ static void redact(char *line, size_t cap)
 		}
 		if (!from || to == from || (to - from == 3 && memcmp(from, "***", 3) == 0))
 			continue;
-		size_t tail = strlen(to) + 1;
-		if ((size_t)(from - line) + 3 + tail > cap)
-			tail = cap - (size_t)(from - line) - 3;
+		size_t pos = (size_t)(from - line), tail = strlen(to) + 1;
+		if (pos + 4 > cap) {   /* no room for "***": cut the line there */
+			*from = '\0';
+			break;
+		}
+		if (pos + 3 + tail > cap)
+			tail = cap - pos - 3;
 		memmove(from + 3, to, tail);
 		memcpy(from, "***", 3);
 		line[cap - 1] = '\0';

@@ -223,3 +223,18 @@ def test_a_redis_password_never_reaches_the_log(dirs):
         for text in (health, m.log_text(), read_text(log)):
             assert "s3cr3t" not in text and "5ecr3t" not in text, text
     assert "redis" in read_text(log)
+
+
+def test_a_log_file_moved_away_is_made_again(dirs):
+    """logrotate renames the file: the next line goes to a new file of the
+    same name, the old one keeps what it had."""
+    d, mnt, log = dirs
+    r = kvfs("-o", "logfile=%s,map_size=1M,map_max=1M" % log, "lmdb:" + os.path.join(d, "s"), mnt)
+    assert r.returncode == 0, r.stderr
+    fill_small_lmdb(mnt, "first")
+    os.rename(log, log + ".1")
+    fill_small_lmdb(mnt, "second")
+    unmount_and_wait(mnt)
+    old, new = read_text(log + ".1"), read_text(log)
+    assert "set first:" in old and "second" not in old, old
+    assert "set second:" in new and "first" not in new, new
