@@ -537,20 +537,32 @@ static int check_options(struct options *o, struct kvfs *fs, const char *mnt, in
 	return 0;
 }
 
-/* libfuse's messages go where kvfs's go (after detaching, stderr is gone). */
+/* libfuse's messages go where kvfs's go (after detaching, stderr is gone).
+ * libfuse may write one line in pieces: they are gathered per thread and
+ * logged once the newline comes, at the level of the first piece. */
 static void __attribute__((format(printf, 2, 0)))
 fuse_logger(enum fuse_log_level level, const char *fmt, va_list ap)
 {
-	char line[1024];
-	size_t n;
+	static __thread char line[1024];
+	static __thread size_t len;
+	static __thread enum fuse_log_level first;
+	char *nl;
 
-	vsnprintf(line, sizeof(line), fmt, ap);
-	n = strlen(line);
-	while (n && line[n - 1] == '\n')
-		line[--n] = '\0';
-	if (n)
-		kv_log(level <= FUSE_LOG_ERR ? KV_LOG_ERR : level == FUSE_LOG_WARNING ? KV_LOG_WARN :
-		       level <= FUSE_LOG_INFO ? KV_LOG_INFO : KV_LOG_DEBUG, "%s", line);
+	if (!len)
+		first = level;
+	vsnprintf(line + len, sizeof(line) - len, fmt, ap);
+	len = strlen(line);
+	while ((nl = strchr(line, '\n')) || len == sizeof(line) - 1) {
+		if (nl)
+			*nl = '\0';
+		if (line[0])
+			kv_log(first <= FUSE_LOG_ERR ? KV_LOG_ERR : first == FUSE_LOG_WARNING ?
+			       KV_LOG_WARN : first <= FUSE_LOG_INFO ? KV_LOG_INFO : KV_LOG_DEBUG,
+			       "%s", line);
+		len = nl ? strlen(nl + 1) : 0;
+		memmove(line, nl ? nl + 1 : line + sizeof(line) - 1, len + 1);
+		first = level;
+	}
 }
 
 /* Mount and serve until unmounted or signalled; the store is open. */
