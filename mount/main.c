@@ -62,16 +62,16 @@ static const struct fuse_opt kvfs_opts[] = {
 /* libfuse's own options that kvfs passes on unchanged. */
 static const char *const fuse_passthrough[] = {
 	"ro", "rw", "allow_other", "allow_root", "auto_unmount", "default_permissions",
-	"fsname", "subtype", "max_read", "max_write", "max_readahead", "max_background",
+	"fsname", "subtype", "max_write", "max_readahead", "max_background",
 	"congestion_threshold", "async_read", "sync_read", "nosuid", "suid", "nodev", "dev",
-	"noexec", "exec", "noatime", "atime", "relatime", "sync", "async", "dirsync", NULL
+	"noexec", "exec", "noatime", "atime", "sync", "async", "dirsync", NULL
 };
 
 /* Those of them that take a number, checked here so that a bad one is
  * one kvfs line rather than libfuse's message and ours; and the kernel's
  * cache times, which kvfs gives with each answer. */
 static const char *const fuse_numeric[] = {
-	"entry_timeout", "attr_timeout", "negative_timeout", "max_read", "max_write",
+	"entry_timeout", "attr_timeout", "negative_timeout", "max_write",
 	"max_readahead", "max_background", "congestion_threshold", NULL
 };
 
@@ -88,7 +88,8 @@ static bool is_number(const char *s)
 
 /* Options that /etc/fstab and mount(8) add and that mean nothing here. */
 static const char *const fstab_noise[] = {
-	"defaults", "user", "users", "nouser", "auto", "noauto", "_netdev", "nofail", NULL
+	"defaults", "user", "users", "nouser", "auto", "noauto", "_netdev", "nofail",
+	"relatime", NULL   /* relatime: what a FUSE mount has anyway; libfuse refuses the option */
 };
 
 static bool named(const char *const *list, const char *arg)
@@ -133,7 +134,7 @@ static void usage(const char *prog)
 	       "    -o max_threads=N       FUSE worker threads (default 10)\n"
 	       "    -o logfile=PATH        also append log lines to PATH\n"
 	       "    -o loglevel=LEVEL      error, warning (default), info or debug\n"
-	       "    -o defaults,auto,noauto,user,users,nouser,_netdev,nofail\n"
+	       "    -o defaults,auto,noauto,user,users,nouser,_netdev,nofail,relatime\n"
 	       "                           fstab and mount(8) options, accepted and ignored\n"
 	       "\n"
 	       "Backend options (-o name=value):\n", prog, prog, prog);
