@@ -17,56 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <syslog.h>
 #include <time.h>
 
-/* ---- logging ---- */
-
-static enum kv_log_level log_level = KV_LOG_WARN;
-static bool log_syslog;
-
-void kv_log_to_syslog(void)
-{
-	openlog("kvfs", LOG_PID, LOG_DAEMON);
-	log_syslog = true;
-}
-
-void kv_log_set_level(enum kv_log_level lvl)
-{
-	log_level = lvl;
-}
-
-/* While kv_open probes the store, what the backend would log is kept here
- * instead (the last error or warning), to end the one line a failed mount
- * prints: the backend's own lines would repeat it (debug lines still show). */
-static __thread char *log_capture;
-static __thread size_t log_capture_len;
-
-void kv_log(enum kv_log_level lvl, const char *fmt, ...)
-{
-	static const char *const names[] = {"ERROR", "WARN", "INFO", "DEBUG"};
-	char line[1024];
-	va_list ap;
-
-	if (log_capture && lvl <= KV_LOG_WARN) {
-		va_start(ap, fmt);
-		vsnprintf(log_capture, log_capture_len, fmt, ap);
-		va_end(ap);
-		return;
-	}
-	if (lvl > log_level)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(line, sizeof(line), fmt, ap);
-	va_end(ap);
-	if (log_syslog) {
-		static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
-		syslog(prio[lvl], "%s", line);
-		return;
-	}
-	/* One write per line so threads do not interleave. */
-	fprintf(stderr, "kvfs: %s: %s\n", names[lvl], line);
-}
+/* ---- logging: backends/log.c ---- */
 
 const char *kv_printable(const char *key, size_t klen)
 {
@@ -266,10 +219,9 @@ static int probe(struct kv_store *s, char *err, size_t errlen)
 	char logged[300] = "";
 	int rc;
 
-	log_capture = logged;
-	log_capture_len = sizeof(logged);
+	kv_log_capture(logged, sizeof(logged));
 	rc = kv_health(s, &h);
-	log_capture = NULL;
+	kv_log_capture(NULL, 0);
 	if (rc == 0)
 		return 0;
 	if (rc != -EACCES)
@@ -411,7 +363,7 @@ static int checked(struct kv_store *s, const char *op, const char *key, size_t k
 	}
 	if (rc == -ETIMEDOUT)
 		rc = -EIO;  /* applications see the store as failed, the log says why */
-	if (rc != 0 && rc != -ENOENT && log_level >= KV_LOG_DEBUG)
+	if (rc != 0 && rc != -ENOENT && kv_log_enabled(KV_LOG_DEBUG))
 		kv_log(KV_LOG_DEBUG, "%s: %s(%s): %s", s->be->scheme, op,
 		       key ? kv_printable(key, klen) : "", strerror(-rc));
 	return rc;

@@ -286,12 +286,32 @@ int kv_sync(struct kv_store *s);
 int kv_health(struct kv_store *s, struct kv_health *h);
 int kv_statfs(struct kv_store *s, struct kv_statfs *st);
 
-/* Logging: one line to stderr (or syslog when daemonised). */
+/*
+ * Logging (backends/log.c), the one place every log line goes through:
+ * stderr until kv_log_detach, syslog after kv_log_detach(true), and the
+ * log file from kv_log_open_file on.  Lines above the level set (default
+ * KV_LOG_WARN) are dropped.  What looks like a credential (a URL's
+ * password, password=, token=, ...) is replaced by *** in every line.
+ */
 enum kv_log_level { KV_LOG_ERR, KV_LOG_WARN, KV_LOG_INFO, KV_LOG_DEBUG };
 void kv_log(enum kv_log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A failure the user must see: "kvfs: message" on stderr whatever the
+ * level, and an error line in the log file and syslog if they are open. */
+void kv_log_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void kv_log_set_level(enum kv_log_level lvl);
-/* From now on log to syslog (daemon mode, once stderr is gone). */
-void kv_log_to_syslog(void);
+/* Would a line of this level be written? */
+bool kv_log_enabled(enum kv_log_level lvl);
+/* "error", "warning", "info" or "debug": 0, else -EINVAL. */
+int kv_log_parse_level(const char *s, enum kv_log_level *out);
+/* Append every line to the file at path too (created mode 0640); 0, or a
+ * negative errno with one line in err. */
+int kv_log_open_file(const char *path, char *err, size_t errlen);
+bool kv_log_has_file(void);
+/* Daemon mode, once stderr is gone: no more stderr; syslog if syslog_too. */
+void kv_log_detach(bool syslog_too);
+/* The dispatch layer's probe: keep the last error or warning in buf
+ * instead of logging it (this thread only); kv_log_capture(NULL, 0) ends it. */
+void kv_log_capture(char *buf, size_t len);
 /* Printable, bounded rendering of a binary key for logs (static per-thread buffer). */
 const char *kv_printable(const char *key, size_t klen);
 

@@ -28,6 +28,7 @@ struct options {
 	char *timeout;
 	char *health_timeout;
 	char *uid, *gid, *umask, *max_threads;
+	char *logfile, *loglevel;
 	int foreground, debug, single, help, version, backends, nonempty;
 	char *pos[3];                 /* URL and mountpoint as given */
 	int npos;
@@ -46,6 +47,8 @@ static const struct fuse_opt kvfs_opts[] = {
 	OPT("gid=%s", gid, 0),
 	OPT("umask=%s", umask, 0),
 	OPT("max_threads=%s", max_threads, 0),
+	OPT("logfile=%s", logfile, 0),
+	OPT("loglevel=%s", loglevel, 0),
 	OPT("nonempty", nonempty, 1),
 	OPT("-f", foreground, 1),
 	OPT("-s", single, 1),
@@ -59,16 +62,16 @@ static const struct fuse_opt kvfs_opts[] = {
 /* libfuse's own options that kvfs passes on unchanged. */
 static const char *const fuse_passthrough[] = {
 	"ro", "rw", "allow_other", "allow_root", "auto_unmount", "default_permissions",
-	"fsname", "subtype", "max_read", "max_write", "max_readahead", "max_background",
+	"fsname", "subtype", "max_write", "max_readahead", "max_background",
 	"congestion_threshold", "async_read", "sync_read", "nosuid", "suid", "nodev", "dev",
-	"noexec", "exec", "noatime", "atime", "relatime", "sync", "async", "dirsync", NULL
+	"noexec", "exec", "noatime", "atime", "sync", "async", "dirsync", NULL
 };
 
 /* Those of them that take a number, checked here so that a bad one is
  * one kvfs line rather than libfuse's message and ours; and the kernel's
  * cache times, which kvfs gives with each answer. */
 static const char *const fuse_numeric[] = {
-	"entry_timeout", "attr_timeout", "negative_timeout", "max_read", "max_write",
+	"entry_timeout", "attr_timeout", "negative_timeout", "max_write",
 	"max_readahead", "max_background", "congestion_threshold", NULL
 };
 
@@ -85,7 +88,8 @@ static bool is_number(const char *s)
 
 /* Options that /etc/fstab and mount(8) add and that mean nothing here. */
 static const char *const fstab_noise[] = {
-	"defaults", "user", "users", "nouser", "auto", "noauto", "_netdev", "nofail", NULL
+	"defaults", "user", "users", "nouser", "auto", "noauto", "_netdev", "nofail",
+	"relatime", NULL   /* relatime: what a FUSE mount has anyway; libfuse refuses the option */
 };
 
 static bool named(const char *const *list, const char *arg)
@@ -112,6 +116,7 @@ static void usage(const char *prog)
 	       "    -f                     stay in the foreground\n"
 	       "    -d, -o debug           foreground with debug output\n"
 	       "    -s                     one thread\n"
+	       "    -h, --help             print this help\n"
 	       "    --backends             list the store types and their URL forms\n"
 	       "    -V, --version          print the version\n"
 	       "    -o ro                  read-only mount\n"
@@ -127,6 +132,10 @@ static void usage(const char *prog)
 	       "    -o list_timeout=T      how long a walk of memcached or Redis answers\n"
 	       "                           listings (default: entry_timeout)\n"
 	       "    -o max_threads=N       FUSE worker threads (default 10)\n"
+	       "    -o logfile=PATH        also append log lines to PATH\n"
+	       "    -o loglevel=LEVEL      error, warning (default), info or debug\n"
+	       "    -o defaults,auto,noauto,user,users,nouser,_netdev,nofail,relatime\n"
+	       "                           fstab and mount(8) options, accepted and ignored\n"
 	       "\n"
 	       "Backend options (-o name=value):\n", prog, prog, prog);
 	for (size_t i = 0; kv_backends[i]; i++) {
@@ -148,7 +157,7 @@ static void usage(const char *prog)
 		printf(" %s", fuse_passthrough[i]);
 		col += w;
 	}
-	printf("\n\nSee docs/mapping.md for how keys become file names.\n");
+	printf("\n\nSee kvfs(1), and docs/mapping.md for how keys become file names.\n");
 }
 
 static void list_backends(void)
@@ -375,7 +384,13 @@ static void detach_stdio(void)
 			kv_log(KV_LOG_WARN, "could not tell the parent process we are mounted");
 		close(status_fd);
 		status_fd = -1;
-		kv_log_to_syslog();
+		/* The last line the terminal sees: where the log goes from now on. */
+		struct stat st;
+		bool syslog_there = stat("/dev/log", &st) == 0 && S_ISSOCK(st.st_mode);
+		if (!syslog_there && !kv_log_has_file())
+			kv_log(KV_LOG_WARN, "no syslog (/dev/log) and no -o logfile=PATH: the "
+			       "messages of this mount are lost");
+		kv_log_detach(syslog_there);
 		if (fd >= 0) {
 			dup2(fd, 0);
 			dup2(fd, 1);
@@ -397,6 +412,8 @@ static void options_free(struct options *o)
 	free(o->gid);
 	free(o->umask);
 	free(o->max_threads);
+	free(o->logfile);
+	free(o->loglevel);
 	for (int i = 0; i < o->npos; i++)
 		free(o->pos[i]);
 	for (size_t i = 0; i < o->nrest; i++)
@@ -462,6 +479,7 @@ static int check_options(struct options *o, struct kvfs *fs, const char *mnt, in
 {
 	struct stat st;
 	unsigned long u;
+	enum kv_log_level level;
 
 	if (stat(mnt, &st)) {
 		fprintf(stderr, "kvfs: mountpoint '%s': %s\n", mnt, strerror(errno));
@@ -504,11 +522,48 @@ static int check_options(struct options *o, struct kvfs *fs, const char *mnt, in
 		fprintf(stderr, "kvfs: bad max_threads '%s' (1 to 1000)\n", o->max_threads);
 		return -1;
 	}
+	if (o->loglevel && kv_log_parse_level(o->loglevel, &level)) {
+		fprintf(stderr, "kvfs: bad loglevel '%s' (error, warning, info or debug)\n",
+			o->loglevel);
+		return -1;
+	}
+	if (o->logfile && !*o->logfile) {
+		fprintf(stderr, "kvfs: -o logfile= needs a file name\n");
+		return -1;
+	}
 	if (set_root(fs, o->root)) {
 		fprintf(stderr, "kvfs: out of memory\n");
 		return -1;
 	}
 	return 0;
+}
+
+/* libfuse's messages go where kvfs's go (after detaching, stderr is gone).
+ * libfuse may write one line in pieces: they are gathered per thread and
+ * logged once the newline comes, at the level of the first piece. */
+static void __attribute__((format(printf, 2, 0)))
+fuse_logger(enum fuse_log_level level, const char *fmt, va_list ap)
+{
+	static __thread char line[1024];
+	static __thread size_t len;
+	static __thread enum fuse_log_level first;
+	char *nl;
+
+	if (!len)
+		first = level;
+	vsnprintf(line + len, sizeof(line) - len, fmt, ap);
+	len = strlen(line);
+	while ((nl = strchr(line, '\n')) || len == sizeof(line) - 1) {
+		if (nl)
+			*nl = '\0';
+		if (line[0])
+			kv_log(first <= FUSE_LOG_ERR ? KV_LOG_ERR : first == FUSE_LOG_WARNING ?
+			       KV_LOG_WARN : first <= FUSE_LOG_INFO ? KV_LOG_INFO : KV_LOG_DEBUG,
+			       "%s", line);
+		len = nl ? strlen(nl + 1) : 0;
+		memmove(line, nl ? nl + 1 : line + sizeof(line) - 1, len + 1);
+		first = level;
+	}
 }
 
 /* Mount and serve until unmounted or signalled; the store is open. */
@@ -521,18 +576,18 @@ static int serve(struct kvfs *fs, struct fuse_args *args, const char *mnt, bool 
 	fs->conn_opts = fuse_parse_conn_info_opts(args);
 	se = fs->conn_opts ? fuse_session_new(args, &kvfs_ops, sizeof(kvfs_ops), fs) : NULL;
 	if (!se) {
-		fprintf(stderr, "kvfs: bad FUSE options (see --help)\n");
+		kv_log_fail("bad FUSE options (see --help)");
 		free(fs->conn_opts);
 		return -1;
 	}
 	if (fuse_session_mount(se, mnt)) {
-		fprintf(stderr, "kvfs: cannot mount on '%s'\n", mnt);
+		kv_log_fail("cannot mount on '%s'", mnt);
 		fuse_session_destroy(se);
 		free(fs->conn_opts);
 		return -1;
 	}
 	if (fuse_set_signal_handlers(se)) {
-		fprintf(stderr, "kvfs: cannot set signal handlers\n");
+		kv_log_fail("cannot set signal handlers");
 		fuse_session_unmount(se);
 		fuse_session_destroy(se);
 		free(fs->conn_opts);
@@ -610,15 +665,27 @@ int main(int argc, char *argv[])
 		kv_log_set_level(KV_LOG_DEBUG);
 		fuse_opt_add_arg(&args, "-odebug");
 	}
-	if (!o.foreground)
-		daemonize();
-
-	if (kv_open(url, bopts, nbopts, timeout_ms, &fs.store, err, sizeof(err))) {
+	if (o.loglevel) {   /* checked above; it wins over -d */
+		enum kv_log_level level = KV_LOG_WARN;
+		kv_log_parse_level(o.loglevel, &level);
+		kv_log_set_level(level);
+	}
+	if (o.logfile && kv_log_open_file(o.logfile, err, sizeof(err))) {
 		fprintf(stderr, "kvfs: %s\n", err);
 		goto out;
 	}
+	fuse_set_log_func(fuse_logger);
+	if (!o.foreground)
+		daemonize();
+
+	/* From here on a failure is said on the terminal (a daemon has not
+	 * detached yet) and in the log file. */
+	if (kv_open(url, bopts, nbopts, timeout_ms, &fs.store, err, sizeof(err))) {
+		kv_log_fail("%s", err);
+		goto out;
+	}
 	if (kvfs_init_state(&fs)) {
-		fprintf(stderr, "kvfs: out of memory\n");
+		kv_log_fail("out of memory");
 		kvfs_free_state(&fs);
 		kv_close(fs.store);
 		goto out;

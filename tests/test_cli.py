@@ -108,6 +108,8 @@ ERRORS = {
     "missing-o-argument": lambda d, m: ["-f", "memory:", m, "-o"],
     "bad-option-daemon-mode": lambda d, m: ["-o", "bogus=1", "memory:", m],
     "bad-url-daemon-mode": lambda d, m: ["bogus:/x", m],
+    # max_read would fail the kernel's INIT after the daemon said "mounted"
+    "max-read-daemon-mode": lambda d, m: ["-o", "max_read=65536", "memory:", m],
     "mountpoint-not-empty": lambda d, m: ["-f", "memory:", _nonempty(m)],
     "mountpoint-not-empty-daemon-mode": lambda d, m: ["memory:", _nonempty(m)],
 }
