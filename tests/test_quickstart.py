@@ -16,9 +16,10 @@ SERVERS = {"memcached", "etcd-server", "redis-server", "postgresql", "mariadb-se
 
 
 def remote_backends():
-    """The feature options of meson_options.txt: the remote backends."""
+    """The feature options of meson_options.txt that are backends."""
     with open(os.path.join(REPO, "meson_options.txt")) as f:
-        return re.findall(r"option\('(\w+)', type : 'feature'", f.read())
+        return re.findall(r"option\('(\w+)', type : 'feature'.*description : '[^']*backend",
+                          f.read())
 
 
 def test_packages_known_to_scripts_test():
