@@ -90,6 +90,32 @@ static void reply_entry(fuse_req_t req, fuse_ino_t parent, const char *name, con
 	}
 }
 
+/* Answer a mknod or mkdir of (parent, name) at path, which was just made:
+ * its attributes are known without asking the store again. */
+static void reply_made(fuse_req_t req, fuse_ino_t parent, const char *name, const char *path,
+		       bool is_dir)
+{
+	struct kvfs *fs = fs_of(req);
+	struct fuse_entry_param e = {0};
+	struct node n;
+	int rc = node_decode(fs, path, &n);
+
+	if (rc) {
+		reply_status(req, rc);
+		return;
+	}
+	fill_stat(fs, n.key, n.klen, is_dir ? NT_DIR : NT_FILE, 0, &e.attr);
+	node_free(&n);
+	if (!(e.ino = inode_link(&fs->inodes, parent, name, &e.attr))) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	e.attr_timeout = fs->attr_timeout;
+	e.entry_timeout = fs->entry_timeout;
+	if (fuse_reply_entry(req, &e))
+		inode_forget(&fs->inodes, e.ino, 1);
+}
+
 static void ll_init(void *userdata, struct fuse_conn_info *conn)
 {
 	struct kvfs *fs = userdata;
@@ -253,7 +279,7 @@ static void ll_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 		reply_status(req, rc);
 	} else {
 		touch_parent(fs_of(req), path);
-		reply_entry(req, parent, name, path, NULL);
+		reply_made(req, parent, name, path, false);
 	}
 	free(path);
 }
@@ -269,7 +295,7 @@ static void ll_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 		reply_status(req, rc);
 	} else {
 		touch_parent(fs_of(req), path);
-		reply_entry(req, parent, name, path, NULL);
+		reply_made(req, parent, name, path, true);
 	}
 	free(path);
 }
