@@ -130,14 +130,12 @@ static bool under(const struct kvfs_file *f, const char *from, size_t flen, bool
 	return subtree && f->klen > flen && memcmp(f->key, from, flen) == 0 && f->key[flen] == '/';
 }
 
-void files_each(struct kvfs_files *t, const char *key, size_t klen,
-		void (*fn)(struct kvfs *, struct kvfs_file *), struct kvfs *fs)
+/* The open files at key or under key/ (key NULL: all), each with a reference. */
+static size_t collect(struct kvfs_files *t, const char *key, size_t klen, struct kvfs_file ***out)
 {
 	size_t n = 0, cap = 64;
 	struct kvfs_file **all = malloc(cap * sizeof(*all));
 
-	/* Collect with references first: fn talks to the store, so it must
-	 * not run under the table lock. */
 	pthread_mutex_lock(&t->lock);
 	for (size_t i = 0; all && i < t->nbuckets; i++) {
 		for (struct kvfs_file *f = t->buckets[i]; f; f = f->next) {
@@ -155,6 +153,17 @@ void files_each(struct kvfs_files *t, const char *key, size_t klen,
 		}
 	}
 	pthread_mutex_unlock(&t->lock);
+	*out = all;
+	return n;
+}
+
+void files_each(struct kvfs_files *t, const char *key, size_t klen,
+		void (*fn)(struct kvfs *, struct kvfs_file *), struct kvfs *fs)
+{
+	struct kvfs_file **all;
+	size_t n = collect(t, key, klen, &all);
+
+	/* fn talks to the store, so it must not run under the table lock. */
 	for (size_t i = 0; i < n; i++) {
 		fn(fs, all[i]);
 		files_put(t, all[i]);
@@ -162,6 +171,30 @@ void files_each(struct kvfs_files *t, const char *key, size_t klen,
 	free(all);
 }
 
+size_t files_hold(struct kvfs *fs, const char *key, size_t klen, struct kvfs_file ***out)
+{
+	size_t n = collect(&fs->files, key, klen, out);
+
+	for (size_t i = 0; i < n; i++) {
+		struct kvfs_file *f = (*out)[i];
+		pthread_mutex_lock(&f->lock);
+		if (!f->error) {
+			int rc = file_commit(fs, f);
+			if (rc)
+				f->error = rc;  /* for the file's next close or fsync */
+		}
+	}
+	return n;
+}
+
+void files_release(struct kvfs_files *t, struct kvfs_file **all, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		pthread_mutex_unlock(&all[i]->lock);
+		files_put(t, all[i]);
+	}
+	free(all);
+}
 
 void files_unlinked(struct kvfs_files *t, const char *key, size_t klen)
 {
@@ -301,6 +334,7 @@ int file_commit(struct kvfs *fs, struct kvfs_file *f)
 	rc = unlinked ? 0 : kv_set(fs->store, key, klen, f->data ? f->data : "", f->len);
 	free(key);
 	f->dirty = false;
+	f->loaded = rc == 0;  /* the buffer is the value (or, unlinked, all there is of it) */
 	if (rc) {
 		/* Reported once, through close() or fsync(); then the store's value
 		 * is what every handle reads again. */
@@ -309,17 +343,6 @@ int file_commit(struct kvfs *fs, struct kvfs_file *f)
 		health_note_error(fs, "set", rc);
 	}
 	return rc;
-}
-
-void file_settle(struct kvfs *fs, struct kvfs_file *f)
-{
-	pthread_mutex_lock(&f->lock);
-	if (!f->error) {
-		int rc = file_commit(fs, f);
-		if (rc)
-			f->error = rc;  /* for the file's next close or fsync */
-	}
-	pthread_mutex_unlock(&f->lock);
 }
 
 int file_flush(struct kvfs *fs, struct kvfs_file *f)

@@ -96,6 +96,12 @@ void files_each(struct kvfs_files *t, const char *key, size_t klen,
 		void (*fn)(struct kvfs *, struct kvfs_file *), struct kvfs *fs);
 /* After a rename in the store: move open files from `from` to `to` (a whole
  * subtree when subtree is set); an open file at a replaced key is unlinked. */
+/* Commit the open files at key or under key/ (a refusal is kept for their
+ * next close or fsync) and hold them locked, with a reference, in *out:
+ * nothing of them is written until files_release().  For a rename, and
+ * only under fs->names held for writing (it takes several file locks). */
+size_t files_hold(struct kvfs *fs, const char *key, size_t klen, struct kvfs_file ***out);
+void files_release(struct kvfs_files *t, struct kvfs_file **all, size_t n);
 void files_rename(struct kvfs_files *t, const char *from, size_t flen, const char *to,
 		  size_t tlen, bool subtree);
 void files_unlinked(struct kvfs_files *t, const char *key, size_t klen);
@@ -109,9 +115,6 @@ int file_load(struct kvfs *fs, struct kvfs_file *f);
 int file_commit(struct kvfs *fs, struct kvfs_file *f);
 /* file_commit under f->lock. */
 int file_flush(struct kvfs *fs, struct kvfs_file *f);
-/* Commit f's pending writes before a rename moves its key; a refusal is
- * kept for f's next close or fsync instead of being returned. */
-void file_settle(struct kvfs *fs, struct kvfs_file *f);
 int file_resize(struct kvfs_file *f, size_t len);
 
 /* ---- fs/health.c: the virtual .health file (rules H1, H2) ---- */
@@ -156,6 +159,7 @@ struct kvfs {
 	double entry_timeout, attr_timeout, negative_timeout;   /* the kernel's caches, s */
 	struct timespec mounted_at;
 	struct inodes inodes;
+	pthread_rwlock_t names;      /* see fs/lowlevel.c: paths stay true while used */
 	struct fuse_conn_info_opts *conn_opts;   /* libfuse's max_write=, ... */
 	struct kvfs_attrs attrs;
 	struct kvfs_files files;

@@ -135,7 +135,7 @@ static void ll_destroy(void *userdata)
 	kvfs_flush_all(userdata);
 }
 
-static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+static void do_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	char *path = path_or_reply(req, parent, name);
 
@@ -168,23 +168,30 @@ static int inode_stat(struct kvfs *fs, fuse_ino_t ino, struct stat *st, struct f
 	if (rc == -ENOMEM)
 		return rc;
 	if (!named) {
-		free(path);  /* a replaced inode's old path names another file now */
-		path = NULL;
+		/* Unlinked or replaced: what was last said of it, with the size
+		 * of the open file it keeps (its old path names another file now,
+		 * and its attributes are no longer kept by key). */
+		struct stat open_st;
+		free(path);
+		if (!inode_recall(&fs->inodes, ino, st))
+			return -ENOENT;
+		if (fi && op_getattr(fs, NULL, &open_st, fi) == 0) {
+			st->st_size = open_st.st_size;  /* the handle's own file */
+			st->st_blocks = open_st.st_blocks;
+		}
+		st->st_nlink = 0;
+		return 0;
 	}
 	rc = op_getattr(fs, path, st, fi);
 	free(path);
 	if (rc == 0 && S_ISDIR(st->st_mode) != is_dir_inode(fs, ino))
 		rc = -ENOENT;  /* another client changed its type: a new inode by that name */
-	if (rc == -ENOENT && !named && inode_recall(&fs->inodes, ino, st)) {
-		st->st_nlink = 0;
-		return 0;
-	}
 	if (rc == 0)
 		inode_remember(&fs->inodes, ino, st);
 	return rc;
 }
 
-static void ll_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+static void do_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct kvfs *fs = fs_of(req);
 	struct stat st;
@@ -196,7 +203,7 @@ static void ll_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		fuse_reply_attr(req, &st, fs->attr_timeout);
 }
 
-static void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+static void do_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 		       struct fuse_file_info *fi)
 {
 	struct kvfs *fs = fs_of(req);
@@ -262,7 +269,7 @@ static void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		fuse_reply_attr(req, &st, fs->attr_timeout);
 }
 
-static void ll_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+static void do_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
 		     dev_t rdev)
 {
 	char *path;
@@ -284,7 +291,7 @@ static void ll_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	free(path);
 }
 
-static void ll_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+static void do_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
 	char *path = path_or_reply(req, parent, name);
 	int rc;
@@ -309,7 +316,7 @@ static void remove_name(fuse_req_t req, fuse_ino_t parent, const char *name,
 
 	if (!path)
 		return;
-	struct kvfs_file *f = open_file_at(fs, path);
+	struct kvfs_file *f = op == op_unlink ? open_file_at(fs, path) : NULL;
 	rc = op(fs, path);
 	if (rc == 0) {
 		inode_unlink(&fs->inodes, parent, name, f);
@@ -321,12 +328,12 @@ static void remove_name(fuse_req_t req, fuse_ino_t parent, const char *name,
 	reply_status(req, rc);
 }
 
-static void ll_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+static void do_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	remove_name(req, parent, name, op_unlink);
 }
 
-static void ll_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+static void do_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	remove_name(req, parent, name, op_rmdir);
 }
@@ -347,7 +354,7 @@ static void ll_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const cha
 	fuse_reply_err(req, EPERM);
 }
 
-static void ll_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+static void do_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
 		      const char *newname, unsigned int flags)
 {
 	struct kvfs *fs = fs_of(req);
@@ -374,7 +381,7 @@ static void ll_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 	reply_status(req, rc);
 }
 
-static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+static void do_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct kvfs *fs = fs_of(req);
 	char *path = NULL;
@@ -440,7 +447,7 @@ static void ll_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 	reply_status(req, op_fsync(fs_of(req), NULL, datasync, fi));
 }
 
-static void ll_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+static void do_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct dirlist *d = NULL;
 	char *path = path_or_reply(req, ino, NULL);
@@ -510,7 +517,7 @@ static void ll_statfs(fuse_req_t req, fuse_ino_t ino)
 	fuse_reply_statfs(req, &sv);
 }
 
-static void ll_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+static void do_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
 		      struct fuse_file_info *fi)
 {
 	char *path = path_or_reply(req, parent, name);
@@ -525,6 +532,116 @@ static void ll_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		reply_entry(req, parent, name, path, fi);
 	}
 	free(path);
+}
+
+/*
+ * A path is built from the table, then used: a rename must not move names
+ * in between (mv of a directory while a file is made in it), as libfuse's
+ * path API ensured with its path locks.  Operations that go by path hold
+ * fs->names for reading, rename for writing; those on open handles need
+ * no name and take nothing.
+ */
+static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct kvfs *fs = fs_of(req);
+
+	pthread_rwlock_rdlock(&fs->names);
+	do_lookup(req, parent, name);
+	pthread_rwlock_unlock(&fs->names);
+}
+
+static void ll_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct kvfs *fs = fs_of(req);
+
+	pthread_rwlock_rdlock(&fs->names);
+	do_getattr(req, ino, fi);
+	pthread_rwlock_unlock(&fs->names);
+}
+
+static void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+		       struct fuse_file_info *fi)
+{
+	struct kvfs *fs = fs_of(req);
+
+	pthread_rwlock_rdlock(&fs->names);
+	do_setattr(req, ino, attr, to_set, fi);
+	pthread_rwlock_unlock(&fs->names);
+}
+
+static void ll_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		     dev_t rdev)
+{
+	struct kvfs *fs = fs_of(req);
+
+	pthread_rwlock_rdlock(&fs->names);
+	do_mknod(req, parent, name, mode, rdev);
+	pthread_rwlock_unlock(&fs->names);
+}
+
+static void ll_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	struct kvfs *fs = fs_of(req);
+
+	pthread_rwlock_rdlock(&fs->names);
+	do_mkdir(req, parent, name, mode);
+	pthread_rwlock_unlock(&fs->names);
+}
+
+static void ll_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct kvfs *fs = fs_of(req);
+
+	pthread_rwlock_rdlock(&fs->names);
+	do_unlink(req, parent, name);
+	pthread_rwlock_unlock(&fs->names);
+}
+
+static void ll_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct kvfs *fs = fs_of(req);
+
+	pthread_rwlock_rdlock(&fs->names);
+	do_rmdir(req, parent, name);
+	pthread_rwlock_unlock(&fs->names);
+}
+
+static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct kvfs *fs = fs_of(req);
+
+	pthread_rwlock_rdlock(&fs->names);
+	do_open(req, ino, fi);
+	pthread_rwlock_unlock(&fs->names);
+}
+
+static void ll_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct kvfs *fs = fs_of(req);
+
+	pthread_rwlock_rdlock(&fs->names);
+	do_opendir(req, ino, fi);
+	pthread_rwlock_unlock(&fs->names);
+}
+
+static void ll_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		      struct fuse_file_info *fi)
+{
+	struct kvfs *fs = fs_of(req);
+
+	pthread_rwlock_rdlock(&fs->names);
+	do_create(req, parent, name, mode, fi);
+	pthread_rwlock_unlock(&fs->names);
+}
+
+static void ll_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+		      const char *newname, unsigned int flags)
+{
+	struct kvfs *fs = fs_of(req);
+
+	pthread_rwlock_wrlock(&fs->names);
+	do_rename(req, parent, name, newparent, newname, flags);
+	pthread_rwlock_unlock(&fs->names);
 }
 
 const struct fuse_lowlevel_ops kvfs_ops = {

@@ -240,9 +240,10 @@ int op_read(struct kvfs *fs, const char *path, char *buf, size_t size, off_t off
 static void touch_file(struct kvfs *fs, struct kvfs_file *f)
 {
 	size_t klen;
-	char *key = file_key(fs, f, &klen, NULL);
+	bool unlinked;
+	char *key = file_key(fs, f, &klen, &unlinked);
 
-	if (key)
+	if (key && !unlinked)
 		touch(fs, key, klen, false);
 	free(key);
 }
@@ -388,14 +389,24 @@ int op_unlink(struct kvfs *fs, const char *path)
 		rc = -EPERM;
 		break;
 	case KM_KEY:
-	case KM_VALUE:
+	case KM_VALUE: {
+		/* A close of the file must not commit between the delete and
+		 * the file being marked unlinked: that would bring the key back. */
+		struct kvfs_file *f = files_find(&fs->files, n.key, n.klen);
+		if (f)
+			pthread_mutex_lock(&f->lock);
 		rc = kv_del(fs->store, n.key, n.klen);
 		if (rc == 0 || rc == -ENOENT) {
 			files_unlinked(&fs->files, n.key, n.klen);
 			attrs_forget(&fs->attrs, n.key, n.klen, false);
 		}
+		if (f) {
+			pthread_mutex_unlock(&f->lock);
+			files_put(&fs->files, f);
+		}
 		health_note_error(fs, "delete", rc);
 		break;
+	}
 	default:
 		rc = -EISDIR;
 	}
@@ -541,6 +552,7 @@ int kvfs_init_state(struct kvfs *fs)
 	files_init(&fs->files);
 	health_init(&fs->health);
 	pthread_mutex_init(&fs->cont_lock, NULL);
+	pthread_rwlock_init(&fs->names, NULL);
 	clock_gettime(CLOCK_REALTIME, &fs->mounted_at);
 	if (inodes_init(&fs->inodes) || !fs->attrs.buckets || !fs->files.buckets)
 		return -ENOMEM;
@@ -561,5 +573,6 @@ bool kvfs_free_state(struct kvfs *fs)
 		free(fs->cont_dirs[i]);
 	free(fs->cont_dirs);
 	pthread_mutex_destroy(&fs->cont_lock);
+	pthread_rwlock_destroy(&fs->names);
 	return clean;
 }

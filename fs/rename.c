@@ -108,9 +108,11 @@ static int rename_dir(struct kvfs *fs, struct node *from, struct node *to, enum 
 				free(mk);
 		}
 	}
-	/* What the moving tree's open files wrote goes with it; a refused
-	 * write stays for its writer's close. */
-	files_each(&fs->files, from->key, from->klen, file_settle, fs);
+	/* What the moving tree's open files wrote goes with it, and nothing
+	 * of theirs is written until they have moved; a refused write stays
+	 * for its writer's close. */
+	struct kvfs_file **held;
+	size_t nheld = files_hold(fs, from->key, from->klen, &held);
 	if (rc == 0)
 		rc = tree_move(&t, from->key, from->klen);  /* the directory's own value (M5) */
 	if (rc == 0) {
@@ -124,6 +126,7 @@ static int rename_dir(struct kvfs *fs, struct node *from, struct node *to, enum 
 		files_rename(&fs->files, from->key, from->klen, to->key, to->klen, true);
 		attrs_rename(&fs->attrs, from->key, from->klen, to->key, to->klen, true);
 	}
+	files_release(&fs->files, held, nheld);
 	tree_free(&t);
 	return rc;
 }
@@ -135,24 +138,46 @@ static int rename_file(struct kvfs *fs, struct node *from, struct node *to)
 	size_t vlen;
 	int rc;
 
+	/* The moving file is held from its settling to its move, so that no
+	 * write of it lands on the old key in between (F8). */
 	if (f) {
-		file_settle(fs, f);
-		files_put(&fs->files, f);
+		pthread_mutex_lock(&f->lock);
+		if (!f->error && (rc = file_commit(fs, f)))
+			f->error = rc;  /* for the file's next close or fsync */
 	}
 	if (from->klen == to->klen && memcmp(from->key, to->key, to->klen) == 0)
-		return 0;
-	rc = kv_get(fs->store, from->key, from->klen, &val, &vlen, NULL);
-	if (rc)
-		return rc;
+		rc = 1;
+	else
+		rc = kv_get(fs->store, from->key, from->klen, &val, &vlen, NULL);
+	if (rc) {
+		if (f) {
+			pthread_mutex_unlock(&f->lock);
+			files_put(&fs->files, f);
+		}
+		return rc > 0 ? 0 : rc;
+	}
 	struct kv_op ops[2] = {
 		{.type = KV_OP_SET, .key = to->key, .key_len = to->klen, .val = val, .val_len = vlen},
 		{.type = KV_OP_DEL, .key = from->key, .key_len = from->klen},
 	};
+	/* A close of the replaced file must not commit between the apply and
+	 * the file being marked unlinked (files_rename). */
+	struct kvfs_file *victim = files_find(&fs->files, to->key, to->klen);
+	if (victim)
+		pthread_mutex_lock(&victim->lock);
 	rc = kv_apply(fs->store, ops, 2);
 	free(val);
 	if (rc == 0) {
 		files_rename(&fs->files, from->key, from->klen, to->key, to->klen, false);
 		attrs_rename(&fs->attrs, from->key, from->klen, to->key, to->klen, false);
+	}
+	if (victim) {
+		pthread_mutex_unlock(&victim->lock);
+		files_put(&fs->files, victim);
+	}
+	if (f) {
+		pthread_mutex_unlock(&f->lock);
+		files_put(&fs->files, f);
 	}
 	return rc;
 }

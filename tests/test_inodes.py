@@ -115,3 +115,67 @@ def test_f8_cp_a_round_trips_a_directory_with_a_value(raw, mnt, tmp_path):
     assert r.returncode == 0, r.stderr
     assert raw.get(b"dst/d/") == b"the value of the key d/"
     assert raw.get(b"dst/d/x") == b"x"
+
+
+def test_f8_an_unlinked_file_keeps_what_a_closed_handle_wrote(raw, mnt):
+    write_file(mnt.p("f"), b"old")
+    writer = os.open(mnt.p("f"), os.O_WRONLY | os.O_TRUNC)
+    os.write(writer, b"new")
+    reader = os.open(mnt.p("f"), os.O_RDONLY)
+    try:
+        os.unlink(mnt.p("f"))
+        os.close(writer)
+        assert os.pread(reader, 10, 0) == b"new"
+    finally:
+        os.close(reader)
+    assert raw.keys() == []
+
+
+def test_f8_attributes_set_on_an_unlinked_file_stay(mounts):
+    m = mounts.mount(opts=["entry_timeout=0", "attr_timeout=0"])
+    write_file(m.p("f"), b"data")
+    fd = os.open(m.p("f"), os.O_RDWR)
+    try:
+        os.unlink(m.p("f"))
+        os.fchmod(fd, 0o600)
+        os.utime(fd, ns=(3_000_000_000, 4_000_000_000))
+        for _ in range(3):   # each fstat asks kvfs again (attr_timeout=0)
+            st = os.fstat(fd)
+            assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_mtime_ns == 4_000_000_000
+            assert st.st_size == 4 and st.st_nlink == 0
+    finally:
+        os.close(fd)
+
+
+def test_f8_files_made_in_a_directory_being_renamed_go_with_it(raw, mnt):
+    """A directory renamed back and forth while files are made in it through
+    a descriptor of it: every file ends up in the directory, none at a name
+    it no longer has."""
+    os.mkdir(mnt.p("a"))
+    dfd = os.open(mnt.p("a"), os.O_RDONLY | os.O_DIRECTORY)
+    stop = threading.Event()
+    moves = []
+
+    def mover():
+        n = 0
+        while not stop.is_set():
+            os.rename(mnt.p("a"), mnt.p("b"))
+            os.rename(mnt.p("b"), mnt.p("a"))
+            n += 2
+        moves.append(n)
+
+    t = threading.Thread(target=mover)
+    t.start()
+    try:
+        for i in range(300):
+            fd = os.open("f%03d" % i, os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=dfd)
+            os.write(fd, b"%d" % i)
+            os.close(fd)
+    finally:
+        stop.set()
+        t.join()
+        os.close(dfd)
+    assert moves[0] > 10
+    assert sorted(map(os.fsdecode, os.listdir(mnt.path))) == ["a"]
+    assert sorted(map(os.fsdecode, os.listdir(mnt.p("a")))) == ["f%03d" % i for i in range(300)]
+    assert sorted(raw.keys()) == sorted([b"a/"] + [b"a/f%03d" % i for i in range(300)])
