@@ -28,6 +28,7 @@ struct dirlist {
 	/* open addressing on names: index + 1, 0 = empty */
 	size_t *slots;
 	size_t nslots;
+	bool loaded;          /* listed: at the first read, and again at each rewind */
 };
 
 static size_t *name_slot(struct dirlist *d, const char *name)
@@ -128,10 +129,8 @@ static int dir_item_cb(void *ctx, const struct kv_entry *e)
 	return rc;
 }
 
-static void dir_free(struct dirlist *d)
+static void dir_clear(struct dirlist *d)
 {
-	if (!d)
-		return;
 	for (size_t i = 0; i < d->n; i++) {
 		free(d->items[i].name);
 		free(d->items[i].key);
@@ -139,6 +138,13 @@ static void dir_free(struct dirlist *d)
 	free(d->items);
 	free(d->slots);
 	free(d->path);
+	memset(d, 0, sizeof(*d));
+}
+
+static void dir_free(struct dirlist *d)
+{
+	if (d)
+		dir_clear(d);
 	free(d);
 }
 
@@ -188,17 +194,24 @@ static int dir_load(struct kvfs *fs, const char *path, struct dirlist *d)
 	return rc;
 }
 
+/* The directory is listed when it is first read, not here: what ext4's
+ * getdents sees is the directory then, and so does a read after rewinddir. */
 int op_opendir(struct kvfs *fs, const char *path, struct dirlist **dp)
 {
-	struct dirlist *d = calloc(1, sizeof(*d));
+	struct dirlist *d;
+	struct node n;
+	bool is_dir;
 	int rc;
 
-	if (!d)
+	if ((rc = node_decode(fs, path, &n)))
+		return rc == -EINVAL ? -ENOENT : rc;
+	is_dir = n.kind == KM_ROOT || n.kind == KM_KEY || n.kind == KM_CONT;
+	node_free(&n);
+	if (!is_dir)
+		return -ENOTDIR;
+	if (!(d = calloc(1, sizeof(*d))) || !(d->path = strdup(path))) {
+		free(d);
 		return -ENOMEM;
-	rc = dir_load(fs, path, d);
-	if (rc) {
-		dir_free(d);
-		return rc;
 	}
 	*dp = d;
 	return 0;
@@ -219,11 +232,25 @@ void op_releasedir(struct dirlist *d)
 /* d_ino of an entry without its inode, as libfuse's path API gives */
 #define UNKNOWN_INO 0xffffffffu
 
-size_t op_readdir(struct kvfs *fs, fuse_req_t req, fuse_ino_t ino, struct dirlist *d,
-		  char *buf, size_t size, off_t off, bool plus)
+ssize_t op_readdir(struct kvfs *fs, fuse_req_t req, fuse_ino_t ino, struct dirlist *d,
+		   char *buf, size_t size, off_t off, bool plus)
 {
 	size_t fixed = 2, used = 0;
 
+	if (off == 0 || !d->loaded) {
+		char *path = strdup(d->path);
+		int rc = path ? 0 : -ENOMEM;
+		dir_clear(d);
+		if (path && (rc = dir_load(fs, path, d)))
+			dir_clear(d);
+		if (!d->path)
+			d->path = path;  /* kept for the next read at 0 */
+		else
+			free(path);
+		if (rc)
+			return rc;
+		d->loaded = true;
+	}
 	for (size_t i = (size_t)off; i < fixed + d->n; i++) {
 		struct fuse_entry_param e = {0};
 		const char *name = i == 0 ? "." : "..";
@@ -236,9 +263,12 @@ size_t op_readdir(struct kvfs *fs, fuse_req_t req, fuse_ino_t ino, struct dirlis
 				files_open_size(&fs->files, it->key, it->klen, &sz);
 			fill_stat(fs, it->key, it->klen, it->is_dir ? NT_DIR : NT_FILE, sz, &e.attr);
 			if (plus) {
-				e.ino = inode_link(&fs->inodes, ino, name, &e.attr);
+				/* A listing is a snapshot: it never replaces a
+				 * newer inode by that name.  Without an inode
+				 * (ino 0) the entry goes without attributes. */
+				e.ino = inode_link(&fs->inodes, ino, name, &e.attr, false);
 				if (!e.ino)
-					break;
+					e.attr.st_ino = UNKNOWN_INO;
 				e.attr_timeout = fs->attr_timeout;
 				e.entry_timeout = fs->entry_timeout;
 			} else {
@@ -261,7 +291,7 @@ size_t op_readdir(struct kvfs *fs, fuse_req_t req, fuse_ino_t ino, struct dirlis
 		}
 		used += need;
 	}
-	return used;
+	return (ssize_t)used;
 }
 
 int op_mkdir(struct kvfs *fs, const char *path, mode_t mode)

@@ -110,6 +110,13 @@ void files_open_size(struct kvfs_files *t, const char *key, size_t klen, uint64_
 	files_put(t, f);
 }
 
+void files_ref(struct kvfs_files *t, struct kvfs_file *f)
+{
+	pthread_mutex_lock(&t->lock);
+	f->refs++;
+	pthread_mutex_unlock(&t->lock);
+}
+
 void files_put(struct kvfs_files *t, struct kvfs_file *f)
 {
 	bool last;

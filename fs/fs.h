@@ -86,6 +86,8 @@ void files_destroy(struct kvfs_files *t);
 struct kvfs_file *files_get(struct kvfs_files *t, const char *key, size_t klen);
 /* The open file for key with a reference, or NULL: for path-only operations. */
 struct kvfs_file *files_find(struct kvfs_files *t, const char *key, size_t klen);
+/* One more reference to f, which the caller already holds one of. */
+void files_ref(struct kvfs_files *t, struct kvfs_file *f);
 void files_put(struct kvfs_files *t, struct kvfs_file *f);
 /* If key is open here, the size this mount sees (writes not yet
  * committed included) replaces *size. */

@@ -175,7 +175,8 @@ int inode_path(struct inodes *t, fuse_ino_t ino, const char *name, char **path)
 	return rc;
 }
 
-fuse_ino_t inode_link(struct inodes *t, fuse_ino_t parent, const char *name, struct stat *st)
+fuse_ino_t inode_link(struct inodes *t, fuse_ino_t parent, const char *name, struct stat *st,
+		      bool replace)
 {
 	struct inode *p = inode_of(t, parent), *n;
 	bool is_dir = S_ISDIR(st->st_mode);
@@ -184,6 +185,10 @@ fuse_ino_t inode_link(struct inodes *t, fuse_ino_t parent, const char *name, str
 	pthread_mutex_lock(&t->lock);
 	n = find(t, p, name);
 	if (n && n->is_dir != is_dir) {
+		if (!replace) {
+			pthread_mutex_unlock(&t->lock);
+			return 0;
+		}
 		detach(t, n);  /* another client changed its type: a new inode */
 		n = NULL;
 	}
@@ -312,12 +317,19 @@ bool inode_recall(struct inodes *t, fuse_ino_t ino, struct stat *st)
 
 	off_t size;
 
+	void *file;
+
 	pthread_mutex_lock(&t->lock);
 	*st = n->st;
-	if (n->file && t->file_size(t->ctx, n->file, &size)) {
+	if ((file = n->file))
+		t->file_hold(t->ctx, file);
+	pthread_mutex_unlock(&t->lock);
+	/* The file's lock may wait for the store: not under the table's. */
+	if (file && t->file_size(t->ctx, file, &size)) {
 		st->st_size = size;
 		st->st_blocks = (size + 511) / 512;
 	}
-	pthread_mutex_unlock(&t->lock);
+	if (file)
+		t->file_drop(t->ctx, file);
 	return st->st_mode != 0;
 }

@@ -40,6 +40,7 @@ struct inodes {
 	/* The open file an unlinked inode keeps (see inode_unlink): its size
 	 * (false if not known), and the inode's reference dropped. */
 	bool (*file_size)(void *ctx, void *file, off_t *size);
+	void (*file_hold)(void *ctx, void *file);
 	void (*file_drop)(void *ctx, void *file);
 	void *ctx;
 };
@@ -57,11 +58,12 @@ struct inode *inode_of(struct inodes *t, fuse_ino_t ino);
 int inode_path(struct inodes *t, fuse_ino_t ino, const char *name, char **path);
 /*
  * The kernel learns (parent, name) with attributes *st: the inode of that
- * name (a new one if there was none, or it was of the other type) with one
- * more lookup; st->st_ino is set, and the node id returned (0: no memory).
+ * name (a new one if there was none, or, when replace is set, if it was of
+ * the other type) with one more lookup; st->st_ino is set, and the node id
+ * returned (0: no memory, or the other type without replace).
  */
 fuse_ino_t inode_link(struct inodes *t, fuse_ino_t parent, const char *name,
-		      struct stat *st);
+		      struct stat *st, bool replace);
 /* The kernel forgets n lookups of ino. */
 void inode_forget(struct inodes *t, fuse_ino_t ino, uint64_t n);
 /* (parent, name) was removed from the store; file (or NULL) is the open

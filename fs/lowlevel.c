@@ -71,7 +71,7 @@ static void reply_entry(fuse_req_t req, fuse_ino_t parent, const char *name, con
 		fuse_reply_entry(req, &e);
 		return;
 	}
-	if (rc == 0 && !(e.ino = inode_link(&fs->inodes, parent, name, &e.attr)))
+	if (rc == 0 && !(e.ino = inode_link(&fs->inodes, parent, name, &e.attr, true)))
 		rc = -ENOMEM;
 	if (rc) {
 		if (fi)
@@ -106,7 +106,7 @@ static void reply_made(fuse_req_t req, fuse_ino_t parent, const char *name, cons
 	}
 	fill_stat(fs, n.key, n.klen, is_dir ? NT_DIR : NT_FILE, 0, &e.attr);
 	node_free(&n);
-	if (!(e.ino = inode_link(&fs->inodes, parent, name, &e.attr))) {
+	if (!(e.ino = inode_link(&fs->inodes, parent, name, &e.attr, true))) {
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
@@ -475,9 +475,12 @@ static void readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	size_t used = op_readdir(fs_of(req), req, ino, (struct dirlist *)(uintptr_t)fi->fh, buf,
-				 size, off, plus);
-	fuse_reply_buf(req, buf, used);
+	ssize_t used = op_readdir(fs_of(req), req, ino, (struct dirlist *)(uintptr_t)fi->fh, buf,
+				  size, off, plus);
+	if (used < 0)
+		reply_status(req, (int)used);
+	else
+		fuse_reply_buf(req, buf, (size_t)used);
 	free(buf);
 }
 

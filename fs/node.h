@@ -73,9 +73,10 @@ struct dirlist;
 int op_opendir(struct kvfs *fs, const char *path, struct dirlist **d);
 void op_releasedir(struct dirlist *d);
 /* Fill buf (size bytes) with the entries of d from offset off, with their
- * attributes and one lookup each when plus; returns the bytes used. */
-size_t op_readdir(struct kvfs *fs, fuse_req_t req, fuse_ino_t ino, struct dirlist *d,
-		  char *buf, size_t size, off_t off, bool plus);
+ * attributes and one lookup each when plus; returns the bytes used.  At
+ * offset 0 after the first read (rewinddir) the store is listed again. */
+ssize_t op_readdir(struct kvfs *fs, fuse_req_t req, fuse_ino_t ino, struct dirlist *d,
+		   char *buf, size_t size, off_t off, bool plus);
 int op_mkdir(struct kvfs *fs, const char *path, mode_t mode);
 int op_rmdir(struct kvfs *fs, const char *path);
 int op_rename(struct kvfs *fs, const char *from, const char *to, unsigned int flags);

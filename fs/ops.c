@@ -541,6 +541,11 @@ static bool inode_file_size(void *ctx, void *file, off_t *size)
 	return known;
 }
 
+static void inode_file_hold(void *ctx, void *file)
+{
+	files_ref(&((struct kvfs *)ctx)->files, file);
+}
+
 static void inode_file_drop(void *ctx, void *file)
 {
 	files_put(&((struct kvfs *)ctx)->files, file);
@@ -557,6 +562,7 @@ int kvfs_init_state(struct kvfs *fs)
 	if (inodes_init(&fs->inodes) || !fs->attrs.buckets || !fs->files.buckets)
 		return -ENOMEM;
 	fs->inodes.file_size = inode_file_size;
+	fs->inodes.file_hold = inode_file_hold;
 	fs->inodes.file_drop = inode_file_drop;
 	fs->inodes.ctx = fs;
 	return 0;

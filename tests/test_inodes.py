@@ -179,3 +179,28 @@ def test_f8_files_made_in_a_directory_being_renamed_go_with_it(raw, mnt):
     assert sorted(map(os.fsdecode, os.listdir(mnt.path))) == ["a"]
     assert sorted(map(os.fsdecode, os.listdir(mnt.p("a")))) == ["f%03d" % i for i in range(300)]
     assert sorted(raw.keys()) == sorted([b"a/"] + [b"a/f%03d" % i for i in range(300)])
+
+
+def test_f8_an_old_listing_does_not_cut_off_a_newer_directory(mnt):
+    """A directory handle lists what was there at opendir; reading it after
+    the file e became a directory e must not take e's inode away from a
+    process working in it."""
+    os.mkdir(mnt.p("d"))
+    write_file(mnt.p("d", "e"), b"a file first")
+    listing = os.open(mnt.p("d"), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.unlink(mnt.p("d", "e"))
+        os.mkdir(mnt.p("d", "e"))
+        write_file(mnt.p("d", "e", "x"), b"inside")
+        inside = os.open(mnt.p("d", "e"), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert sorted(map(os.fsdecode, os.listdir(listing))) == ["e"]
+            fd = os.open("x", os.O_RDONLY, dir_fd=inside)
+            assert os.read(fd, 100) == b"inside"
+            os.close(fd)
+            write_file(mnt.p("d", "e", "y"), b"more")
+            assert sorted(map(os.fsdecode, os.listdir(inside))) == ["x", "y"]
+        finally:
+            os.close(inside)
+    finally:
+        os.close(listing)
