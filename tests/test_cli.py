@@ -10,7 +10,7 @@ import time
 import pytest
 
 import util
-from util import KVFS_BIN, LmdbRaw, Mount, is_mounted, read_file, write_file
+from util import KVFS_BIN, LmdbRaw, Mount, daemon_pids, is_mounted, read_file, write_file
 
 
 @pytest.fixture(autouse=True)
@@ -173,21 +173,6 @@ def test_default_store_under_home(workdir):
 
 
 # ---- running as a daemon, signals ----
-
-def daemon_pids(mountpoint):
-    pids = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % pid, "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if os.fsencode(mountpoint) in argv and os.fsencode(KVFS_BIN) in argv[0]:
-            pids.append(int(pid))
-    return pids
-
 
 def gone(pid):
     try:

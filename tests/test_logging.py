@@ -21,17 +21,8 @@ def kvfs(*args, env=None, timeout=30):
 
 
 def daemon_pid(mountpoint):
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % pid, "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if os.fsencode(mountpoint) in argv and os.fsencode(KVFS_BIN) in argv[0]:
-            return int(pid)
-    return None
+    pids = util.daemon_pids(mountpoint)
+    return pids[0] if pids else None
 
 
 def unmount_and_wait(mnt):

@@ -466,6 +466,22 @@ BAD_LOG = re.compile(
 SANITIZER_LOG = re.compile(r"Sanitizer|runtime error:")
 
 
+def daemon_pids(mountpoint):
+    """The kvfs processes (of KVFS_BIN) serving mountpoint."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if os.fsencode(mountpoint) in argv and os.fsencode(KVFS_BIN) in argv[0]:
+            pids.append(int(pid))
+    return pids
+
+
 class Mount:
     """One kvfs daemon started in the foreground (-f) on a fresh mountpoint."""
 
